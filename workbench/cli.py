@@ -1,0 +1,90 @@
+"""Command line: ``python -m workbench <stage> [--smoke] [--run-dir DIR] [--config FILE] [--seed N]``.
+
+Common flags are parsed here; every field of the stage's config dataclass becomes a flag of
+its own through ``tyro`` (``--n-train 5000``, ``--source PATH``, ``--strict``), documented
+with the field's docstring in ``--help``. Precedence: defaults (or ``--smoke``) < ``--config``
+file < ``--seed`` and field flags. ``run`` runs every available stage in order, skipping
+finished ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .config import ConfigError
+from .pipeline import STAGE_ORDER, StageUnavailable, available_stages, config_class, resolve_config, run_pipeline, run_stage
+from .runs import DEFAULT_RUN_DIR
+
+COMMANDS = (*STAGE_ORDER, "run", "demo", "bench")
+
+
+def _common_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--smoke", action="store_true", help="small preset that finishes in seconds")
+    p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="run directory (default: runs/default)")
+    p.add_argument("--config", type=Path, default=None, help="JSON file with config fields")
+    p.add_argument("--seed", type=int, default=None, help="seed (overrides the config)")
+    p.add_argument("--force", action="store_true", help="rerun a stage that already finished")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _usage() -> str:
+    return (
+        "usage: python -m workbench <command> [--smoke] [--run-dir DIR] [--config FILE] [--seed N] [--force]\n"
+        f"commands: {', '.join(COMMANDS)}\n"
+        f"available now: {', '.join(available_stages())}, run\n"
+        "per-stage config flags: python -m workbench <stage> --help"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"error: unknown command {command!r}\n{_usage()}", file=sys.stderr)
+        return 2
+    common, rest = _common_parser().parse_known_args(rest)
+    try:
+        if command == "run":
+            if rest:
+                raise ConfigError(f"'run' takes only the common flags; unexpected: {' '.join(rest)}")
+            results = run_pipeline(common.run_dir, smoke=common.smoke, force=common.force,
+                                   progress=not common.quiet, seed=common.seed)
+            _print_summary(common.run_dir, results)
+            return 0
+        if command in ("demo", "bench"):
+            raise StageUnavailable(f"'{command}' is not implemented yet; available: {', '.join(available_stages())}, run")
+        cfg = _stage_config(command, common, rest)
+        run_stage(command, common.run_dir, cfg, force=common.force, progress=not common.quiet)
+        _print_summary(common.run_dir, {command: None})
+        return 0
+    except (ConfigError, StageUnavailable, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _stage_config(stage: str, common: argparse.Namespace, rest: list[str]):
+    base = resolve_config(stage, smoke=common.smoke, config_file=common.config, seed=common.seed)
+    if not rest:
+        return base
+    import tyro
+
+    cls = config_class(stage)
+    description = (f"python -m workbench {stage} [--smoke] [--run-dir DIR] [--config FILE] [--seed N] "
+                   f"[--force] [--quiet] plus the {cls.__name__} fields below. {cls.__doc__ or ''}")
+    return tyro.cli(cls, args=rest, default=base, prog=f"python -m workbench {stage}", description=description)
+
+
+def _print_summary(run_dir: Path, results: dict) -> None:
+    print(f"\nResults are in {run_dir.resolve()}")
+    for stage in results:
+        d = run_dir / stage
+        print(f"  {stage:8s} {d}/  (metrics: {d / 'metrics.json'})")
+    if "data" in results:
+        print(f"  browse the data: make lab -> notebooks/01_data.ipynb (run dir {run_dir})")

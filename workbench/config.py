@@ -1,0 +1,153 @@
+"""One dataclass config per stage (DESIGN §2).
+
+Each config documents its fields where they are declared, validates itself in
+``__post_init__`` (an invalid value fails at construction with a message naming the field),
+has a ``smoke()`` preset for tests and notebooks, and round-trips through JSON: the resolved
+config is saved as ``config.json`` next to a stage's results, so a result can be reproduced
+from it. The CLI turns every field into a ``--flag`` (see ``workbench.cli``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+
+class ConfigError(ValueError):
+    """An invalid config value; the message names the config class and the field."""
+
+
+@dataclass
+class StageConfig:
+    """Base class: seed, JSON round trip and the validation helpers."""
+
+    stage: ClassVar[str] = ""
+
+    seed: int = 0
+    """Seed for every random choice of the stage."""
+
+    @classmethod
+    def smoke(cls) -> Self:
+        """A small preset that finishes in seconds (tests, notebooks in smoke mode)."""
+        return cls()
+
+    def __post_init__(self) -> None:
+        self._check(isinstance(self.seed, int) and self.seed >= 0, "seed", "must be an integer >= 0")
+
+    # -- validation helpers -------------------------------------------------------------
+    def _check(self, ok: bool, name: str, why: str) -> None:
+        if not ok:
+            raise ConfigError(f"{type(self).__name__}.{name} = {getattr(self, name)!r}: {why}")
+
+    def _positive(self, *names: str) -> None:
+        for name in names:
+            v = getattr(self, name)
+            self._check(isinstance(v, int) and not isinstance(v, bool) and v > 0, name, "must be a positive integer")
+
+    def _fraction(self, *names: str, open_right: bool = True) -> None:
+        for name in names:
+            v = getattr(self, name)
+            in_range = (0.0 <= v < 1.0) if open_right else (0.0 <= v <= 1.0)
+            ok = isinstance(v, int | float) and not isinstance(v, bool) and in_range
+            self._check(ok, name, "must be a fraction in [0, 1)" if open_right else "must be a fraction in [0, 1]")
+
+    # -- serialisation ------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], base: StageConfig | None = None) -> Self:
+        """Build a config from ``values`` over ``base`` (default: the class defaults).
+        Unknown keys are an error that names them."""
+        unknown = sorted(set(values) - set(cls.field_names()))
+        if unknown:
+            raise ConfigError(f"{cls.__name__}: unknown field(s) {unknown}; known: {cls.field_names()}")
+        start = base.to_dict() if base is not None else {}
+        return cls(**{**start, **values})
+
+    @classmethod
+    def from_json(cls, path: str | Path, base: StageConfig | None = None) -> Self:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            values = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {path} must hold a JSON object")
+        return cls.from_dict(values, base)
+
+    def replace(self, **changes: Any) -> Self:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class DataConfig(StageConfig):
+    """The data stage: the synthetic safety world (default) or real BeaverTails-V files.
+
+    The world's sizes, rendering and annotator noise are all here, so the generated dataset
+    is a pure function of this config.
+    """
+
+    stage: ClassVar[str] = "data"
+
+    source: str = "world"
+    """``world`` for the embedded synthetic world, or a path to real BeaverTails-V files
+    (a parquet or jsonl file, a directory of them, or a ``datasets`` save_to_disk directory)."""
+    n_train: int = 20_000
+    """Training preference pairs (world only)."""
+    n_eval: int = 1_200
+    """Held-out evaluation pairs from the training object-template combinations (world only)."""
+    n_test: int = 600
+    """Test prompts (no responses) from held-out object-template combinations (world only)."""
+    image_size: int = 64
+    """Side of the square scene images, in pixels."""
+    heldout_fraction: float = 0.15
+    """Share of (object kind, question template) combinations kept for the test split only."""
+    questions_per_scene: int = 2
+    """How many questions share one rendered scene (fewer images to draw and store)."""
+    helpful_temperature: float = 0.5
+    """Annotator noise of the more-helpful preference: P(1 preferred) = σ((h1 - h2) / T)."""
+    rate_noise: float = 0.45
+    """Std of the Gaussian noise added to gold scores before rounding to annotator rates."""
+    safer_tie_temperature: float = 0.5
+    """When the two harmless rates tie, P(1 safer) = σ((s1 - s2) / T) on the gold scores."""
+    eval_fraction: float = 0.05
+    """Real data without an evaluation split: share of records held out for eval."""
+    strict: bool = False
+    """Real data: stop at the first invalid record instead of counting it as a reject."""
+
+    @classmethod
+    def smoke(cls) -> Self:
+        return cls(n_train=900, n_eval=120, n_test=120)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check(isinstance(self.source, str) and bool(self.source), "source", "must be 'world' or a path")
+        self._positive("n_train", "n_eval", "n_test", "questions_per_scene")
+        self._check(isinstance(self.image_size, int) and 32 <= self.image_size <= 512, "image_size",
+                    "must be an integer in [32, 512]")
+        self._fraction("heldout_fraction", "eval_fraction")
+        self._check(self.heldout_fraction > 0, "heldout_fraction", "must be > 0 (the test split needs held-out combinations)")
+        for name in ("helpful_temperature", "safer_tie_temperature"):
+            self._check(isinstance(getattr(self, name), int | float) and getattr(self, name) > 0, name, "must be > 0")
+        self._check(isinstance(self.rate_noise, int | float) and self.rate_noise >= 0, "rate_noise", "must be >= 0")
+        self._check(isinstance(self.strict, bool), "strict", "must be true or false")
+
+    @property
+    def is_world(self) -> bool:
+        return self.source == "world"
+
+
+#: Every stage's config class, by stage name. Later stages add theirs here.
+CONFIGS: dict[str, type[StageConfig]] = {"data": DataConfig}
+
+__all__ = ["ConfigError", "StageConfig", "DataConfig", "CONFIGS", "field"]

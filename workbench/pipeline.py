@@ -1,0 +1,93 @@
+"""Stages and the pipeline: resolve a stage's config, run it into its run directory, resume.
+
+``run_stage`` is what the CLI, ``make run`` and the notebooks call. A stage function has the
+signature ``fn(config, out_dir, run_dir, progress) -> metrics`` and writes its artifacts into
+``out_dir`` (the stage's partial directory); the pipeline adds ``config.json``,
+``metrics.json`` (with the stage's wall time) and moves the directory into place.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .config import CONFIGS, StageConfig
+from .runs import DEFAULT_RUN_DIR, begin_stage, finish_stage, is_complete, load_metrics, stage_dir
+
+#: Every stage of the design, in pipeline order.
+STAGE_ORDER = ("data", "sft", "reward", "cost", "guard", "ppo", "analyze")
+#: Stages that exist today: name -> "module:function". Later stages register here.
+STAGE_FUNCTIONS: dict[str, str] = {"data": "workbench.data.stage:run_data_stage"}
+
+
+class StageUnavailable(RuntimeError):
+    """A stage of the design that this version of the workbench does not implement yet."""
+
+
+def available_stages() -> list[str]:
+    return [s for s in STAGE_ORDER if s in STAGE_FUNCTIONS]
+
+
+def stage_function(stage: str) -> Callable[..., dict[str, Any]]:
+    if stage not in STAGE_ORDER:
+        raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGE_ORDER)}")
+    if stage not in STAGE_FUNCTIONS:
+        raise StageUnavailable(f"stage '{stage}' is not implemented yet; available: {', '.join(available_stages())}")
+    module, func = STAGE_FUNCTIONS[stage].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def config_class(stage: str) -> type[StageConfig]:
+    stage_function(stage)  # the same clear error for unknown / unavailable stages
+    return CONFIGS[stage]
+
+
+def resolve_config(stage: str, smoke: bool = False, config_file: str | Path | None = None,
+                   seed: int | None = None, **overrides: Any) -> StageConfig:
+    """Defaults (or the ``smoke()`` preset) < ``config_file`` < ``seed`` and ``overrides``."""
+    cls = config_class(stage)
+    cfg = cls.smoke() if smoke else cls()
+    if config_file is not None:
+        cfg = cls.from_json(config_file, base=cfg)
+    if seed is not None:
+        overrides["seed"] = seed
+    return cls.from_dict(overrides, base=cfg) if overrides else cfg
+
+
+def run_stage(stage: str, run_dir: str | Path = DEFAULT_RUN_DIR, config: StageConfig | None = None, *,
+              smoke: bool = False, force: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Run ``stage`` into ``run_dir/<stage>/`` and return its metrics.
+
+    Skips the work and returns the saved metrics when the stage already finished with the
+    same config (resume); ``force`` runs it again. The finished directory appears only when
+    the stage completed (it is built in ``<stage>.partial/``).
+    """
+    fn = stage_function(stage)
+    cfg = config if config is not None else resolve_config(stage, smoke=smoke)
+    run_dir = Path(run_dir)
+    cfg_dict = cfg.to_dict()
+    if not force and is_complete(run_dir, stage, cfg_dict):
+        if progress:
+            print(f"[{stage}] complete in {stage_dir(run_dir, stage)} (same config): skipped; --force reruns it")
+        return load_metrics(run_dir, stage)
+    out_dir = begin_stage(run_dir, stage)
+    start = time.perf_counter()
+    metrics = fn(cfg, out_dir, run_dir, progress)
+    metrics["wall_time_s"] = round(time.perf_counter() - start, 2)
+    final = finish_stage(run_dir, stage, cfg_dict, metrics)
+    if progress:
+        print(f"[{stage}] done in {metrics['wall_time_s']:.1f}s -> {final}")
+    return metrics
+
+
+def run_pipeline(run_dir: str | Path = DEFAULT_RUN_DIR, smoke: bool = False, force: bool = False,
+                 progress: bool = True, seed: int | None = None) -> dict[str, dict[str, Any]]:
+    """Every available stage in order (the ``run`` command and ``make run``)."""
+    results = {}
+    for stage in available_stages():
+        cfg = resolve_config(stage, smoke=smoke, seed=seed)
+        results[stage] = run_stage(stage, run_dir, cfg, force=force, progress=progress)
+    return results
