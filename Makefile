@@ -1,8 +1,10 @@
-# The only set-up on a fresh machine is one of these targets: each creates .venv when missing.
-PYTHON ?= python3.11
-VENV   := .venv
-PY     := $(VENV)/bin/python
+# On a fresh machine these targets are the only set-up: each creates .venv when it is missing
+# (CPU torch first, from its pinned wheel, then the project with its dev extras).
+PYTHON  ?= $(shell command -v python3.11 || command -v python3)
+VENV    := .venv
+PY      := $(VENV)/bin/python
 RUN_DIR ?= runs/default
+# Nothing is downloaded at run time: no model hub, no datasets hub.
 export HF_HUB_OFFLINE=1
 export HF_DATASETS_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
@@ -25,7 +27,7 @@ test: venv
 	WORKBENCH_SMOKE=1 $(PY) -m pytest --nbmake tests notebooks
 
 demo: venv
-	$(PY) -m workbench demo
+	$(PY) -m workbench demo --run-dir $(RUN_DIR)
 
 lab: venv
 	$(VENV)/bin/jupyter lab notebooks/

@@ -271,16 +271,16 @@ _DRAW: dict[str, Callable[[ImageDraw.ImageDraw, Box, RGB], None]] = {
 assert set(_DRAW) == set(KINDS), "every kind needs a drawing function"
 
 # Slot centres (fractions of the side) and icon size (fraction of the side) per object count.
-_SLOTS = {1: ([(0.5, 0.5)], 0.5), 2: ([(0.27, 0.5), (0.73, 0.5)], 0.4),
+_SLOTS = {1: ([(0.5, 0.5)], 0.6), 2: ([(0.27, 0.5), (0.73, 0.5)], 0.4),
           3: ([(0.27, 0.3), (0.73, 0.3), (0.5, 0.73)], 0.36)}
 
 
 def sample_layout(n_objects: int, size: int, rng: np.random.Generator) -> dict:
     """Random but reproducible rendering parameters of a scene with ``n_objects`` icons."""
     centres, frac = _SLOTS[n_objects]
-    jitter = max(1, size // 16)
+    jitter = max(1, size // 21)
     return {
-        "background": [int(v) for v in rng.integers(205, 250, size=3)],
+        "background": [int(v) for v in rng.integers(225, 251, size=3)],
         "offsets": [[int(v) for v in rng.integers(-jitter, jitter + 1, size=2)] for _ in centres],
         "colour_seeds": [int(v) for v in rng.integers(0, 2**31 - 1, size=n_objects)],
         "icon_frac": frac,

@@ -1,0 +1,116 @@
+"""Configs, the run directory (atomic writes, resume) and the CLI contract (DESIGN §2)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import workbench as wb
+from workbench.config import ConfigError, DataConfig
+from workbench.runs import atomic_write_json, is_complete, partial_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+METRIC_KEYS = {"n_train", "n_eval", "n_test", "n_rejected", "by_category", "by_severity"}
+
+
+def cli(*args, cwd=ROOT):
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    return subprocess.run([sys.executable, "-m", "workbench", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_config_validation_names_the_field():
+    with pytest.raises(ConfigError, match=r"DataConfig.n_train = 0"):
+        DataConfig(n_train=0)
+    with pytest.raises(ConfigError, match=r"heldout_fraction"):
+        DataConfig(heldout_fraction=1.5)
+    with pytest.raises(ConfigError, match=r"unknown field\(s\) \['n_trian'\]"):
+        DataConfig.from_dict({"n_trian": 5})
+
+
+def test_config_json_round_trip_and_smoke(tmp_path):
+    cfg = DataConfig.smoke().replace(seed=3)
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(cfg.to_dict()))
+    assert DataConfig.from_json(path) == cfg
+    assert DataConfig.smoke().n_train < DataConfig().n_train
+    with pytest.raises(ConfigError, match="not found"):
+        DataConfig.from_json(tmp_path / "missing.json")
+
+
+def test_atomic_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "metrics.json"
+    atomic_write_json(target, {"a": 1})
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        atomic_write_json(target, {"a": 2})
+    monkeypatch.undo()
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temp file left
+
+
+def test_stage_resume_skips_finished_and_reruns_changed(tmp_path):
+    cfg = DataConfig.smoke()
+    wb.run_stage("data", tmp_path, cfg, progress=False)
+    metrics_file = tmp_path / "data" / "metrics.json"
+    stamp = metrics_file.stat().st_mtime_ns
+    wb.run_stage("data", tmp_path, cfg, progress=False)
+    assert metrics_file.stat().st_mtime_ns == stamp  # skipped
+    m = wb.run_stage("data", tmp_path, cfg.replace(n_test=50), progress=False)
+    assert m["n_test"] == 50 and is_complete(tmp_path, "data", cfg.replace(n_test=50).to_dict())
+    assert not partial_dir(tmp_path, "data").exists()
+
+
+def test_a_killed_stage_is_not_trusted(tmp_path):
+    # a stage killed mid-way leaves only its partial directory, never <stage>/metrics.json
+    part = partial_dir(tmp_path, "data")
+    part.mkdir(parents=True)
+    (part / "train.jsonl").write_text("half a line")
+    assert not is_complete(tmp_path, "data")
+    wb.run_stage("data", tmp_path, DataConfig.smoke(), progress=False)
+    assert is_complete(tmp_path, "data") and not part.exists()
+
+
+def test_cli_data_smoke_contract(tmp_path):
+    out = cli("data", "--smoke", "--run-dir", tmp_path, "--seed", 4, "--n-test", 77)
+    assert out.returncode == 0, out.stderr
+    metrics = json.loads((tmp_path / "data" / "metrics.json").read_text())
+    assert METRIC_KEYS <= set(metrics)
+    assert all(isinstance(metrics[k], int) for k in ("n_train", "n_eval", "n_test", "n_rejected"))
+    assert metrics["n_test"] == 77
+    saved = json.loads((tmp_path / "data" / "config.json").read_text())
+    assert saved["seed"] == 4 and saved["n_train"] == DataConfig.smoke().n_train
+    assert str(tmp_path) in out.stdout  # says where the results are
+
+
+def test_cli_config_file_then_flags(tmp_path):
+    conf = tmp_path / "c.json"
+    conf.write_text(json.dumps({"n_train": 300, "n_eval": 40, "n_test": 30, "seed": 9}))
+    out = cli("data", "--config", conf, "--run-dir", tmp_path / "r", "--n-eval", 50)
+    assert out.returncode == 0, out.stderr
+    saved = json.loads((tmp_path / "r" / "data" / "config.json").read_text())
+    assert (saved["n_train"], saved["n_eval"], saved["seed"]) == (300, 50, 9)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["data", "--smoke", "--source", "/no/such/beavertails"], "/no/such/beavertails"),
+        (["data", "--smoke", "--image-size", "8"], "image_size"),
+        (["data", "--config", "/no/such/config.json"], "config file not found"),
+        (["frobnicate"], "unknown command"),
+        (["demo"], "not implemented yet"),
+    ],
+)
+def test_cli_errors_are_clear(tmp_path, args, message):
+    out = cli(*args, "--run-dir", tmp_path)
+    assert out.returncode != 0
+    assert message in out.stderr + out.stdout
+    assert not (tmp_path / "data" / "metrics.json").exists()
