@@ -114,3 +114,13 @@ def test_cli_errors_are_clear(tmp_path, args, message):
     assert out.returncode != 0
     assert message in out.stderr + out.stdout
     assert not (tmp_path / "data" / "metrics.json").exists()
+
+
+def test_failed_stage_leaves_no_result_but_keeps_rejects(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q ?"}\n')  # every field but one missing
+    with pytest.raises(ValueError, match="rejected"):
+        wb.run_stage("data", tmp_path / "run", DataConfig(source=str(bad)), progress=False)
+    assert not (tmp_path / "run" / "data").exists()
+    left = sorted(p.name for p in partial_dir(tmp_path / "run", "data").iterdir())
+    assert left == ["rejects.jsonl"]

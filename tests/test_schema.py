@@ -5,7 +5,12 @@ import io
 import pytest
 from PIL import Image
 
-from workbench.data.schema import RecordError, check_image, severity_of_harmless_rate, validate_record
+from workbench.data.schema import (
+    RecordError,
+    check_image,
+    severity_of_harmless_rate,
+    validate_record,
+)
 
 
 def png_bytes(colour=(10, 200, 30)) -> bytes:

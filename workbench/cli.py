@@ -14,7 +14,15 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError
-from .pipeline import STAGE_ORDER, StageUnavailable, available_stages, config_class, resolve_config, run_pipeline, run_stage
+from .pipeline import (
+    STAGE_ORDER,
+    StageUnavailable,
+    available_stages,
+    config_class,
+    resolve_config,
+    run_pipeline,
+    run_stage,
+)
 from .runs import DEFAULT_RUN_DIR
 
 COMMANDS = (*STAGE_ORDER, "run", "demo", "bench")

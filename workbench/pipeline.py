@@ -9,6 +9,7 @@ signature ``fn(config, out_dir, run_dir, progress) -> metrics`` and writes its a
 from __future__ import annotations
 
 import importlib
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -75,12 +76,30 @@ def run_stage(stage: str, run_dir: str | Path = DEFAULT_RUN_DIR, config: StageCo
         return load_metrics(run_dir, stage)
     out_dir = begin_stage(run_dir, stage)
     start = time.perf_counter()
-    metrics = fn(cfg, out_dir, run_dir, progress)
+    try:
+        metrics = fn(cfg, out_dir, run_dir, progress)
+    except Exception:
+        _discard_partial(out_dir)
+        raise
     metrics["wall_time_s"] = round(time.perf_counter() - start, 2)
     final = finish_stage(run_dir, stage, cfg_dict, metrics)
     if progress:
         print(f"[{stage}] done in {metrics['wall_time_s']:.1f}s -> {final}")
     return metrics
+
+
+def _discard_partial(out_dir: Path) -> None:
+    """After a failure keep nothing that looks like a result -- except ``rejects.jsonl``,
+    which says what was wrong with a user's input files (the error message points to it)."""
+    for child in out_dir.iterdir():
+        if child.name == "rejects.jsonl":
+            continue
+        if child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+    if not any(out_dir.iterdir()):
+        out_dir.rmdir()
 
 
 def run_pipeline(run_dir: str | Path = DEFAULT_RUN_DIR, smoke: bool = False, force: bool = False,
