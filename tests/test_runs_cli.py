@@ -88,6 +88,9 @@ def test_cli_data_smoke_contract(tmp_path):
     saved = json.loads((tmp_path / "data" / "config.json").read_text())
     assert saved["seed"] == 4 and saved["n_train"] == DataConfig.smoke().n_train
     assert str(tmp_path) in out.stdout  # says where the results are
+    overview = (tmp_path / "data" / "overview.html").read_text()
+    assert "plotly" in overview and "Pairs by harm category" in overview  # offline plots
+    assert "overview.html" in out.stdout
 
 
 def test_cli_config_file_then_flags(tmp_path):

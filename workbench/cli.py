@@ -94,5 +94,7 @@ def _print_summary(run_dir: Path, results: dict) -> None:
     for stage in results:
         d = run_dir / stage
         print(f"  {stage:8s} {d}/  (metrics: {d / 'metrics.json'})")
+        if (d / "overview.html").is_file():
+            print(f"  {'':8s} plots: {d / 'overview.html'} (open in a browser)")
     if "data" in results:
         print(f"  browse the data: make lab -> notebooks/01_data.ipynb (run dir {run_dir})")
