@@ -10,6 +10,7 @@ finished ones.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -89,11 +90,22 @@ def _stage_config(stage: str, common: argparse.Namespace, rest: list[str]):
     return tyro.cli(cls, args=rest, default=base, prog=f"python -m workbench {stage}", description=description)
 
 
+def _n_rejected(stage_dir: Path) -> int:
+    try:
+        return int(json.loads((stage_dir / "metrics.json").read_text()).get("n_rejected", 0))
+    except (OSError, ValueError):
+        return 0
+
+
 def _print_summary(run_dir: Path, results: dict) -> None:
     print(f"\nResults are in {run_dir.resolve()}")
     for stage in results:
         d = run_dir / stage
         print(f"  {stage:8s} {d}/  (metrics: {d / 'metrics.json'})")
+        rejects = _n_rejected(d)
+        if rejects:
+            print(f"  {'':8s} WARNING: {rejects} input record(s) rejected; each is listed with its field "
+                  f"in {d / 'rejects.jsonl'}")
         if (d / "overview.html").is_file():
             print(f"  {'':8s} plots: {d / 'overview.html'} (open in a browser)")
     if "data" in results:
