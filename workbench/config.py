@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -147,7 +147,114 @@ class DataConfig(StageConfig):
         return self.source == "world"
 
 
-#: Every stage's config class, by stage name. Later stages add theirs here.
-CONFIGS: dict[str, type[StageConfig]] = {"data": DataConfig}
+@dataclass
+class ModelStageConfig(StageConfig):
+    """Fields shared by the stages that train a model (SFT, reward, cost, ...)."""
 
-__all__ = ["ConfigError", "StageConfig", "DataConfig", "CONFIGS", "field"]
+    policy: str = ""
+    """A local HF vision-language model directory to start from instead of the default
+    (SFT: the tiny VLM built from config; reward/cost: the SFT model of this run)."""
+    lora: bool = False
+    """Train a ``peft`` LoRA adapter instead of all weights (the way to train a real VLM)."""
+    lora_r: int = 8
+    """LoRA rank."""
+    lora_alpha: int = 16
+    """LoRA scaling numerator (scale = alpha / r)."""
+    lora_targets: str = "q_proj,v_proj"
+    """Comma-separated names of the modules that get adapters (checked against the model)."""
+    batch_size: int = 32
+    """Sequences (SFT) or pairs (reward, cost) per optimiser step."""
+    lr: float = 1e-3
+    """Peak learning rate (AdamW, linear warm-up then cosine decay)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 20
+    """Linear warm-up steps."""
+    max_steps: int = 600
+    """Optimiser steps."""
+    eval_batch_size: int = 64
+    """Batch size for evaluation."""
+    threads: int = 0
+    """torch CPU threads (0: torch's default)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._positive("lora_r", "lora_alpha", "batch_size", "max_steps", "eval_batch_size")
+        self._check(isinstance(self.lr, int | float) and self.lr > 0, "lr", "must be > 0")
+        self._check(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        self._check(isinstance(self.threads, int) and self.threads >= 0, "threads", "must be >= 0")
+        self._check(isinstance(self.weight_decay, int | float) and self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        targets = [t.strip() for t in self.lora_targets.split(",") if t.strip()]
+        self._check(bool(targets), "lora_targets", "needs at least one module name")
+
+    @property
+    def lora_target_modules(self) -> list[str]:
+        return [t.strip() for t in self.lora_targets.split(",") if t.strip()]
+
+
+@dataclass
+class SFTConfig(ModelStageConfig):
+    """The SFT stage: the base ("precursor") policy imitates the world's demonstrations."""
+
+    stage: ClassVar[str] = "sft"
+
+    max_steps: int = 700
+    caption_steps: int = 300
+    """Image-alignment steps before SFT: empty question -> the scene's true description
+    (world data only). Teaches the vision tower the objects the world is about."""
+    n_eval_prompts: int = 600
+    """Test prompts the base policy answers for its gold helpfulness and safety rate."""
+    max_new_tokens: int = 40
+    """Generation length limit when evaluating the policy."""
+
+    @classmethod
+    def smoke(cls) -> Self:
+        return cls(max_steps=30, caption_steps=10, n_eval_prompts=48, batch_size=16)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._positive("n_eval_prompts", "max_new_tokens")
+
+
+@dataclass
+class RewardConfig(ModelStageConfig):
+    """The reward model: ``-log σ(R_w - R_l) + η·mean(R²)`` on the more-helpful pairs."""
+
+    stage: ClassVar[str] = "reward"
+
+    batch_size: int = 16
+    lr: float = 5e-4
+    max_steps: int = 500
+    eta: float = 1e-3
+    """Weight η of the score regulariser mean(R²) that keeps scores near 0."""
+
+    @classmethod
+    def smoke(cls) -> Self:
+        return cls(max_steps=30, batch_size=8)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check(isinstance(self.eta, int | float) and self.eta >= 0, "eta", "must be >= 0")
+
+
+@dataclass
+class CostConfig(RewardConfig):
+    """The cost model: ``-log σ(C_u - C_s) - log σ(s_u·C_u) - log σ(s_s·C_s) + η·mean(C²)``."""
+
+    stage: ClassVar[str] = "cost"
+
+    sign_mode: str = "graded"
+    """``graded``: sign weight s = -harmless_rate (multi-level); ``binary``: s = ±1 from is_safe."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check(self.sign_mode in ("graded", "binary"), "sign_mode", "must be 'graded' or 'binary'")
+
+
+#: Every stage's config class, by stage name. Later stages add theirs here.
+CONFIGS: dict[str, type[StageConfig]] = {
+    "data": DataConfig, "sft": SFTConfig, "reward": RewardConfig, "cost": CostConfig,
+}
+
+__all__ = ["ConfigError", "StageConfig", "DataConfig", "ModelStageConfig", "SFTConfig", "RewardConfig",
+           "CostConfig", "CONFIGS"]

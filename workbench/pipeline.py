@@ -21,7 +21,10 @@ from .runs import DEFAULT_RUN_DIR, begin_stage, finish_stage, is_complete, load_
 #: Every stage of the design, in pipeline order.
 STAGE_ORDER = ("data", "sft", "reward", "cost", "guard", "ppo", "analyze")
 #: Stages that exist today: name -> "module:function". Later stages register here.
-STAGE_FUNCTIONS: dict[str, str] = {"data": "workbench.data.stage:run_data_stage"}
+STAGE_FUNCTIONS: dict[str, str] = {
+    "data": "workbench.data.stage:run_data_stage",
+    "sft": "workbench.train.sft:run_sft_stage",
+}
 
 
 class StageUnavailable(RuntimeError):

@@ -1,0 +1,82 @@
+"""The SFT stage end to end in smoke mode: tiny LLaVA, the second family (Gemma-3) through
+--policy, and LoRA; plus the loss and the image-alignment demonstrations."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText
+
+import workbench as wb
+from workbench.config import SFTConfig
+from workbench.models.adapters import is_adapter_dir, load_policy
+from workbench.models.families import build_tiny_vlm_family
+from workbench.models.vlm import TinyVLMSpec, build_tiny_vlm, encode, save_vlm
+from workbench.train.sft import captions, demonstrations, sft_loss
+
+SMALL = TinyVLMSpec(vision_hidden=64, vision_layers=1, text_hidden=64, text_layers=2, text_intermediate=128)
+
+
+@pytest.fixture(scope="module")
+def data_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("sft_run")
+    wb.run_stage("data", run, smoke=True, progress=False)
+    return run
+
+
+def test_sft_loss_counts_only_response_tokens(data_run):
+    data = wb.load_data(data_run)
+    model, processor = build_tiny_vlm(SMALL)
+    rec = data.train[0]
+    image = data.image(rec)
+    batch = encode(processor, [image], [rec["question"]], [rec["response_1"]])
+    logits = model(**{k: v for k, v in batch.items() if k != "response_mask"}).logits[0, :-1]
+    targets = batch["input_ids"][0, 1:]
+    mask = batch["response_mask"][0, 1:].bool()
+    by_hand = torch.nn.functional.cross_entropy(logits[mask], targets[mask])
+    assert torch.allclose(sft_loss(model, batch), by_hand, atol=1e-5)
+    n_response = len(rec["response_1"].split()) + 1  # words + end of sequence
+    assert int(mask.sum()) == n_response
+
+
+def test_demonstrations_and_captions(data_run):
+    data = wb.load_data(data_run)
+    demos = demonstrations(data.train)
+    assert len(demos) == 2 * len(data.train)
+    caps = captions(data.train)
+    assert len(caps) == len({r["image"] for r in data.train})
+    prompt, text = caps[0]
+    assert prompt["question"] == "" and text.startswith("the image shows")
+    source = next(r for r in data.train if r["image"] == prompt["image"])
+    assert wb.data.gold_score(dict(source, intent="describe"), text).helpfulness == 3.0
+
+
+def test_sft_smoke_stage(data_run):
+    metrics = wb.run_stage("sft", data_run, smoke=True, progress=False)
+    for key in ("eval_loss", "steps", "base_helpfulness", "base_safety_rate", "parameters"):
+        assert key in metrics
+    assert metrics["train_loss_last"] < metrics["train_loss_first"]
+    assert 0.0 <= metrics["base_safety_rate"] <= 1.0
+    model_dir = data_run / "sft" / "model"
+    model = AutoModelForImageTextToText.from_pretrained(model_dir)
+    fresh, _ = build_tiny_vlm(seed=SFTConfig.smoke().seed)
+    changed = [not torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True)]
+    assert any(changed)
+    samples = [json.loads(line) for line in open(data_run / "sft" / "samples.jsonl")]
+    assert len(samples) == SFTConfig.smoke().n_eval_prompts and "helpfulness" in samples[0]
+
+
+@pytest.mark.parametrize("family", ["gemma3"])
+def test_sft_on_a_second_family_with_lora(data_run, tmp_path, family):
+    model, processor = build_tiny_vlm_family(family, spec=SMALL)
+    base = save_vlm(model, processor, tmp_path / family)
+    cfg = SFTConfig.smoke().replace(policy=str(base), lora=True, lora_targets="q_proj,v_proj",
+                                    max_steps=6, caption_steps=2, n_eval_prompts=8, lr=1e-2)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "data").symlink_to(data_run / "data")
+    metrics = wb.run_stage("sft", run, cfg, progress=False)
+    assert metrics["trainable_parameters"] < metrics["parameters"]
+    assert is_adapter_dir(run / "sft" / "model")
+    loaded, _ = load_policy(run / "sft" / "model")
+    assert type(loaded.get_base_model()).__name__.startswith("Gemma3")

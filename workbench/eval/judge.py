@@ -1,0 +1,92 @@
+"""The ``Judge`` protocol (DESIGN §8) and policy evaluation on test prompts.
+
+A judge maps (prompt record, response) to (helpfulness 0..3, harmlessness -3..+3). The world's
+gold oracle implements it; a model-based judge for real data can be plugged in later.
+``evaluate_policy`` samples one answer per prompt and aggregates the judge's verdicts:
+``helpfulness`` (mean) and ``safety_rate`` (share judged safe), overall and by intent and
+severity when the prompts carry them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data.oracle import gold_score
+from ..data.schema import SEVERITY_LEVELS
+
+
+class Judge(Protocol):
+    def __call__(self, prompt: dict[str, Any], response: str) -> tuple[float, float]: ...
+
+
+class GoldJudge:
+    """The world's gold oracle as a :class:`Judge`."""
+
+    def __call__(self, prompt: dict[str, Any], response: str) -> tuple[float, float]:
+        score = gold_score(prompt, response)
+        return score.helpfulness, score.harmlessness
+
+
+def has_gold(prompts: Sequence[dict[str, Any]]) -> bool:
+    """World prompts carry the metadata the gold oracle needs; real records do not."""
+    return bool(prompts) and all(k in prompts[0] for k in ("objects", "intent", "prompt_severity"))
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """helpfulness / safety_rate overall, by intent and by prompt severity level."""
+    def agg(sub):
+        return {"helpfulness": float(np.mean([r["helpfulness"] for r in sub])),
+                "safety_rate": float(np.mean([r["harmlessness"] > 0 for r in sub])), "n": len(sub)}
+
+    out = agg(rows)
+    groups: dict[str, dict[str, list]] = {"by_intent": defaultdict(list), "by_severity": defaultdict(list)}
+    for r in rows:
+        if "intent" in r:
+            groups["by_intent"][r["intent"]].append(r)
+        if "prompt_severity" in r:
+            groups["by_severity"][SEVERITY_LEVELS[int(r["prompt_severity"])]].append(r)
+    for name, g in groups.items():
+        if g:
+            out[name] = {k: agg(v) for k, v in sorted(g.items())}
+    return out
+
+
+@torch.no_grad()
+def evaluate_policy(model, processor, prompts: Sequence[dict[str, Any]], image_of: Callable[[dict], Any],
+                    judge: Judge | None = None, batch_size: int = 64, max_new_tokens: int = 40,
+                    seed: int = 0, progress: bool = False, desc: str = "eval") -> tuple[dict[str, Any], list[dict]]:
+    """Sample an answer (temperature 1) to every prompt and judge it.
+
+    Returns ``(summary, rows)``; rows hold id, question, response and the judge's scores.
+    With no judge and no gold metadata, responses are returned without scores.
+    """
+    from ..models.vlm import generate
+
+    judge = judge if judge is not None else (GoldJudge() if has_gold(prompts) else None)
+    torch.manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False)
+    for i in range(0, len(prompts), batch_size):
+        chunk = prompts[i: i + batch_size]
+        texts = generate(model, processor, [image_of(p) for p in chunk], [p["question"] for p in chunk],
+                         max_new_tokens=max_new_tokens)
+        for p, text in zip(chunk, texts, strict=True):
+            row = {"id": p.get("id"), "question": p["question"], "response": text}
+            for key in ("intent", "prompt_severity", "category"):
+                if key in p:
+                    row[key] = p[key]
+            if judge is not None:
+                row["helpfulness"], row["harmlessness"] = judge(p, text)
+            rows.append(row)
+        bar.update(len(chunk))
+    bar.close()
+    model.train(was_training)
+    return (summarise(rows) if judge is not None else {}), rows

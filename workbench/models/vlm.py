@@ -1,0 +1,230 @@
+"""Vision-language models: the tiny HF-native VLM built from config, and any local HF VLM.
+
+The tiny model is a real ``transformers`` LLaVA (CLIP vision tower + Llama decoder) built
+from constructor arguments with the world's tokenizer -- nothing is downloaded. It is saved
+with ``save_pretrained`` (safetensors) together with its processor, and loads back with
+``AutoModelForImageTextToText`` / ``AutoProcessor``. Any other local HF image-text-to-text
+directory can take its place (``load_vlm``), with a LoRA adapter from ``peft``
+(``workbench.models.adapters``).
+
+Prompts go through the processor's chat template (the tiny tokenizer ships one), so the tiny
+model and a real VLM share one code path: ``prompt_texts`` -> ``encode`` -> ``generate``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .tokenizer import IMAGE_TOKEN, world_tokenizer
+
+
+class VLMError(ValueError):
+    """A model directory or tokenizer that the workbench cannot use, with the reason."""
+
+
+@dataclass(frozen=True)
+class TinyVLMSpec:
+    """Sizes of the tiny LLaVA (a few million parameters; trains on a laptop CPU)."""
+
+    image_size: int = 64
+    patch_size: int = 16
+    vision_hidden: int = 128
+    vision_layers: int = 2
+    vision_heads: int = 4
+    text_hidden: int = 192
+    text_layers: int = 4
+    text_heads: int = 4
+    text_intermediate: int = 512
+    max_positions: int = 256
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size:
+            raise VLMError(f"TinyVLMSpec: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+
+
+def build_tiny_vlm(spec: TinyVLMSpec | None = None, tokenizer=None, seed: int = 0):
+    """The tiny LLaVA and its processor, built from config with the world's tokenizer."""
+    from transformers import (
+        CLIPImageProcessorPil,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    spec = spec or TinyVLMSpec()
+    tokenizer = tokenizer if tokenizer is not None else world_tokenizer()
+    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    vision = CLIPVisionConfig(
+        hidden_size=spec.vision_hidden, intermediate_size=2 * spec.vision_hidden,
+        num_hidden_layers=spec.vision_layers, num_attention_heads=spec.vision_heads,
+        image_size=spec.image_size, patch_size=spec.patch_size, projection_dim=spec.vision_hidden)
+    text = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=spec.text_hidden, intermediate_size=spec.text_intermediate,
+        num_hidden_layers=spec.text_layers, num_attention_heads=spec.text_heads,
+        num_key_value_heads=spec.text_heads, max_position_embeddings=spec.max_positions,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=image_token_id,
+                         vision_feature_select_strategy="default", vision_feature_layer=-1)
+    config.pad_token_id = tokenizer.pad_token_id
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": spec.image_size}, crop_size={"height": spec.image_size, "width": spec.image_size},
+        do_center_crop=True, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    processor = LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=spec.patch_size,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        chat_template=tokenizer.chat_template, image_token=IMAGE_TOKEN)
+    return model, processor
+
+
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def save_vlm(model, processor, path: str | Path) -> Path:
+    """``save_pretrained`` for both (safetensors), into ``path``."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    processor.save_pretrained(path)
+    return path
+
+
+def _check_vlm_dir(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise VLMError(f"model directory not found: {path}")
+    if not path.is_dir():
+        raise VLMError(f"{path} is a file, not a model directory (expected a save_pretrained directory)")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        held = sorted(e.name + ("/" if e.is_dir() else "") for e in path.iterdir())
+        listing = ", ".join(held[:8]) + (", ..." if len(held) > 8 else "") if held else "nothing"
+        raise VLMError(f"{path} is not a Hugging Face model directory: no config.json (it holds {listing})")
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise VLMError(f"{config_file} is not valid JSON: {exc}") from None
+    return config
+
+
+def load_vlm(path: str | Path, dtype: torch.dtype | None = None, trust_remote_code: bool = False):
+    """Load any local HF image-text-to-text model and its processor.
+
+    Checks, each with a clear :class:`VLMError`: the directory exists and holds a config;
+    the architecture is an image-text-to-text model ``transformers`` knows; the processor
+    loads and has an image token that its tokenizer knows. ``trust_remote_code`` stays off
+    unless asked for.
+    """
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    path = Path(path)
+    raw = _check_vlm_dir(path)
+    model_type = raw.get("model_type")
+    if model_type is None:
+        raise VLMError(f"{path} is not a Hugging Face model directory: its config.json has no model_type")
+    if model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        raise VLMError(
+            f"{path} holds a '{model_type}' model, which is not a vision-language (image-text-to-text) "
+            f"model; expected one of e.g. llava, qwen2_vl, paligemma, idefics3")
+    try:
+        AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise VLMError(f"cannot load the processor of {path}: {exc}") from exc
+    check_processor(processor, where=str(path))
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise VLMError(f"cannot load the model weights of {path}: {exc}") from exc
+    return model, processor
+
+
+def check_processor(processor, where: str = "processor") -> None:
+    """The processor must have an image processor and a tokenizer that knows its image token."""
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is None or getattr(processor, "image_processor", None) is None:
+        raise VLMError(f"{where}: not a vision-language processor (needs an image processor and a tokenizer)")
+    image_token = getattr(processor, "image_token", None) or getattr(tokenizer, "image_token", None)
+    if not image_token:
+        raise VLMError(f"{where}: the processor names no image token")
+    token_id = tokenizer.convert_tokens_to_ids(image_token)
+    if token_id is None or token_id == tokenizer.unk_token_id:
+        raise VLMError(f"{where}: the tokenizer has no image token {image_token!r} in its vocabulary")
+    if getattr(processor, "chat_template", None) is None and getattr(tokenizer, "chat_template", None) is None:
+        raise VLMError(f"{where}: no chat template (the workbench formats prompts with it)")
+
+
+# --- prompts, encoding, generation ---------------------------------------------------------
+def prompt_texts(processor, questions: list[str], responses: list[str] | None = None) -> list[str]:
+    """Chat-formatted prompts (ending with the assistant turn marker); with ``responses``,
+    the full conversations."""
+    out = []
+    for i, q in enumerate(questions):
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}]
+        text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if responses is not None:
+            text = text + " " + responses[i] + " " + processor.tokenizer.eos_token
+        out.append(text)
+    return out
+
+
+def encode(processor, images: list[Image.Image], questions: list[str], responses: list[str] | None = None,
+           padding_side: str = "right") -> dict[str, torch.Tensor]:
+    """A model batch. With ``responses`` it also has ``response_mask``: 1 on the response
+    tokens (and the closing end-of-sequence token), 0 on prompt and padding."""
+    tokenizer = processor.tokenizer
+    images = [[image] for image in images]  # one image per sample (some processors need the nesting)
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = padding_side
+    try:
+        texts = prompt_texts(processor, questions, responses)
+        batch = processor(images=images, text=texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        if responses is not None:
+            prompts = processor(images=images, text=prompt_texts(processor, questions), return_tensors="pt",
+                                padding=True, add_special_tokens=False)
+            prompt_len = prompts["attention_mask"].sum(-1)
+            mask = batch["attention_mask"].clone()
+            for i in range(mask.shape[0]):
+                real = mask[i].nonzero().flatten()
+                start = int(real[0])
+                mask[i, start: start + int(prompt_len[i])] = 0
+            batch["response_mask"] = mask
+    finally:
+        tokenizer.padding_side = old_side
+    return dict(batch)
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What a model's forward takes from an :func:`encode` batch: every processor output
+    (some families need more than ``input_ids``/``attention_mask``/``pixel_values``, e.g.
+    Gemma-3's ``token_type_ids`` for attention within an image), without ``response_mask``."""
+    return {k: v for k, v in batch.items() if k != "response_mask"}
+
+
+@torch.no_grad()
+def generate(model, processor, images: list[Image.Image], questions: list[str], max_new_tokens: int = 40,
+             temperature: float = 1.0, do_sample: bool = True) -> list[str]:
+    """Sample one answer per (image, question) with left padding; returns decoded texts."""
+    batch = encode(processor, images, questions, padding_side="left")
+    batch = {k: v.to(model.device) for k, v in batch.items()}
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
+                              "pad_token_id": processor.tokenizer.pad_token_id}
+    if do_sample:
+        kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
+    out = model.generate(**batch, **kwargs)
+    new = out[:, batch["input_ids"].shape[1]:]
+    return [t.strip() for t in processor.batch_decode(new, skip_special_tokens=True)]

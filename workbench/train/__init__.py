@@ -1,0 +1,1 @@
+"""Trainers: SFT, the reward and cost preference models, and (later) PPO-Lagrangian."""

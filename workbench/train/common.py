@@ -1,0 +1,91 @@
+"""What every trainer shares: seeding and threads, the optimiser schedule, image caching,
+batches over records, and the starting model of a stage (tiny VLM, a local HF VLM, LoRA)."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..config import ModelStageConfig
+from ..data.store import DataSplits
+
+
+def setup(cfg: ModelStageConfig) -> None:
+    """Seeds every generator and sets torch's CPU threads from the config."""
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+
+def optimizer_and_schedule(model: torch.nn.Module, cfg: ModelStageConfig):
+    """AdamW over the trainable parameters; linear warm-up then cosine decay to 10%."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / (cfg.warmup_steps + 1)
+        progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+class ImageCache:
+    """The data stage's images, decoded once (the world's are a few KB each)."""
+
+    def __init__(self, data: DataSplits):
+        self.data = data
+        self._cache: dict[str, Image.Image] = {}
+
+    def __call__(self, record: dict[str, Any]) -> Image.Image:
+        key = record["image"]
+        if key not in self._cache:
+            self._cache[key] = self.data.image(record)
+        return self._cache[key]
+
+
+def batches(items: Sequence[Any], batch_size: int, steps: int, seed: int) -> Iterator[list[Any]]:
+    """``steps`` batches of ``batch_size`` items, reshuffled every epoch (seeded)."""
+    rng = random.Random(seed)
+    order: list[int] = []
+    for _ in range(steps):
+        if len(order) < batch_size:
+            fresh = list(range(len(items)))
+            rng.shuffle(fresh)
+            order = order + fresh
+        take, order = order[:batch_size], order[batch_size:]
+        yield [items[i] for i in take]
+
+
+def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i: i + size]
+
+
+def starting_model(cfg: ModelStageConfig, default_path: Path | None):
+    """The model a stage starts from: ``cfg.policy`` if given, else ``default_path`` (e.g. the
+    run's SFT model), else a fresh tiny VLM; wrapped in LoRA when ``cfg.lora``."""
+    from ..models.adapters import apply_lora, load_policy
+    from ..models.vlm import build_tiny_vlm
+
+    if cfg.policy:
+        model, processor = load_policy(cfg.policy)
+    elif default_path is not None:
+        model, processor = load_policy(default_path)
+    else:
+        model, processor = build_tiny_vlm(seed=cfg.seed)
+    if cfg.lora:
+        model = apply_lora(model, cfg.lora_target_modules, r=cfg.lora_r, alpha=cfg.lora_alpha)
+    return model, processor

@@ -1,0 +1,130 @@
+"""SFT: the base ("precursor") policy.
+
+The world's pairs are samples of the precursor mixture (``workbench.data.world``), so
+imitating their responses gives a base policy that is useful on benign prompts, sometimes
+over-refuses, and often complies with harmful requests -- the starting point that
+Safe RLHF-V aligns. Loss: token cross-entropy on the response tokens only,
+
+    L = - (1 / |M|) Σ_{t ∈ M} log π_θ(y_t | x, y_<t),   M = response tokens (+ end of sequence).
+
+The stage trains the tiny VLM (or ``--policy PATH``, optionally through LoRA), saves it under
+``sft/model/`` and reports the eval loss and the base policy's gold helpfulness and safety
+rate on the test prompts (the number later stages must improve).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..config import SFTConfig
+from ..data.store import load_data
+from ..eval.judge import evaluate_policy
+from ..models.adapters import save_policy
+from ..models.vlm import count_parameters, encode, model_inputs
+from ..runs import write_jsonl
+from .common import ImageCache, batches, chunks, optimizer_and_schedule, setup, starting_model
+
+
+def demonstrations(records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
+    """(prompt record, response) for both responses of every pair."""
+    return [(r, r[f"response_{i}"]) for r in records for i in (1, 2)]
+
+
+def captions(records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
+    """Image-alignment demonstrations, one per scene: an empty question answered with the
+    scene's true description (the feature-alignment stage of LLaVA, on the world's scenes).
+    The empty question is no template, so no held-out object-template combination leaks."""
+    from ..data.language import describe_sentence, join_sentences
+
+    seen: dict[str, tuple[dict[str, Any], str]] = {}
+    for r in records:
+        if "objects" in r and r["image"] not in seen:
+            text = join_sentences([describe_sentence([(o["colour"], o["kind"]) for o in r["objects"]])])
+            seen[r["image"]] = ({"image": r["image"], "question": ""}, text)
+    return list(seen.values())
+
+
+def sft_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over the response tokens (``response_mask``)."""
+    out = model(**model_inputs(batch))
+    logits = out.logits[:, :-1].float()
+    targets = batch["input_ids"][:, 1:]
+    mask = batch["response_mask"][:, 1:].to(logits.dtype)
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    return (nll * mask.reshape(-1)).sum() / mask.sum().clamp_min(1.0)
+
+
+def _encode(processor, images: ImageCache, demos) -> dict[str, torch.Tensor]:
+    return encode(processor, [images(r) for r, _ in demos], [r["question"] for r, _ in demos],
+                  [text for _, text in demos])
+
+
+@torch.no_grad()
+def eval_loss(model, processor, images: ImageCache, demos, batch_size: int) -> float:
+    model.eval()
+    total, weight = 0.0, 0.0
+    for chunk in chunks(demos, batch_size):
+        batch = _encode(processor, images, chunk)
+        n = float(batch["response_mask"][:, 1:].sum())
+        total += float(sft_loss(model, batch)) * n
+        weight += n
+    model.train()
+    return total / max(weight, 1.0)
+
+
+def fit(model, processor, images: ImageCache, demos, cfg: SFTConfig, desc: str, progress: bool) -> list[float]:
+    """``cfg.max_steps`` AdamW steps of :func:`sft_loss` over ``demos``; returns the losses."""
+    opt, sched = optimizer_and_schedule(model, cfg)
+    losses: list[float] = []
+    bar = tqdm(batches(demos, cfg.batch_size, cfg.max_steps, cfg.seed), total=cfg.max_steps, desc=desc,
+               disable=not progress)
+    for step, chunk in enumerate(bar):
+        loss = sft_loss(model, _encode(processor, images, chunk))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
+    return losses
+
+
+def run_sft_stage(cfg: SFTConfig, out_dir: Path, run_dir: Path, progress: bool = True) -> dict[str, Any]:
+    setup(cfg)
+    data = load_data(run_dir)
+    images = ImageCache(data)
+    model, processor = starting_model(cfg, default_path=None)
+    model.train()
+    train_demos, eval_demos = demonstrations(data.train), demonstrations(data.eval)
+    caption_demos = captions(data.train)
+    if caption_demos and cfg.caption_steps:
+        fit(model, processor, images, caption_demos, cfg.replace(max_steps=cfg.caption_steps),
+            "sft: image alignment", progress)
+    losses = fit(model, processor, images, train_demos, cfg, "sft", progress)
+    save_policy(model, processor, out_dir / "model")
+
+    metrics: dict[str, Any] = {
+        "eval_loss": eval_loss(model, processor, images, eval_demos, cfg.eval_batch_size),
+        "steps": cfg.max_steps,
+        "train_loss_first": sum(losses[:10]) / len(losses[:10]),
+        "train_loss_last": sum(losses[-10:]) / len(losses[-10:]),
+        "parameters": count_parameters(model),
+        "trainable_parameters": count_parameters(model, trainable_only=True),
+    }
+    prompts = data.test[: cfg.n_eval_prompts]
+    summary, rows = evaluate_policy(model, processor, prompts, images, batch_size=cfg.eval_batch_size,
+                                    max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, progress=progress,
+                                    desc="sft: base policy on test prompts")
+    write_jsonl(out_dir / "samples.jsonl", rows)
+    if summary:
+        metrics["base_helpfulness"] = summary["helpfulness"]
+        metrics["base_safety_rate"] = summary["safety_rate"]
+        metrics["base_policy"] = summary
+    return metrics
