@@ -80,3 +80,31 @@ def test_sft_on_a_second_family_with_lora(data_run, tmp_path, family):
     assert is_adapter_dir(run / "sft" / "model")
     loaded, _ = load_policy(run / "sft" / "model")
     assert type(loaded.get_base_model()).__name__.startswith("Gemma3")
+
+
+def test_lora_stage_after_a_lora_policy_keeps_its_weights(data_run, tmp_path):
+    """SFT with LoRA, then a second stage with LoRA from that adapter: what the second stage
+    saves must reload to the SFT policy's outputs (it continues the same adapter)."""
+    from workbench.models.adapters import save_policy
+    from workbench.train.common import starting_model
+
+    model, processor = build_tiny_vlm(SMALL)
+    base = save_vlm(model, processor, tmp_path / "base")
+    cfg = SFTConfig.smoke().replace(policy=str(base), lora=True, max_steps=1)
+    first, processor = starting_model(cfg, None)
+    with torch.no_grad():
+        for name, p in first.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # an adapter that changes the outputs
+    save_policy(first, processor, tmp_path / "sft")
+    second, processor = starting_model(cfg.replace(policy=str(tmp_path / "sft")), None)
+    save_policy(second, processor, tmp_path / "second")
+    data = wb.load_data(data_run)
+    rec = data.train[0]
+    batch = encode(processor, [data.image(rec)], [rec["question"]])
+    reference, _ = load_policy(tmp_path / "sft")
+    reloaded, _ = load_policy(tmp_path / "second")
+    with torch.no_grad():
+        want = reference(**batch).logits
+        got = reloaded(**batch).logits
+    assert torch.allclose(want, got, atol=1e-4)

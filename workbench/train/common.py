@@ -76,16 +76,22 @@ def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 def starting_model(cfg: ModelStageConfig, default_path: Path | None):
     """The model a stage starts from: ``cfg.policy`` if given, else ``default_path`` (e.g. the
-    run's SFT model), else a fresh tiny VLM; wrapped in LoRA when ``cfg.lora``."""
+    run's SFT model), else a fresh tiny VLM. With ``cfg.lora`` it trains through a LoRA
+    adapter: the policy's own adapter when it has one (so the saved adapter still sits on the
+    saved base), else a new one; without, an adapter policy is merged into full weights."""
     from ..models.adapters import apply_lora, load_policy
     from ..models.vlm import build_tiny_vlm
 
-    if cfg.policy:
-        model, processor = load_policy(cfg.policy)
-    elif default_path is not None:
-        model, processor = load_policy(default_path)
+    source = cfg.policy or default_path
+    if source:
+        model, processor = load_policy(source, trainable=cfg.lora)
     else:
         model, processor = build_tiny_vlm(seed=cfg.seed)
+    if hasattr(model, "peft_config"):
+        if cfg.lora:
+            # keep training the policy's own adapter (its base stays the saved base model)
+            return model, processor
+        model = model.merge_and_unload()  # full training starts from the merged weights
     if cfg.lora:
         model = apply_lora(model, cfg.lora_target_modules, r=cfg.lora_r, alpha=cfg.lora_alpha)
     return model, processor
