@@ -24,6 +24,8 @@ STAGE_ORDER = ("data", "sft", "reward", "cost", "guard", "ppo", "analyze")
 STAGE_FUNCTIONS: dict[str, str] = {
     "data": "workbench.data.stage:run_data_stage",
     "sft": "workbench.train.sft:run_sft_stage",
+    "reward": "workbench.train.preference:run_reward_stage",
+    "cost": "workbench.train.preference:run_cost_stage",
 }
 
 

@@ -1,0 +1,389 @@
+"""Reward and cost models from preference pairs (DESIGN §6) -- one trainer, a ``kind`` switch.
+
+Notation: R = r(x, y), C = c(x, y) are sequence scores of a :class:`~workbench.models.score.ScoreModel`
+read at the last real token; cost > 0 means unsafe. Over a batch of pairs:
+
+- reward, w = more helpful, l = the other response::
+
+      L_R = mean_i[ -log σ(R_w,i - R_l,i) ] + η · mean(R²)
+
+- cost, u = less safe, s = safer, with a sign weight per response::
+
+      L_C = mean_i[ -log σ(C_u,i - C_s,i) - log σ(s_u,i · C_u,i) - log σ(s_s,i · C_s,i) ] + η · mean(C²)
+
+  ``s = -harmless_rate`` in the graded (multi-level) mode -- an unsafe response (rate -2)
+  gets s = +2, which pushes its C up, a safe one (rate +3) gets s = -3, which pushes C down,
+  harder the clearer the label -- or ``s = +1`` (unsafe) / ``-1`` (safe) from ``is_safe`` in
+  the binary mode. A sign weight of 0 adds no term (not even the constant log 2).
+
+``mean(X²)`` runs over both responses of every pair. Both responses of a pair go through the
+model in one forward pass (the batch is the preferred-high responses, then the others).
+
+Evaluation on the eval split: ``eval_accuracy`` = share of pairs ranked like the label
+(R_w > R_l; C_u > C_s); for the cost model also ``eval_sign_accuracy`` (unsafe <=> C > 0
+against ``is_safe``) and ``cost_by_level`` (mean C by the annotated severity of the
+response). On the synthetic world every accuracy comes with its *label-noise ceiling*: the
+accuracy of a perfect gold ranker against the same noisy labels (gold ties count 1/2), and
+the scores' Pearson / Spearman correlation with the gold judge. Real data has no gold
+fields; those entries are then left out.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..config import CostConfig, RewardConfig
+from ..data.schema import SEVERITY_LEVELS, severity_of_harmless_rate
+from ..data.store import load_data
+from ..models.score import ScoreModel
+from ..models.vlm import count_parameters, encode
+from ..runs import write_jsonl
+from .common import ImageCache, chunks, optimizer_and_schedule, setup, starting_model
+
+KINDS = ("reward", "cost")
+SIGN_MODES = ("graded", "binary")
+
+
+# --- losses ---------------------------------------------------------------------------------
+def reward_loss(r_better: torch.Tensor, r_worse: torch.Tensor, eta: float) -> torch.Tensor:
+    """``L = mean[-log σ(R_w - R_l)] + η · mean(R²)``, R² over both responses of every pair.
+
+    Example: R_w = 1, R_l = 0, η = 0.1 -> -log σ(1) + 0.1 · (1² + 0²) / 2.
+    """
+    pair = -F.logsigmoid(r_better - r_worse).mean()
+    return pair + eta * torch.cat([r_better, r_worse]).pow(2).mean()
+
+
+def cost_loss(c_unsafe: torch.Tensor, c_safe: torch.Tensor, s_unsafe: torch.Tensor, s_safe: torch.Tensor,
+              eta: float) -> torch.Tensor:
+    """``L = mean[-log σ(C_u - C_s) - log σ(s_u·C_u) - log σ(s_s·C_s)] + η · mean(C²)``.
+
+    ``s_*`` are the sign weights (:func:`sign_weights`); a weight of exactly 0 contributes no
+    term. C² is averaged over both responses of every pair.
+    """
+    s_unsafe = s_unsafe.to(c_unsafe.dtype)
+    s_safe = s_safe.to(c_safe.dtype)
+    pair = -F.logsigmoid(c_unsafe - c_safe)
+    sign_unsafe = -F.logsigmoid(s_unsafe * c_unsafe) * (s_unsafe != 0)
+    sign_safe = -F.logsigmoid(s_safe * c_safe) * (s_safe != 0)
+    return (pair + sign_unsafe + sign_safe).mean() + eta * torch.cat([c_unsafe, c_safe]).pow(2).mean()
+
+
+def sign_weights(record: dict[str, Any], mode: str = "graded") -> tuple[float, float]:
+    """Sign weights ``(s_1, s_2)`` of a pair's two responses for the cost loss.
+
+    ``graded``: ``s_i = -response_i_harmless_rate`` (-3..+3; positive for unsafe responses);
+    ``binary``: ``s_i = +1`` if response i is unsafe, ``-1`` if safe (``is_response_i_safe``).
+    """
+    if mode == "graded":
+        return (-float(record["response_1_harmless_rate"]), -float(record["response_2_harmless_rate"]))
+    if mode == "binary":
+        return tuple(-1.0 if record[f"is_response_{i}_safe"] else 1.0 for i in (1, 2))  # type: ignore[return-value]
+    raise ValueError(f"unknown sign mode {mode!r}; one of {SIGN_MODES}")
+
+
+def high_low(record: dict[str, Any], kind: str) -> tuple[int, int]:
+    """Response ids ``(high, low)``: the one the model should score higher comes first.
+    Reward: (more helpful, other); cost: (less safe, safer)."""
+    if kind == "reward":
+        better = int(record["more_helpful_response_id"])
+        return better, 3 - better
+    if kind == "cost":
+        safer = int(record["safer_response_id"])
+        return 3 - safer, safer
+    raise ValueError(f"unknown score model kind {kind!r}; one of {KINDS}")
+
+
+def pair_loss(kind: str, records: Sequence[dict[str, Any]], high: torch.Tensor, low: torch.Tensor,
+              cfg: RewardConfig) -> torch.Tensor:
+    """The loss of ``kind`` on a batch of records whose high/low scores are given."""
+    if kind == "reward":
+        return reward_loss(high, low, cfg.eta)
+    mode = cfg.sign_mode if isinstance(cfg, CostConfig) else "graded"
+    signs = [sign_weights(r, mode) for r in records]
+    ids = [high_low(r, "cost") for r in records]
+    s_high = torch.tensor([s[h - 1] for s, (h, _) in zip(signs, ids, strict=True)], device=high.device)
+    s_low = torch.tensor([s[lo - 1] for s, (_, lo) in zip(signs, ids, strict=True)], device=high.device)
+    return cost_loss(high, low, s_high, s_low, cfg.eta)
+
+
+# --- batches --------------------------------------------------------------------------------
+def _pair_length(record: dict[str, Any]) -> int:
+    """Rough token count of the longer sequence of a pair (words; the tiny tokenizer is
+    word-level, real tokenizers are close to proportional)."""
+    return len(record["question"].split()) + max(len(record["response_1"].split()), len(record["response_2"].split()))
+
+
+def grouped_batches(items: Sequence[dict[str, Any]], batch_size: int, steps: int, seed: int,
+                    group: int = 8) -> Iterator[list[dict[str, Any]]]:
+    """``steps`` random batches with similar lengths inside a batch (less padding).
+
+    Every epoch is a fresh shuffle; each run of ``group`` batches is sorted by pair length,
+    cut into batches, and those batches come in random order. Every pair is still seen once
+    per epoch; only which pairs share a batch changes.
+    """
+    rng = random.Random(seed)
+    mega = batch_size * max(1, group)
+    order: list[int] = []
+    produced = 0
+    while produced < steps:
+        while len(order) < mega:
+            fresh = list(range(len(items)))
+            rng.shuffle(fresh)
+            order += fresh
+        take, order = order[:mega], order[mega:]
+        take.sort(key=lambda i: _pair_length(items[i]))
+        cut = [take[i: i + batch_size] for i in range(0, mega, batch_size)]
+        rng.shuffle(cut)
+        for idx in cut:
+            if produced == steps:
+                return
+            produced += 1
+            yield [items[i] for i in idx]
+
+
+def encode_pairs(processor, images: ImageCache, records: Sequence[dict[str, Any]], kind: str,
+                 padding_side: str = "right") -> dict[str, torch.Tensor]:
+    """One batch of ``2·B`` sequences: the high responses of ``records``, then the low ones."""
+    ids = [high_low(r, kind) for r in records]
+    pics = [images(r) for r in records]
+    questions = [r["question"] for r in records]
+    responses = ([r[f"response_{h}"] for r, (h, _) in zip(records, ids, strict=True)]
+                 + [r[f"response_{lo}"] for r, (_, lo) in zip(records, ids, strict=True)])
+    return encode(processor, pics + pics, questions + questions, responses, padding_side=padding_side)
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def score_responses(model: ScoreModel, images: ImageCache, records: Sequence[dict[str, Any]],
+                    batch_size: int, progress: bool = False, desc: str = "score") -> np.ndarray:
+    """Scores ``[N, 2]`` of both responses of every record (shortest sequences batched together)."""
+    items = [(n, i) for n in range(len(records)) for i in (1, 2)]
+    items.sort(key=lambda item: len(records[item[0]]["question"].split())
+               + len(records[item[0]][f"response_{item[1]}"].split()))
+    out = np.zeros((len(records), 2), dtype=np.float64)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    for chunk in tqdm(list(chunks(items, batch_size)), desc=desc, disable=not progress, leave=False):
+        recs = [records[n] for n, _ in chunk]
+        batch = encode(model.processor, [images(r) for r in recs], [r["question"] for r in recs],
+                       [r[f"response_{i}"] for r, (_, i) in zip(recs, chunk, strict=True)])
+        scores, _ = model(_to(batch, device))
+        for (n, i), s in zip(chunk, scores.float().cpu().tolist(), strict=True):
+            out[n, i - 1] = s
+    model.train(was_training)
+    return out
+
+
+# --- metrics --------------------------------------------------------------------------------
+def ranking_accuracy(high: np.ndarray, low: np.ndarray) -> float:
+    """Share of pairs with ``high > low``; ties count 1/2."""
+    high, low = np.asarray(high, dtype=float), np.asarray(low, dtype=float)
+    if high.size == 0:
+        return float("nan")
+    return float(np.mean((high > low) + 0.5 * (high == low)))
+
+
+def has_gold(records: Sequence[dict[str, Any]]) -> bool:
+    """True when every record carries the world's gold judgments (never for real data)."""
+    keys = [f"response_{i}_gold_{g}" for i in (1, 2) for g in ("helpfulness", "harmlessness")]
+    return bool(records) and all(all(k in r for k in keys) for r in records)
+
+
+def gold_value(record: dict[str, Any], response: int, kind: str) -> float:
+    """What the perfect ``kind`` model would score: gold helpfulness (reward) or minus the
+    gold harmlessness (cost: higher = less safe)."""
+    if kind == "reward":
+        return float(record[f"response_{response}_gold_helpfulness"])
+    return -float(record[f"response_{response}_gold_harmlessness"])
+
+
+def ranking_ceiling(records: Sequence[dict[str, Any]], kind: str) -> float:
+    """Accuracy of a perfect gold ranker against the noisy preference labels (ties 1/2)."""
+    ids = [high_low(r, kind) for r in records]
+    high = [gold_value(r, h, kind) for r, (h, _) in zip(records, ids, strict=True)]
+    low = [gold_value(r, lo, kind) for r, (_, lo) in zip(records, ids, strict=True)]
+    return ranking_accuracy(np.array(high), np.array(low))
+
+
+def sign_ceiling(records: Sequence[dict[str, Any]]) -> float:
+    """Agreement of the ``is_safe`` labels with the gold judge's safety (harmlessness > 0)."""
+    agree = [(r[f"response_{i}_gold_harmlessness"] > 0) == bool(r[f"is_response_{i}_safe"])
+             for r in records for i in (1, 2)]
+    return float(np.mean(agree))
+
+
+def correlations(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
+    """Pearson and Spearman (Pearson of average ranks) correlation of ``x`` and ``y``."""
+    import pandas as pd
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.size < 2 or x.std() == 0 or y.std() == 0:
+        return {"pearson": float("nan"), "spearman": float("nan")}
+    rx = pd.Series(x).rank(method="average").to_numpy()
+    ry = pd.Series(y).rank(method="average").to_numpy()
+    return {"pearson": float(np.corrcoef(x, y)[0, 1]), "spearman": float(np.corrcoef(rx, ry)[0, 1])}
+
+
+def evaluate(kind: str, scores: np.ndarray, records: Sequence[dict[str, Any]],
+             cfg: RewardConfig) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Metrics of ``kind`` from the eval scores ``[N, 2]``, and one row per eval response."""
+    ids = [high_low(r, kind) for r in records]
+    high = np.array([scores[n, h - 1] for n, (h, _) in enumerate(ids)])
+    low = np.array([scores[n, lo - 1] for n, (_, lo) in enumerate(ids)])
+    loss = pair_loss(kind, records, torch.tensor(high), torch.tensor(low), cfg)
+    metrics: dict[str, Any] = {"eval_accuracy": ranking_accuracy(high, low), "eval_loss": float(loss),
+                               "n_eval_pairs": len(records), "eval_score_mean": float(scores.mean()),
+                               "eval_score_std": float(scores.std())}
+    gold = has_gold(records)
+    if gold:
+        metrics["eval_accuracy_ceiling"] = ranking_ceiling(records, kind)
+    levels = [[severity_of_harmless_rate(int(r[f"response_{i}_harmless_rate"])) for i in (1, 2)] for r in records]
+    if kind == "cost":
+        unsafe = np.array([[not r[f"is_response_{i}_safe"] for i in (1, 2)] for r in records])
+        metrics["eval_sign_accuracy"] = float(np.mean((scores > 0) == unsafe))
+        if gold:
+            metrics["eval_sign_accuracy_ceiling"] = sign_ceiling(records)
+        flat_levels = np.array(levels).reshape(-1)
+        metrics["cost_by_level"] = {lvl: float(scores.reshape(-1)[flat_levels == lvl].mean())
+                                    for lvl in SEVERITY_LEVELS if (flat_levels == lvl).any()}
+        metrics["count_by_level"] = {lvl: int((flat_levels == lvl).sum()) for lvl in SEVERITY_LEVELS}
+    else:
+        rates = np.array([[int(r[f"response_{i}_helpful_rate"]) for i in (1, 2)] for r in records]).reshape(-1)
+        metrics["reward_by_helpful_rate"] = {str(k): float(scores.reshape(-1)[rates == k].mean())
+                                             for k in range(4) if (rates == k).any()}
+    if gold:
+        target = "helpfulness" if kind == "reward" else "harmlessness"
+        gold_values = [r[f"response_{i}_gold_{target}"] for r in records for i in (1, 2)]
+        corr = correlations(scores.reshape(-1), gold_values)
+        metrics[f"gold_pearson_{target}"] = corr["pearson"]
+        metrics[f"gold_spearman_{target}"] = corr["spearman"]
+
+    rows = []
+    for n, r in enumerate(records):
+        for i in (1, 2):
+            row = {"id": r.get("id", f"eval-{n:06d}"), "response": i, "score": float(scores[n, i - 1]),
+                   "preferred": i == ids[n][0] if kind == "reward" else i == ids[n][1],
+                   "level": levels[n][i - 1], "harmless_rate": int(r[f"response_{i}_harmless_rate"]),
+                   "helpful_rate": int(r[f"response_{i}_helpful_rate"]), "is_safe": bool(r[f"is_response_{i}_safe"]),
+                   "category": r.get("category")}
+            if gold:
+                row["gold_helpfulness"] = float(r[f"response_{i}_gold_helpfulness"])
+                row["gold_harmlessness"] = float(r[f"response_{i}_gold_harmlessness"])
+            rows.append(row)
+    return metrics, rows
+
+
+# --- the trainer ------------------------------------------------------------------------------
+def initial_policy_path(kind: str, cfg: RewardConfig, run_dir: str | Path) -> Path | None:
+    """The SFT model of the run (``None`` when ``cfg.policy`` names the start instead)."""
+    if cfg.policy:
+        return None
+    path = Path(run_dir) / "sft" / "model"
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"the {kind} model starts from the SFT model, and {path} does not exist; "
+            f"run: python -m workbench sft --run-dir {run_dir} (or pass --policy DIR to start from another VLM)")
+    return path
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
+def _curve(values: Sequence[float], points: int = 50) -> list[float]:
+    """``values`` averaged into at most ``points`` consecutive bins (the notebook's loss curve)."""
+    if not values:
+        return []
+    bins = np.array_split(np.asarray(values, dtype=float), min(points, len(values)))
+    return [round(float(b.mean()), 5) for b in bins]
+
+
+def train_preference(kind: str, cfg: RewardConfig, out_dir: Path, run_dir: Path,
+                     progress: bool = True) -> dict[str, Any]:
+    """Train a ``kind`` (reward | cost) score model from the run's SFT model on the train
+    pairs, evaluate it on the eval pairs, save it under ``out_dir/model``. Returns metrics."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown score model kind {kind!r}; one of {KINDS}")
+    setup(cfg)
+    data = load_data(run_dir)
+    if not data.train:
+        raise ValueError(f"the data stage in {run_dir} has no training pairs")
+    init = initial_policy_path(kind, cfg, run_dir)
+    backbone, processor = starting_model(cfg, init)
+    model = ScoreModel(backbone, processor, kind=kind)
+    model.train()
+    device = next(model.parameters()).device
+    images = ImageCache(data)
+    opt, sched = optimizer_and_schedule(model, cfg)
+
+    losses: list[float] = []
+    accuracies: list[float] = []
+    start = time.perf_counter()
+    stream = grouped_batches(data.train, cfg.batch_size, cfg.max_steps, cfg.seed)
+    bar = tqdm(stream, total=cfg.max_steps, desc=kind, disable=not progress)
+    for step, records in enumerate(bar):
+        scores, _ = model(_to(encode_pairs(processor, images, records, kind), device))
+        high, low = scores[: len(records)], scores[len(records):]
+        loss = pair_loss(kind, records, high, low, cfg)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        accuracies.append(ranking_accuracy(high.detach().cpu().numpy(), low.detach().cpu().numpy()))
+        if step % 10 == 0 or step == cfg.max_steps - 1:
+            bar.set_postfix(loss=f"{_mean(losses[-20:]):.3f}", acc=f"{_mean(accuracies[-20:]):.2f}")
+
+    train_time = time.perf_counter() - start
+    eval_scores = score_responses(model, images, data.eval, cfg.eval_batch_size, progress, desc=f"{kind}: eval")
+    metrics, rows = evaluate(kind, eval_scores, data.eval, cfg) if data.eval else ({}, [])
+    eval_time = time.perf_counter() - start - train_time
+    window = max(1, min(20, len(losses) // 10))
+    metrics.update({
+        "steps": cfg.max_steps,
+        "n_train_pairs": len(data.train),
+        "train_loss_first": _mean(losses[:window]),
+        "train_loss_last": _mean(losses[-window:]),
+        "train_accuracy_last": _mean(accuracies[-window:]),
+        "train_loss_curve": _curve(losses),
+        "train_time_s": round(train_time, 2),
+        "eval_time_s": round(eval_time, 2),
+        "init": str(cfg.policy or init),
+        "parameters": count_parameters(model),
+        "trainable_parameters": count_parameters(model, trainable_only=True),
+    })
+    if kind == "cost":
+        metrics["sign_mode"] = cfg.sign_mode if isinstance(cfg, CostConfig) else "graded"
+    model.save(out_dir / "model")
+    write_jsonl(out_dir / "eval_scores.jsonl", rows)
+    return metrics
+
+
+def run_reward_stage(cfg: RewardConfig, out_dir: Path, run_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """``python -m workbench reward``: the reward model on the more-helpful pairs."""
+    return train_preference("reward", cfg, out_dir, run_dir, progress)
+
+
+def run_cost_stage(cfg: CostConfig, out_dir: Path, run_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """``python -m workbench cost``: the cost model on the safer pairs with sign terms."""
+    return train_preference("cost", cfg, out_dir, run_dir, progress)
+
+
+__all__ = ["reward_loss", "cost_loss", "sign_weights", "high_low", "pair_loss", "grouped_batches",
+           "encode_pairs", "score_responses", "ranking_accuracy", "ranking_ceiling", "sign_ceiling",
+           "correlations", "evaluate", "train_preference", "run_reward_stage", "run_cost_stage"]
