@@ -15,3 +15,14 @@ def smoke_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("smoke_run")
     wb.run_stage("data", run_dir, smoke=True, progress=False)
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def smoke_score_runs(tmp_path_factory):
+    """Smoke runs up to the reward and cost models, shared by the tests that only read them:
+    ``(graded, binary)`` where ``graded`` holds data, sft, reward and a graded cost model and
+    ``binary`` a binary cost model over symlinks to the same data and SFT model
+    (``workbench.eval.views.smoke_runs``; trains with one torch thread, which stays set)."""
+    from workbench.eval.views import smoke_runs
+
+    return smoke_runs(tmp_path_factory.mktemp("smoke_score_runs"), threads=1)

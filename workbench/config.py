@@ -175,7 +175,9 @@ class ModelStageConfig(StageConfig):
     eval_batch_size: int = 64
     """Batch size for evaluation."""
     threads: int = 0
-    """torch CPU threads (0: torch's default)."""
+    """torch CPU threads (0: torch's default). Smoke presets use 1: tiny models gain nothing
+    from a second thread, and on a busy 2-core machine two threads spin against each other
+    (a smoke stage went from ~10 s to ~90 s)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -209,7 +211,7 @@ class SFTConfig(ModelStageConfig):
 
     @classmethod
     def smoke(cls) -> Self:
-        return cls(max_steps=30, caption_steps=10, n_eval_prompts=48, batch_size=16)
+        return cls(max_steps=30, caption_steps=10, n_eval_prompts=48, batch_size=16, threads=1)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -230,7 +232,7 @@ class RewardConfig(ModelStageConfig):
 
     @classmethod
     def smoke(cls) -> Self:
-        return cls(max_steps=30, batch_size=8)
+        return cls(max_steps=30, batch_size=8, threads=1)
 
     def __post_init__(self) -> None:
         super().__post_init__()
