@@ -226,9 +226,13 @@ class RewardConfig(ModelStageConfig):
 
     batch_size: int = 16
     lr: float = 5e-4
-    max_steps: int = 500
+    max_steps: int = 420
     eta: float = 1e-3
     """Weight η of the score regulariser mean(R²) that keeps scores near 0."""
+    head_lr_multiplier: float = 20.0
+    """Learning rate of the linear score head = ``lr`` times this. The head starts near 0 (so
+    do the scores) and is one vector; a faster head is worth ~1-2.5 accuracy points at the
+    default budget (tuned on the world: 420 steps of 16 pairs, ~65 s on 2 CPU cores)."""
 
     @classmethod
     def smoke(cls) -> Self:
@@ -237,6 +241,8 @@ class RewardConfig(ModelStageConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self._check(isinstance(self.eta, int | float) and self.eta >= 0, "eta", "must be >= 0")
+        self._check(isinstance(self.head_lr_multiplier, int | float) and self.head_lr_multiplier > 0,
+                    "head_lr_multiplier", "must be > 0")
 
 
 @dataclass

@@ -26,12 +26,21 @@ def setup(cfg: ModelStageConfig) -> None:
         torch.set_num_threads(cfg.threads)
 
 
-def optimizer_and_schedule(model: torch.nn.Module, cfg: ModelStageConfig):
-    """AdamW over the trainable parameters; linear warm-up then cosine decay to 10%."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+def optimizer_and_schedule(model: torch.nn.Module, cfg: ModelStageConfig,
+                           lr_multipliers: dict[str, float] | None = None):
+    """AdamW over the trainable parameters; linear warm-up then cosine decay to 10%.
+
+    ``lr_multipliers`` maps a parameter-name prefix to a factor on ``cfg.lr`` for the
+    parameters whose names start with it (e.g. ``{"head.": 20.0}`` for a score head)."""
+    groups: dict[float, list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            mult = next((m for prefix, m in (lr_multipliers or {}).items() if name.startswith(prefix)), 1.0)
+            groups.setdefault(mult, []).append(param)
+    if not groups:
         raise ValueError("the model has no trainable parameters")
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW([{"params": params, "lr": cfg.lr * mult} for mult, params in groups.items()],
+                            lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def factor(step: int) -> float:
         if step < cfg.warmup_steps:

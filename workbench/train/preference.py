@@ -328,7 +328,7 @@ def train_preference(kind: str, cfg: RewardConfig, out_dir: Path, run_dir: Path,
     model.train()
     device = next(model.parameters()).device
     images = ImageCache(data)
-    opt, sched = optimizer_and_schedule(model, cfg)
+    opt, sched = optimizer_and_schedule(model, cfg, lr_multipliers={"head.": cfg.head_lr_multiplier})
 
     losses: list[float] = []
     accuracies: list[float] = []
