@@ -284,3 +284,20 @@ def test_missing_sft_model_is_a_clear_error_unless_policy_given(smoke_run, tmp_p
     metrics = wb.run_stage("cost", tmp_path, cfg, progress=False)
     assert metrics["steps"] == 2 and metrics["sign_mode"] == "binary"
     assert "reward" in wb.available_stages() and "cost" in wb.available_stages()
+
+
+def test_head_learning_rate_multiplier(small_vlm):
+    from workbench.config import ConfigError
+    from workbench.train.common import optimizer_and_schedule
+
+    model, processor = small_vlm
+    score_model = ScoreModel(model, processor)
+    cfg = RewardConfig(lr=1e-3, head_lr_multiplier=20.0, warmup_steps=0)
+    opt, _ = optimizer_and_schedule(score_model, cfg, lr_multipliers={"head.": cfg.head_lr_multiplier})
+    by_lr = {group["lr"]: group["params"] for group in opt.param_groups}
+    assert sorted(by_lr) == pytest.approx([1e-3, 2e-2])
+    head_group = by_lr[max(by_lr)]
+    assert len(head_group) == 1 and head_group[0] is score_model.head.weight
+    assert sum(len(ps) for ps in by_lr.values()) == len(list(score_model.parameters()))
+    with pytest.raises(ConfigError, match="head_lr_multiplier"):
+        RewardConfig(head_lr_multiplier=0)
