@@ -15,10 +15,10 @@ from workbench.models.adapters import apply_lora, load_policy
 from workbench.models.score import ScoreModel, last_token_index
 from workbench.models.vlm import TinyVLMSpec, VLMError, build_tiny_vlm, encode, load_vlm, save_vlm
 from workbench.runs import read_jsonl
+from workbench.train.common import batches
 from workbench.train.preference import (
     cost_loss,
     evaluate,
-    grouped_batches,
     has_gold,
     ranking_ceiling,
     reward_loss,
@@ -226,13 +226,18 @@ def test_evaluate_without_gold_omits_ceilings_and_correlations():
     assert reward["eval_accuracy"] == 0.5 and "eval_accuracy_ceiling" not in reward
 
 
-def test_grouped_batches_cover_an_epoch_with_similar_lengths():
-    items = [{"question": "q", "response_1": "w " * n, "response_2": "w", "n": n} for n in range(64)]
-    got = list(grouped_batches(items, batch_size=8, steps=8, seed=0, group=8))
+def test_length_grouped_batches_cover_an_epoch_with_similar_lengths():
+    items = [{"n": n} for n in range(64)]
+    got = list(batches(items, batch_size=8, steps=8, seed=0, length=lambda r: r["n"], group=8))
     assert len(got) == 8 and all(len(b) == 8 for b in got)
     assert sorted(r["n"] for b in got for r in b) == list(range(64))
     assert all(max(r["n"] for r in b) - min(r["n"] for r in b) == 7 for b in got)
-    assert len(list(grouped_batches(items[:5], batch_size=8, steps=3, seed=0))) == 3
+    assert len(list(batches(items[:5], batch_size=8, steps=3, seed=0, length=lambda r: r["n"]))) == 3
+    plain = list(batches(items, batch_size=8, steps=8, seed=0))
+    assert sorted(r["n"] for b in plain for r in b) == list(range(64))
+    assert any(max(r["n"] for r in b) - min(r["n"] for r in b) > 7 for b in plain)
+    with pytest.raises(ValueError, match="nothing to train on"):
+        next(batches([], batch_size=8, steps=1, seed=0))
 
 
 # --- stages ------------------------------------------------------------------------------------

@@ -30,9 +30,8 @@ fields; those entries are then left out.
 
 from __future__ import annotations
 
-import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,7 @@ from ..data.store import load_data
 from ..models.score import ScoreModel
 from ..models.vlm import count_parameters, encode
 from ..runs import write_jsonl
-from .common import ImageCache, chunks, optimizer_and_schedule, setup, starting_model
+from .common import ImageCache, batches, chunks, optimizer_and_schedule, setup, starting_model
 
 KINDS = ("reward", "cost")
 SIGN_MODES = ("graded", "binary")
@@ -121,34 +120,6 @@ def _pair_length(record: dict[str, Any]) -> int:
     """Rough token count of the longer sequence of a pair (words; the tiny tokenizer is
     word-level, real tokenizers are close to proportional)."""
     return len(record["question"].split()) + max(len(record["response_1"].split()), len(record["response_2"].split()))
-
-
-def grouped_batches(items: Sequence[dict[str, Any]], batch_size: int, steps: int, seed: int,
-                    group: int = 8) -> Iterator[list[dict[str, Any]]]:
-    """``steps`` random batches with similar lengths inside a batch (less padding).
-
-    Every epoch is a fresh shuffle; each run of ``group`` batches is sorted by pair length,
-    cut into batches, and those batches come in random order. Every pair is still seen once
-    per epoch; only which pairs share a batch changes.
-    """
-    rng = random.Random(seed)
-    mega = batch_size * max(1, group)
-    order: list[int] = []
-    produced = 0
-    while produced < steps:
-        while len(order) < mega:
-            fresh = list(range(len(items)))
-            rng.shuffle(fresh)
-            order += fresh
-        take, order = order[:mega], order[mega:]
-        take.sort(key=lambda i: _pair_length(items[i]))
-        cut = [take[i: i + batch_size] for i in range(0, mega, batch_size)]
-        rng.shuffle(cut)
-        for idx in cut:
-            if produced == steps:
-                return
-            produced += 1
-            yield [items[i] for i in idx]
 
 
 def encode_pairs(processor, images: ImageCache, records: Sequence[dict[str, Any]], kind: str,
@@ -333,7 +304,7 @@ def train_preference(kind: str, cfg: RewardConfig, out_dir: Path, run_dir: Path,
     losses: list[float] = []
     accuracies: list[float] = []
     start = time.perf_counter()
-    stream = grouped_batches(data.train, cfg.batch_size, cfg.max_steps, cfg.seed)
+    stream = batches(data.train, cfg.batch_size, cfg.max_steps, cfg.seed, length=_pair_length)
     bar = tqdm(stream, total=cfg.max_steps, desc=kind, disable=not progress)
     for step, records in enumerate(bar):
         scores, _ = model(_to(encode_pairs(processor, images, records, kind), device))
@@ -384,6 +355,6 @@ def run_cost_stage(cfg: CostConfig, out_dir: Path, run_dir: Path, progress: bool
     return train_preference("cost", cfg, out_dir, run_dir, progress)
 
 
-__all__ = ["reward_loss", "cost_loss", "sign_weights", "high_low", "pair_loss", "grouped_batches",
+__all__ = ["reward_loss", "cost_loss", "sign_weights", "high_low", "pair_loss",
            "encode_pairs", "score_responses", "ranking_accuracy", "ranking_ceiling", "sign_ceiling",
            "correlations", "evaluate", "train_preference", "run_reward_stage", "run_cost_stage"]

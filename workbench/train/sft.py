@@ -49,14 +49,28 @@ def captions(records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
     return list(seen.values())
 
 
-def sft_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean next-token cross-entropy over the response tokens (``response_mask``)."""
+def sft_loss(model, batch: dict[str, torch.Tensor], per_token: float | None = None) -> torch.Tensor:
+    """Mean next-token cross-entropy over the response tokens (``response_mask``).
+
+    With ``per_token`` (the average response tokens per sequence), the token sum is divided by
+    ``per_token · batch size`` instead of the batch's own token count: every token then
+    weighs the same whatever batch it lands in (length-grouped batches of short answers
+    would otherwise count each of their tokens more)."""
     out = model(**model_inputs(batch))
     logits = out.logits[:, :-1].float()
     targets = batch["input_ids"][:, 1:]
     mask = batch["response_mask"][:, 1:].to(logits.dtype)
     nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
-    return (nll * mask.reshape(-1)).sum() / mask.sum().clamp_min(1.0)
+    total = (nll * mask.reshape(-1)).sum()
+    if per_token is not None:
+        return total / (per_token * mask.shape[0])
+    return total / mask.sum().clamp_min(1.0)
+
+
+def _demo_length(demo: tuple[dict[str, Any], str]) -> int:
+    """Words in the question and response: the padding key of length-grouped batches."""
+    record, text = demo
+    return len(record["question"].split()) + len(text.split())
 
 
 def _encode(processor, images: ImageCache, demos) -> dict[str, torch.Tensor]:
@@ -81,16 +95,21 @@ def fit(model, processor, images: ImageCache, demos, cfg: SFTConfig, desc: str, 
     """``cfg.max_steps`` AdamW steps of :func:`sft_loss` over ``demos``; returns the losses."""
     opt, sched = optimizer_and_schedule(model, cfg)
     losses: list[float] = []
-    bar = tqdm(batches(demos, cfg.batch_size, cfg.max_steps, cfg.seed), total=cfg.max_steps, desc=desc,
-               disable=not progress)
+    stream = batches(demos, cfg.batch_size, cfg.max_steps, cfg.seed, length=_demo_length)
+    bar = tqdm(stream, total=cfg.max_steps, desc=desc, disable=not progress)
+    tokens = sequences = 0.0
     for step, chunk in enumerate(bar):
-        loss = sft_loss(model, _encode(processor, images, chunk))
+        batch = _encode(processor, images, chunk)
+        n = float(batch["response_mask"][:, 1:].sum())
+        tokens, sequences = tokens + n, sequences + len(chunk)
+        per_token = tokens / sequences  # running mean of response tokens per sequence
+        loss = sft_loss(model, batch, per_token=per_token)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+        losses.append(loss.item() * per_token * len(chunk) / max(n, 1.0))  # per-token mean
         if step % 10 == 0:
             bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
     return losses
