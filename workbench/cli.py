@@ -67,7 +67,11 @@ def main(argv: list[str] | None = None) -> int:
                                    progress=not common.quiet, seed=common.seed)
             _print_summary(common.run_dir, results)
             return 0
-        if command in ("demo", "bench"):
+        if command == "bench":
+            from .bench import main as bench_main
+
+            return bench_main(argv[1:])
+        if command == "demo":
             raise StageUnavailable(f"'{command}' is not implemented yet; available: {', '.join(available_stages())}, run")
         cfg = _stage_config(command, common, rest)
         run_stage(command, common.run_dir, cfg, force=common.force, progress=not common.quiet)

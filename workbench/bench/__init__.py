@@ -1,0 +1,34 @@
+"""Benchmarks: ``python -m workbench bench <name> [options]``.
+
+Each benchmark is a module with a ``main(argv) -> int``; add new ones to :data:`BENCHES`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHES: dict[str, str] = {
+    "kernels": "workbench.bench.kernels",  # Triton kernels vs torch (DESIGN §9)
+}
+"""Benchmark name -> module with ``main(argv: list[str]) -> int``."""
+
+
+def _usage() -> str:
+    return ("usage: python -m workbench bench <name> [--smoke] [options]\n"
+            f"benchmarks: {', '.join(BENCHES)}\n"
+            "options of one benchmark: python -m workbench bench <name> --help")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark named by ``argv[0]`` with the rest of ``argv``; exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in BENCHES:
+        print(f"error: unknown benchmark {name!r}; available: {', '.join(BENCHES)}\n{_usage()}",
+              file=sys.stderr)
+        return 2
+    return int(importlib.import_module(BENCHES[name]).main(rest))
