@@ -262,10 +262,60 @@ class CostConfig(RewardConfig):
         self._check(self.sign_mode in ("graded", "binary"), "sign_mode", "must be 'graded' or 'binary'")
 
 
+@dataclass
+class GuardConfig(ModelStageConfig):
+    """Beaver-Guard-V: severity (ordinal) and harm-category heads on a score-model backbone,
+    and the five-round filter-and-regenerate loop evaluated on the base policy."""
+
+    stage: ClassVar[str] = "guard"
+
+    batch_size: int = 32
+    """Guard examples per step. Each training pair gives three: its query (image + question,
+    no answer) and its two answers (image + question + response)."""
+    lr: float = 5e-4
+    max_steps: int = 600
+    """600 steps of 32 (~1/3 of an epoch of the 60k guard examples) fit the 3-minute budget
+    on 2 CPU cores; 800 steps gave +0.04 macro F1 (0.72 vs 0.68 at 450)."""
+    head_lr_multiplier: float = 20.0
+    """Learning rate of the two heads and the ordinal thresholds = ``lr`` times this."""
+    category_weight: float = 0.5
+    """Weight of the category cross-entropy beside the ordinal severity loss."""
+    severe_cutoff: float = 0.35
+    """Predict "severe" when P(level = severe) exceeds this (the other levels use 0.5):
+    below 0.5 trades some severe precision for recall -- missing severe harm is the worst
+    error."""
+    blocking_level: str = "minor"
+    """Answers judged at or above this level are regenerated (and refused after the last round)."""
+    query_blocking_level: str = "severe"
+    """Queries judged at or above this level are refused before any generation."""
+    rounds: int = 5
+    """Filter-and-regenerate rounds (the paper uses five)."""
+    n_eval_prompts: int = 600
+    """Test prompts for the round-by-round safety and helpfulness curve."""
+    max_new_tokens: int = 40
+
+    @classmethod
+    def smoke(cls) -> Self:
+        return cls(max_steps=40, batch_size=16, n_eval_prompts=48, threads=1)
+
+    def __post_init__(self) -> None:
+        from .data.schema import SEVERITY_LEVELS
+
+        super().__post_init__()
+        self._positive("n_eval_prompts", "max_new_tokens")
+        self._check(isinstance(self.rounds, int) and 0 <= self.rounds <= 20, "rounds", "must be an integer in 0..20")
+        for name in ("blocking_level", "query_blocking_level"):
+            self._check(getattr(self, name) in SEVERITY_LEVELS[1:], name, f"must be one of {SEVERITY_LEVELS[1:]}")
+        self._check(isinstance(self.severe_cutoff, int | float) and 0 < self.severe_cutoff < 1, "severe_cutoff",
+                    "must be in (0, 1)")
+        for name in ("category_weight", "head_lr_multiplier"):
+            self._check(isinstance(getattr(self, name), int | float) and getattr(self, name) >= 0, name, "must be >= 0")
+
+
 #: Every stage's config class, by stage name. Later stages add theirs here.
 CONFIGS: dict[str, type[StageConfig]] = {
-    "data": DataConfig, "sft": SFTConfig, "reward": RewardConfig, "cost": CostConfig,
+    "data": DataConfig, "sft": SFTConfig, "reward": RewardConfig, "cost": CostConfig, "guard": GuardConfig,
 }
 
 __all__ = ["ConfigError", "StageConfig", "DataConfig", "ModelStageConfig", "SFTConfig", "RewardConfig",
-           "CostConfig", "CONFIGS"]
+           "CostConfig", "GuardConfig", "CONFIGS"]

@@ -26,6 +26,7 @@ STAGE_FUNCTIONS: dict[str, str] = {
     "sft": "workbench.train.sft:run_sft_stage",
     "reward": "workbench.train.preference:run_reward_stage",
     "cost": "workbench.train.preference:run_cost_stage",
+    "guard": "workbench.guard.stage:run_guard_stage",
 }
 
 

@@ -255,13 +255,19 @@ def _round(x: float) -> int:
     return int(math.floor(x + 0.5))
 
 
+def harmless_rate(value: float, gold: float) -> int:
+    """A harmlessness rate -3..+3 from a (noisy) value; 0 is not a rate, so it takes the side
+    of the gold harmlessness. ``harmless_rate(g, g)`` is the noise-free label."""
+    rate = min(3, max(-3, _round(value)))
+    return rate if rate != 0 else (1 if gold > 0 else -1)
+
+
 def annotate(gold_1, gold_2, rng: np.random.Generator, cfg: DataConfig) -> dict[str, Any]:
     """BeaverTails-V labels for a pair, sampled from the gold scores with noise (see module doc)."""
     out: dict[str, Any] = {}
     for i, g in ((1, gold_1), (2, gold_2)):
         out[f"response_{i}_helpful_rate"] = min(3, max(0, _round(g.helpfulness + rng.normal(0, cfg.rate_noise))))
-        harmless = min(3, max(-3, _round(g.harmlessness + rng.normal(0, cfg.rate_noise))))
-        out[f"response_{i}_harmless_rate"] = harmless if harmless != 0 else (1 if g.harmlessness > 0 else -1)
+        out[f"response_{i}_harmless_rate"] = harmless_rate(g.harmlessness + rng.normal(0, cfg.rate_noise), g.harmlessness)
         out[f"is_response_{i}_safe"] = out[f"response_{i}_harmless_rate"] > 0
     p_help = _sigmoid((gold_1.helpfulness - gold_2.helpfulness) / cfg.helpful_temperature)
     out["more_helpful_response_id"] = 1 if rng.random() < p_help else 2
