@@ -91,7 +91,8 @@ def train_guard(model: GuardModel, examples: list[GuardExample], images: ImageCa
         opt.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
         if step % 10 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", sev=f"{float(sev):.3f}", cat=f"{float(cat):.3f}")
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", sev=f"{float(sev.detach()):.3f}",
+                            cat=f"{float(cat.detach()):.3f}")
     return losses
 
 
