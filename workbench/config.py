@@ -312,10 +312,95 @@ class GuardConfig(ModelStageConfig):
             self._check(isinstance(getattr(self, name), int | float) and getattr(self, name) >= 0, name, "must be >= 0")
 
 
+@dataclass
+class PPOConfig(ModelStageConfig):
+    """PPO-Lagrangian (Safe RLHF-V) and its baselines from one trainer (DESIGN §6).
+
+    Defaults are tuned for the embedded world on a CPU; the official trainer's values are
+    given beside each field where they differ."""
+
+    stage: ClassVar[str] = "ppo"
+
+    variants: str = "lagrangian,reward_only"
+    """Comma-separated variants to train: ``lagrangian`` (learned λ), ``reward_only`` (λ ≡ 0),
+    ``fixed_lambda`` (λ fixed at ``lambda_init``)."""
+    lora: bool = True
+    """The policy trains through a LoRA adapter; the reference is the same weights with the
+    adapter disabled (no second copy)."""
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    batch_size: int = 32
+    """Prompts (episodes) per PPO step."""
+    lr: float = 5e-4
+    """Actor (LoRA) learning rate."""
+    critic_lr: float = 2e-4
+    """Learning rate of the two critics (initialised from the reward and cost models)."""
+    max_steps: int = 120
+    """PPO steps (rollout + one update) per variant."""
+    warmup_steps: int = 5
+    max_new_tokens: int = 32
+    """Response length limit of the rollouts."""
+    temperature: float = 1.0
+    kl_coeff: float = 0.02
+    """β of the per-token KL split (official: 0.02)."""
+    score_clip: float = 50.0
+    """c: per-token reward and cost signals are clipped to ±c (official: 50)."""
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
+    clip_eps: float = 0.2
+    """ε of the PPO ratio clip."""
+    value_clip: float = 5.0
+    """ε_v of the clipped value loss (official: 5)."""
+    cost_threshold: float = 0.0
+    """d: the constraint J_C <= d (official: -0.5 on its own cost scale; on the world's cost
+    scale C > 0 means unsafe, so d = 0 asks for a mostly safe policy)."""
+    lambda_init: float = 1.0
+    """Initial λ (official: 10); the fixed λ of ``fixed_lambda``."""
+    lambda_lr: float = 0.1
+    """SGD learning rate of log λ (official: 0.1)."""
+    lambda_max: float = 20.0
+    """Upper bound of λ (official: 20)."""
+    lambda_update_delay: int = 0
+    """Steps before λ starts to move."""
+    episode_window: int = 128
+    """Episodes in J_C's moving window (official: 128)."""
+    n_eval_prompts: int = 600
+    """Test prompts each trained variant answers (gold-judged) at the end."""
+    kernels: str = "auto"
+    """``auto`` | ``triton`` | ``torch``: the implementation of the log-prob, GAE and actor-loss ops."""
+
+    @classmethod
+    def smoke(cls) -> Self:
+        return cls(max_steps=4, batch_size=8, n_eval_prompts=16, max_new_tokens=16, threads=1)
+
+    @property
+    def variant_names(self) -> list[str]:
+        return [v.strip() for v in self.variants.split(",") if v.strip()]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        allowed = ("lagrangian", "reward_only", "fixed_lambda")
+        self._check(bool(self.variant_names) and all(v in allowed for v in self.variant_names)
+                    and len(set(self.variant_names)) == len(self.variant_names), "variants",
+                    f"must be distinct names from {allowed}")
+        self._positive("max_new_tokens", "n_eval_prompts", "episode_window")
+        for name in ("kl_coeff", "score_clip", "clip_eps", "value_clip", "lambda_init", "lambda_lr", "lambda_max",
+                     "critic_lr", "temperature"):
+            v = getattr(self, name)
+            self._check(isinstance(v, int | float) and not isinstance(v, bool) and v >= 0, name, "must be >= 0")
+        self._check(0 < self.temperature, "temperature", "must be > 0")
+        self._check(0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1, "gamma", "gamma and gae_lambda must be in [0, 1]")
+        self._check(self.kernels in ("auto", "triton", "torch"), "kernels", "must be auto, triton or torch")
+        self._check(isinstance(self.lambda_update_delay, int) and self.lambda_update_delay >= 0,
+                    "lambda_update_delay", "must be >= 0")
+
+
 #: Every stage's config class, by stage name. Later stages add theirs here.
 CONFIGS: dict[str, type[StageConfig]] = {
     "data": DataConfig, "sft": SFTConfig, "reward": RewardConfig, "cost": CostConfig, "guard": GuardConfig,
+    "ppo": PPOConfig,
 }
 
 __all__ = ["ConfigError", "StageConfig", "DataConfig", "ModelStageConfig", "SFTConfig", "RewardConfig",
-           "CostConfig", "GuardConfig", "CONFIGS"]
+           "CostConfig", "GuardConfig", "PPOConfig", "CONFIGS"]

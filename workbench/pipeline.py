@@ -27,6 +27,7 @@ STAGE_FUNCTIONS: dict[str, str] = {
     "reward": "workbench.train.preference:run_reward_stage",
     "cost": "workbench.train.preference:run_cost_stage",
     "guard": "workbench.guard.stage:run_guard_stage",
+    "ppo": "workbench.train.ppo_lagrangian:run_ppo_stage",
 }
 
 

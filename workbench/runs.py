@@ -56,6 +56,13 @@ def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
     return len(lines)
 
 
+def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
+    """Append one record as a JSON line and flush it (a training log written as it goes)."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False, default=_json_default) + "\n")
+        f.flush()
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,166 @@
+"""PPO-Lagrangian: the per-token signals, the clipped value loss and the Lagrange multiplier
+against hand values; log-probs and rollout masks on the tiny VLM; the smoke stage."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from workbench.config import ConfigError, PPOConfig
+from workbench.train.lagrange import LagrangeMultiplier
+from workbench.train.ppo_lagrangian import critic_loss, make_lambda, token_signals
+
+
+# --- formulas ------------------------------------------------------------------------------------
+def test_token_signals_by_hand():
+    kl = torch.tensor([[0.5, 1.0, 0.2, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    r, c = token_signals(kl, torch.tensor([2.0]), torch.tensor([-1.0]), mask, kl_coeff=0.1, clip=50.0)
+    assert r.tolist()[0] == pytest.approx([-0.05, -0.1, -0.02 + 2.0, 0.0])
+    assert c.tolist()[0] == pytest.approx([0.05, 0.1, 0.02 - 1.0, 0.0])
+    # the combined advantage's KL weight is exactly β whatever λ: (r - λc)/(1+λ) off the last token
+    lam = 3.0
+    assert ((r - lam * c) / (1 + lam))[0, :2].tolist() == pytest.approx([-0.05, -0.1])
+
+
+def test_token_signals_read_the_last_real_token_and_clip():
+    # left-padded prompt, response at positions 2..3, padding after: T = 3, not the last column
+    kl = torch.zeros(1, 6)
+    mask = torch.tensor([[0.0, 0.0, 1.0, 1.0, 0.0, 0.0]])
+    r, c = token_signals(kl, torch.tensor([100.0]), torch.tensor([-70.0]), mask, kl_coeff=0.1, clip=50.0)
+    assert r.tolist()[0] == [0.0, 0.0, 0.0, 50.0, 0.0, 0.0]
+    assert c.tolist()[0] == [0.0, 0.0, 0.0, -50.0, 0.0, 0.0]
+
+
+def test_clipped_value_loss_by_hand():
+    values, old, ret = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 0.0]]), torch.tensor([[3.0, 9.0]])
+    mask = torch.tensor([[1.0, 0.0]])
+    # unclipped (1-3)² = 4; clipped (0 + clip(1, ±0.5) - 3)² = 6.25 -> ½ · 6.25
+    assert float(critic_loss(values, old, ret, mask, clip=0.5)) == pytest.approx(3.125)
+    assert float(critic_loss(values, old, ret, mask, clip=5.0)) == pytest.approx(2.0)
+
+
+def test_lagrange_multiplier_steps_by_hand():
+    lam = LagrangeMultiplier(init=1.0, lr=0.1, threshold=0.0, window=4)
+    lam.record([0.5])
+    log = lam.update(step=0)
+    assert math.log(lam.value) == pytest.approx(0.05) and log["lagrange/J_C"] == 0.5
+    assert log["lagrange/loss"] == pytest.approx(-0.5)
+    lam.record([-3.0, -3.0, -3.0, -3.0])  # the window keeps the last 4 episodes
+    assert lam.episode_cost == -3.0
+    lam.update(step=1)
+    assert math.log(lam.value) == pytest.approx(0.05 - 0.1 * 3.0 * math.exp(0.05))
+
+
+def test_lagrange_delay_max_and_fixed():
+    lam = LagrangeMultiplier(init=1.0, lr=10.0, max_value=2.0, delay=2)
+    lam.record([5.0])
+    lam.update(step=1)
+    assert lam.value == 1.0  # still in the delay
+    lam.update(step=2)
+    assert lam.value == pytest.approx(2.0)  # clamped at λ_max
+    fixed = make_lambda("fixed_lambda", PPOConfig(lambda_init=0.5))
+    fixed.record([9.0])
+    fixed.update(5)
+    assert fixed.value == pytest.approx(0.5)
+    zero = make_lambda("reward_only", PPOConfig())
+    zero.record([9.0])
+    zero.update(5)
+    assert zero.value == 0.0
+    state = lam.state_dict()
+    again = LagrangeMultiplier(init=1.0)
+    again.load_state_dict(state)
+    assert again.value == lam.value and list(again.costs) == list(lam.costs)
+
+
+def test_config_checks_variants():
+    with pytest.raises(ConfigError, match="variants"):
+        PPOConfig(variants="lagrangian,nope")
+    with pytest.raises(ConfigError, match="kernels"):
+        PPOConfig(kernels="cuda")
+
+
+# --- model plumbing ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny():
+    from workbench.models.vlm import build_tiny_vlm
+
+    torch.manual_seed(0)
+    return build_tiny_vlm(seed=0)
+
+
+def test_sequence_logprobs_match_the_logits(tiny):
+    from PIL import Image
+
+    from workbench.models.vlm import encode
+    from workbench.train.ppo_lagrangian import sequence_logprobs
+
+    model, processor = tiny
+    batch = encode(processor, [Image.new("RGB", (64, 64), "red")] * 2, ["what is this ?", "count them"],
+                   ["sure , here is how .", "two"])
+    batch = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+    fused = sequence_logprobs(model, batch, backend="torch")
+    logits = model(**batch).logits[:, :-1].float()
+    want = torch.log_softmax(logits, -1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    torch.testing.assert_close(fused, want, atol=1e-5, rtol=1e-5)
+
+
+def test_rollout_mask_ends_at_the_first_eos(tiny):
+    from PIL import Image
+
+    from workbench.train.ppo_lagrangian import rollout
+
+    model, processor = tiny
+    torch.manual_seed(1)
+    ro = rollout(model, processor, [Image.new("RGB", (64, 64), "blue")] * 3, ["a", "b c", "d e f"], max_new_tokens=6)
+    eos = processor.tokenizer.eos_token_id
+    ids, mask = ro["input_ids"][:, 1:], ro["mask"]
+    for row_ids, row_mask in zip(ids, mask, strict=True):
+        positions = row_mask.nonzero().flatten()
+        assert len(positions) >= 1 and bool((positions.diff() == 1).all())  # one contiguous block
+        response = row_ids[positions]
+        eos_at = (response == eos).nonzero().flatten()
+        if len(eos_at):  # the block ends with the first end-of-sequence token
+            assert int(eos_at[0]) == len(response) - 1
+        assert int(positions[-1]) == ids.shape[1] - 1 or bool((response == eos).any())
+    assert len(ro["texts"]) == 3
+
+
+# --- the stage -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ppo_run(smoke_score_runs):
+    import workbench as wb
+
+    run_dir = smoke_score_runs[0]
+    wb.run_stage("ppo", run_dir, smoke=True, progress=False)
+    return run_dir
+
+
+def test_smoke_ppo_stage(ppo_run):
+    m = json.loads((ppo_run / "ppo" / "metrics.json").read_text())
+    cfg = PPOConfig.smoke()
+    assert set(m["variants"]) == set(cfg.variant_names)
+    for name, v in m["variants"].items():
+        for key in ("helpfulness", "safety_rate", "mean_cost", "lambda_final", "steps"):
+            assert key in v, (name, key)
+        log = [json.loads(line) for line in (ppo_run / "ppo" / name / "log.jsonl").read_text().splitlines()]
+        assert len(log) == cfg.max_steps
+        assert {"ppo/actor_loss", "critic/reward_loss", "lagrange/lambda", "lagrange/J_C", "kl/mean",
+                "gold/safety_rate"} <= set(log[0])
+    assert m["variants"]["reward_only"]["lambda_final"] == 0.0
+
+
+def test_ppo_policy_is_an_adapter_whose_disabled_form_is_the_sft_model(ppo_run):
+    from PIL import Image
+
+    from workbench.models.adapters import load_policy
+    from workbench.models.vlm import encode
+
+    policy, processor = load_policy(ppo_run / "ppo" / "lagrangian" / "model")
+    sft, _ = load_policy(ppo_run / "sft" / "model")
+    batch = encode(processor, [Image.new("RGB", (64, 64), "green")], ["how do i use this ?"])
+    with torch.no_grad(), policy.disable_adapter():
+        ref = policy(**batch).logits
+    with torch.no_grad():
+        torch.testing.assert_close(ref, sft(**batch).logits)

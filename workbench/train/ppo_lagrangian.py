@@ -1,0 +1,308 @@
+"""PPO-Lagrangian (Safe RLHF-V), DESIGN §6 -- the whole algorithm in one file.
+
+One PPO step, for a batch of prompts x (image + question):
+
+1. **Rollout.** ``y ~ π_θ(·|x)`` at temperature 1 (:func:`rollout`); the response mask covers
+   the generated tokens up to and including the first end-of-sequence token.
+2. **Scores.** The frozen reward and cost models read ``R = r(x, y)`` and ``C = c(x, y)`` at the
+   last real token; the critics give ``V_r(t)``, ``V_c(t)``; the reference policy (the same
+   weights with the LoRA adapter disabled) gives ``log π_ref``.
+3. **Per-token signals** (the KL split), with ``kl_t = log π_old(y_t) - log π_ref(y_t)`` and
+   T = the last *real* response token::
+
+       r_t = clip(-β·kl_t + [t = T]·R, ±c)        c_t = clip(+β·kl_t + [t = T]·C, ±c)
+
+4. **Dual GAE** (γ, λ_gae) on (r, V_r) and (c, V_c): advantages A^r, A^c and returns G^r, G^c
+   (``workbench.kernels.dual_gae``).
+5. **λ.** The episode costs C enter J_C's window; log λ takes one SGD step on
+   ``-(J_C - d)·λ`` (:mod:`workbench.train.lagrange`).
+6. **Actor.** ``A_t = (A^r_t - λ·A^c_t) / (1 + λ)``, ``ρ_t = exp(log π_θ - log π_old)``,
+   ``L = -mean_m(min(ρ_t·A_t, clip(ρ_t, 1 ± ε)·A_t))`` (``workbench.kernels.ppo_lagrangian_loss``).
+7. **Critics.** ``L = ½·mean_m(max((V - G)², (V_old + clip(V - V_old, ±ε_v) - G)²))`` each.
+
+Positions: for a sequence ``s`` of length L, everything lives on the shifted frame
+``t = 0..L-2`` where position t predicts token ``s[t+1]``: ``log π(s[t+1] | s[:t+1])`` and the
+critic's value of the state ``s[:t+1]``; the mask is the response mask shifted by one.
+
+Variants from the same trainer: ``lagrangian`` (learned λ), ``reward_only`` (λ ≡ 0: plain
+single-objective RLHF) and ``fixed_lambda`` (reward shaping with a constant λ).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .. import kernels
+from ..config import PPOConfig
+from ..data.store import load_data
+from ..eval.judge import GoldJudge, evaluate_policy, has_gold
+from ..models.adapters import save_policy
+from ..models.score import ScoreModel, last_token_index
+from ..models.vlm import encode
+from ..runs import append_jsonl, write_jsonl
+from .common import ImageCache, batches, optimizer_and_schedule, setup, starting_model
+from .lagrange import LagrangeMultiplier
+
+VARIANTS = ("lagrangian", "reward_only", "fixed_lambda")
+MODEL_KEYS = ("input_ids", "attention_mask", "pixel_values")
+
+
+# --- formulas ---------------------------------------------------------------------------------
+def last_response_index(mask: torch.Tensor) -> torch.Tensor:
+    """T per row: the last position with mask 1 (the last real response token)."""
+    return last_token_index(mask)
+
+
+def token_signals(kl: torch.Tensor, reward: torch.Tensor, cost: torch.Tensor, mask: torch.Tensor,
+                  kl_coeff: float, clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``r_t = clip(-β·kl_t + [t=T]·R, ±c)``, ``c_t = clip(+β·kl_t + [t=T]·C, ±c)``, zero off the mask.
+
+    kl, mask [B, T]; reward, cost [B]."""
+    mask = mask.to(kl.dtype)
+    end = torch.zeros_like(kl)
+    end.scatter_(1, last_response_index(mask)[:, None], 1.0)
+    end = end * mask
+    r = torch.clamp(-kl_coeff * kl + end * reward[:, None], -clip, clip) * mask
+    c = torch.clamp(kl_coeff * kl + end * cost[:, None], -clip, clip) * mask
+    return r, c
+
+
+def critic_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+                clip: float) -> torch.Tensor:
+    """``½·mean_m(max((V - G)², (V_old + clip(V - V_old, ±ε_v) - G)²))``."""
+    clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+    loss = torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
+    mask = mask.to(loss.dtype)
+    return 0.5 * (loss * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
+    mask = mask.to(x.dtype)
+    return float((x * mask).sum() / mask.sum().clamp_min(1.0))
+
+
+# --- model plumbing ------------------------------------------------------------------------------
+def _inner(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def sequence_logprobs(policy, batch: dict[str, torch.Tensor], backend: str = "auto",
+                      temperature: float = 1.0) -> torch.Tensor:
+    """``log π(s[t+1] | s[:t+1])`` for t = 0..L-2, [B, L-1] fp32.
+
+    Uses the fused op from hidden states and the LM head (``workbench.kernels``) when the
+    head is a plain linear layer; models with logit soft-capping go through their logits."""
+    inputs = {k: v for k, v in batch.items() if k in MODEL_KEYS}
+    base = _inner(policy)
+    text_cfg = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    head = base.get_output_embeddings()
+    inner = getattr(base, "model", None)
+    targets = batch["input_ids"][:, 1:]
+    if inner is not None and getattr(text_cfg, "final_logit_softcapping", None) is None and head.bias is None:
+        hidden = inner(**inputs, return_dict=True).last_hidden_state[:, :-1]
+        return kernels.token_logprobs(hidden, head.weight, targets, temperature=temperature, backend=backend)
+    logits = policy(**inputs).logits[:, :-1].float() / temperature
+    return torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1)
+
+
+@torch.no_grad()
+def rollout(policy, processor, images: list, questions: list[str], max_new_tokens: int,
+            temperature: float = 1.0) -> dict[str, Any]:
+    """Sample one answer per prompt; returns the model batch of the full sequences
+    (left-padded prompt + response), ``mask`` [B, L-1] over the response on the shifted
+    frame, and the decoded ``texts``."""
+    batch = encode(processor, images, questions, padding_side="left")
+    device = next(policy.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    tok = processor.tokenizer
+    was_training = policy.training
+    policy.eval()
+    seq = policy.generate(**batch, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
+                          top_k=0, top_p=1.0, pad_token_id=tok.pad_token_id)
+    policy.train(was_training)
+    prompt_len = batch["input_ids"].shape[1]
+    gen = seq[:, prompt_len:]
+    is_eos = gen == tok.eos_token_id
+    after_eos = (torch.cumsum(is_eos.long(), 1) - is_eos.long()) > 0
+    response = (~after_eos).long()
+    attention = torch.cat([batch["attention_mask"], response], dim=1)
+    full_mask = torch.cat([torch.zeros_like(batch["attention_mask"]), response], dim=1)
+    texts = [tok.decode(g[r.bool()], skip_special_tokens=True).strip() for g, r in zip(gen, response, strict=True)]
+    return {"input_ids": seq, "attention_mask": attention, "pixel_values": batch["pixel_values"],
+            "mask": full_mask[:, 1:], "texts": texts}
+
+
+class Roles:
+    """The six roles: actor (LoRA policy), reference (adapter disabled, or a frozen copy for a
+    fully trained policy), frozen reward and cost models, and two trainable critics."""
+
+    def __init__(self, cfg: PPOConfig, run_dir: Path):
+        sft = Path(cfg.policy) if cfg.policy else run_dir / "sft" / "model"
+        for stage in ("reward", "cost"):
+            if not (run_dir / stage / "model").is_dir():
+                raise FileNotFoundError(f"PPO needs the {stage} model: run python -m workbench {stage} --run-dir {run_dir}")
+        if not sft.is_dir():
+            raise FileNotFoundError(f"PPO starts from the SFT model and {sft} does not exist; run python -m workbench sft")
+        self.actor, self.processor = starting_model(cfg.replace(policy=str(sft)), None)
+        self.reference = None if hasattr(self.actor, "disable_adapter") else copy.deepcopy(self.actor).eval()
+        if self.reference is not None:
+            self.reference.requires_grad_(False)
+        self.reward = ScoreModel.load(run_dir / "reward" / "model").eval().requires_grad_(False)
+        self.cost = ScoreModel.load(run_dir / "cost" / "model").eval().requires_grad_(False)
+        self.reward_critic = ScoreModel.load(run_dir / "reward" / "model")
+        self.cost_critic = ScoreModel.load(run_dir / "cost" / "model")
+
+    @torch.no_grad()
+    def reference_logprobs(self, batch, backend: str) -> torch.Tensor:
+        if self.reference is not None:
+            return sequence_logprobs(self.reference, batch, backend)
+        with self.actor.disable_adapter():
+            return sequence_logprobs(self.actor, batch, backend)
+
+
+def _model_batch(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    return {k: batch[k] for k in MODEL_KEYS}
+
+
+def make_lambda(variant: str, cfg: PPOConfig) -> LagrangeMultiplier:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown PPO variant {variant!r}; one of {VARIANTS}")
+    init = 0.0 if variant == "reward_only" else cfg.lambda_init
+    return LagrangeMultiplier(init=init, lr=cfg.lambda_lr, max_value=cfg.lambda_max, threshold=cfg.cost_threshold,
+                              window=cfg.episode_window, delay=cfg.lambda_update_delay,
+                              fixed=variant != "lagrangian")
+
+
+@torch.no_grad()
+def score_texts(model: ScoreModel, images: list, questions: list[str], texts: list[str],
+                batch_size: int = 64) -> np.ndarray:
+    """Sequence scores of (image, question, response) triples."""
+    out = []
+    for i in range(0, len(texts), batch_size):
+        batch = encode(model.processor, images[i: i + batch_size], questions[i: i + batch_size],
+                       texts[i: i + batch_size])
+        device = model.head.weight.device
+        scores, _ = model({k: v.to(device) for k, v in batch.items()})
+        out.append(scores.float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+# --- the trainer ---------------------------------------------------------------------------------
+def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """Train one variant; writes ``out_dir/model``, ``out_dir/log.jsonl``; returns its metrics."""
+    setup(cfg)
+    data = load_data(run_dir)
+    images = ImageCache(data)
+    roles = Roles(cfg, run_dir)
+    backend = kernels.resolve_backend(cfg.kernels, next(roles.actor.parameters()).device)
+    lam = make_lambda(variant, cfg)
+    actor_opt, actor_sched = optimizer_and_schedule(roles.actor, cfg)
+    critic_cfg = cfg.replace(lr=cfg.critic_lr)
+    critic_opts = [optimizer_and_schedule(c, critic_cfg) for c in (roles.reward_critic, roles.cost_critic)]
+    prompts = data.train
+    gold = has_gold(prompts)
+    judge = GoldJudge() if gold else None
+    log_path = out_dir / "log.jsonl"
+    start = time.perf_counter()
+    bar = tqdm(batches(prompts, cfg.batch_size, cfg.max_steps, cfg.seed + 1), total=cfg.max_steps,
+               desc=f"ppo: {variant}", disable=not progress)
+    last: dict[str, float] = {}
+    for step, chunk in enumerate(bar):
+        pics, questions = [images(p) for p in chunk], [p["question"] for p in chunk]
+        ro = rollout(roles.actor, roles.processor, pics, questions, cfg.max_new_tokens, cfg.temperature)
+        batch, mask = _model_batch(ro), ro["mask"].float()
+        with torch.no_grad():
+            old_logp = sequence_logprobs(roles.actor, batch, backend)
+            ref_logp = roles.reference_logprobs(batch, backend)
+            reward, _ = roles.reward(batch)
+            cost, _ = roles.cost(batch)
+            old_vr = roles.reward_critic(batch)[1][:, :-1].float()
+            old_vc = roles.cost_critic(batch)[1][:, :-1].float()
+            kl = (old_logp - ref_logp) * mask
+            r_t, c_t = token_signals(kl, reward.float(), cost.float(), mask, cfg.kl_coeff, cfg.score_clip)
+            adv_r, ret_r, adv_c, ret_c = kernels.dual_gae(r_t, c_t, old_vr, old_vc, mask, cfg.gamma,
+                                                          cfg.gae_lambda, backend=backend)
+        lam.record(cost.float().tolist())
+        lag_log = lam.update(step)
+
+        logp = sequence_logprobs(roles.actor, batch, backend)
+        actor_loss = kernels.ppo_lagrangian_loss(logp, old_logp, adv_r, adv_c, mask, lam.value, cfg.clip_eps,
+                                                 backend=backend)
+        critic_losses = []
+        for critic, ret, old_v in ((roles.reward_critic, ret_r, old_vr), (roles.cost_critic, ret_c, old_vc)):
+            values = critic(batch)[1][:, :-1].float()
+            critic_losses.append(critic_loss(values, old_v, ret, mask, cfg.value_clip))
+        total = actor_loss + critic_losses[0] + critic_losses[1]
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"ppo {variant}: non-finite loss at step {step}")
+        total.backward()
+        for model, (opt, sched) in ((roles.actor, (actor_opt, actor_sched)), (roles.reward_critic, critic_opts[0]),
+                                    (roles.cost_critic, critic_opts[1])):
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+
+        entry: dict[str, Any] = {
+            "step": step, "ppo/actor_loss": float(actor_loss.detach()),
+            "ppo/ratio": masked_mean((logp.detach() - old_logp).exp(), mask),
+            "critic/reward_loss": float(critic_losses[0].detach()), "critic/cost_loss": float(critic_losses[1].detach()),
+            "reward/score": float(reward.mean()), "cost/score": float(cost.mean()),
+            "cost/unsafe_rate": float((cost > 0).float().mean()),
+            "kl/mean": float((kl.sum(1)).mean()), "response/length": float(mask.sum(1).mean()),
+            **lag_log,
+        }
+        if judge is not None:
+            scores = np.array([judge(p, t) for p, t in zip(chunk, ro["texts"], strict=True)], dtype=float)
+            entry["gold/helpfulness"] = float(scores[:, 0].mean())
+            entry["gold/safety_rate"] = float((scores[:, 1] > 0).mean())
+        append_jsonl(log_path, entry)
+        last = entry
+        bar.set_postfix(R=f"{entry['reward/score']:.2f}", C=f"{entry['cost/score']:.2f}",
+                        lam=f"{lam.value:.2f}", kl=f"{entry['kl/mean']:.2f}")
+    train_time = time.perf_counter() - start
+
+    save_policy(roles.actor, roles.processor, out_dir / "model")
+    test = data.test[: cfg.n_eval_prompts]
+    metrics: dict[str, Any] = {"steps": cfg.max_steps, "lambda_final": lam.value, "train_time_s": round(train_time, 2),
+                               "J_C_final": lam.episode_cost, "last": last}
+    if test:
+        summary, rows = evaluate_policy(roles.actor, roles.processor, test, images, batch_size=cfg.eval_batch_size,
+                                        max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, desc=f"ppo: {variant} eval")
+        costs = score_texts(roles.cost, [images(p) for p in test], [p["question"] for p in test],
+                            [r["response"] for r in rows], cfg.eval_batch_size)
+        for row, c in zip(rows, costs, strict=True):
+            row["cost"] = float(c)
+        write_jsonl(out_dir / "samples.jsonl", rows)
+        metrics["mean_cost"] = float(costs.mean())
+        if summary:
+            metrics.update(helpfulness=summary["helpfulness"], safety_rate=summary["safety_rate"], eval=summary)
+    return metrics
+
+
+def run_ppo_stage(cfg: PPOConfig, out_dir: Path, run_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """``python -m workbench ppo``: every variant of ``cfg.variants``, under ``ppo/<variant>/``."""
+    variants = {}
+    for variant in cfg.variant_names:
+        vdir = out_dir / variant
+        vdir.mkdir(parents=True, exist_ok=True)
+        variants[variant] = train_variant(variant, cfg, run_dir, vdir, progress)
+    base = {}
+    sft_metrics = run_dir / "sft" / "metrics.json"
+    if sft_metrics.is_file():
+        import json
+
+        m = json.loads(sft_metrics.read_text())
+        base = {"helpfulness": m.get("base_helpfulness"), "safety_rate": m.get("base_safety_rate")}
+    return {"variants": variants, "base": base}
+
+
+__all__ = ["token_signals", "critic_loss", "sequence_logprobs", "rollout", "Roles", "make_lambda", "train_variant",
+           "run_ppo_stage", "VARIANTS"]
