@@ -115,7 +115,7 @@ def test_rollout_mask_ends_at_the_first_eos(tiny):
     torch.manual_seed(1)
     ro = rollout(model, processor, [Image.new("RGB", (64, 64), "blue")] * 3, ["a", "b c", "d e f"], max_new_tokens=6)
     eos = processor.tokenizer.eos_token_id
-    ids, mask = ro["input_ids"][:, 1:], ro["mask"]
+    ids, mask = ro["batch"]["input_ids"][:, 1:], ro["mask"]
     for row_ids, row_mask in zip(ids, mask, strict=True):
         positions = row_mask.nonzero().flatten()
         assert len(positions) >= 1 and bool((positions.diff() == 1).all())  # one contiguous block
@@ -125,6 +125,18 @@ def test_rollout_mask_ends_at_the_first_eos(tiny):
             assert int(eos_at[0]) == len(response) - 1
         assert int(positions[-1]) == ids.shape[1] - 1 or bool((response == eos).any())
     assert len(ro["texts"]) == 3
+    image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
+    assert not bool((ro["batch"]["input_ids"][:, -6:] == image_id).any())
+
+
+def test_sampling_never_emits_special_tokens_but_eos(tiny):
+    from workbench.models.vlm import sampling_kwargs
+
+    _, processor = tiny
+    tok = processor.tokenizer
+    suppressed = set(sampling_kwargs(processor, 8)["suppress_tokens"])
+    assert tok.convert_tokens_to_ids("<image>") in suppressed and tok.pad_token_id in suppressed
+    assert tok.eos_token_id not in suppressed
 
 
 # --- the stage -----------------------------------------------------------------------------------
@@ -164,3 +176,59 @@ def test_ppo_policy_is_an_adapter_whose_disabled_form_is_the_sft_model(ppo_run):
         ref = policy(**batch).logits
     with torch.no_grad():
         torch.testing.assert_close(ref, sft(**batch).logits)
+
+
+def _linked_run(src, dst):
+    """A run directory whose data and models are symlinks to ``src`` (no retraining)."""
+    dst.mkdir(parents=True)
+    for stage in ("data", "sft", "reward", "cost"):
+        (dst / stage).symlink_to((src / stage).resolve(), target_is_directory=True)
+    return dst
+
+
+def test_nonfinite_losses_skip_steps_then_stop(smoke_score_runs, tmp_path, monkeypatch):
+    from workbench.train import ppo_lagrangian as P
+
+    monkeypatch.setattr(P, "critic_loss", lambda *a, **k: torch.tensor(float("nan")))
+    cfg = PPOConfig.smoke().replace(max_steps=5, max_nonfinite=3, checkpoint_every=0)
+    out = tmp_path / "lagrangian"
+    out.mkdir()
+    with pytest.raises(FloatingPointError, match="3 non-finite losses in a row"):
+        P.train_variant("lagrangian", cfg, smoke_score_runs[0], out, progress=False)
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [0, 1, 2] and all(e["skipped"] == "non-finite loss" for e in log)
+
+
+def test_a_killed_run_resumes_from_its_checkpoint(smoke_score_runs, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = _linked_run(smoke_score_runs[0], tmp_path / "run")
+    cmd = [sys.executable, "-m", "workbench", "ppo", "--smoke", "--run-dir", str(run), "--quiet",
+           "--variants", "lagrangian", "--max-steps", "40", "--checkpoint-every", "2", "--threads", "1"]
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    state = run / "ppo.partial" / "lagrangian" / "checkpoint" / "state.json"
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if json.loads(state.read_text())["step"] >= 6:
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished (or failed) before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = json.loads(state.read_text())["step"]
+    assert 6 <= killed_at < 40
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    m = json.loads((run / "ppo" / "metrics.json").read_text())["variants"]["lagrangian"]
+    assert m["steps"] == 40 and m["resumed_from_step"] >= killed_at
+    log = [json.loads(line) for line in (run / "ppo" / "lagrangian" / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == list(range(40))
+    assert not (run / "ppo" / "lagrangian" / "checkpoint").exists()

@@ -369,10 +369,14 @@ class PPOConfig(ModelStageConfig):
     """Test prompts each trained variant answers (gold-judged) at the end."""
     kernels: str = "auto"
     """``auto`` | ``triton`` | ``torch``: the implementation of the log-prob, GAE and actor-loss ops."""
+    checkpoint_every: int = 20
+    """Steps between checkpoints (0: none); a killed run resumes from the last one."""
+    max_nonfinite: int = 3
+    """Non-finite losses in a row that stop the run (each one skips its step)."""
 
     @classmethod
     def smoke(cls) -> Self:
-        return cls(max_steps=4, batch_size=8, n_eval_prompts=16, max_new_tokens=16, threads=1)
+        return cls(max_steps=4, batch_size=8, n_eval_prompts=16, max_new_tokens=16, threads=1, checkpoint_every=2)
 
     @property
     def variant_names(self) -> list[str]:
@@ -384,7 +388,9 @@ class PPOConfig(ModelStageConfig):
         self._check(bool(self.variant_names) and all(v in allowed for v in self.variant_names)
                     and len(set(self.variant_names)) == len(self.variant_names), "variants",
                     f"must be distinct names from {allowed}")
-        self._positive("max_new_tokens", "n_eval_prompts", "episode_window")
+        self._positive("max_new_tokens", "n_eval_prompts", "episode_window", "max_nonfinite")
+        self._check(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0, "checkpoint_every",
+                    "must be >= 0")
         for name in ("kl_coeff", "score_clip", "clip_eps", "value_clip", "lambda_init", "lambda_lr", "lambda_max",
                      "critic_lr", "temperature"):
             v = getattr(self, name)

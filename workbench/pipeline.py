@@ -9,6 +9,7 @@ signature ``fn(config, out_dir, run_dir, progress) -> metrics`` and writes its a
 from __future__ import annotations
 
 import importlib
+import json
 import shutil
 import time
 from collections.abc import Callable
@@ -16,8 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from .config import CONFIGS, StageConfig
-from .runs import DEFAULT_RUN_DIR, begin_stage, finish_stage, is_complete, load_metrics, stage_dir
+from .runs import (
+    DEFAULT_RUN_DIR,
+    atomic_write_json,
+    begin_stage,
+    finish_stage,
+    is_complete,
+    load_metrics,
+    partial_dir,
+    stage_dir,
+)
 
+#: Written into the partial directory of a resumable stage: the config its checkpoints belong to.
+RESUME_CONFIG = "resume_config.json"
 #: Every stage of the design, in pipeline order.
 STAGE_ORDER = ("data", "sft", "reward", "cost", "guard", "ppo", "analyze")
 #: Stages that exist today: name -> "module:function". Later stages register here.
@@ -81,18 +93,35 @@ def run_stage(stage: str, run_dir: str | Path = DEFAULT_RUN_DIR, config: StageCo
         if progress:
             print(f"[{stage}] complete in {stage_dir(run_dir, stage)} (same config): skipped; --force reruns it")
         return load_metrics(run_dir, stage)
-    out_dir = begin_stage(run_dir, stage)
+    resumable = getattr(fn, "resumable", False)
+    resume = resumable and not force and _partial_config(run_dir, stage) == cfg_dict
+    out_dir = begin_stage(run_dir, stage, fresh=not resume)
+    if resumable:
+        atomic_write_json(out_dir / RESUME_CONFIG, cfg_dict)
+    if resume and progress:
+        print(f"[{stage}] resuming from the checkpoints in {out_dir}")
     start = time.perf_counter()
     try:
         metrics = fn(cfg, out_dir, run_dir, progress)
     except Exception:
-        _discard_partial(out_dir)
+        if not resumable:  # a resumable stage keeps its checkpoints: rerun to resume
+            _discard_partial(out_dir)
         raise
     metrics["wall_time_s"] = round(time.perf_counter() - start, 2)
+    (out_dir / RESUME_CONFIG).unlink(missing_ok=True)
     final = finish_stage(run_dir, stage, cfg_dict, metrics)
     if progress:
         print(f"[{stage}] done in {metrics['wall_time_s']:.1f}s -> {final}")
     return metrics
+
+
+def _partial_config(run_dir: Path, stage: str) -> dict[str, Any] | None:
+    """The config a resumable stage's partial directory was started with (None if none)."""
+    path = partial_dir(run_dir, stage) / RESUME_CONFIG
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _discard_partial(out_dir: Path) -> None:

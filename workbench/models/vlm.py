@@ -215,16 +215,25 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in batch.items() if k != "response_mask"}
 
 
+def sampling_kwargs(processor, max_new_tokens: int, temperature: float = 1.0, do_sample: bool = True) -> dict[str, Any]:
+    """``generate`` arguments: plain sampling at ``temperature`` (no top-k/top-p), padding with
+    the pad token, and special tokens other than end-of-sequence suppressed -- a sampled
+    image token would not match any image features in the next forward pass."""
+    tok = processor.tokenizer
+    suppress = sorted({int(i) for i in tok.all_special_ids} - {int(tok.eos_token_id)})
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
+                              "pad_token_id": tok.pad_token_id, "suppress_tokens": suppress}
+    if do_sample:
+        kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
+    return kwargs
+
+
 @torch.no_grad()
 def generate(model, processor, images: list[Image.Image], questions: list[str], max_new_tokens: int = 40,
              temperature: float = 1.0, do_sample: bool = True) -> list[str]:
     """Sample one answer per (image, question) with left padding; returns decoded texts."""
     batch = encode(processor, images, questions, padding_side="left")
     batch = {k: v.to(model.device) for k, v in batch.items()}
-    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
-                              "pad_token_id": processor.tokenizer.pad_token_id}
-    if do_sample:
-        kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
-    out = model.generate(**batch, **kwargs)
+    out = model.generate(**batch, **sampling_kwargs(processor, max_new_tokens, temperature, do_sample))
     new = out[:, batch["input_ids"].shape[1]:]
     return [t.strip() for t in processor.batch_decode(new, skip_special_tokens=True)]

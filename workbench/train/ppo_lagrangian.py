@@ -15,10 +15,16 @@ One PPO step, for a batch of prompts x (image + question):
 4. **Dual GAE** (γ, λ_gae) on (r, V_r) and (c, V_c): advantages A^r, A^c and returns G^r, G^c
    (``workbench.kernels.dual_gae``).
 5. **λ.** The episode costs C enter J_C's window; log λ takes one SGD step on
-   ``-(J_C - d)·λ`` (:mod:`workbench.train.lagrange`).
+   ``-(J_C - d)·λ`` (:mod:`workbench.train.lagrange`), and the actor loss uses the new λ
+   (the official trainer's order).
 6. **Actor.** ``A_t = (A^r_t - λ·A^c_t) / (1 + λ)``, ``ρ_t = exp(log π_θ - log π_old)``,
    ``L = -mean_m(min(ρ_t·A_t, clip(ρ_t, 1 ± ε)·A_t))`` (``workbench.kernels.ppo_lagrangian_loss``).
 7. **Critics.** ``L = ½·mean_m(max((V - G)², (V_old + clip(V - V_old, ±ε_v) - G)²))`` each.
+
+Robustness: a checkpoint every ``checkpoint_every`` steps (atomic: trainable weights, optimiser
+and schedule states, λ and its window, RNG, step) lets a killed run resume and finish with the
+same number of steps; a non-finite loss skips its step (logged) and ``max_nonfinite`` of them in
+a row stop the run with a message.
 
 Positions: for a sequence ``s`` of length L, everything lives on the shifted frame
 ``t = 0..L-2`` where position t predicts token ``s[t+1]``: ``log π(s[t+1] | s[:t+1])`` and the
@@ -45,13 +51,12 @@ from ..data.store import load_data
 from ..eval.judge import GoldJudge, evaluate_policy, has_gold
 from ..models.adapters import save_policy
 from ..models.score import ScoreModel, last_token_index
-from ..models.vlm import encode
+from ..models.vlm import encode, model_inputs, sampling_kwargs
 from ..runs import append_jsonl, write_jsonl
 from .common import ImageCache, batches, optimizer_and_schedule, setup, starting_model
 from .lagrange import LagrangeMultiplier
 
 VARIANTS = ("lagrangian", "reward_only", "fixed_lambda")
-MODEL_KEYS = ("input_ids", "attention_mask", "pixel_values")
 
 
 # --- formulas ---------------------------------------------------------------------------------
@@ -99,7 +104,7 @@ def sequence_logprobs(policy, batch: dict[str, torch.Tensor], backend: str = "au
 
     Uses the fused op from hidden states and the LM head (``workbench.kernels``) when the
     head is a plain linear layer; models with logit soft-capping go through their logits."""
-    inputs = {k: v for k, v in batch.items() if k in MODEL_KEYS}
+    inputs = model_inputs(batch)
     base = _inner(policy)
     text_cfg = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
     head = base.get_output_embeddings()
@@ -115,28 +120,35 @@ def sequence_logprobs(policy, batch: dict[str, torch.Tensor], backend: str = "au
 @torch.no_grad()
 def rollout(policy, processor, images: list, questions: list[str], max_new_tokens: int,
             temperature: float = 1.0) -> dict[str, Any]:
-    """Sample one answer per prompt; returns the model batch of the full sequences
-    (left-padded prompt + response), ``mask`` [B, L-1] over the response on the shifted
-    frame, and the decoded ``texts``."""
+    """Sample one answer per prompt; returns ``batch``, the model inputs of the full sequences
+    (left-padded prompt + response), ``mask`` [B, L-1] over the response on the shifted frame
+    (up to and including the first end-of-sequence token), and the decoded ``texts``."""
     batch = encode(processor, images, questions, padding_side="left")
     device = next(policy.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
     tok = processor.tokenizer
     was_training = policy.training
     policy.eval()
-    seq = policy.generate(**batch, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
-                          top_k=0, top_p=1.0, pad_token_id=tok.pad_token_id)
+    seq = policy.generate(**batch, **sampling_kwargs(processor, max_new_tokens, temperature))
     policy.train(was_training)
     prompt_len = batch["input_ids"].shape[1]
     gen = seq[:, prompt_len:]
     is_eos = gen == tok.eos_token_id
     after_eos = (torch.cumsum(is_eos.long(), 1) - is_eos.long()) > 0
     response = (~after_eos).long()
-    attention = torch.cat([batch["attention_mask"], response], dim=1)
+    out: dict[str, Any] = {}
+    for key, value in batch.items():  # per-token inputs grow by the response; the rest stay
+        if key == "input_ids":
+            out[key] = seq
+        elif key == "attention_mask":
+            out[key] = torch.cat([value, response], dim=1)
+        elif value.dim() == 2 and value.shape == batch["input_ids"].shape:  # e.g. token_type_ids
+            out[key] = torch.cat([value, torch.zeros_like(gen)], dim=1)
+        else:
+            out[key] = value
     full_mask = torch.cat([torch.zeros_like(batch["attention_mask"]), response], dim=1)
     texts = [tok.decode(g[r.bool()], skip_special_tokens=True).strip() for g, r in zip(gen, response, strict=True)]
-    return {"input_ids": seq, "attention_mask": attention, "pixel_values": batch["pixel_values"],
-            "mask": full_mask[:, 1:], "texts": texts}
+    return {"batch": out, "mask": full_mask[:, 1:], "texts": texts}
 
 
 class Roles:
@@ -167,10 +179,6 @@ class Roles:
             return sequence_logprobs(self.actor, batch, backend)
 
 
-def _model_batch(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-    return {k: batch[k] for k in MODEL_KEYS}
-
-
 def make_lambda(variant: str, cfg: PPOConfig) -> LagrangeMultiplier:
     if variant not in VARIANTS:
         raise ValueError(f"unknown PPO variant {variant!r}; one of {VARIANTS}")
@@ -194,6 +202,84 @@ def score_texts(model: ScoreModel, images: list, questions: list[str], texts: li
     return np.concatenate(out) if out else np.zeros(0)
 
 
+# --- checkpoints ---------------------------------------------------------------------------------
+CHECKPOINT = "checkpoint"
+TRAINABLE = ("actor", "reward_critic", "cost_critic")
+
+
+def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().clone().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(path: Path, step: int, roles: Roles, optimizers: list, lam: LagrangeMultiplier) -> None:
+    """Everything a run needs to go on after ``step`` steps, written atomically: the trainable
+    weights of the actor (its adapter) and both critics, optimiser and schedule states, λ and
+    its window, and torch's RNG state. Built in ``checkpoint.tmp`` and renamed into place."""
+    import json
+    import shutil
+
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in TRAINABLE:
+        save_file(_trainable_state(getattr(roles, name)), str(tmp / f"{name}.safetensors"))
+    torch.save({"optimizers": [(opt.state_dict(), sched.state_dict()) for opt, sched in optimizers],
+                "torch_rng": torch.get_rng_state()}, tmp / "optim.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, "lagrange": lam.state_dict()}))
+    old = path.with_name(path.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(path: Path, roles: Roles, optimizers: list, lam: LagrangeMultiplier) -> int:
+    """Restore a :func:`save_checkpoint` directory; returns the number of steps done."""
+    import json
+
+    from safetensors.torch import load_file
+
+    for name in TRAINABLE:
+        model = getattr(roles, name)
+        state = load_file(str(path / f"{name}.safetensors"))
+        wanted = {n for n, p in model.named_parameters() if p.requires_grad}
+        if set(state) != wanted:
+            raise RuntimeError(f"checkpoint {path}: {name} parameters do not match this model; "
+                               f"delete {path.parent} (or use --force) to start over")
+        model.load_state_dict(state, strict=False)
+    saved = torch.load(path / "optim.pt", weights_only=True)
+    for (opt, sched), (opt_state, sched_state) in zip(optimizers, saved["optimizers"], strict=True):
+        opt.load_state_dict(opt_state)
+        sched.load_state_dict(sched_state)
+    torch.set_rng_state(saved["torch_rng"])
+    state = json.loads((path / "state.json").read_text())
+    lam.load_state_dict(state["lagrange"])
+    return int(state["step"])
+
+
+def _truncate_log(path: Path, steps: int) -> None:
+    """Keep the first ``steps`` step entries of a log (later ones are redone after a resume)."""
+    import json
+
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            break  # a line torn by the kill
+        if entry.get("step", 0) >= steps:
+            break
+        kept.append(line)
+    from ..runs import atomic_write_text
+
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
 # --- the trainer ---------------------------------------------------------------------------------
 def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, progress: bool = True) -> dict[str, Any]:
     """Train one variant; writes ``out_dir/model``, ``out_dir/log.jsonl``; returns its metrics."""
@@ -206,18 +292,27 @@ def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, pr
     actor_opt, actor_sched = optimizer_and_schedule(roles.actor, cfg)
     critic_cfg = cfg.replace(lr=cfg.critic_lr)
     critic_opts = [optimizer_and_schedule(c, critic_cfg) for c in (roles.reward_critic, roles.cost_critic)]
+    optimizers = [(actor_opt, actor_sched), *critic_opts]
     prompts = data.train
     gold = has_gold(prompts)
     judge = GoldJudge() if gold else None
     log_path = out_dir / "log.jsonl"
+    ckpt = out_dir / CHECKPOINT
+    done = load_checkpoint(ckpt, roles, optimizers, lam) if (ckpt / "state.json").is_file() else 0
+    _truncate_log(log_path, done)
+    if done and progress:
+        print(f"[ppo: {variant}] resuming after step {done} from {ckpt}")
     start = time.perf_counter()
-    bar = tqdm(batches(prompts, cfg.batch_size, cfg.max_steps, cfg.seed + 1), total=cfg.max_steps,
-               desc=f"ppo: {variant}", disable=not progress)
+    stream = batches(prompts, cfg.batch_size, cfg.max_steps, cfg.seed + 1)
+    for _ in range(done):  # the batches already trained on
+        next(stream)
+    bar = tqdm(stream, total=cfg.max_steps, initial=done, desc=f"ppo: {variant}", disable=not progress)
     last: dict[str, float] = {}
-    for step, chunk in enumerate(bar):
+    bad_in_a_row = skipped = 0
+    for step, chunk in enumerate(bar, start=done):
         pics, questions = [images(p) for p in chunk], [p["question"] for p in chunk]
         ro = rollout(roles.actor, roles.processor, pics, questions, cfg.max_new_tokens, cfg.temperature)
-        batch, mask = _model_batch(ro), ro["mask"].float()
+        batch, mask = ro["batch"], ro["mask"].float()
         with torch.no_grad():
             old_logp = sequence_logprobs(roles.actor, batch, backend)
             ref_logp = roles.reference_logprobs(batch, backend)
@@ -229,22 +324,35 @@ def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, pr
             r_t, c_t = token_signals(kl, reward.float(), cost.float(), mask, cfg.kl_coeff, cfg.score_clip)
             adv_r, ret_r, adv_c, ret_c = kernels.dual_gae(r_t, c_t, old_vr, old_vc, mask, cfg.gamma,
                                                           cfg.gae_lambda, backend=backend)
-        lam.record(cost.float().tolist())
-        lag_log = lam.update(step)
 
+        scores_finite = bool(torch.isfinite(reward).all() and torch.isfinite(cost).all())
+        if scores_finite:  # J_C's window takes this rollout's episode costs, then λ takes its step
+            lam.record(cost.float().tolist())
+            lag_log = lam.update(step)
         logp = sequence_logprobs(roles.actor, batch, backend)
-        actor_loss = kernels.ppo_lagrangian_loss(logp, old_logp, adv_r, adv_c, mask, lam.value, cfg.clip_eps,
+        lam_value = lam.value
+        actor_loss = kernels.ppo_lagrangian_loss(logp, old_logp, adv_r, adv_c, mask, lam_value, cfg.clip_eps,
                                                  backend=backend)
         critic_losses = []
         for critic, ret, old_v in ((roles.reward_critic, ret_r, old_vr), (roles.cost_critic, ret_c, old_vc)):
             values = critic(batch)[1][:, :-1].float()
             critic_losses.append(critic_loss(values, old_v, ret, mask, cfg.value_clip))
         total = actor_loss + critic_losses[0] + critic_losses[1]
-        if not torch.isfinite(total):
-            raise FloatingPointError(f"ppo {variant}: non-finite loss at step {step}")
+        if not (scores_finite and torch.isfinite(total)):
+            bad_in_a_row, skipped = bad_in_a_row + 1, skipped + 1
+            for model in (roles.actor, roles.reward_critic, roles.cost_critic):
+                model.zero_grad(set_to_none=True)
+            append_jsonl(log_path, {"step": step, "skipped": "non-finite loss", "ppo/actor_loss": float(actor_loss.detach()),
+                                    "critic/reward_loss": float(critic_losses[0].detach()),
+                                    "critic/cost_loss": float(critic_losses[1].detach())})
+            if bad_in_a_row >= cfg.max_nonfinite:
+                raise FloatingPointError(
+                    f"ppo {variant}: {bad_in_a_row} non-finite losses in a row (last at step {step}); stopping. "
+                    f"Lower --lr / --critic-lr or --kl-coeff, or check the reward and cost models' scores")
+            continue
+        bad_in_a_row = 0
         total.backward()
-        for model, (opt, sched) in ((roles.actor, (actor_opt, actor_sched)), (roles.reward_critic, critic_opts[0]),
-                                    (roles.cost_critic, critic_opts[1])):
+        for model, (opt, sched) in zip((roles.actor, roles.reward_critic, roles.cost_critic), optimizers, strict=True):
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
             opt.step()
             sched.step()
@@ -267,12 +375,15 @@ def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, pr
         last = entry
         bar.set_postfix(R=f"{entry['reward/score']:.2f}", C=f"{entry['cost/score']:.2f}",
                         lam=f"{lam.value:.2f}", kl=f"{entry['kl/mean']:.2f}")
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.max_steps:
+            save_checkpoint(ckpt, step + 1, roles, optimizers, lam)
     train_time = time.perf_counter() - start
 
     save_policy(roles.actor, roles.processor, out_dir / "model")
     test = data.test[: cfg.n_eval_prompts]
     metrics: dict[str, Any] = {"steps": cfg.max_steps, "lambda_final": lam.value, "train_time_s": round(train_time, 2),
-                               "J_C_final": lam.episode_cost, "last": last}
+                               "J_C_final": lam.episode_cost, "resumed_from_step": done,
+                               "skipped_steps": skipped, "last": last}
     if test:
         summary, rows = evaluate_policy(roles.actor, roles.processor, test, images, batch_size=cfg.eval_batch_size,
                                         max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, desc=f"ppo: {variant} eval")
@@ -288,21 +399,36 @@ def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, pr
 
 
 def run_ppo_stage(cfg: PPOConfig, out_dir: Path, run_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """``python -m workbench ppo``: every variant of ``cfg.variants``, under ``ppo/<variant>/``."""
+    """``python -m workbench ppo``: every variant of ``cfg.variants``, under ``ppo/<variant>/``.
+
+    Resumable: rerunning a killed stage with the same config skips finished variants and
+    continues the unfinished one from its last checkpoint."""
+    import json
+    import shutil
+
+    from ..runs import atomic_write_json
+
     variants = {}
     for variant in cfg.variant_names:
         vdir = out_dir / variant
+        done = vdir / "metrics.json"
+        if done.is_file():
+            variants[variant] = json.loads(done.read_text())
+            continue
         vdir.mkdir(parents=True, exist_ok=True)
         variants[variant] = train_variant(variant, cfg, run_dir, vdir, progress)
+        atomic_write_json(done, variants[variant])
+        shutil.rmtree(vdir / CHECKPOINT, ignore_errors=True)
     base = {}
     sft_metrics = run_dir / "sft" / "metrics.json"
     if sft_metrics.is_file():
-        import json
-
         m = json.loads(sft_metrics.read_text())
         base = {"helpfulness": m.get("base_helpfulness"), "safety_rate": m.get("base_safety_rate")}
     return {"variants": variants, "base": base}
 
 
+run_ppo_stage.resumable = True  # type: ignore[attr-defined]
+
+
 __all__ = ["token_signals", "critic_loss", "sequence_logprobs", "rollout", "Roles", "make_lambda", "train_variant",
-           "run_ppo_stage", "VARIANTS"]
+           "run_ppo_stage", "save_checkpoint", "load_checkpoint", "VARIANTS"]
