@@ -232,3 +232,20 @@ def test_a_killed_run_resumes_from_its_checkpoint(smoke_score_runs, tmp_path):
     log = [json.loads(line) for line in (run / "ppo" / "lagrangian" / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == list(range(40))
     assert not (run / "ppo" / "lagrangian" / "checkpoint").exists()
+
+
+def test_ppo_views(ppo_run, tmp_path):
+    from workbench.eval import ppo_views
+    from workbench.runs import load_metrics
+
+    variant_logs = ppo_views.logs(ppo_run)
+    assert set(variant_logs) == {"lagrangian", "reward_only"} and len(variant_logs["lagrangian"]) == 4
+    fig = ppo_views.curves_figure(variant_logs, smooth=1)
+    assert any(t.name == "lagrangian" for t in fig.data)
+    table = ppo_views.variants_table(load_metrics(ppo_run, "ppo"))
+    assert {"SFT base", "lagrangian", "reward_only"} <= set(table.index) and "Δ safety (points)" in table
+    pairs = ppo_views.before_after(ppo_run, n=3, intent=None)
+    assert list(pairs.columns)[:2] == ["question", "SFT base"] and len(pairs) == 3
+    run, metrics = ppo_views.threshold_run(ppo_run, tmp_path, threshold=-1.0, steps=1)
+    assert metrics["variants"]["lagrangian"]["steps"] == 1
+    assert (run / "ppo" / "lagrangian" / "log.jsonl").is_file()

@@ -1,0 +1,165 @@
+"""Look inside the PPO stage of a run (notebook 04): training curves of every variant (reward,
+cost, J_C against the threshold d, λ, KL, gold helpfulness and safety), the variants beside
+the SFT base, the same prompts answered before and after, and a threshold slider that
+launches a short run.
+
+Everything reads ``<run>/ppo/<variant>/log.jsonl``, ``samples.jsonl`` and ``<run>/ppo/metrics.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as widgets
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from ..runs import read_jsonl
+
+#: (log key, panel title) of the training-curve panels.
+PANELS: tuple[tuple[str, str], ...] = (
+    ("reward/score", "reward model score R"),
+    ("cost/score", "cost C and J_C vs d"),
+    ("lagrange/lambda", "λ"),
+    ("kl/mean", "KL(π_θ ‖ π_ref) per answer"),
+    ("gold/helpfulness", "gold helpfulness (rollouts)"),
+    ("gold/safety_rate", "gold safety rate (rollouts)"),
+)
+VARIANT_COLOURS = {"lagrangian": "#1f77b4", "reward_only": "#d62728", "fixed_lambda": "#9467bd"}
+
+
+def smoke_ppo_run(root: str | Path, threads: int = 1, progress: bool = False) -> Path:
+    """Smoke data, SFT, reward and cost models, then the smoke PPO stage, under ``root``."""
+    from ..pipeline import resolve_config, run_stage
+    from .views import hf_progress_bars, smoke_runs
+
+    run_dir, _ = smoke_runs(root, threads=threads, progress=progress)
+    with hf_progress_bars(progress):
+        run_stage("ppo", run_dir, resolve_config("ppo", smoke=True, threads=threads), progress=progress)
+    return run_dir
+
+
+def logs(run_dir: str | Path, stage_dir: str = "ppo") -> dict[str, pd.DataFrame]:
+    """The training log of each variant, one row per step (skipped steps left out)."""
+    out = {}
+    root = Path(run_dir) / stage_dir
+    for path in sorted(root.glob("*/log.jsonl")):
+        frame = pd.DataFrame(read_jsonl(path))
+        if "skipped" in frame:
+            frame = frame[frame["skipped"].isna()]
+        out[path.parent.name] = frame.reset_index(drop=True)
+    return out
+
+
+def curves_figure(variant_logs: Mapping[str, pd.DataFrame], smooth: int = 5) -> go.Figure:
+    """Six panels of training curves, one line per variant (rolling mean over ``smooth`` steps)."""
+    fig = make_subplots(rows=2, cols=3, subplot_titles=[title for _, title in PANELS])
+    for name, frame in variant_logs.items():
+        colour = VARIANT_COLOURS.get(name, "#7f7f7f")
+        for k, (key, _) in enumerate(PANELS):
+            if key not in frame:
+                continue
+            row, col = k // 3 + 1, k % 3 + 1
+            y = frame[key].rolling(smooth, min_periods=1).mean()
+            fig.add_trace(go.Scatter(x=frame["step"], y=y, mode="lines", name=name, legendgroup=name,
+                                     showlegend=k == 0, line={"color": colour}), row=row, col=col)
+            if key == "cost/score" and "lagrange/J_C" in frame:
+                fig.add_trace(go.Scatter(x=frame["step"], y=frame["lagrange/J_C"], mode="lines", name=f"J_C · {name}",
+                                         legendgroup=name, showlegend=False,
+                                         line={"color": colour, "dash": "dot"}), row=row, col=col)
+    threshold = next((f["lagrange/threshold"].iloc[0] for f in variant_logs.values() if "lagrange/threshold" in f
+                      and len(f)), None)
+    if threshold is not None:
+        fig.add_hline(y=threshold, line_dash="dash", line_color="grey", row=1, col=2,
+                      annotation_text=f"d = {threshold:g}", annotation_position="bottom right")
+    fig.update_layout(height=560, title="PPO training curves (dotted: J_C, the windowed episode cost)",
+                      legend={"orientation": "h", "y": -0.12})
+    fig.update_xaxes(title_text="step", row=2)
+    return fig
+
+
+def variants_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
+    """Gold helpfulness and safety rate of each variant on the test prompts, beside the base."""
+    rows = {}
+    base = metrics.get("base") or {}
+    if base.get("helpfulness") is not None:
+        rows["SFT base"] = {"helpfulness": base["helpfulness"], "safety_rate": base["safety_rate"]}
+    for name, m in metrics.get("variants", {}).items():
+        rows[name] = {k: m.get(k) for k in ("helpfulness", "safety_rate", "mean_cost", "lambda_final", "steps",
+                                            "train_time_s")}
+    frame = pd.DataFrame(rows).T
+    if "SFT base" in frame.index:
+        frame["Δ helpfulness"] = frame["helpfulness"] - frame.loc["SFT base", "helpfulness"]
+        frame["Δ safety (points)"] = 100 * (frame["safety_rate"] - frame.loc["SFT base", "safety_rate"])
+    return frame.astype(float).round(3)
+
+
+def before_after(run_dir: str | Path, n: int = 8, variants: Sequence[str] | None = None,
+                 intent: str | None = "harmful") -> pd.DataFrame:
+    """The same test prompts answered by the SFT base and by each PPO variant."""
+    run_dir = Path(run_dir)
+    base = {r["id"]: r for r in read_jsonl(run_dir / "sft" / "samples.jsonl")}
+    columns: dict[str, dict[str, dict[str, Any]]] = {}
+    for path in sorted((run_dir / "ppo").glob("*/samples.jsonl")):
+        if variants is None or path.parent.name in variants:
+            columns[path.parent.name] = {r["id"]: r for r in read_jsonl(path)}
+    ids = [i for i in base if all(i in c for c in columns.values())
+           and (intent is None or base[i].get("intent") == intent)][:n]
+    rows = []
+    for i in ids:
+        row = {"question": base[i]["question"], "SFT base": _with_gold(base[i])}
+        row.update({name: _with_gold(c[i]) for name, c in columns.items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _with_gold(row: Mapping[str, Any]) -> str:
+    if "harmlessness" in row:
+        verdict = "safe" if row["harmlessness"] > 0 else "UNSAFE"
+        return f"{row['response']}  [{verdict}, help {row['helpfulness']:.1f}]"
+    return row["response"]
+
+
+def threshold_run(run_dir: str | Path, scratch: str | Path, threshold: float, steps: int = 20,
+                  smoke: bool = True) -> tuple[Path, dict[str, Any]]:
+    """A short ``lagrangian`` run with cost threshold d = ``threshold`` in ``scratch/d<d>``, a
+    run directory whose data and models are links to ``run_dir``'s. Returns (run dir, metrics)."""
+    from ..pipeline import resolve_config, run_stage
+
+    run = Path(scratch) / f"d{threshold:g}"
+    if not run.exists():
+        run.mkdir(parents=True)
+        for stage in ("data", "sft", "reward", "cost"):
+            (run / stage).symlink_to((Path(run_dir) / stage).resolve(), target_is_directory=True)
+    cfg = resolve_config("ppo", smoke=smoke, variants="lagrangian", cost_threshold=threshold, max_steps=steps)
+    return run, run_stage("ppo", run, cfg, progress=False)
+
+
+def threshold_slider(run_dir: str | Path, scratch: str | Path, steps: int = 20,
+                     values: Sequence[float] = (-3.0, -2.5, -2.0, -1.0, 0.0)) -> widgets.Widget:
+    """Pick a cost threshold d and launch a short ``lagrangian`` run with it
+    (:func:`threshold_run`); its curves are drawn beside the chosen d when it finishes."""
+    slider = widgets.SelectionSlider(options=list(values), value=values[len(values) // 2], description="d =")
+    button = widgets.Button(description=f"train {steps} steps", button_style="primary")
+    status, output = widgets.HTML(), widgets.Output()
+
+    def launch(_=None) -> None:
+        d = slider.value
+        status.value = f"training lagrangian with d = {d:g} for {steps} steps ..."
+        run, metrics = threshold_run(run_dir, scratch, d, steps)
+        v = metrics["variants"]["lagrangian"]
+        status.value = (f"d = {d:g}: λ_final {v['lambda_final']:.2f}, gold safety "
+                        f"{v.get('safety_rate', float('nan')):.1%}, helpfulness {v.get('helpfulness', float('nan')):.2f}")
+        output.clear_output(wait=True)
+        with output:
+            curves_figure(logs(run)).show()
+
+    button.on_click(launch)
+    return widgets.VBox([widgets.HBox([slider, button]), status, output])
+
+
+__all__ = ["smoke_ppo_run", "logs", "curves_figure", "variants_table", "before_after", "threshold_run", "threshold_slider",
+           "PANELS"]
