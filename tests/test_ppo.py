@@ -249,3 +249,31 @@ def test_ppo_views(ppo_run, tmp_path):
     run, metrics = ppo_views.threshold_run(ppo_run, tmp_path, threshold=-1.0, steps=1)
     assert metrics["variants"]["lagrangian"]["steps"] == 1
     assert (run / "ppo" / "lagrangian" / "log.jsonl").is_file()
+
+
+def test_two_processes_hold_the_same_lambda_and_weights(smoke_score_runs, tmp_path):
+    """``accelerate launch --num_processes 2`` on CPU (gloo): rollouts split across the ranks,
+    episode costs gathered, gradients averaged -- both ranks end with the same λ and weights."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    assert accelerate, "accelerate's launcher is installed with the project"
+    run = _linked_run(smoke_score_runs[0], tmp_path / "run")
+    # accelerate picks its torchrun launcher with --multi_gpu; without GPUs the ranks use gloo on CPU
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "workbench", "ppo", "--smoke", "--run-dir", str(run), "--quiet",
+           "--variants", "lagrangian", "--max-steps", "3", "--threads", "1"]
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    m = json.loads((run / "ppo" / "metrics.json").read_text())["variants"]["lagrangian"]
+    ranks = m["distributed"]["ranks"]
+    assert m["distributed"]["world_size"] == 2 and [r["rank"] for r in ranks] == [0, 1]
+    assert ranks[0]["lambda"] == ranks[1]["lambda"] and ranks[0]["lambda"] != PPOConfig.smoke().lambda_init
+    assert ranks[0]["actor_sha256"] == ranks[1]["actor_sha256"]
+    log = [json.loads(line) for line in (run / "ppo" / "lagrangian" / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [0, 1, 2]  # one log, written by rank 0

@@ -75,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
             raise StageUnavailable(f"'{command}' is not implemented yet; available: {', '.join(available_stages())}, run")
         cfg = _stage_config(command, common, rest)
         run_stage(command, common.run_dir, cfg, force=common.force, progress=not common.quiet)
-        _print_summary(common.run_dir, {command: None})
+        from .train.distributed import distributed
+
+        if distributed().is_main:
+            _print_summary(common.run_dir, {command: None})
         return 0
     except (ConfigError, StageUnavailable, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

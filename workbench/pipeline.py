@@ -93,23 +93,37 @@ def run_stage(stage: str, run_dir: str | Path = DEFAULT_RUN_DIR, config: StageCo
         if progress:
             print(f"[{stage}] complete in {stage_dir(run_dir, stage)} (same config): skipped; --force reruns it")
         return load_metrics(run_dir, stage)
+    from .train.distributed import distributed
+
+    dist = distributed()
+    if dist.enabled and not getattr(fn, "distributed", False):
+        raise ValueError(f"stage '{stage}' runs in one process; launch only multi-process stages (ppo) with "
+                         f"accelerate, e.g. accelerate launch --num_processes 2 -m workbench ppo")
+    progress = progress and dist.is_main
     resumable = getattr(fn, "resumable", False)
     resume = resumable and not force and _partial_config(run_dir, stage) == cfg_dict
-    out_dir = begin_stage(run_dir, stage, fresh=not resume)
-    if resumable:
-        atomic_write_json(out_dir / RESUME_CONFIG, cfg_dict)
+    if dist.is_main:  # one process owns the stage directory
+        out_dir = begin_stage(run_dir, stage, fresh=not resume)
+        if resumable:
+            atomic_write_json(out_dir / RESUME_CONFIG, cfg_dict)
+    dist.barrier()
+    out_dir = partial_dir(run_dir, stage)
     if resume and progress:
         print(f"[{stage}] resuming from the checkpoints in {out_dir}")
     start = time.perf_counter()
     try:
         metrics = fn(cfg, out_dir, run_dir, progress)
     except Exception:
-        if not resumable:  # a resumable stage keeps its checkpoints: rerun to resume
+        if not resumable and dist.is_main:  # a resumable stage keeps its checkpoints: rerun to resume
             _discard_partial(out_dir)
         raise
     metrics["wall_time_s"] = round(time.perf_counter() - start, 2)
+    if not dist.is_main:
+        dist.barrier()
+        return metrics
     (out_dir / RESUME_CONFIG).unlink(missing_ok=True)
     final = finish_stage(run_dir, stage, cfg_dict, metrics)
+    dist.barrier()
     if progress:
         print(f"[{stage}] done in {metrics['wall_time_s']:.1f}s -> {final}")
     return metrics

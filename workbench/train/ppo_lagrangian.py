@@ -21,6 +21,10 @@ One PPO step, for a batch of prompts x (image + question):
    ``L = -mean_m(min(ρ_t·A_t, clip(ρ_t, 1 ± ε)·A_t))`` (``workbench.kernels.ppo_lagrangian_loss``).
 7. **Critics.** ``L = ½·mean_m(max((V - G)², (V_old + clip(V - V_old, ±ε_v) - G)²))`` each.
 
+Multi-process (``accelerate launch --num_processes N -m workbench ppo``): each rank rolls out
+its share of the batch, episode costs are gathered so every rank holds the same λ, and
+gradients are averaged before each step (:mod:`workbench.train.distributed`).
+
 Robustness: a checkpoint every ``checkpoint_every`` steps (atomic: trainable weights, optimiser
 and schedule states, λ and its window, RNG, step) lets a killed run resume and finish with the
 same number of steps; a non-finite loss skips its step (logged) and ``max_nonfinite`` of them in
@@ -54,6 +58,7 @@ from ..models.score import ScoreModel, last_token_index
 from ..models.vlm import encode, model_inputs, sampling_kwargs
 from ..runs import append_jsonl, write_jsonl
 from .common import ImageCache, batches, optimizer_and_schedule, setup, starting_model
+from .distributed import distributed
 from .lagrange import LagrangeMultiplier
 
 VARIANTS = ("lagrangian", "reward_only", "fixed_lambda")
@@ -280,6 +285,17 @@ def _truncate_log(path: Path, steps: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of the trainable weights (to check that ranks hold the same model)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, p in sorted(_trainable_state(model).items()):
+        digest.update(name.encode())
+        digest.update(p.float().numpy().tobytes())
+    return digest.hexdigest()
+
+
 # --- the trainer ---------------------------------------------------------------------------------
 def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, progress: bool = True) -> dict[str, Any]:
     """Train one variant; writes ``out_dir/model``, ``out_dir/log.jsonl``; returns its metrics."""
@@ -293,13 +309,18 @@ def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, pr
     critic_cfg = cfg.replace(lr=cfg.critic_lr)
     critic_opts = [optimizer_and_schedule(c, critic_cfg) for c in (roles.reward_critic, roles.cost_critic)]
     optimizers = [(actor_opt, actor_sched), *critic_opts]
+    dist = distributed()
+    torch.manual_seed(cfg.seed + 1000 * (dist.rank + 1))  # same initial weights everywhere, own samples
+    progress = progress and dist.is_main
     prompts = data.train
     gold = has_gold(prompts)
     judge = GoldJudge() if gold else None
     log_path = out_dir / "log.jsonl"
     ckpt = out_dir / CHECKPOINT
     done = load_checkpoint(ckpt, roles, optimizers, lam) if (ckpt / "state.json").is_file() else 0
-    _truncate_log(log_path, done)
+    dist.barrier()  # every rank has read the checkpoint before the log is cut
+    if dist.is_main:
+        _truncate_log(log_path, done)
     if done and progress:
         print(f"[ppo: {variant}] resuming after step {done} from {ckpt}")
     start = time.perf_counter()
@@ -309,7 +330,8 @@ def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, pr
     bar = tqdm(stream, total=cfg.max_steps, initial=done, desc=f"ppo: {variant}", disable=not progress)
     last: dict[str, float] = {}
     bad_in_a_row = skipped = 0
-    for step, chunk in enumerate(bar, start=done):
+    for step, global_chunk in enumerate(bar, start=done):
+        chunk = dist.shard(global_chunk)  # this rank's episodes
         pics, questions = [images(p) for p in chunk], [p["question"] for p in chunk]
         ro = rollout(roles.actor, roles.processor, pics, questions, cfg.max_new_tokens, cfg.temperature)
         batch, mask = ro["batch"], ro["mask"].float()
@@ -325,9 +347,9 @@ def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, pr
             adv_r, ret_r, adv_c, ret_c = kernels.dual_gae(r_t, c_t, old_vr, old_vc, mask, cfg.gamma,
                                                           cfg.gae_lambda, backend=backend)
 
-        scores_finite = bool(torch.isfinite(reward).all() and torch.isfinite(cost).all())
-        if scores_finite:  # J_C's window takes this rollout's episode costs, then λ takes its step
-            lam.record(cost.float().tolist())
+        scores_finite = not dist.any(not bool(torch.isfinite(reward).all() and torch.isfinite(cost).all()))
+        if scores_finite:  # J_C's window takes every rank's episode costs, then λ takes its step
+            lam.record(dist.gather(cost.float().tolist()))
             lag_log = lam.update(step)
         logp = sequence_logprobs(roles.actor, batch, backend)
         lam_value = lam.value
@@ -338,13 +360,14 @@ def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, pr
             values = critic(batch)[1][:, :-1].float()
             critic_losses.append(critic_loss(values, old_v, ret, mask, cfg.value_clip))
         total = actor_loss + critic_losses[0] + critic_losses[1]
-        if not (scores_finite and torch.isfinite(total)):
+        if dist.any(not (scores_finite and bool(torch.isfinite(total)))):
             bad_in_a_row, skipped = bad_in_a_row + 1, skipped + 1
             for model in (roles.actor, roles.reward_critic, roles.cost_critic):
                 model.zero_grad(set_to_none=True)
-            append_jsonl(log_path, {"step": step, "skipped": "non-finite loss", "ppo/actor_loss": float(actor_loss.detach()),
-                                    "critic/reward_loss": float(critic_losses[0].detach()),
-                                    "critic/cost_loss": float(critic_losses[1].detach())})
+            if dist.is_main:
+                append_jsonl(log_path, {"step": step, "skipped": "non-finite loss", "ppo/actor_loss": float(actor_loss.detach()),
+                                        "critic/reward_loss": float(critic_losses[0].detach()),
+                                        "critic/cost_loss": float(critic_losses[1].detach())})
             if bad_in_a_row >= cfg.max_nonfinite:
                 raise FloatingPointError(
                     f"ppo {variant}: {bad_in_a_row} non-finite losses in a row (last at step {step}); stopping. "
@@ -353,6 +376,7 @@ def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, pr
         bad_in_a_row = 0
         total.backward()
         for model, (opt, sched) in zip((roles.actor, roles.reward_critic, roles.cost_critic), optimizers, strict=True):
+            dist.average_gradients(p for p in model.parameters() if p.requires_grad)
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
             opt.step()
             sched.step()
@@ -371,19 +395,28 @@ def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, pr
             scores = np.array([judge(p, t) for p, t in zip(chunk, ro["texts"], strict=True)], dtype=float)
             entry["gold/helpfulness"] = float(scores[:, 0].mean())
             entry["gold/safety_rate"] = float((scores[:, 1] > 0).mean())
-        append_jsonl(log_path, entry)
+        if dist.is_main:
+            append_jsonl(log_path, entry)
         last = entry
         bar.set_postfix(R=f"{entry['reward/score']:.2f}", C=f"{entry['cost/score']:.2f}",
                         lam=f"{lam.value:.2f}", kl=f"{entry['kl/mean']:.2f}")
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.max_steps:
-            save_checkpoint(ckpt, step + 1, roles, optimizers, lam)
+            if dist.is_main:
+                save_checkpoint(ckpt, step + 1, roles, optimizers, lam)
+            dist.barrier()
     train_time = time.perf_counter() - start
 
+    fingerprints = dist.gather_objects({"rank": dist.rank, "lambda": lam.value,
+                                        "actor_sha256": weights_fingerprint(roles.actor)})
+    if not dist.is_main:
+        return {"rank": dist.rank}
     save_policy(roles.actor, roles.processor, out_dir / "model")
     test = data.test[: cfg.n_eval_prompts]
     metrics: dict[str, Any] = {"steps": cfg.max_steps, "lambda_final": lam.value, "train_time_s": round(train_time, 2),
                                "J_C_final": lam.episode_cost, "resumed_from_step": done,
                                "skipped_steps": skipped, "last": last}
+    if dist.enabled:
+        metrics["distributed"] = {"world_size": dist.world_size, "ranks": fingerprints}
     if test:
         summary, rows = evaluate_policy(roles.actor, roles.processor, test, images, batch_size=cfg.eval_batch_size,
                                         max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, desc=f"ppo: {variant} eval")
@@ -408,6 +441,7 @@ def run_ppo_stage(cfg: PPOConfig, out_dir: Path, run_dir: Path, progress: bool =
 
     from ..runs import atomic_write_json
 
+    dist = distributed()
     variants = {}
     for variant in cfg.variant_names:
         vdir = out_dir / variant
@@ -417,8 +451,10 @@ def run_ppo_stage(cfg: PPOConfig, out_dir: Path, run_dir: Path, progress: bool =
             continue
         vdir.mkdir(parents=True, exist_ok=True)
         variants[variant] = train_variant(variant, cfg, run_dir, vdir, progress)
-        atomic_write_json(done, variants[variant])
-        shutil.rmtree(vdir / CHECKPOINT, ignore_errors=True)
+        if dist.is_main:
+            atomic_write_json(done, variants[variant])
+            shutil.rmtree(vdir / CHECKPOINT, ignore_errors=True)
+        dist.barrier()
     base = {}
     sft_metrics = run_dir / "sft" / "metrics.json"
     if sft_metrics.is_file():
@@ -428,6 +464,7 @@ def run_ppo_stage(cfg: PPOConfig, out_dir: Path, run_dir: Path, progress: bool =
 
 
 run_ppo_stage.resumable = True  # type: ignore[attr-defined]
+run_ppo_stage.distributed = True  # type: ignore[attr-defined]
 
 
 __all__ = ["token_signals", "critic_loss", "sequence_logprobs", "rollout", "Roles", "make_lambda", "train_variant",
