@@ -77,6 +77,15 @@ def test_lagrange_delay_max_and_fixed():
 def test_config_checks_variants():
     with pytest.raises(ConfigError, match="variants"):
         PPOConfig(variants="lagrangian,nope")
+    with pytest.raises(ConfigError, match="thresholds"):
+        PPOConfig(thresholds="-1,abc")
+    with pytest.raises(ConfigError, match="fixed_lambdas"):
+        PPOConfig(fixed_lambdas="-1")
+    sweep = PPOConfig(variants="reward_only", thresholds="-2,-1", fixed_lambdas="0.5").variant_configs()
+    assert list(sweep) == ["reward_only", "lagrangian_d-2", "lagrangian_d-1", "fixed_lambda_0.5"]
+    assert sweep["lagrangian_d-1"][0] == "lagrangian" and sweep["lagrangian_d-1"][1].cost_threshold == -1.0
+    assert sweep["fixed_lambda_0.5"] == ("fixed_lambda", PPOConfig(variants="reward_only", thresholds="-2,-1",
+                                                                   fixed_lambdas="0.5", lambda_init=0.5))
     with pytest.raises(ConfigError, match="kernels"):
         PPOConfig(kernels="cuda")
 

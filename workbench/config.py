@@ -324,6 +324,11 @@ class PPOConfig(ModelStageConfig):
     variants: str = "lagrangian,reward_only"
     """Comma-separated variants to train: ``lagrangian`` (learned λ), ``reward_only`` (λ ≡ 0),
     ``fixed_lambda`` (λ fixed at ``lambda_init``)."""
+    thresholds: str = ""
+    """Threshold sweep: comma-separated d values; each adds a ``lagrangian_d<d>`` variant
+    (the trade-off curve). Empty: none."""
+    fixed_lambdas: str = ""
+    """Reward-shaping grid: comma-separated λ values; each adds a ``fixed_lambda_<λ>`` variant."""
     lora: bool = True
     """The policy trains through a LoRA adapter; the reference is the same weights with the
     adapter disabled (no second copy)."""
@@ -380,14 +385,32 @@ class PPOConfig(ModelStageConfig):
 
     @property
     def variant_names(self) -> list[str]:
-        return [v.strip() for v in self.variants.split(",") if v.strip()]
+        return list(self.variant_configs())
+
+    def variant_configs(self) -> dict[str, tuple[str, Self]]:
+        """Every variant to train: name -> (kind, the config it trains with)."""
+        out: dict[str, tuple[str, Self]] = {v.strip(): (v.strip(), self) for v in self.variants.split(",") if v.strip()}
+        for d in _floats(self.thresholds):
+            out[f"lagrangian_d{d:g}"] = ("lagrangian", self.replace(cost_threshold=d))
+        for lam in _floats(self.fixed_lambdas):
+            out[f"fixed_lambda_{lam:g}"] = ("fixed_lambda", self.replace(lambda_init=lam))
+        return out
 
     def __post_init__(self) -> None:
         super().__post_init__()
         allowed = ("lagrangian", "reward_only", "fixed_lambda")
-        self._check(bool(self.variant_names) and all(v in allowed for v in self.variant_names)
-                    and len(set(self.variant_names)) == len(self.variant_names), "variants",
+        names = [v.strip() for v in self.variants.split(",") if v.strip()]
+        self._check(all(v in allowed for v in names) and len(set(names)) == len(names), "variants",
                     f"must be distinct names from {allowed}")
+        for name in ("thresholds", "fixed_lambdas"):
+            try:
+                values = _floats(getattr(self, name))
+            except ValueError:
+                values = None
+            self._check(values is not None and (name != "fixed_lambdas" or all(v >= 0 for v in values)), name,
+                        "must be comma-separated numbers (λ values >= 0)")
+        self._check(bool(names) or bool(self.thresholds.strip()) or bool(self.fixed_lambdas.strip()), "variants",
+                    "names no variant to train")
         self._positive("max_new_tokens", "n_eval_prompts", "episode_window", "max_nonfinite")
         self._check(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0, "checkpoint_every",
                     "must be >= 0")
@@ -400,6 +423,10 @@ class PPOConfig(ModelStageConfig):
         self._check(self.kernels in ("auto", "triton", "torch"), "kernels", "must be auto, triton or torch")
         self._check(isinstance(self.lambda_update_delay, int) and self.lambda_update_delay >= 0,
                     "lambda_update_delay", "must be >= 0")
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in str(text).split(",") if v.strip()]
 
 
 #: Every stage's config class, by stage name. Later stages add theirs here.

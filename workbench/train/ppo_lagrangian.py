@@ -297,8 +297,10 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
 
 
 # --- the trainer ---------------------------------------------------------------------------------
-def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Train one variant; writes ``out_dir/model``, ``out_dir/log.jsonl``; returns its metrics."""
+def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, progress: bool = True,
+                  name: str | None = None) -> dict[str, Any]:
+    """Train one variant (``variant`` is its kind: lagrangian, reward_only or fixed_lambda;
+    ``name`` labels it); writes ``out_dir/model``, ``out_dir/log.jsonl``; returns its metrics."""
     setup(cfg)
     data = load_data(run_dir)
     images = ImageCache(data)
@@ -327,7 +329,7 @@ def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, pr
     stream = batches(prompts, cfg.batch_size, cfg.max_steps, cfg.seed + 1)
     for _ in range(done):  # the batches already trained on
         next(stream)
-    bar = tqdm(stream, total=cfg.max_steps, initial=done, desc=f"ppo: {variant}", disable=not progress)
+    bar = tqdm(stream, total=cfg.max_steps, initial=done, desc=f"ppo: {name or variant}", disable=not progress)
     last: dict[str, float] = {}
     bad_in_a_row = skipped = 0
     for step, global_chunk in enumerate(bar, start=done):
@@ -419,7 +421,7 @@ def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, pr
         metrics["distributed"] = {"world_size": dist.world_size, "ranks": fingerprints}
     if test:
         summary, rows = evaluate_policy(roles.actor, roles.processor, test, images, batch_size=cfg.eval_batch_size,
-                                        max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, desc=f"ppo: {variant} eval")
+                                        max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, desc=f"ppo: {name or variant} eval")
         costs = score_texts(roles.cost, [images(p) for p in test], [p["question"] for p in test],
                             [r["response"] for r in rows], cfg.eval_batch_size)
         for row, c in zip(rows, costs, strict=True):
@@ -443,14 +445,15 @@ def run_ppo_stage(cfg: PPOConfig, out_dir: Path, run_dir: Path, progress: bool =
 
     dist = distributed()
     variants = {}
-    for variant in cfg.variant_names:
+    for variant, (kind, vcfg) in cfg.variant_configs().items():
         vdir = out_dir / variant
         done = vdir / "metrics.json"
         if done.is_file():
             variants[variant] = json.loads(done.read_text())
             continue
         vdir.mkdir(parents=True, exist_ok=True)
-        variants[variant] = train_variant(variant, cfg, run_dir, vdir, progress)
+        variants[variant] = train_variant(kind, vcfg, run_dir, vdir, progress, name=variant)
+        variants[variant]["kind"] = kind
         if dist.is_main:
             atomic_write_json(done, variants[variant])
             shutil.rmtree(vdir / CHECKPOINT, ignore_errors=True)
