@@ -35,6 +35,7 @@ from ..train.common import (
     batches,
     chunks,
     optimizer_and_schedule,
+    optimizer_step,
     setup,
     starting_model,
 )
@@ -85,10 +86,7 @@ def train_guard(model: GuardModel, examples: list[GuardExample], images: ImageCa
         categories = torch.tensor([e.category for e in chunk])
         loss, sev, cat = model.loss(_encode(model, images, chunk), levels, categories, cfg.category_weight)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        optimizer_step(model.parameters(), opt, sched)
         losses.append(float(loss.detach()))
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", sev=f"{float(sev.detach()):.3f}",

@@ -51,6 +51,15 @@ def optimizer_and_schedule(model: torch.nn.Module, cfg: ModelStageConfig,
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+def optimizer_step(params, opt, sched, max_norm: float = 1.0) -> None:
+    """Clip the gradient norm of ``params`` to ``max_norm``, step the optimiser and its
+    schedule, and clear the gradients (after ``loss.backward()``)."""
+    torch.nn.utils.clip_grad_norm_(list(params), max_norm)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+
+
 class ImageCache:
     """The data stage's images, decoded once (the world's are a few KB each)."""
 

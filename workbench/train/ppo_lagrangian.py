@@ -57,7 +57,14 @@ from ..models.adapters import save_policy
 from ..models.score import ScoreModel, last_token_index
 from ..models.vlm import encode, model_inputs, sampling_kwargs
 from ..runs import append_jsonl, write_jsonl
-from .common import ImageCache, batches, optimizer_and_schedule, setup, starting_model
+from .common import (
+    ImageCache,
+    batches,
+    optimizer_and_schedule,
+    optimizer_step,
+    setup,
+    starting_model,
+)
 from .distributed import distributed
 from .lagrange import LagrangeMultiplier
 
@@ -378,11 +385,9 @@ def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, pr
         bad_in_a_row = 0
         total.backward()
         for model, (opt, sched) in zip((roles.actor, roles.reward_critic, roles.cost_critic), optimizers, strict=True):
-            dist.average_gradients(p for p in model.parameters() if p.requires_grad)
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            params = [p for p in model.parameters() if p.requires_grad]
+            dist.average_gradients(params)
+            optimizer_step(params, opt, sched)
 
         entry: dict[str, Any] = {
             "step": step, "ppo/actor_loss": float(actor_loss.detach()),

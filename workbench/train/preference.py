@@ -46,7 +46,15 @@ from ..data.store import load_data
 from ..models.score import ScoreModel
 from ..models.vlm import count_parameters, encode
 from ..runs import write_jsonl
-from .common import ImageCache, batches, chunks, optimizer_and_schedule, setup, starting_model
+from .common import (
+    ImageCache,
+    batches,
+    chunks,
+    optimizer_and_schedule,
+    optimizer_step,
+    setup,
+    starting_model,
+)
 
 KINDS = ("reward", "cost")
 SIGN_MODES = ("graded", "binary")
@@ -311,10 +319,7 @@ def train_preference(kind: str, cfg: RewardConfig, out_dir: Path, run_dir: Path,
         high, low = scores[: len(records)], scores[len(records):]
         loss = pair_loss(kind, records, high, low, cfg)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        optimizer_step(model.parameters(), opt, sched)
         losses.append(float(loss.detach()))
         accuracies.append(ranking_accuracy(high.detach().cpu().numpy(), low.detach().cpu().numpy()))
         if step % 10 == 0 or step == cfg.max_steps - 1:

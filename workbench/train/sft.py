@@ -27,7 +27,15 @@ from ..eval.judge import evaluate_policy
 from ..models.adapters import save_policy
 from ..models.vlm import count_parameters, encode, model_inputs
 from ..runs import write_jsonl
-from .common import ImageCache, batches, chunks, optimizer_and_schedule, setup, starting_model
+from .common import (
+    ImageCache,
+    batches,
+    chunks,
+    optimizer_and_schedule,
+    optimizer_step,
+    setup,
+    starting_model,
+)
 
 
 def demonstrations(records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
@@ -105,10 +113,7 @@ def fit(model, processor, images: ImageCache, demos, cfg: SFTConfig, desc: str, 
         per_token = tokens / sequences  # running mean of response tokens per sequence
         loss = sft_loss(model, batch, per_token=per_token)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        optimizer_step(model.parameters(), opt, sched)
         losses.append(loss.item() * per_token * len(chunk) / max(n, 1.0))  # per-token mean
         if step % 10 == 0:
             bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
