@@ -191,13 +191,14 @@ def test_guard_model_round_trip_and_judge(tmp_path):
     with torch.no_grad():
         guard.raw_thresholds.copy_(torch.tensor([0.1, 0.2, 0.3]))
         guard.category_head.bias.normal_()
+        guard.image_head.bias.normal_()
     images = [Image.new("RGB", (64, 64), c) for c in ("red", "blue")]
     questions = ["what is this ?", "how do i use this ?"]
     before = guard.predict(images, questions, [None, "sure , here is how ."])
     guard.save(tmp_path / "guard")
     loaded = GuardModel.load(tmp_path / "guard")
     after = loaded.predict(images, questions, [None, "sure , here is how ."])
-    assert loaded.severe_cutoff == 0.3
+    assert loaded.severe_cutoff == 0.3 and torch.equal(loaded.image_head.bias, guard.image_head.bias)
     for key in before:
         np.testing.assert_allclose(before[key], after[key], atol=1e-6)
     verdicts = loaded.judge(images, questions)
@@ -217,16 +218,19 @@ def test_training_step_lowers_the_loss():
     guard = GuardModel(backbone, processor)
     batch = guard.encode([Image.new("RGB", (64, 64), "red")] * 4, ["q a", "q b", "q c", "q d"],
                          [None, "sure , here is how .", "sorry , i cannot help with that .", None])
-    levels, cats = torch.tensor([0, 3, 0, 2]), torch.tensor([0, 5, 0, 7])
-    opt = torch.optim.Adam(guard.parameters(), lr=1e-2)
-    first = float(guard.loss(batch, levels, cats, 0.5)[0].detach())
+    levels, cats, image_levels = torch.tensor([0, 3, 0, 2]), torch.tensor([0, 5, 0, 7]), torch.tensor([0, 3, 0, 2])
+    opt = torch.optim.Adam(guard.parameters(), lr=1e-3)
+    without_image = float(guard.loss(batch, levels, cats, 0.5)[0].detach())
+    first = float(guard.loss(batch, levels, cats, 0.5, image_levels, 0.5)[0].detach())
+    image_ce = torch.nn.functional.cross_entropy(guard.image_logits(batch["pixel_values"]), image_levels)
+    assert first == pytest.approx(without_image + 0.5 * float(image_ce.detach()), rel=1e-5)
     head = guard.category_head.weight.detach().clone()
     for _ in range(5):
-        loss = guard.loss(batch, levels, cats, 0.5)[0]
+        loss = guard.loss(batch, levels, cats, 0.5, image_levels, 0.5)[0]
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(guard.loss(batch, levels, cats, 0.5)[0].detach()) < first
+    assert float(guard.loss(batch, levels, cats, 0.5, image_levels, 0.5)[0].detach()) < first
     assert not torch.equal(head, guard.category_head.weight)
 
 

@@ -286,3 +286,46 @@ def test_two_processes_hold_the_same_lambda_and_weights(smoke_score_runs, tmp_pa
     assert ranks[0]["actor_sha256"] == ranks[1]["actor_sha256"]
     log = [json.loads(line) for line in (run / "ppo" / "lagrangian" / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [0, 1, 2]  # one log, written by rank 0
+
+
+def test_token_signals_right_padding_and_different_lengths():
+    kl = torch.tensor([[0.1, 0.2, 0.3, 0.4], [1.0, 1.0, 1.0, 1.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])  # lengths 2 and 4, right-padded
+    r, c = token_signals(kl, torch.tensor([1.0, -2.0]), torch.tensor([3.0, 0.5]), mask, kl_coeff=0.5, clip=2.0)
+    assert r.tolist()[0] == pytest.approx([-0.05, -0.1 + 1.0, 0.0, 0.0])
+    assert r.tolist()[1] == pytest.approx([-0.5, -0.5, -0.5, -2.0])  # -0.5 - 2 = -2.5, clipped to -2
+    assert c.tolist()[0] == pytest.approx([0.05, 2.0, 0.0, 0.0])  # 0.1 + 3 = 3.1, clipped to 2
+    assert c.tolist()[1] == pytest.approx([0.5, 0.5, 0.5, 1.0])
+
+
+def test_dual_gae_worked_example():
+    from workbench.kernels import dual_gae
+
+    # γ = 1, λ = 0.95; r = (0, 0, 1), V = 0.5 everywhere, then padding
+    r = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
+    c = torch.tensor([[0.2, 0.0, -1.0, 0.0]])
+    v = torch.tensor([[0.5, 0.5, 0.5, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    adv_r, ret_r, adv_c, ret_c = dual_gae(r, c, v, torch.zeros_like(v), mask, gamma=1.0, lam=0.95, backend="torch")
+    # δ_2 = 1 - 0.5 = 0.5; δ_1 = 0 + 0.5 - 0.5 = 0; δ_0 = 0  ->  A = (0.95² · 0.5, 0.95 · 0.5, 0.5)
+    assert adv_r.tolist()[0][:3] == pytest.approx([0.45125, 0.475, 0.5])
+    assert ret_r.tolist()[0][:3] == pytest.approx([0.95125, 0.975, 1.0])
+    # cost with V_c = 0: δ = c, A_2 = -1, A_1 = 0.95 · -1, A_0 = 0.2 + 0.95 · A_1
+    assert adv_c.tolist()[0][:3] == pytest.approx([0.2 - 0.95 ** 2, -0.95, -1.0])
+    assert adv_r[0, 3] == 0 and adv_c[0, 3] == 0  # padding
+
+
+def test_actor_loss_clips_both_sides_and_combines_lambda():
+    from workbench.kernels import ppo_lagrangian_loss
+
+    old = torch.zeros(1, 3)
+    logp = torch.log(torch.tensor([[1.5, 0.5, 1.1]]))  # ratios 1.5, 0.5, 1.1
+    adv_r, adv_c = torch.tensor([[2.0, 2.0, -1.0]]), torch.tensor([[1.0, -1.0, 0.0]])
+    lam = 1.0  # A = (A_r - λ A_c) / (1 + λ) = (0.5, 1.5, -0.5)
+    # min(ρA, clip(ρ, 0.8, 1.2)A): (min(.75, .6), min(.75, 1.2), min(-.55, -.55)) = (.6, .75, -.55)
+    want = -(0.6 + 0.75 - 0.55) / 3
+    got = ppo_lagrangian_loss(logp, old, adv_r, adv_c, torch.ones(1, 3), lam, clip_eps=0.2, backend="torch")
+    assert float(got) == pytest.approx(want, rel=1e-6)
+    mask = torch.tensor([[1.0, 0.0, 0.0]])
+    got = ppo_lagrangian_loss(logp, old, adv_r, adv_c, mask, lam, clip_eps=0.2, backend="torch")
+    assert float(got) == pytest.approx(-0.6, rel=1e-6)

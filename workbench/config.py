@@ -280,6 +280,9 @@ class GuardConfig(ModelStageConfig):
     """Learning rate of the two heads and the ordinal thresholds = ``lr`` times this."""
     category_weight: float = 0.5
     """Weight of the category cross-entropy beside the ordinal severity loss."""
+    image_weight: float = 0.5
+    """Weight of the auxiliary image-severity cross-entropy (0: off), which teaches the
+    vision side which objects make a scene risky."""
     severe_cutoff: float = 0.35
     """Predict "severe" when P(level = severe) exceeds this (the other levels use 0.5):
     below 0.5 trades some severe precision for recall -- missing severe harm is the worst
@@ -308,7 +311,7 @@ class GuardConfig(ModelStageConfig):
             self._check(getattr(self, name) in SEVERITY_LEVELS[1:], name, f"must be one of {SEVERITY_LEVELS[1:]}")
         self._check(isinstance(self.severe_cutoff, int | float) and 0 < self.severe_cutoff < 1, "severe_cutoff",
                     "must be in (0, 1)")
-        for name in ("category_weight", "head_lr_multiplier"):
+        for name in ("category_weight", "image_weight", "head_lr_multiplier"):
             self._check(isinstance(getattr(self, name), int | float) and getattr(self, name) >= 0, name, "must be >= 0")
 
 

@@ -14,6 +14,12 @@ Two heads read the backbone's hidden state ``h`` at the last real token:
 - **category**, 21-way softmax over the 20 BeaverTails-V categories and ``none``:
   ``L_cat = CE``. The training loss is ``L_sev + category_weight · L_cat`` (batch means).
 
+A third, auxiliary head reads the image alone -- the mean of the projected image features the
+language model receives -- and classifies the image's severity (``image_severity``, 0..3,
+which BeaverTails-V records carry too) with cross-entropy, weighted ``image_weight``. It
+trains the vision side to see what makes an image risky: "how do I use this?" is harmless
+beside a flower and harmful beside a knife, and only the image tells them apart.
+
 One guard serves two modes: *query screening* judges (image, question) before anything is
 generated -- the conversation has an empty answer -- and *answer moderation* judges (image,
 question, response). Labels come from the data stage: an answer's level from its harmless
@@ -99,6 +105,10 @@ class GuardExample:
     category: int
 
     @property
+    def image_level(self) -> int:
+        return int(self.record.get("image_severity", 0))
+
+    @property
     def mode(self) -> str:
         return "query" if self.response is None else "answer"
 
@@ -157,6 +167,9 @@ class GuardModel(ScoreModel):
         self.category_head = torch.nn.Linear(self.head.in_features, len(LABELS)).to(param.device, param.dtype)
         torch.nn.init.normal_(self.category_head.weight, std=1e-2)
         torch.nn.init.zeros_(self.category_head.bias)
+        self.image_head = torch.nn.Linear(self.head.in_features, len(SEVERITY_LEVELS)).to(param.device, param.dtype)
+        torch.nn.init.normal_(self.image_head.weight, std=1e-2)
+        torch.nn.init.zeros_(self.image_head.bias)
 
     @property
     def thresholds(self) -> torch.Tensor:
@@ -168,13 +181,34 @@ class GuardModel(ScoreModel):
         h = hidden[torch.arange(hidden.shape[0], device=hidden.device), index].to(self.head.weight.dtype)
         return self.head(h).squeeze(-1), self.category_head(h)
 
+    def image_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``[B, 4]`` image-severity logits from the mean projected image features."""
+        from ..models.score import _unwrap
+
+        out = _unwrap(self.backbone).get_image_features(pixel_values=pixel_values)
+        feats = getattr(out, "pooler_output", out)
+        if isinstance(feats, list | tuple):
+            pooled = torch.stack([f.reshape(-1, f.shape[-1]).mean(0) for f in feats])
+        elif isinstance(feats, torch.Tensor) and feats.dim() == 3:
+            pooled = feats.mean(1)
+        else:
+            raise VLMError(f"{type(self.backbone).__name__}.get_image_features gives no per-image features; "
+                           f"train the guard with --image-weight 0")
+        return self.image_head(pooled.to(self.image_head.weight.dtype))
+
     def loss(self, batch: dict[str, torch.Tensor], levels: torch.Tensor, categories: torch.Tensor,
-             category_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(total, severity loss, category loss)`` of one batch."""
+             category_weight: float, image_levels: torch.Tensor | None = None,
+             image_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(total, severity loss, category loss)`` of one batch; with ``image_levels`` and
+        ``image_weight`` > 0 the total also has the image-severity cross-entropy."""
         score, logits = self(batch)
         sev = ordinal_loss(score, self.thresholds, levels.to(score.device))
         cat = F.cross_entropy(logits, categories.to(score.device))
-        return sev + category_weight * cat, sev, cat
+        total = sev + category_weight * cat
+        if image_levels is not None and image_weight > 0:
+            total = total + image_weight * F.cross_entropy(self.image_logits(batch["pixel_values"]),
+                                                           image_levels.to(score.device))
+        return total, sev, cat
 
     # -- judging --------------------------------------------------------------------------
     def encode(self, images: list[Any], questions: list[str], responses: Sequence[str | None] | None):
@@ -229,7 +263,9 @@ class GuardModel(ScoreModel):
         path = super().save(path)
         tensors = {"raw_thresholds": self.raw_thresholds.detach().cpu().contiguous(),
                    "category.weight": self.category_head.weight.detach().cpu().contiguous(),
-                   "category.bias": self.category_head.bias.detach().cpu().contiguous()}
+                   "category.bias": self.category_head.bias.detach().cpu().contiguous(),
+                   "image.weight": self.image_head.weight.detach().cpu().contiguous(),
+                   "image.bias": self.image_head.bias.detach().cpu().contiguous()}
         save_file(tensors, str(path / GUARD_HEADS))
         config = {"levels": list(SEVERITY_LEVELS), "categories": list(LABELS), "severe_cutoff": self.severe_cutoff,
                   "severity": "cumulative logit, P(level > k) = sigmoid(s - theta_k)"}
@@ -253,6 +289,9 @@ class GuardModel(ScoreModel):
             model.raw_thresholds.copy_(tensors["raw_thresholds"])
             model.category_head.weight.copy_(tensors["category.weight"])
             model.category_head.bias.copy_(tensors["category.bias"])
+            if "image.weight" in tensors:
+                model.image_head.weight.copy_(tensors["image.weight"])
+                model.image_head.bias.copy_(tensors["image.bias"])
         model.severe_cutoff = float(config.get("severe_cutoff", 0.5))
         return model
 

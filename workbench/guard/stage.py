@@ -76,7 +76,7 @@ def train_guard(model: GuardModel, examples: list[GuardExample], images: ImageCa
     """``cfg.max_steps`` AdamW steps of the ordinal + category loss; returns the losses."""
     opt, sched = optimizer_and_schedule(model, cfg, lr_multipliers={
         "head.": cfg.head_lr_multiplier, "category_head.": cfg.head_lr_multiplier,
-        "raw_thresholds": cfg.head_lr_multiplier})
+        "image_head.": cfg.head_lr_multiplier, "raw_thresholds": cfg.head_lr_multiplier})
     model.train()
     losses: list[float] = []
     stream = batches(examples, cfg.batch_size, cfg.max_steps, cfg.seed, length=_length)
@@ -84,7 +84,9 @@ def train_guard(model: GuardModel, examples: list[GuardExample], images: ImageCa
     for step, chunk in enumerate(bar):
         levels = torch.tensor([e.level for e in chunk])
         categories = torch.tensor([e.category for e in chunk])
-        loss, sev, cat = model.loss(_encode(model, images, chunk), levels, categories, cfg.category_weight)
+        image_levels = torch.tensor([e.image_level for e in chunk])
+        loss, sev, cat = model.loss(_encode(model, images, chunk), levels, categories, cfg.category_weight,
+                                    image_levels, cfg.image_weight)
         loss.backward()
         optimizer_step(model.parameters(), opt, sched)
         losses.append(float(loss.detach()))
