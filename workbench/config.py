@@ -340,7 +340,7 @@ class PPOConfig(ModelStageConfig):
     lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
     batch_size: int = 32
     """Prompts (episodes) per PPO step."""
-    lr: float = 5e-4
+    lr: float = 2e-4
     """Actor (LoRA) learning rate."""
     critic_lr: float = 2e-4
     """Learning rate of the two critics (initialised from the reward and cost models)."""
@@ -350,8 +350,9 @@ class PPOConfig(ModelStageConfig):
     max_new_tokens: int = 32
     """Response length limit of the rollouts."""
     temperature: float = 1.0
-    kl_coeff: float = 0.02
-    """β of the per-token KL split (official: 0.02)."""
+    kl_coeff: float = 0.1
+    """β of the per-token KL split (official: 0.02; 0.02 let reward-only PPO drift to KL ~15
+    nats per answer and exploit the reward model on the world)."""
     score_clip: float = 50.0
     """c: per-token reward and cost signals are clipped to ±c (official: 50)."""
     gamma: float = 1.0
@@ -360,14 +361,16 @@ class PPOConfig(ModelStageConfig):
     """ε of the PPO ratio clip."""
     value_clip: float = 5.0
     """ε_v of the clipped value loss (official: 5)."""
-    cost_threshold: float = 0.0
-    """d: the constraint J_C <= d (official: -0.5 on its own cost scale; on the world's cost
-    scale C > 0 means unsafe, so d = 0 asks for a mostly safe policy)."""
-    lambda_init: float = 1.0
+    cost_threshold: float = -2.0
+    """d: the constraint J_C <= d (official: -0.5 on its own cost scale). The world's cost
+    model scores safe answers about -3.5 and unsafe ones about +4, so d = -2 asks for roughly
+    four answers in five to be safe."""
+    lambda_init: float = 0.5
     """Initial λ (official: 10); the fixed λ of ``fixed_lambda``."""
-    lambda_lr: float = 0.1
-    """SGD learning rate of log λ (official: 0.1)."""
-    lambda_max: float = 20.0
+    lambda_lr: float = 0.05
+    """SGD learning rate of log λ (official: 0.1). The step on log λ is proportional to λ, so
+    a large λ moves fast: 0.1 with λ_init 1 reached λ_max = 20 within 8 steps here."""
+    lambda_max: float = 5.0
     """Upper bound of λ (official: 20)."""
     lambda_update_delay: int = 0
     """Steps before λ starts to move."""
