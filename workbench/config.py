@@ -214,7 +214,7 @@ class SFTConfig(ModelStageConfig):
 
     @classmethod
     def smoke(cls) -> Self:
-        return cls(max_steps=30, caption_steps=10, n_eval_prompts=48, batch_size=16, threads=1)
+        return cls(max_steps=150, caption_steps=10, n_eval_prompts=48, batch_size=16, threads=1)
 
     def __post_init__(self) -> None:
         super().__post_init__()
