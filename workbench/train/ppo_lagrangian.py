@@ -344,13 +344,16 @@ def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, pr
         pics, questions = [images(p) for p in chunk], [p["question"] for p in chunk]
         ro = rollout(roles.actor, roles.processor, pics, questions, cfg.max_new_tokens, cfg.temperature)
         batch, mask = ro["batch"], ro["mask"].float()
+        # One update per rollout: the "old" log-probs and values are this pass's own, detached
+        # (the same numbers a separate no-grad pass gives, at half the forward passes).
+        logp = sequence_logprobs(roles.actor, batch, backend)
+        values_r = roles.reward_critic(batch)[1][:, :-1].float()
+        values_c = roles.cost_critic(batch)[1][:, :-1].float()
+        old_logp, old_vr, old_vc = logp.detach(), values_r.detach(), values_c.detach()
         with torch.no_grad():
-            old_logp = sequence_logprobs(roles.actor, batch, backend)
             ref_logp = roles.reference_logprobs(batch, backend)
             reward, _ = roles.reward(batch)
             cost, _ = roles.cost(batch)
-            old_vr = roles.reward_critic(batch)[1][:, :-1].float()
-            old_vc = roles.cost_critic(batch)[1][:, :-1].float()
             kl = (old_logp - ref_logp) * mask
             r_t, c_t = token_signals(kl, reward.float(), cost.float(), mask, cfg.kl_coeff, cfg.score_clip)
             adv_r, ret_r, adv_c, ret_c = kernels.dual_gae(r_t, c_t, old_vr, old_vc, mask, cfg.gamma,
@@ -360,13 +363,11 @@ def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, pr
         if scores_finite:  # J_C's window takes every rank's episode costs, then λ takes its step
             lam.record(dist.gather(cost.float().tolist()))
             lag_log = lam.update(step)
-        logp = sequence_logprobs(roles.actor, batch, backend)
         lam_value = lam.value
         actor_loss = kernels.ppo_lagrangian_loss(logp, old_logp, adv_r, adv_c, mask, lam_value, cfg.clip_eps,
                                                  backend=backend)
         critic_losses = []
-        for critic, ret, old_v in ((roles.reward_critic, ret_r, old_vr), (roles.cost_critic, ret_c, old_vc)):
-            values = critic(batch)[1][:, :-1].float()
+        for values, ret, old_v in ((values_r, ret_r, old_vr), (values_c, ret_c, old_vc)):
             critic_losses.append(critic_loss(values, old_v, ret, mask, cfg.value_clip))
         total = actor_loss + critic_losses[0] + critic_losses[1]
         if dist.any(not (scores_finite and bool(torch.isfinite(total)))):
