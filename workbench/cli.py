@@ -72,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
 
             return bench_main(argv[1:])
         if command == "demo":
-            raise StageUnavailable(f"'{command}' is not implemented yet; available: {', '.join(available_stages())}, run")
+            from .demo.app import main as demo_main
+
+            return demo_main(argv[1:])
         cfg = _stage_config(command, common, rest)
         run_stage(command, common.run_dir, cfg, force=common.force, progress=not common.quiet)
         from .train.distributed import distributed

@@ -1,0 +1,211 @@
+"""Which models the demo serves, and loading them.
+
+A *model directory* for the demo has the run layout (DESIGN §2)::
+
+    sft/model  reward/model  cost/model  guard/model  ppo/lagrangian/model  [ppo/reward_only/model]
+    ppo/metrics.json  [analyze/figures/tradeoff.json]  [data/test_prompts.jsonl + data/images/]
+
+That is a finished run under ``runs/``, or ``assets/run/`` -- the same layout, shipped in the
+repository in half precision (:mod:`workbench.demo.assets` builds it from a run). "Latest run"
+is the run under ``runs/`` whose PPO stage finished last and that has every model above.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..guard.guard import GuardModel
+from ..models.adapters import ADAPTER_CONFIG, is_adapter_dir, load_policy
+from ..models.score import ScoreModel
+from ..runs import is_complete, read_jsonl
+from .config import DemoConfig
+
+#: Policy key -> (stage path inside the run, column title). ``base`` and ``aligned`` are
+#: always served; ``reward_only`` is the optional third column.
+POLICIES: dict[str, tuple[str, str]] = {
+    "base": ("sft/model", "Base (SFT)"),
+    "aligned": ("ppo/lagrangian/model", "Aligned (PPO-Lagrangian)"),
+    "reward_only": ("ppo/reward_only/model", "Reward-only PPO"),
+}
+REQUIRED = ("sft/model", "reward/model", "cost/model", "guard/model", "ppo/lagrangian/model")
+ASSETS_RUN = "run"  # assets/run/ holds the shipped run layout
+
+
+class DemoModelError(FileNotFoundError):
+    """A run directory the demo cannot serve, with what is missing."""
+
+
+def missing_parts(run_dir: str | Path) -> list[str]:
+    """What ``run_dir`` lacks for the demo (empty: it can be served)."""
+    run_dir = Path(run_dir)
+    missing = [part for part in REQUIRED if not (run_dir / part / "config.json").is_file()
+               and not (run_dir / part / ADAPTER_CONFIG).is_file()]
+    if not is_complete(run_dir, "ppo"):
+        missing.append("ppo/metrics.json (the PPO stage has not finished)")
+    return missing
+
+
+def find_latest_run(runs_root: str | Path) -> Path | None:
+    """The servable run under ``runs_root`` whose PPO stage finished last, or ``None``."""
+    root = Path(runs_root)
+    if not root.is_dir():
+        return None
+    candidates = [d for d in root.iterdir() if d.is_dir() and not missing_parts(d)]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda d: (d / "ppo" / "metrics.json").stat().st_mtime)
+
+
+def resolve_model_dir(cfg: DemoConfig) -> tuple[Path, str]:
+    """``(directory, source)``: the given run, else the latest run, else the shipped assets.
+
+    ``source`` is ``"run"`` or ``"assets"``. A run directory that was asked for but cannot be
+    served raises :class:`DemoModelError` naming what it lacks."""
+    if cfg.run_dir:
+        run_dir = Path(cfg.run_dir)
+        if not run_dir.is_dir():
+            raise DemoModelError(f"--run-dir {run_dir} does not exist")
+        missing = missing_parts(run_dir)
+        if missing:
+            raise DemoModelError(f"--run-dir {run_dir} cannot be served by the demo; it lacks: {', '.join(missing)} "
+                                 f"(run: python -m workbench run --run-dir {run_dir})")
+        return run_dir, "run"
+    latest = find_latest_run(cfg.runs_root)
+    if latest is not None:
+        return latest, "run"
+    shipped = Path(cfg.assets_dir) / ASSETS_RUN
+    missing = missing_parts(shipped)
+    if missing:
+        raise DemoModelError(f"no finished run under {cfg.runs_root}/ and the shipped checkpoints in {shipped} are "
+                             f"incomplete ({', '.join(missing)}); rebuild them: "
+                             f"python -m workbench demo --build-assets --run-dir runs/default")
+    return shipped, "assets"
+
+
+def _adapter_base(path: Path) -> Path | None:
+    """The base directory an adapter names: absolute, or relative to the adapter (shipped assets)."""
+    named = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path") or ""
+    if not named:
+        return None
+    base = Path(named)
+    if not base.is_absolute():
+        base = path / base
+    return base if (base / "config.json").is_file() else None
+
+
+def load_policy_over(path: Path, sft_dir: Path, sft_model: torch.nn.Module):
+    """A PPO policy: ``(model, processor)``, LoRA merged for fast sampling.
+
+    PPO saves a LoRA adapter over the run's SFT model. When the adapter names that SFT
+    directory -- or a base that is gone (the run moved) -- it is applied to a copy of the SFT
+    model already in memory; an adapter over some other base loads through
+    :func:`~workbench.models.adapters.load_policy`."""
+    if not is_adapter_dir(path):
+        return load_policy(path)
+    base = _adapter_base(path)
+    if base is not None and base.resolve() != sft_dir.resolve():
+        model, processor = load_policy(path)
+    else:
+        from peft import PeftModel
+        from transformers import AutoProcessor
+
+        model = PeftModel.from_pretrained(copy.deepcopy(sft_model), path)
+        processor = AutoProcessor.from_pretrained(path)
+    return model, processor
+
+
+def _ready(model: torch.nn.Module) -> torch.nn.Module:
+    """Inference form: LoRA merged, float32 (assets are stored in half precision), eval."""
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    return model.float().eval().requires_grad_(False)
+
+
+@dataclass
+class DemoModels:
+    """Everything the demo serves; model calls take turns on :attr:`lock`."""
+
+    model_dir: Path
+    source: str
+    policies: dict[str, tuple[Any, Any]]
+    """Policy key (see :data:`POLICIES`) -> ``(model, processor)``."""
+    reward: ScoreModel
+    cost: ScoreModel
+    guard: GuardModel
+    gallery: list[dict[str, Any]] = field(default_factory=list)
+    """Example prompts (world records; ``image_path`` is absolute)."""
+    load_time_s: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def title(self, policy: str) -> str:
+        return POLICIES[policy][1]
+
+    def describe(self) -> str:
+        where = "shipped checkpoints (assets/run, no finished run found)" if self.source == "assets" else "run"
+        return f"{where} {self.model_dir} -- policies: {', '.join(self.policies)}; loaded in {self.load_time_s:.1f} s"
+
+
+def select_gallery(prompts: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """``n`` test prompts spread over intents and prompt severities (round-robin over the
+    (intent, severity) groups in their order of appearance), so the gallery shows benign,
+    ambiguous and harmful questions beside benign and risky images."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for p in prompts:
+        groups.setdefault((p.get("intent"), p.get("prompt_severity", p.get("image_severity"))), []).append(p)
+    chosen: list[dict[str, Any]] = []
+    depth = 0
+    while len(chosen) < n and any(len(g) > depth for g in groups.values()):
+        chosen += [g[depth] for g in groups.values() if len(g) > depth][: n - len(chosen)]
+        depth += 1
+    return chosen
+
+
+def load_gallery(model_dir: Path, n: int) -> list[dict[str, Any]]:
+    """Gallery records from ``<model_dir>/data/test_prompts.jsonl`` (empty when there is none)."""
+    data = model_dir / "data"
+    path = data / "test_prompts.jsonl"
+    if not path.is_file():
+        return []
+    records = []
+    for r in select_gallery(read_jsonl(path), n):
+        image = data / r["image"]
+        if image.is_file():
+            records.append(r | {"image_path": str(image.resolve())})
+    return records
+
+
+def load_models(cfg: DemoConfig) -> DemoModels:
+    """Load the policies, the reward and cost models and the guard named by ``cfg``."""
+    start = time.perf_counter()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model_dir, source = resolve_model_dir(cfg)
+    sft_dir = model_dir / POLICIES["base"][0]
+    sft_model, sft_processor = load_policy(sft_dir)
+    policies: dict[str, tuple[Any, Any]] = {}
+    for key, (part, _) in POLICIES.items():
+        path = model_dir / part
+        if key == "base":
+            continue
+        if path.is_dir():
+            model, processor = load_policy_over(path, sft_dir, sft_model)
+            policies[key] = (_ready(model), processor)
+    policies = {"base": (_ready(sft_model), sft_processor), **policies}
+    reward = _ready(ScoreModel.load(model_dir / "reward" / "model"))
+    cost = _ready(ScoreModel.load(model_dir / "cost" / "model"))
+    guard = _ready(GuardModel.load(model_dir / "guard" / "model"))
+    return DemoModels(model_dir=model_dir, source=source, policies=policies, reward=reward, cost=cost,
+                      guard=guard, gallery=load_gallery(model_dir, cfg.gallery_size),
+                      load_time_s=time.perf_counter() - start)
+
+
+__all__ = ["POLICIES", "DemoModels", "DemoModelError", "load_models", "find_latest_run", "missing_parts",
+           "resolve_model_dir", "load_gallery", "select_gallery", "load_policy_over"]
