@@ -24,10 +24,14 @@ run: venv
 	$(PY) -m workbench run --run-dir $(RUN_DIR)
 
 test: venv
+	@# the demo's browser test drives Debian's chromium through playwright (never `playwright install`)
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 	WORKBENCH_SMOKE=1 $(PY) -m pytest --nbmake tests notebooks
 
+# the latest finished run under runs/, else the checkpoints shipped in assets/;
+# e.g. make demo DEMO_ARGS="--run-dir runs/mine --port 7861"
 demo: venv
-	$(PY) -m workbench demo --run-dir $(RUN_DIR)
+	$(PY) -m workbench demo $(DEMO_ARGS)
 
 lab: venv
 	$(VENV)/bin/jupyter lab notebooks/
