@@ -1,0 +1,228 @@
+"""Load test of the demo: start time, then concurrent clients on loopback.
+
+    python -m workbench bench demo [--smoke] [--clients 32] [--requests 192] [--run-dir DIR] [--out DIR]
+
+1. Starts ``python -m workbench demo`` as a child process on ``127.0.0.1`` and a free port and
+   measures its *start time*: from spawning the process (imports included) to the first
+   successful HTTP answer.
+2. ``--clients`` threads, each with its own ``gradio_client.Client``, share a fixed budget of
+   ``--requests`` calls (bounded: the test always ends) over gallery prompts, in a fixed mix:
+   ``/compare`` (base vs aligned), ``/compare`` with the reward-only column, ``/compare`` with
+   the five-round guard, and ``/moderate``.
+3. Reports errors (any call that raised, with examples) and latency percentiles (p50, p90,
+   p99, max; overall and per kind), throughput, and writes ``<out>/demo.json`` and
+   ``<out>/demo.md``. The child process is stopped at the end.
+
+Only loopback is ever contacted: the server is the child this command starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..runs import atomic_write_json, atomic_write_text
+
+HOST = "127.0.0.1"
+#: Request kinds, in the order each client cycles through them.
+KINDS = ("compare", "compare+reward_only", "compare+guard", "moderate")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(url: str, process: subprocess.Popen, timeout_s: float) -> float:
+    """Seconds until ``url`` answers HTTP 200; raises when the process dies or time runs out."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout_s:
+        if process.poll() is not None:
+            raise RuntimeError(f"the demo exited with status {process.returncode} before answering")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return time.perf_counter() - start
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"the demo did not answer at {url} within {timeout_s:.0f} s")
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p90": None, "p99": None, "max": None, "mean": None}
+    arr = np.asarray(values)
+    return {"p50": float(np.percentile(arr, 50)), "p90": float(np.percentile(arr, 90)),
+            "p99": float(np.percentile(arr, 99)), "max": float(arr.max()), "mean": float(arr.mean())}
+
+
+def _call(client, kind: str, example: dict[str, Any], seed: int):
+    from gradio_client import handle_file
+
+    image = handle_file(example["image_path"])
+    if kind == "moderate":
+        return client.predict(image, example["question"], "", api_name="/moderate")
+    return client.predict(image, example["question"], kind == "compare+reward_only", kind == "compare+guard", seed,
+                          api_name="/compare")
+
+
+def run_load(url: str, gallery: list[dict[str, Any]], clients: int, requests: int) -> dict[str, Any]:
+    """``clients`` threads share ``requests`` calls against the demo at ``url``."""
+    from gradio_client import Client
+
+    if not gallery:
+        raise ValueError("the load test needs gallery examples (the served run has no test prompts)")
+    lock = threading.Lock()
+    counter = iter(range(requests))
+    rows: list[dict[str, Any]] = []
+    connect_errors: list[str] = []
+    barrier = threading.Barrier(clients)
+
+    def client_loop(worker: int) -> None:
+        try:
+            client = Client(url, verbose=False)
+        except Exception as exc:  # noqa: BLE001 -- counted and reported
+            with lock:
+                connect_errors.append(f"{type(exc).__name__}: {exc}")
+            barrier.abort()
+            return
+        try:
+            barrier.wait()  # every client connected: the requests start together
+        except threading.BrokenBarrierError:
+            pass
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            kind = KINDS[i % len(KINDS)]
+            example = gallery[i % len(gallery)]
+            start = time.perf_counter()
+            error = None
+            try:
+                _call(client, kind, example, seed=i)
+            except Exception as exc:  # noqa: BLE001 -- counted and reported
+                error = f"{type(exc).__name__}: {exc}"[:300]
+            row = {"kind": kind, "latency_s": time.perf_counter() - start, "error": error, "worker": worker}
+            with lock:
+                rows.append(row)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=client_loop, args=(w,), daemon=True) for w in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    ok = [r for r in rows if r["error"] is None]
+    errors = [r for r in rows if r["error"] is not None]
+    return {
+        "clients": clients, "requests": requests, "completed": len(rows), "ok": len(ok),
+        "errors": len(errors) + len(connect_errors), "connect_errors": connect_errors[:5],
+        "error_examples": sorted({r["error"] for r in errors})[:5], "wall_s": wall,
+        "throughput_rps": len(ok) / wall if wall > 0 else None,
+        "latency_s": percentiles([r["latency_s"] for r in ok]),
+        "by_kind": {k: {"n": sum(r["kind"] == k for r in ok), **percentiles([r["latency_s"] for r in ok
+                                                                               if r["kind"] == k])}
+                    for k in KINDS},
+    }
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    load = report["load"]
+
+    def ms(v):
+        return "-" if v is None else f"{v * 1000:.0f}"
+
+    lines = [
+        "# Demo load test", "",
+        f"{report['machine']}; demo `{report['demo_args']}`, serving {report['served']}.", "",
+        f"- start time (spawn to first HTTP 200, imports included): **{report['start_time_s']:.1f} s**",
+        f"- {load['clients']} concurrent clients, {load['requests']} requests: {load['ok']} ok, "
+        f"**{load['errors']} errors**, {load['throughput_rps']:.2f} requests/s over {load['wall_s']:.1f} s",
+        "", "| requests | n | p50 ms | p90 ms | p99 ms | max ms |", "|---|---|---|---|---|---|",
+    ]
+    rows = [("all", {"n": load["ok"], **load["latency_s"]})] + list(load["by_kind"].items())
+    for name, s in rows:
+        lines.append(f"| {name} | {s['n']} | {ms(s['p50'])} | {ms(s['p90'])} | {ms(s['p99'])} | {ms(s['max'])} |")
+    if load["error_examples"] or load["connect_errors"]:
+        lines += ["", "Errors:"] + [f"- {e}" for e in load["connect_errors"] + load["error_examples"]]
+    lines += ["", "Latency includes queueing: each endpoint runs at most `concurrency_limit` requests at once and model "
+              "calls take turns on one lock, so with 32 clients most of a request's time is spent waiting in the queue.", ""]
+    return "\n".join(lines)
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m workbench bench demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true", help="the demo's smoke preset and 48 requests")
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--requests", type=int, default=None, help="total calls (default 192; 48 with --smoke)")
+    p.add_argument("--run-dir", default="", help="run the demo serves (default: latest run, else assets)")
+    p.add_argument("--out", type=Path, default=Path("runs/bench"))
+    p.add_argument("--start-timeout", type=float, default=120.0, help="seconds to wait for the demo to answer")
+    args = p.parse_args(argv)
+    if args.clients < 1:
+        p.error("--clients must be >= 1")
+    args.requests = args.requests if args.requests is not None else (48 if args.smoke else 192)
+    if args.requests < 1:
+        p.error("--requests must be >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry: start the demo, load it, print and save the report; 1 when any call failed."""
+    args = _parse(list(sys.argv[1:] if argv is None else argv))
+    from ..demo.config import DemoConfig
+    from ..demo.models import load_gallery, resolve_model_dir
+
+    cfg = (DemoConfig.smoke if args.smoke else DemoConfig)(run_dir=args.run_dir)
+    model_dir, source = resolve_model_dir(cfg)
+    gallery = load_gallery(model_dir, cfg.gallery_size)
+    port = free_port()
+    demo_args = ["--host", HOST, "--port", str(port), "--quiet", "--run-dir", str(model_dir)]
+    demo_args += ["--smoke"] if args.smoke else []
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen([sys.executable, "-m", "workbench", "demo", *demo_args], stdout=log,
+                                   stderr=subprocess.STDOUT, env=env)
+        try:
+            url = f"http://{HOST}:{port}/"
+            start_time = wait_until_up(url, process, args.start_timeout)
+            load = run_load(url, gallery, args.clients, args.requests)
+        except (RuntimeError, TimeoutError) as exc:
+            log.seek(0)
+            print(f"error: {exc}\n--- demo output ---\n{log.read()[-3000:]}", file=sys.stderr)
+            return 2
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    report = {"start_time_s": start_time, "demo_args": " ".join(demo_args), "served": f"{source} {model_dir}",
+              "machine": f"{os.cpu_count()} CPU cores", "smoke": args.smoke,
+              "concurrency_limit": cfg.concurrency_limit, "load": load}
+    text = render_markdown(report)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out / "demo.json", report)
+    atomic_write_text(args.out / "demo.md", text)
+    print(f"saved {args.out / 'demo.json'} and {args.out / 'demo.md'}")
+    return 1 if load["errors"] else 0
+
+
+__all__ = ["main", "run_load", "percentiles", "wait_until_up", "free_port", "render_markdown"]
