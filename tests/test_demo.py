@@ -273,7 +273,7 @@ def test_shipped_assets_are_small_half_precision_and_complete(shipped):
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
     adapter = json.loads((SHIPPED / "ppo" / "lagrangian" / "model" / "adapter_config.json").read_text())
     assert not Path(adapter["base_model_name_or_path"]).is_absolute()
-    assert set(shipped.policies) == {"base", "aligned", "reward_only"}
+    assert set(shipped.policies) == {"base", "aligned", "reward_only"} and shipped.source == "assets"
     # the aligned policy is the LoRA-merged SFT model: same shapes, different weights
     base, aligned = shipped.policies["base"][0], shipped.policies["aligned"][0]
     changed = [n for (n, a), (_, b) in zip(base.named_parameters(), aligned.named_parameters(), strict=True)

@@ -77,7 +77,8 @@ def resolve_model_dir(cfg: DemoConfig) -> tuple[Path, str]:
         if missing:
             raise DemoModelError(f"--run-dir {run_dir} cannot be served by the demo; it lacks: {', '.join(missing)} "
                                  f"(run: python -m workbench run --run-dir {run_dir})")
-        return run_dir, "run"
+        shipped = Path(cfg.assets_dir) / ASSETS_RUN
+        return run_dir, "assets" if shipped.is_dir() and run_dir.resolve() == shipped.resolve() else "run"
     latest = find_latest_run(cfg.runs_root)
     if latest is not None:
         return latest, "run"
@@ -149,7 +150,7 @@ class DemoModels:
         return POLICIES[policy][1]
 
     def describe(self) -> str:
-        where = "shipped checkpoints (assets/run, no finished run found)" if self.source == "assets" else "run"
+        where = "checkpoints shipped in" if self.source == "assets" else "run"
         return f"{where} {self.model_dir} -- policies: {', '.join(self.policies)}; loaded in {self.load_time_s:.1f} s"
 
 
