@@ -189,10 +189,9 @@ def test_ppo_policy_is_an_adapter_whose_disabled_form_is_the_sft_model(ppo_run):
 
 def _linked_run(src, dst):
     """A run directory whose data and models are symlinks to ``src`` (no retraining)."""
-    dst.mkdir(parents=True)
-    for stage in ("data", "sft", "reward", "cost"):
-        (dst / stage).symlink_to((src / stage).resolve(), target_is_directory=True)
-    return dst
+    from workbench.runs import link_stages
+
+    return link_stages(src, dst)
 
 
 def test_nonfinite_losses_skip_steps_then_stop(smoke_score_runs, tmp_path, monkeypatch):

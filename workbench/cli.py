@@ -119,3 +119,7 @@ def _print_summary(run_dir: Path, results: dict) -> None:
             print(f"  {'':8s} plots: {d / 'overview.html'} (open in a browser)")
     if "data" in results:
         print(f"  browse the data: make lab -> notebooks/01_data.ipynb (run dir {run_dir})")
+    report = run_dir / "analyze" / "report.html"
+    if "analyze" in results and report.is_file():
+        print(f"\nReport (helpfulness-safety trade-off, win rates, categories, λ): {report.resolve()}\n"
+              f"  plots one by one: {report.parent / 'figures'}/*.html · notebook: notebooks/05_analysis.ipynb")

@@ -332,6 +332,9 @@ class PPOConfig(ModelStageConfig):
     (the trade-off curve). Empty: none."""
     fixed_lambdas: str = ""
     """Reward-shaping grid: comma-separated λ values; each adds a ``fixed_lambda_<λ>`` variant."""
+    seeds: int = 1
+    """Training seeds per variant: seed ``k`` > 0 adds ``<variant>_seed<k>`` trained with
+    ``seed + k`` (the analysis stage pools them into one point with error bars)."""
     lora: bool = True
     """The policy trains through a LoRA adapter; the reference is the same weights with the
     adapter disabled (no second copy)."""
@@ -400,6 +403,9 @@ class PPOConfig(ModelStageConfig):
             out[f"lagrangian_d{d:g}"] = ("lagrangian", self.replace(cost_threshold=d))
         for lam in _floats(self.fixed_lambdas):
             out[f"fixed_lambda_{lam:g}"] = ("fixed_lambda", self.replace(lambda_init=lam))
+        for name, (kind, cfg) in list(out.items()):
+            for k in range(1, self.seeds):
+                out[f"{name}{SEED_SUFFIX}{k}"] = (kind, cfg.replace(seed=cfg.seed + k))
         return out
 
     def __post_init__(self) -> None:
@@ -417,7 +423,7 @@ class PPOConfig(ModelStageConfig):
                         "must be comma-separated numbers (λ values >= 0)")
         self._check(bool(names) or bool(self.thresholds.strip()) or bool(self.fixed_lambdas.strip()), "variants",
                     "names no variant to train")
-        self._positive("max_new_tokens", "n_eval_prompts", "episode_window", "max_nonfinite")
+        self._positive("max_new_tokens", "n_eval_prompts", "episode_window", "max_nonfinite", "seeds")
         self._check(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0, "checkpoint_every",
                     "must be >= 0")
         for name in ("kl_coeff", "score_clip", "clip_eps", "value_clip", "lambda_init", "lambda_lr", "lambda_max",
@@ -431,6 +437,50 @@ class PPOConfig(ModelStageConfig):
                     "lambda_update_delay", "must be >= 0")
 
 
+#: ``<variant><SEED_SUFFIX><k>`` names the variant trained with seed ``seed + k``.
+SEED_SUFFIX = "_seed"
+
+
+@dataclass
+class AnalyzeConfig(StageConfig):
+    """The analysis stage: every trained system on the test prompts, judged, with bootstrap
+    confidence intervals, win rates against the base, breakdowns and the report.
+
+    The systems are those the run has: the SFT base, the base behind the guard's five rounds,
+    and every PPO variant (the grid and the seeds are the PPO stage's ``variants``,
+    ``thresholds``, ``fixed_lambdas`` and ``seeds``)."""
+
+    stage: ClassVar[str] = "analyze"
+
+    n_prompts: int = 600
+    """Test prompts each system is scored on (the first n of the test split)."""
+    judge: str = "auto"
+    """``gold`` (the world's oracle), ``models`` (this run's reward and cost models: helpfulness
+    = reward score, harmlessness = -cost; for real data) or ``auto`` (gold when the prompts
+    carry the world's metadata, else models)."""
+    bootstrap: int = 2000
+    """Bootstrap resamples for the confidence intervals (seeds, then prompts within a seed)."""
+    confidence: float = 0.95
+    """Coverage of the confidence intervals."""
+    max_new_tokens: int = 32
+    """Answer length when a system's test answers have to be generated here."""
+    eval_batch_size: int = 64
+    threads: int = 0
+    """torch CPU threads (0: torch's default)."""
+
+    @classmethod
+    def smoke(cls) -> Self:
+        return cls(n_prompts=16, bootstrap=200, max_new_tokens=16, threads=1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._positive("n_prompts", "bootstrap", "max_new_tokens", "eval_batch_size")
+        self._check(self.judge in ("auto", "gold", "models"), "judge", "must be auto, gold or models")
+        self._check(isinstance(self.confidence, float) and 0.5 <= self.confidence < 1, "confidence",
+                    "must be in [0.5, 1)")
+        self._check(isinstance(self.threads, int) and self.threads >= 0, "threads", "must be >= 0")
+
+
 def _floats(text: str) -> list[float]:
     return [float(v) for v in str(text).split(",") if v.strip()]
 
@@ -438,8 +488,8 @@ def _floats(text: str) -> list[float]:
 #: Every stage's config class, by stage name. Later stages add theirs here.
 CONFIGS: dict[str, type[StageConfig]] = {
     "data": DataConfig, "sft": SFTConfig, "reward": RewardConfig, "cost": CostConfig, "guard": GuardConfig,
-    "ppo": PPOConfig,
+    "ppo": PPOConfig, "analyze": AnalyzeConfig,
 }
 
 __all__ = ["ConfigError", "StageConfig", "DataConfig", "ModelStageConfig", "SFTConfig", "RewardConfig",
-           "CostConfig", "GuardConfig", "PPOConfig", "CONFIGS"]
+           "CostConfig", "GuardConfig", "PPOConfig", "AnalyzeConfig", "SEED_SUFFIX", "CONFIGS"]

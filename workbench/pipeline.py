@@ -40,6 +40,7 @@ STAGE_FUNCTIONS: dict[str, str] = {
     "cost": "workbench.train.preference:run_cost_stage",
     "guard": "workbench.guard.stage:run_guard_stage",
     "ppo": "workbench.train.ppo_lagrangian:run_ppo_stage",
+    "analyze": "workbench.eval.analyze:run_analyze_stage",
 }
 
 

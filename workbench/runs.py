@@ -93,6 +93,21 @@ def partial_dir(run_dir: str | Path, stage: str) -> Path:
     return Path(run_dir) / f"{stage}.partial"
 
 
+def link_stages(src: str | Path, dst: str | Path, stages: Iterable[str] = ("data", "sft", "reward", "cost")) -> Path:
+    """A run directory ``dst`` whose ``stages`` are symlinks to ``src``'s finished ones, so
+    a later stage can be tried with another config without retraining what it reads."""
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    for stage in stages:
+        target = stage_dir(src, stage).resolve()
+        if not (target / "metrics.json").is_file():
+            raise FileNotFoundError(f"cannot link stage '{stage}': it has not finished in {src}")
+        link = stage_dir(dst, stage)
+        if not link.exists():
+            link.symlink_to(target, target_is_directory=True)
+    return dst
+
+
 def is_complete(run_dir: str | Path, stage: str, config: dict[str, Any] | None = None) -> bool:
     """True when ``stage`` finished in ``run_dir`` (and, if given, with this exact config)."""
     d = stage_dir(run_dir, stage)

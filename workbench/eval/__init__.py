@@ -1,5 +1,5 @@
-"""Evaluation: judges (gold oracle now, model judges later) and policy evaluation."""
+"""Evaluation: judges (gold oracle, model judge), policy evaluation, metrics, the analysis stage."""
 
-from .judge import GoldJudge, Judge, evaluate_policy
+from .judge import GoldJudge, Judge, ModelJudge, evaluate_policy, judge_all
 
-__all__ = ["Judge", "GoldJudge", "evaluate_policy"]
+__all__ = ["Judge", "GoldJudge", "ModelJudge", "evaluate_policy", "judge_all"]

@@ -17,7 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..runs import read_jsonl
+from ..runs import link_stages, read_jsonl
 
 #: (log key, panel title) of the training-curve panels.
 PANELS: tuple[tuple[str, str], ...] = (
@@ -129,11 +129,7 @@ def threshold_run(run_dir: str | Path, scratch: str | Path, threshold: float, st
     run directory whose data and models are links to ``run_dir``'s. Returns (run dir, metrics)."""
     from ..pipeline import resolve_config, run_stage
 
-    run = Path(scratch) / f"d{threshold:g}"
-    if not run.exists():
-        run.mkdir(parents=True)
-        for stage in ("data", "sft", "reward", "cost"):
-            (run / stage).symlink_to((Path(run_dir) / stage).resolve(), target_is_directory=True)
+    run = link_stages(run_dir, Path(scratch) / f"d{threshold:g}")
     cfg = resolve_config("ppo", smoke=smoke, variants="lagrangian", cost_threshold=threshold, max_steps=steps)
     return run, run_stage("ppo", run, cfg, progress=False)
 

@@ -24,7 +24,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+
+from .vlm import encode
 
 HEAD_FILE = "score_head.safetensors"
 SCORE_CONFIG = "score_config.json"
@@ -149,4 +152,20 @@ class ScoreModel(torch.nn.Module):
         return model
 
 
-__all__ = ["ScoreModel", "last_token_index", "hidden_size_of", "HEAD_FILE", "SCORE_CONFIG"]
+
+
+@torch.no_grad()
+def score_texts(model: ScoreModel, images: list, questions: list[str], texts: list[str],
+                batch_size: int = 64) -> np.ndarray:
+    """Sequence scores of (image, question, response) triples, in batches."""
+    out = []
+    for i in range(0, len(texts), batch_size):
+        batch = encode(model.processor, images[i: i + batch_size], questions[i: i + batch_size],
+                       texts[i: i + batch_size])
+        device = model.head.weight.device
+        scores, _ = model({k: v.to(device) for k, v in batch.items()})
+        out.append(scores.float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+__all__ = ["ScoreModel", "last_token_index", "hidden_size_of", "score_texts", "HEAD_FILE", "SCORE_CONFIG"]

@@ -54,7 +54,7 @@ from ..config import PPOConfig
 from ..data.store import load_data
 from ..eval.judge import GoldJudge, evaluate_policy, has_gold
 from ..models.adapters import save_policy
-from ..models.score import ScoreModel, last_token_index
+from ..models.score import ScoreModel, last_token_index, score_texts
 from ..models.vlm import encode, model_inputs, sampling_kwargs
 from ..runs import append_jsonl, write_jsonl
 from .common import (
@@ -198,20 +198,6 @@ def make_lambda(variant: str, cfg: PPOConfig) -> LagrangeMultiplier:
     return LagrangeMultiplier(init=init, lr=cfg.lambda_lr, max_value=cfg.lambda_max, threshold=cfg.cost_threshold,
                               window=cfg.episode_window, delay=cfg.lambda_update_delay,
                               fixed=variant != "lagrangian")
-
-
-@torch.no_grad()
-def score_texts(model: ScoreModel, images: list, questions: list[str], texts: list[str],
-                batch_size: int = 64) -> np.ndarray:
-    """Sequence scores of (image, question, response) triples."""
-    out = []
-    for i in range(0, len(texts), batch_size):
-        batch = encode(model.processor, images[i: i + batch_size], questions[i: i + batch_size],
-                       texts[i: i + batch_size])
-        device = model.head.weight.device
-        scores, _ = model({k: v.to(device) for k, v in batch.items()})
-        out.append(scores.float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0)
 
 
 # --- checkpoints ---------------------------------------------------------------------------------

@@ -1,0 +1,91 @@
+"""``report.html``: the analysis of a run on one page that opens offline (plotly.js inlined
+once), with the headline, the table of systems with confidence intervals and every figure."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from ..runs import atomic_write_text
+from .tradeoff import systems
+
+CAPTIONS = {
+    "tradeoff": "Each marker is a system on the test prompts, its training seeds pooled; bars are bootstrap "
+                "confidence intervals over seeds and prompts; dotted lines are each family's Pareto frontier; "
+                "faint dots are single seeds. Up and to the right is better.",
+    "win_rates": "Share of test prompts where the system's answer beats the base's answer according to the judge "
+                 "(ties count 1/2).",
+    "safety_by_category": "Gold safety rate per harm category of the prompt.",
+    "safety_by_severity": "Gold safety rate per severity level of the prompt.",
+    "helpfulness_by_severity": "Gold helpfulness per severity level of the prompt: benign prompts (safe) should "
+                               "stay helpful.",
+    "lambda": "The learned multiplier λ grows while the episode cost J_C is above the threshold d and shrinks once "
+              "the constraint holds.",
+    "overoptimisation": "Proxy reward keeps rising with KL; where gold helpfulness does not follow, the policy is "
+                        "exploiting the reward model.",
+}
+
+
+def _ci(value: float, ci: list[float] | None, pct: bool = False) -> str:
+    f = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.3f}")
+    return f"{f(value)} [{f(ci[0])}, {f(ci[1])}]" if ci else f(value)
+
+
+def systems_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per system: helpfulness, safety rate and win rates with their intervals."""
+    rows = []
+    for name, s in systems(metrics).items():
+        rows.append({
+            "system": s.get("label", name), "family": s["family"], "seeds": s.get("seeds", 1),
+            "helpfulness": _ci(s["helpfulness"], s.get("helpfulness_ci")),
+            "safety rate": _ci(s["safety_rate"], s.get("safety_rate_ci"), pct=True),
+            "win rate helpful vs base": _ci(s["win_rate_helpful_vs_base"], s.get("win_rate_helpful_vs_base_ci"), pct=True),
+            "win rate safe vs base": _ci(s["win_rate_safe_vs_base"], s.get("win_rate_safe_vs_base_ci"), pct=True),
+        })
+    return pd.DataFrame(rows)
+
+
+def headline_text(metrics: Mapping[str, Any]) -> str:
+    head = metrics.get("headline") or {}
+    if not head:
+        return "No lagrangian (Safe RLHF-V) variant in this run."
+    def signed(v):
+        return "n/a" if v is None else f"{100 * v:+.1f}%"
+    return (f"Safe RLHF-V ({head['system']}) against the SFT base: safer on "
+            f"{_ci(head['win_rate_safe_vs_base'], head['win_rate_safe_vs_base_ci'], True)} of prompts, more helpful on "
+            f"{_ci(head['win_rate_helpful_vs_base'], head['win_rate_helpful_vs_base_ci'], True)}; safety rate "
+            f"{signed(head['safety_rate_relative_change'])} and helpfulness {signed(head['helpfulness_relative_change'])} "
+            f"relative to the base. The paper reports +{100 * head['paper']['safety']:.1f}% safety and "
+            f"+{100 * head['paper']['helpfulness']:.1f}% helpfulness.")
+
+
+def write_report(path: str | Path, metrics: Mapping[str, Any], figures: Mapping[str, go.Figure],
+                 run_dir: str | Path) -> Path:
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>Safe RLHF-V Workbench · analysis</title>",
+        "<style>body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;font-size:0.9em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+        "th{background:#f3f3f3}.note{color:#8a4b00}.cap{color:#555;font-size:0.9em;margin-top:0}</style></head><body>",
+        "<h1>Safe RLHF-V Workbench · analysis</h1>",
+        f"<p>Run <code>{html.escape(str(Path(run_dir).resolve()))}</code> · judge: <b>{html.escape(str(metrics['judge']))}</b>"
+        f" · {metrics['n_prompts']} test prompts · {100 * metrics['confidence']:.0f}% bootstrap intervals.</p>",
+        f"<h2>Headline</h2><p>{html.escape(headline_text(metrics))}</p>",
+    ]
+    parts += [f"<p class='note'>{html.escape(n)}</p>" for n in metrics.get("notes", [])]
+    parts.append("<h2>Systems</h2>" + systems_table(metrics).to_html(index=False, escape=True))
+    first = True
+    for name, fig in figures.items():
+        parts.append(f"<h2>{html.escape(name.replace('_', ' '))}</h2>")
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=first))  # plotly.js inlined once: offline
+        parts.append(f"<p class='cap'>{html.escape(CAPTIONS.get(name, ''))}</p>")
+        first = False
+    parts.append("</body></html>")
+    return atomic_write_text(path, "\n".join(parts))
+
+
+__all__ = ["systems_table", "headline_text", "write_report", "CAPTIONS"]
