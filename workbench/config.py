@@ -227,6 +227,10 @@ class RewardConfig(ModelStageConfig):
 
     stage: ClassVar[str] = "reward"
 
+    lora: bool = False
+    """Train the score model as a ``peft`` LoRA adapter over the SFT model (saved as the adapter
+    plus ``score_head.safetensors``) instead of all weights: what ``ppo --shared-backbone``
+    needs to put the reward and cost models on the policy's backbone."""
     batch_size: int = 16
     lr: float = 5e-4
     max_steps: int = 420
@@ -341,6 +345,12 @@ class PPOConfig(ModelStageConfig):
     lora_r: int = 16
     lora_alpha: int = 32
     lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    shared_backbone: bool = False
+    """Memory layout. False: the reward and cost models and the two critics are models of their
+    own (only the reference shares the actor's weights). True: all six roles sit on one frozen
+    backbone (the SFT model) -- the actor, the reward and cost models and the critics are LoRA
+    adapters with score heads, the reference is the adapters disabled. Needs ``lora`` and reward
+    and cost models trained with ``--lora`` (``python -m workbench bench ppo`` measures both)."""
     batch_size: int = 32
     """Prompts (episodes) per PPO step."""
     lr: float = 2e-4
@@ -435,6 +445,9 @@ class PPOConfig(ModelStageConfig):
         self._check(self.kernels in ("auto", "triton", "torch"), "kernels", "must be auto, triton or torch")
         self._check(isinstance(self.lambda_update_delay, int) and self.lambda_update_delay >= 0,
                     "lambda_update_delay", "must be >= 0")
+        self._check(isinstance(self.shared_backbone, bool), "shared_backbone", "must be true or false")
+        self._check(self.lora or not self.shared_backbone, "shared_backbone",
+                    "needs lora = true (on the shared backbone the actor is a LoRA adapter)")
 
 
 #: ``<variant><SEED_SUFFIX><k>`` names the variant trained with seed ``seed + k``.

@@ -10,6 +10,7 @@ import sys
 
 BENCHES: dict[str, str] = {
     "kernels": "workbench.bench.kernels",  # Triton kernels vs torch (DESIGN §9)
+    "ppo": "workbench.bench.ppo",  # peak memory of a PPO step: separate vs shared-backbone layout (DESIGN §5)
     "demo": "workbench.bench.demo",  # the Gradio demo: start time, 32 concurrent clients, latency percentiles
 }
 """Benchmark name -> module with ``main(argv: list[str]) -> int``."""

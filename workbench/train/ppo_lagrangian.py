@@ -67,6 +67,7 @@ from .common import (
 )
 from .distributed import distributed
 from .lagrange import LagrangeMultiplier
+from .roles import SharedRoles, role_dirs
 
 VARIANTS = ("lagrangian", "reward_only", "fixed_lambda")
 
@@ -164,24 +165,29 @@ def rollout(policy, processor, images: list, questions: list[str], max_new_token
 
 
 class Roles:
-    """The six roles: actor (LoRA policy), reference (adapter disabled, or a frozen copy for a
-    fully trained policy), frozen reward and cost models, and two trainable critics."""
+    """The six roles in the separate layout: actor (LoRA policy), reference (adapter disabled,
+    or a frozen copy for a fully trained policy), frozen reward and cost models, and two
+    trainable critics, each a model of its own. ``trainable`` maps the names of
+    :data:`TRAINABLE` to the module whose trainable parameters are that role's.
+    (``cfg.shared_backbone``: :class:`workbench.train.roles.SharedRoles`, same interface.)"""
 
     def __init__(self, cfg: PPOConfig, run_dir: Path):
-        sft = Path(cfg.policy) if cfg.policy else run_dir / "sft" / "model"
-        for stage in ("reward", "cost"):
-            if not (run_dir / stage / "model").is_dir():
-                raise FileNotFoundError(f"PPO needs the {stage} model: run python -m workbench {stage} --run-dir {run_dir}")
-        if not sft.is_dir():
-            raise FileNotFoundError(f"PPO starts from the SFT model and {sft} does not exist; run python -m workbench sft")
+        sft, reward_dir, cost_dir = role_dirs(cfg, run_dir)
         self.actor, self.processor = starting_model(cfg.replace(policy=str(sft)), None)
         self.reference = None if hasattr(self.actor, "disable_adapter") else copy.deepcopy(self.actor).eval()
         if self.reference is not None:
             self.reference.requires_grad_(False)
-        self.reward = ScoreModel.load(run_dir / "reward" / "model").eval().requires_grad_(False)
-        self.cost = ScoreModel.load(run_dir / "cost" / "model").eval().requires_grad_(False)
-        self.reward_critic = ScoreModel.load(run_dir / "reward" / "model")
-        self.cost_critic = ScoreModel.load(run_dir / "cost" / "model")
+        self.reward = ScoreModel.load(reward_dir).eval().requires_grad_(False)
+        self.cost = ScoreModel.load(cost_dir).eval().requires_grad_(False)
+        # trainable=True: a critic over a LoRA score model trains its adapter too, not just its head
+        self.reward_critic = ScoreModel.load(reward_dir, trainable=True)
+        self.cost_critic = ScoreModel.load(cost_dir, trainable=True)
+        self.trainable: dict[str, torch.nn.Module] = {
+            "actor": self.actor, "reward_critic": self.reward_critic, "cost_critic": self.cost_critic}
+
+    def save_actor(self, path: Path) -> Path:
+        """The trained policy (its adapter, or the full model) with the processor."""
+        return save_policy(self.actor, self.processor, path)
 
     @torch.no_grad()
     def reference_logprobs(self, batch, backend: str) -> torch.Tensor:
@@ -189,6 +195,11 @@ class Roles:
             return sequence_logprobs(self.reference, batch, backend)
         with self.actor.disable_adapter():
             return sequence_logprobs(self.actor, batch, backend)
+
+
+def make_roles(cfg: PPOConfig, run_dir: Path) -> Roles | SharedRoles:
+    """The separate layout, or every role on one backbone when ``cfg.shared_backbone``."""
+    return SharedRoles(cfg, run_dir) if cfg.shared_backbone else Roles(cfg, run_dir)
 
 
 def make_lambda(variant: str, cfg: PPOConfig) -> LagrangeMultiplier:
@@ -209,7 +220,8 @@ def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(path: Path, step: int, roles: Roles, optimizers: list, lam: LagrangeMultiplier) -> None:
+def save_checkpoint(path: Path, step: int, roles: Roles | SharedRoles, optimizers: list,
+                    lam: LagrangeMultiplier) -> None:
     """Everything a run needs to go on after ``step`` steps, written atomically: the trainable
     weights of the actor (its adapter) and both critics, optimiser and schedule states, λ and
     its window, and torch's RNG state. Built in ``checkpoint.tmp`` and renamed into place."""
@@ -222,7 +234,7 @@ def save_checkpoint(path: Path, step: int, roles: Roles, optimizers: list, lam: 
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for name in TRAINABLE:
-        save_file(_trainable_state(getattr(roles, name)), str(tmp / f"{name}.safetensors"))
+        save_file(_trainable_state(roles.trainable[name]), str(tmp / f"{name}.safetensors"))
     torch.save({"optimizers": [(opt.state_dict(), sched.state_dict()) for opt, sched in optimizers],
                 "torch_rng": torch.get_rng_state()}, tmp / "optim.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, "lagrange": lam.state_dict()}))
@@ -234,14 +246,14 @@ def save_checkpoint(path: Path, step: int, roles: Roles, optimizers: list, lam: 
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(path: Path, roles: Roles, optimizers: list, lam: LagrangeMultiplier) -> int:
+def load_checkpoint(path: Path, roles: Roles | SharedRoles, optimizers: list, lam: LagrangeMultiplier) -> int:
     """Restore a :func:`save_checkpoint` directory; returns the number of steps done."""
     import json
 
     from safetensors.torch import load_file
 
     for name in TRAINABLE:
-        model = getattr(roles, name)
+        model = roles.trainable[name]
         state = load_file(str(path / f"{name}.safetensors"))
         wanted = {n for n, p in model.named_parameters() if p.requires_grad}
         if set(state) != wanted:
@@ -291,16 +303,18 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
 
 # --- the trainer ---------------------------------------------------------------------------------
 def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, progress: bool = True,
-                  name: str | None = None) -> dict[str, Any]:
+                  name: str | None = None, roles: Roles | SharedRoles | None = None) -> dict[str, Any]:
     """Train one variant (``variant`` is its kind: lagrangian, reward_only or fixed_lambda;
-    ``name`` labels it); writes ``out_dir/model``, ``out_dir/log.jsonl``; returns its metrics."""
+    ``name`` labels it); writes ``out_dir/model``, ``out_dir/log.jsonl``; returns its metrics.
+    ``roles``: already loaded models (the memory benchmark), else :func:`make_roles`."""
     setup(cfg)
     data = load_data(run_dir)
     images = ImageCache(data)
-    roles = Roles(cfg, run_dir)
+    roles = roles if roles is not None else make_roles(cfg, run_dir)
+    trainable = [roles.trainable[n] for n in TRAINABLE]
     backend = kernels.resolve_backend(cfg.kernels, next(roles.actor.parameters()).device)
     lam = make_lambda(variant, cfg)
-    actor_opt, actor_sched = optimizer_and_schedule(roles.actor, cfg)
+    actor_opt, actor_sched = optimizer_and_schedule(roles.trainable["actor"], cfg)
     critic_cfg = cfg.replace(lr=cfg.critic_lr)
     critic_opts = [optimizer_and_schedule(c, critic_cfg) for c in (roles.reward_critic, roles.cost_critic)]
     optimizers = [(actor_opt, actor_sched), *critic_opts]
@@ -358,7 +372,7 @@ def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, pr
         total = actor_loss + critic_losses[0] + critic_losses[1]
         if dist.any(not (scores_finite and bool(torch.isfinite(total)))):
             bad_in_a_row, skipped = bad_in_a_row + 1, skipped + 1
-            for model in (roles.actor, roles.reward_critic, roles.cost_critic):
+            for model in trainable:
                 model.zero_grad(set_to_none=True)
             if dist.is_main:
                 append_jsonl(log_path, {"step": step, "skipped": "non-finite loss", "ppo/actor_loss": float(actor_loss.detach()),
@@ -371,7 +385,7 @@ def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, pr
             continue
         bad_in_a_row = 0
         total.backward()
-        for model, (opt, sched) in zip((roles.actor, roles.reward_critic, roles.cost_critic), optimizers, strict=True):
+        for model, (opt, sched) in zip(trainable, optimizers, strict=True):
             params = [p for p in model.parameters() if p.requires_grad]
             dist.average_gradients(params)
             optimizer_step(params, opt, sched)
@@ -401,10 +415,10 @@ def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, pr
     train_time = time.perf_counter() - start
 
     fingerprints = dist.gather_objects({"rank": dist.rank, "lambda": lam.value,
-                                        "actor_sha256": weights_fingerprint(roles.actor)})
+                                        "actor_sha256": weights_fingerprint(roles.trainable["actor"])})
     if not dist.is_main:
         return {"rank": dist.rank}
-    save_policy(roles.actor, roles.processor, out_dir / "model")
+    roles.save_actor(out_dir / "model")
     test = data.test[: cfg.n_eval_prompts]
     metrics: dict[str, Any] = {"steps": cfg.max_steps, "lambda_final": lam.value, "train_time_s": round(train_time, 2),
                                "J_C_final": lam.episode_cost, "resumed_from_step": done,
@@ -462,5 +476,6 @@ run_ppo_stage.resumable = True  # type: ignore[attr-defined]
 run_ppo_stage.distributed = True  # type: ignore[attr-defined]
 
 
-__all__ = ["token_signals", "critic_loss", "sequence_logprobs", "rollout", "Roles", "make_lambda", "train_variant",
+__all__ = ["token_signals", "critic_loss", "sequence_logprobs", "rollout", "Roles", "make_roles", "make_lambda",
+           "train_variant",
            "run_ppo_stage", "save_checkpoint", "load_checkpoint", "VARIANTS"]
