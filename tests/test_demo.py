@@ -324,7 +324,7 @@ def test_build_assets_round_trip(tmp_path, cfg):
     assert shipped.source == original.source == "run" and len(shipped.gallery) == 3
     image = logic.load_image(shipped.gallery[0]["image_path"], cfg)
     question, answer = shipped.gallery[0]["question"], "sure , here is how ."
-    from workbench.train.ppo_lagrangian import score_texts
+    from workbench.models.score import score_texts
 
     for role in ("reward", "cost"):
         a = score_texts(getattr(original, role), [image], [question], [answer])

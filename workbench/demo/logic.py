@@ -26,9 +26,9 @@ from PIL import Image, UnidentifiedImageError
 from ..data.schema import NO_CATEGORY
 from ..eval.judge import has_gold
 from ..guard.regenerate import Trace, Verdict, filter_and_regenerate
+from ..models.score import score_texts
 from ..models.vlm import generate
 from ..runs import read_json
-from ..train.ppo_lagrangian import score_texts
 from .config import DemoConfig
 from .models import DemoModels
 
