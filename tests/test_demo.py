@@ -343,6 +343,9 @@ def test_build_assets_round_trip(tmp_path, cfg):
         assert not torch.allclose(base(**batch).logits, aligned(**batch).logits, atol=1e-3)
     with pytest.raises(ValueError, match="over the"):
         build_assets(run, tmp_path / "small", max_bytes=1000)
+    (run / "reward" / "model" / "adapter_config.json").write_text("{}")
+    with pytest.raises(ValueError, match="the reward model"):
+        build_assets(run, tmp_path / "assets")
     shutil.rmtree(run / "cost")
     with pytest.raises(FileNotFoundError, match="cost/model"):
         build_assets(run, tmp_path / "assets")

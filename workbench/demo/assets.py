@@ -56,9 +56,11 @@ def build_assets(run_dir: str | Path, assets_dir: str | Path, gallery_size: int 
     missing = missing_parts(run_dir)
     if missing:
         raise FileNotFoundError(f"cannot build the demo assets from {run_dir}: it lacks {', '.join(missing)}")
-    if is_adapter_dir(run_dir / "sft" / "model"):
-        raise ValueError(f"{run_dir}/sft/model is a LoRA adapter over a separate base model; the shipped assets "
-                         f"hold the tiny VLM only (serve that run with --run-dir instead)")
+    adapters = [stage for stage in ("sft", "reward", "cost", "guard") if is_adapter_dir(run_dir / stage / "model")]
+    if adapters:
+        raise ValueError(f"{run_dir}: the {', '.join(adapters)} model(s) are LoRA adapters over a separate base model "
+                         f"(a bring-your-own VLM or --shared-backbone run); the shipped assets hold full tiny models "
+                         f"only (serve that run with --run-dir instead)")
     out = assets_dir / f"{ASSETS_RUN}.partial"
     if out.exists():
         shutil.rmtree(out)
