@@ -281,6 +281,10 @@ def render_markdown(report: dict) -> str:
         verdict = {True: "met", False: "NOT met", None: "not measured"}[t["passed"]]
         lines.append(f"Target: {t['name']}: {_fmt(t['value'], 2)}x — {verdict}.")
     lines += ["", f"Method: {report['method']}."]
+    if report["device"] == "cpu":
+        lines += ["", "safetensors weights are memory-mapped: they join the resident set when first read, so "
+                  "'before step' stays low for the layouts loaded just before the step (the actor-only row has "
+                  "already sampled its batch) and the peak counts every weight the step reads."]
     for r in report["rows"]:
         if r.get("error"):
             lines.append(f"\nerror in {r['layout']}:\n```\n{r['error']}\n```")
