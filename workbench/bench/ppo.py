@@ -70,8 +70,9 @@ class PPOBenchConfig:
 def preset(device_type: str, smoke: bool) -> PPOBenchConfig:
     """Smoke: seconds anywhere. CPU: ~0.1B parameters. CUDA: ~0.3B parameters."""
     if smoke:
-        return PPOBenchConfig(spec=dict(vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=64,
-                                        text_layers=2, text_heads=2, text_intermediate=128),
+        # weights (~9 MiB) still well above the few MiB of noise, so the layouts stay apart
+        return PPOBenchConfig(spec=dict(vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=256,
+                                        text_layers=2, text_heads=4, text_intermediate=1024),
                               batch_size=2, max_new_tokens=4, lora_r=4)
     if device_type == "cuda":
         return PPOBenchConfig(spec=dict(vision_hidden=512, vision_layers=8, vision_heads=8, text_hidden=1024,
