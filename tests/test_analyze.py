@@ -158,10 +158,11 @@ def test_report_and_figures_open_offline(analyzed):
     assert (run / "analyze" / "figures" / "plotly.min.js").is_file()
 
 
-def test_model_judge_for_data_without_gold(analyzed):
+def test_model_judge_for_data_without_gold(analyzed, tmp_path):
     import workbench as wb
+    from workbench.runs import link_stages
 
-    run, _ = analyzed
+    run = link_stages(analyzed[0], tmp_path / "run", ("data", "sft", "reward", "cost", "ppo"))
     m = wb.run_stage("analyze", run, wb.resolve_config("analyze", smoke=True, judge="models"), progress=False)
     assert m["judge"] == "models"
     # the model judge's harmlessness is minus the cost model's score: its safety rate is the share
@@ -179,3 +180,21 @@ def test_analyze_views(analyzed):
     fig = tradeoff.breakdown_figure(m, "category", groups=list(m["base"]["by_category"])[:2])
     assert len(fig.data[0].x) == 2
     assert tradeoff.load_figure(run, "tradeoff").data
+
+
+def test_recompute_keeps_chosen_seeds(analyzed):
+    from workbench.eval import analysis_views
+
+    run, m = analyzed
+    again = analysis_views.recompute(run)
+    assert again["variants"]["lagrangian"]["helpfulness"] == pytest.approx(m["variants"]["lagrangian"]["helpfulness"])
+    first = analysis_views.recompute(run, seeds=[0])
+    lag = first["variants"]["lagrangian"]
+    assert lag["runs"] == ["lagrangian"] and lag["seeds"] == 1
+    assert lag["helpfulness"] == pytest.approx(m["variants"]["lagrangian"]["helpfulness_per_seed"][0])
+    assert first["base"]["helpfulness"] == pytest.approx(m["base"]["helpfulness"])  # the base has no training seeds
+    assert analysis_views.seed_offsets(m) == [0, 1]
+    table = analysis_views.answers(run, n=3)
+    assert len(table) == 3 and {"base", "lagrangian", "fixed_lambda_1", "question"} <= set(table.columns)
+    box = analysis_views.explorer(run)
+    box.children[0].children[1].value = (1,)  # seed offset 1 only: redraws without error

@@ -159,7 +159,8 @@ def prompt_groups(prompts: list[dict[str, Any]]) -> dict[str, list[str]]:
 
 def headline(metrics: dict[str, Any]) -> dict[str, Any]:
     """Safe RLHF-V (the ``lagrangian`` point at the default threshold, else the first
-    lagrangian point) against the base, beside the paper's figures."""
+    lagrangian point) against the base, beside the paper's figures (``metrics`` holds
+    ``base`` and ``variants``)."""
     variants = metrics["variants"]
     name = "lagrangian" if "lagrangian" in variants else next(
         (n for n, v in variants.items() if v["family"] == "lagrangian"), None)
@@ -178,6 +179,50 @@ def headline(metrics: dict[str, Any]) -> dict[str, Any]:
             "paper": {"safety": PAPER_HEADLINE["safety"], "helpfulness": PAPER_HEADLINE["helpfulness"]}}
 
 
+def seed_index(run: str) -> int:
+    """The training seed offset of a PPO run label (``lagrangian_seed2`` -> 2; no suffix: 0)."""
+    m = re.search(rf"{re.escape(SEED_SUFFIX)}(\d+)$", run)
+    return int(m.group(1)) if m else 0
+
+
+def summarise_scores(rows: list[dict[str, Any]], meta: dict[str, dict[str, Any]], n_boot: int = 2000,
+                     confidence: float = 0.95, seed: int = 0, seeds: set[int] | None = None) -> dict[str, Any]:
+    """``base``, ``variants`` and ``headline`` from per-answer scores (the rows of
+    ``scores.jsonl``: system, run, id, helpfulness, harmlessness, category, severity).
+
+    ``meta`` gives each system's family, setting and label; ``seeds`` keeps only the PPO runs
+    of those training seed offsets (the base systems are always kept)."""
+    by_run: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for row in rows:
+        by_run.setdefault(row["system"], {}).setdefault(row["run"], []).append(row)
+    if "base" not in by_run:
+        raise ValueError("summarise_scores: no rows of the base system")
+
+    def arrays(run_rows):
+        return {"helpfulness": np.array([r["helpfulness"] for r in run_rows], dtype=float),
+                "harmlessness": np.array([r["harmlessness"] for r in run_rows], dtype=float)}
+
+    base_rows = next(iter(by_run["base"].values()))
+    base = arrays(base_rows)
+    groups = {"category": [r["category"] for r in base_rows], "severity": [r["severity"] for r in base_rows]}
+    summaries = {}
+    for name, runs in by_run.items():
+        kept = {run: r for run, r in runs.items()
+                if seeds is None or meta[name]["family"] in ("base", "base+guard") or seed_index(run) in seeds}
+        if not kept:
+            continue
+        per_seed = [arrays(r) for r in kept.values()]
+        if any(len(r) != len(base_rows) for r in kept.values()):
+            raise ValueError(f"summarise_scores: system {name} was not scored on the same prompts as the base")
+        summary = summarise_system(per_seed, base, n_boot, confidence, seed)
+        summary.update(meta[name], runs=list(kept), by_category=breakdown(per_seed, groups["category"]),
+                       by_severity=breakdown(per_seed, groups["severity"]))
+        summaries[name] = summary
+    out = {"base": summaries.pop("base"), "variants": summaries}
+    out["headline"] = headline(out)
+    return out
+
+
 def run_analyze_stage(cfg: AnalyzeConfig, out_dir: Path, run_dir: Path, progress: bool = True) -> dict[str, Any]:
     """``python -m workbench analyze``: judge every system, write ``scores.jsonl``,
     ``metrics.json``, ``figures/`` and ``report.html``."""
@@ -194,14 +239,11 @@ def run_analyze_stage(cfg: AnalyzeConfig, out_dir: Path, run_dir: Path, progress
     judge, judge_name = make_judge(cfg, run_dir, prompts, images)
     groups = prompt_groups(prompts)
 
-    scores: dict[str, list[dict[str, np.ndarray]]] = {}
     rows = []
     bar = tqdm(total=sum(len(s.answers) for s in systems), desc="analyze: judging", disable=not progress)
     for system in systems:
-        scores[system.name] = []
         for seed_label, answers in system.answers.items():
             judged = judge_all(judge, prompts, answers)
-            scores[system.name].append({"helpfulness": judged[:, 0], "harmlessness": judged[:, 1]})
             rows.extend({"system": system.name, "run": seed_label, "id": p["id"], "question": p["question"],
                          "response": a, "category": c, "severity": lv, "helpfulness": float(h), "harmlessness": float(s)}
                         for p, a, c, lv, (h, s) in zip(prompts, answers, groups["category"], groups["severity"],
@@ -210,18 +252,10 @@ def run_analyze_stage(cfg: AnalyzeConfig, out_dir: Path, run_dir: Path, progress
     bar.close()
     write_jsonl(out_dir / "scores.jsonl", rows)
 
-    base_scores = scores["base"][0]
-    summaries = {}
-    for system in systems:
-        per_seed = scores[system.name]
-        summary = summarise_system(per_seed, base_scores, cfg.bootstrap, cfg.confidence, cfg.seed)
-        summary.update(family=system.family, setting=system.setting, label=system.label,
-                       runs=list(system.answers), by_category=breakdown(per_seed, groups["category"]),
-                       by_severity=breakdown(per_seed, groups["severity"]))
-        summaries[system.name] = summary
+    meta = {s.name: {"family": s.family, "setting": s.setting, "label": s.label} for s in systems}
     metrics: dict[str, Any] = {"judge": judge_name, "n_prompts": len(prompts), "confidence": cfg.confidence,
-                               "base": summaries.pop("base"), "variants": summaries, "notes": notes}
-    metrics["headline"] = headline(metrics)
+                               **summarise_scores(rows, meta, cfg.bootstrap, cfg.confidence, cfg.seed),
+                               "notes": notes}
     figures = tradeoff.all_figures(metrics, run_dir)
     tradeoff.write_figures(figures, out_dir / "figures")
     report.write_report(out_dir / "report.html", metrics, figures, run_dir)
@@ -232,5 +266,5 @@ def run_analyze_stage(cfg: AnalyzeConfig, out_dir: Path, run_dir: Path, progress
     return metrics
 
 
-__all__ = ["System", "FAMILIES", "PAPER_HEADLINE", "point_name", "collect_systems", "make_judge", "prompt_groups",
-           "headline", "run_analyze_stage"]
+__all__ = ["System", "FAMILIES", "PAPER_HEADLINE", "point_name", "seed_index", "collect_systems", "make_judge",
+           "prompt_groups", "headline", "summarise_scores", "run_analyze_stage"]

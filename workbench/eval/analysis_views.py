@@ -1,0 +1,115 @@
+"""Look inside the analysis stage of a run (notebook 05): the figures again, recomputed for a
+chosen subset of systems, training seeds and harm categories, and the answers of every system
+to the same prompts.
+
+Everything reads ``<run>/analyze/metrics.json`` and ``scores.jsonl``; recomputing goes through
+the stage's own :func:`~workbench.eval.analyze.summarise_scores`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as widgets
+import pandas as pd
+from IPython.display import display
+
+from ..config import AnalyzeConfig
+from ..runs import read_json, read_jsonl
+from . import tradeoff
+from .analyze import seed_index, summarise_scores
+
+
+def smoke_analysis_run(root: str | Path, threads: int = 1, progress: bool = False) -> Path:
+    """The smoke pipeline up to PPO (:func:`~workbench.eval.ppo_views.smoke_ppo_run`), then
+    the smoke analysis, under ``root``."""
+    from ..pipeline import resolve_config, run_stage
+    from .ppo_views import smoke_ppo_run
+    from .views import hf_progress_bars
+
+    run_dir = smoke_ppo_run(root, threads=threads, progress=progress)
+    with hf_progress_bars(progress):
+        run_stage("analyze", run_dir, resolve_config("analyze", smoke=True, threads=threads), progress=progress)
+    return run_dir
+
+
+def scores(run_dir: str | Path) -> pd.DataFrame:
+    """Every judged answer of the analysis: system, run (training seed), prompt, answer,
+    category, severity, helpfulness, harmlessness."""
+    path = Path(run_dir) / "analyze" / "scores.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run python -m workbench analyze --run-dir {run_dir}")
+    return pd.DataFrame(read_jsonl(path))
+
+
+def recompute(run_dir: str | Path, seeds: Sequence[int] | None = None) -> dict[str, Any]:
+    """The analysis metrics again, keeping only the PPO runs of the given training seed
+    offsets (0 = the variant's own seed), with the stage's bootstrap settings."""
+    run_dir = Path(run_dir)
+    metrics = read_json(run_dir / "analyze" / "metrics.json")
+    cfg = AnalyzeConfig.from_json(run_dir / "analyze" / "config.json")
+    meta = {"base": {"family": "base", "setting": None, "label": "base"}}
+    meta.update({n: {k: v[k] for k in ("family", "setting", "label")} for n, v in metrics["variants"].items()})
+    rows = read_jsonl(run_dir / "analyze" / "scores.jsonl")
+    out = summarise_scores(rows, meta, cfg.bootstrap, cfg.confidence, cfg.seed,
+                           seeds=set(seeds) if seeds is not None else None)
+    return {**metrics, **out}
+
+
+def seed_offsets(metrics: dict[str, Any]) -> list[int]:
+    """The training seed offsets present in a run's PPO variants."""
+    return sorted({seed_index(run) for v in metrics["variants"].values() for run in v.get("runs", [])}) or [0]
+
+
+def answers(run_dir: str | Path, n: int = 5, category: str | None = None, seed_offset: int = 0) -> pd.DataFrame:
+    """The first ``n`` prompts (of ``category``) with every system's answer and gold scores side
+    by side (one training seed per system)."""
+    frame = scores(run_dir)
+    frame = frame[frame["run"].map(seed_index) == seed_offset]
+    if category:
+        frame = frame[frame["category"] == category]
+    ids = list(dict.fromkeys(frame["id"]))[:n]
+    frame = frame[frame["id"].isin(ids)].copy()
+    frame["answer"] = frame.apply(lambda r: f"{r['response']}  [h={r['helpfulness']:.0f}, s={r['harmlessness']:+.0f}]",
+                                  axis=1)
+    table = frame.pivot_table(index=["id", "category", "question"], columns="system", values="answer", aggfunc="first")
+    table.columns.name = None
+    return table.reset_index()
+
+
+def explorer(run_dir: str | Path) -> widgets.Widget:
+    """Pick systems, training seeds and harm categories; the trade-off plane, the win rates
+    and the category heatmap are recomputed and redrawn for the selection."""
+    metrics = read_json(Path(run_dir) / "analyze" / "metrics.json")
+    names = ["base", *metrics["variants"]]
+    cats = list(metrics["base"]["by_category"])
+    pick_systems = widgets.SelectMultiple(options=names, value=tuple(names), description="systems", rows=min(8, len(names)))
+    pick_seeds = widgets.SelectMultiple(options=seed_offsets(metrics), value=tuple(seed_offsets(metrics)),
+                                        description="seeds", rows=3)
+    pick_cats = widgets.SelectMultiple(options=cats, value=tuple(cats), description="categories", rows=8)
+    value = widgets.ToggleButtons(options=[("safety rate", "safety_rate"), ("helpfulness", "helpfulness")],
+                                  description="heatmap")
+    output = widgets.Output()
+
+    def redraw(_=None) -> None:
+        output.clear_output(wait=True)
+        with output:
+            if not pick_seeds.value or not pick_systems.value:
+                print("pick at least one system and one seed")
+                return
+            m = recompute(run_dir, seeds=pick_seeds.value)
+            chosen = [n for n in pick_systems.value if n == "base" or n in m["variants"]]
+            display(tradeoff.tradeoff_figure(m, names=chosen, per_seed=True))
+            display(tradeoff.winrate_figure(m, names=chosen))
+            display(tradeoff.breakdown_figure(m, "category", names=chosen, groups=list(pick_cats.value),
+                                              value=value.value))
+
+    for w in (pick_systems, pick_seeds, pick_cats, value):
+        w.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([widgets.HBox([pick_systems, pick_seeds, pick_cats]), value, output])
+
+
+__all__ = ["smoke_analysis_run", "scores", "recompute", "seed_offsets", "answers", "explorer"]
