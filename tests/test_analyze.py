@@ -150,7 +150,10 @@ def test_report_and_figures_open_offline(analyzed):
     text = report.read_text()
     assert "Safe RLHF-V" in text and "Headline" in text
     assert not re.search(r"<script[^>]*\bsrc=[\"']?(https?:)?//", text)  # no script from the network
-    assert "Plotly.newPlot" in text and len(text) > 1_000_000  # plotly.js itself is inlined
+    assert "cdn.plot.ly" not in text and "https://cdn" not in text
+    sources = re.findall(r"<script[^>]*\bsrc='([^']+)'", text)
+    assert sources == ["figures/plotly.min.js"] and (report.parent / sources[0]).stat().st_size > 1_000_000
+    assert "Plotly.newPlot" in text
     for name in ("tradeoff", "win_rates", "safety_by_category", "safety_by_severity", "lambda", "overoptimisation"):
         fig = pio.from_json((run / "analyze" / "figures" / f"{name}.json").read_text())
         assert fig.data, name

@@ -81,11 +81,11 @@ def test_config_checks_variants():
         PPOConfig(thresholds="-1,abc")
     with pytest.raises(ConfigError, match="fixed_lambdas"):
         PPOConfig(fixed_lambdas="-1")
-    sweep = PPOConfig(variants="reward_only", thresholds="-2,-1", fixed_lambdas="0.5").variant_configs()
+    sweep = PPOConfig(variants="reward_only", thresholds="-2,-1", fixed_lambdas="0.5", seeds=1).variant_configs()
     assert list(sweep) == ["reward_only", "lagrangian_d-2", "lagrangian_d-1", "fixed_lambda_0.5"]
     assert sweep["lagrangian_d-1"][0] == "lagrangian" and sweep["lagrangian_d-1"][1].cost_threshold == -1.0
     assert sweep["fixed_lambda_0.5"] == ("fixed_lambda", PPOConfig(variants="reward_only", thresholds="-2,-1",
-                                                                   fixed_lambdas="0.5", lambda_init=0.5))
+                                                                   fixed_lambdas="0.5", seeds=1, lambda_init=0.5))
     with pytest.raises(ConfigError, match="kernels"):
         PPOConfig(kernels="cuda")
 

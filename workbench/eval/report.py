@@ -1,5 +1,6 @@
-"""``report.html``: the analysis of a run on one page that opens offline (plotly.js inlined
-once), with the headline, the table of systems with confidence intervals and every figure."""
+"""``report.html``: the analysis of a run on one page that opens offline (plotly.js from the
+``figures/`` folder beside it), with the headline, the table of systems with confidence
+intervals and every figure."""
 
 from __future__ import annotations
 
@@ -64,10 +65,21 @@ def headline_text(metrics: Mapping[str, Any]) -> str:
             f"+{100 * head['paper']['helpfulness']:.1f}% helpfulness.")
 
 
+#: plotly.js beside the report (``figures/`` also holds the figures one by one): the page loads
+#: it from disk, so it opens offline and stays small.
+PLOTLY_JS = "figures/plotly.min.js"
+
+
 def write_report(path: str | Path, metrics: Mapping[str, Any], figures: Mapping[str, go.Figure],
                  run_dir: str | Path) -> Path:
+    from plotly.offline import get_plotlyjs
+
+    bundle = Path(path).parent / PLOTLY_JS
+    if not bundle.is_file():
+        atomic_write_text(bundle, get_plotlyjs())
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>Safe RLHF-V Workbench · analysis</title>",
+        f"<script src='{PLOTLY_JS}'></script>",
         "<style>body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}"
         "table{border-collapse:collapse;font-size:0.9em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
         "th{background:#f3f3f3}.note{color:#8a4b00}.cap{color:#555;font-size:0.9em;margin-top:0}</style></head><body>",
@@ -78,14 +90,12 @@ def write_report(path: str | Path, metrics: Mapping[str, Any], figures: Mapping[
     ]
     parts += [f"<p class='note'>{html.escape(n)}</p>" for n in metrics.get("notes", [])]
     parts.append("<h2>Systems</h2>" + systems_table(metrics).to_html(index=False, escape=True))
-    first = True
     for name, fig in figures.items():
         parts.append(f"<h2>{html.escape(name.replace('_', ' '))}</h2>")
-        parts.append(fig.to_html(full_html=False, include_plotlyjs=first))  # plotly.js inlined once: offline
+        parts.append(fig.to_html(full_html=False, include_plotlyjs=False))
         parts.append(f"<p class='cap'>{html.escape(CAPTIONS.get(name, ''))}</p>")
-        first = False
     parts.append("</body></html>")
     return atomic_write_text(path, "\n".join(parts))
 
 
-__all__ = ["systems_table", "headline_text", "write_report", "CAPTIONS"]
+__all__ = ["systems_table", "headline_text", "write_report", "CAPTIONS", "PLOTLY_JS"]

@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..runs import atomic_write_text
+from .analyze import FAMILIES
 from .metrics import pareto_frontier
 from .ppo_views import VARIANT_COLOURS, logs
 
@@ -28,8 +29,13 @@ FAMILY_SYMBOLS = {"base": "star", "base+guard": "star-diamond", "reward_only": "
 
 def systems(metrics: Mapping[str, Any], names: Sequence[str] | None = None) -> dict[str, Mapping[str, Any]]:
     """``{name: summary}`` of the base and every variant, optionally only ``names``."""
+    def key(item):
+        name, s = item
+        rank = FAMILIES.index(s["family"]) if s["family"] in FAMILIES else len(FAMILIES)
+        return rank, s.get("setting") if s.get("setting") is not None else 0.0, name
+
     out = {"base": {**metrics["base"], "family": "base", "label": "base"}, **metrics["variants"]}
-    return {n: v for n, v in out.items() if names is None or n in names}
+    return {n: v for n, v in sorted(out.items(), key=key) if names is None or n in names}
 
 
 def _err(value: float, ci: Sequence[float]) -> tuple[float, float]:
