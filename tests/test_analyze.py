@@ -8,7 +8,14 @@ import plotly.io as pio
 import pytest
 
 from workbench.config import AnalyzeConfig, ConfigError, PPOConfig
-from workbench.eval.metrics import bootstrap_ci, breakdown, pareto_frontier, safe, summarise_system, wins
+from workbench.eval.metrics import (
+    bootstrap_ci,
+    breakdown,
+    pareto_frontier,
+    safe,
+    summarise_system,
+    wins,
+)
 
 
 # --- formulas ------------------------------------------------------------------------------------
