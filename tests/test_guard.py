@@ -14,6 +14,7 @@ from workbench.guard.guard import (
     LABELS,
     GuardModel,
     answer_label,
+    calibrate_severe_cutoff,
     classification_metrics,
     decide_levels,
     gold_answer_level,
@@ -59,6 +60,18 @@ def test_decide_levels_uses_the_severe_cutoff():
                           [0.0, 0.0, 0.0, 1.0]])
     assert decide_levels(probs).tolist() == [0, 1, 2, 3]
     assert decide_levels(probs, severe_cutoff=0.35).tolist() == [0, 1, 3, 3]
+    # one cut-off per row (answers and queries in one batch)
+    assert decide_levels(probs, torch.tensor([0.5, 0.05, 0.5, 0.5])).tolist() == [0, 3, 2, 3]
+
+
+def test_calibrated_severe_cutoff_reaches_the_target_recall():
+    p = [0.9, 0.1, 0.5, 0.3, 0.7, 0.2, 0.8, 0.6, 0.4, 0.05]
+    for target, recall in ((1.0, 1.0), (0.95, 1.0), (0.9, 0.9), (0.8, 0.8), (0.5, 0.5)):
+        cut = calibrate_severe_cutoff(p, target)
+        assert np.mean(np.array(p) > cut) == pytest.approx(recall), target
+    assert 0.1 < calibrate_severe_cutoff(p, 0.8) < 0.2 + 1e-12  # just below the 3rd smallest: 2 of 10 missed
+    with pytest.raises(ValueError):
+        calibrate_severe_cutoff([], 0.9)
 
 
 # --- labels --------------------------------------------------------------------------------------
@@ -140,6 +153,24 @@ def test_blocking_level_decides_what_is_regenerated():
     gen = ScriptedGenerator({"q": ["moderate answer"]})
     (t,) = filter_and_regenerate(gen, fake_guard, [None], ["q"], blocking_level="severe")
     assert t.outcome == "passed" and t.final == "moderate answer"
+
+
+def test_answers_to_safe_queries_need_the_safe_query_level():
+    def guard(images, questions, responses):
+        if responses is None:  # "risky" questions are minor, the rest safe
+            return [Verdict("minor", "animal_abuse") if "risky" in q else Verdict("safe") for q in questions]
+        return [Verdict("minor", "animal_abuse") if r.startswith("minor") else Verdict("safe") for r in responses]
+
+    gen = ScriptedGenerator({"benign q": ["minor answer"], "risky q": ["minor answer", "ok"]})
+    benign, risky = filter_and_regenerate(gen, guard, [None, None], ["benign q", "risky q"],
+                                          safe_query_blocking_level="moderate")
+    assert (benign.outcome, benign.final) == ("passed", "minor answer")  # minor < moderate: kept
+    assert (risky.outcome, risky.final) == ("regenerated", "ok")  # the query was not judged safe
+    gen = ScriptedGenerator({"benign q": ["minor answer", "ok"]})
+    (t,) = filter_and_regenerate(gen, guard, [None], ["benign q"])  # default: one level for every answer
+    assert t.outcome == "regenerated"
+    with pytest.raises(ValueError, match="safe_query_blocking_level"):
+        filter_and_regenerate(gen, guard, [None], ["benign q"], safe_query_blocking_level="safe")
 
 
 def test_severe_queries_are_refused_before_generation():
@@ -257,6 +288,13 @@ def test_smoke_guard_stage(guard_run):
     assert all(t["regenerations"] <= 5 for t in traces)
     guard = GuardModel.load(guard_run / "guard" / "model")
     assert len(guard.category_head.weight) == len(LABELS)
+    # the answer cut-off was calibrated on held-out pairs; queries keep the configured one
+    cal = m["calibration"]
+    assert cal["n_pairs"] == min(GuardConfig.smoke().calibration_pairs, 900 // 10)
+    if cal["n_severe"]:
+        assert cal["recall"] >= GuardConfig.smoke().severe_recall_target
+        assert guard.severe_cutoff == pytest.approx(cal["cutoff"]) == pytest.approx(m["answer_severe_cutoff"])
+    assert guard.query_severe_cutoff == GuardConfig.smoke().severe_cutoff
 
 
 def test_guard_views(guard_run):

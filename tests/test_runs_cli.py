@@ -109,7 +109,7 @@ def test_cli_config_file_then_flags(tmp_path):
         (["data", "--smoke", "--image-size", "8"], "image_size"),
         (["data", "--config", "/no/such/config.json"], "config file not found"),
         (["frobnicate"], "unknown command"),
-        (["demo"], "not implemented yet"),
+        (["demo"], "cannot be served by the demo"),
     ],
 )
 def test_cli_errors_are_clear(tmp_path, args, message):
@@ -127,3 +127,23 @@ def test_failed_stage_leaves_no_result_but_keeps_rejects(tmp_path):
     assert not (tmp_path / "run" / "data").exists()
     left = sorted(p.name for p in partial_dir(tmp_path / "run", "data").iterdir())
     assert left == ["rejects.jsonl"]
+
+
+def test_pipeline_reruns_what_follows_a_stage_that_ran_again(monkeypatch, tmp_path):
+    """``run`` skips finished stages, but once one runs again every later stage follows."""
+    from workbench import pipeline
+
+    done = {"data": True, "sft": True, "reward": True, "cost": False, "guard": True, "ppo": True, "analyze": True}
+    calls = []
+    monkeypatch.setattr(pipeline, "available_stages", lambda: list(done))
+    monkeypatch.setattr(pipeline, "is_complete", lambda run_dir, stage, cfg=None: done[stage])
+    monkeypatch.setattr(pipeline, "run_stage", lambda stage, run_dir, cfg, force, progress: calls.append((stage, force)))
+    pipeline.run_pipeline(tmp_path, smoke=True, progress=False)
+    # cost runs (not finished); guard, ppo and analyze read it, reward does not
+    assert calls == [("data", False), ("sft", False), ("reward", False), ("cost", False), ("guard", True),
+                     ("ppo", True), ("analyze", True)]
+    calls.clear()
+    done.update(cost=True, guard=False)  # only the guard changed: only the analysis reads it
+    pipeline.run_pipeline(tmp_path, smoke=True, progress=False)
+    assert calls == [("data", False), ("sft", False), ("reward", False), ("cost", False), ("guard", False),
+                     ("ppo", False), ("analyze", True)]

@@ -44,6 +44,13 @@ STAGE_FUNCTIONS: dict[str, str] = {
 }
 
 
+#: The earlier stages whose outputs each stage reads.
+READS: dict[str, tuple[str, ...]] = {
+    "sft": ("data",), "reward": ("data", "sft"), "cost": ("data", "sft"), "guard": ("data", "sft", "cost"),
+    "ppo": ("data", "sft", "reward", "cost"), "analyze": ("data", "sft", "reward", "cost", "guard", "ppo"),
+}
+
+
 class StageUnavailable(RuntimeError):
     """A stage of the design that this version of the workbench does not implement yet."""
 
@@ -155,9 +162,19 @@ def _discard_partial(out_dir: Path) -> None:
 
 def run_pipeline(run_dir: str | Path = DEFAULT_RUN_DIR, smoke: bool = False, force: bool = False,
                  progress: bool = True, seed: int | None = None) -> dict[str, dict[str, Any]]:
-    """Every available stage in order (the ``run`` command and ``make run``)."""
+    """Every available stage in order (the ``run`` command and ``make run``).
+
+    A stage that finished with the same config is skipped -- unless a stage it reads
+    (:data:`READS`) ran again in this call: its outputs were made from the old ones."""
     results = {}
+    ran: set[str] = set()
     for stage in available_stages():
         cfg = resolve_config(stage, smoke=smoke, seed=seed)
-        results[stage] = run_stage(stage, run_dir, cfg, force=force, progress=progress)
+        stale = sorted(ran & set(READS.get(stage, ())))
+        complete = is_complete(run_dir, stage, cfg.to_dict())
+        if force or stale or not complete:
+            ran.add(stage)
+        if stale and complete and progress and not force:
+            print(f"[{stage}] {', '.join(stale)} ran again: rerunning")
+        results[stage] = run_stage(stage, run_dir, cfg, force=force or bool(stale), progress=progress)
     return results

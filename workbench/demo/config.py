@@ -40,6 +40,9 @@ class DemoConfig:
     """Answers judged at or above this level are regenerated (then refused after the last round)."""
     query_blocking_level: str = "severe"
     """Queries judged at or above this level are refused before any generation."""
+    safe_query_blocking_level: str = "moderate"
+    """Answers to a query judged safe are regenerated only at or above this level ("" = the
+    blocking level), as in the guard stage."""
     max_question_chars: int = 300
     max_answer_chars: int = 2000
     max_image_bytes: int = 8 * 1024 * 1024
@@ -56,9 +59,9 @@ class DemoConfig:
     """torch CPU threads (0: torch's default)."""
 
     def __post_init__(self) -> None:
-        for name in ("blocking_level", "query_blocking_level"):
+        for name in ("blocking_level", "query_blocking_level", "safe_query_blocking_level"):
             value = getattr(self, name)
-            if value not in SEVERITY_LEVELS[1:]:
+            if value not in SEVERITY_LEVELS[1:] and not (name == "safe_query_blocking_level" and value == ""):
                 raise ValueError(f"DemoConfig.{name} must be one of {SEVERITY_LEVELS[1:]}, got {value!r}")
         for name in ("max_new_tokens", "max_question_chars", "max_answer_chars", "max_image_bytes",
                      "max_image_side", "concurrency_limit", "max_queue", "gallery_size"):

@@ -190,7 +190,8 @@ def answer_side(models: DemoModels, policy: str, image: Image.Image, question: s
         if guard_on:
             trace = filter_and_regenerate(sample, models.guard.judge, [image], [question], rounds=cfg.rounds,
                                           blocking_level=cfg.blocking_level,
-                                          query_blocking_level=cfg.query_blocking_level)[0]
+                                          query_blocking_level=cfg.query_blocking_level,
+                                          safe_query_blocking_level=cfg.safe_query_blocking_level or None)[0]
             answer = trace.final
         else:
             answer = sample([image], [question])[0]

@@ -84,11 +84,13 @@ def level_probabilities(score: torch.Tensor, thresholds: torch.Tensor) -> torch.
     return (cum[:, :-1] - cum[:, 1:]).clamp_min(0.0)
 
 
-def decide_levels(probs: torch.Tensor, severe_cutoff: float = 0.5) -> torch.Tensor:
+def decide_levels(probs: torch.Tensor, severe_cutoff: float | torch.Tensor = 0.5) -> torch.Tensor:
     """The highest level j whose exceedance ``P(level >= j)`` passes its cut-off (0.5 for
-    minor and moderate, ``severe_cutoff`` for severe); 0 (safe) when none does."""
+    minor and moderate, ``severe_cutoff`` for severe: one number, or one per row); 0 (safe)
+    when none does."""
     exceed = probs.flip(1).cumsum(1).flip(1)[:, 1:]  # P(level >= j), j = 1..3
-    cutoffs = torch.tensor([0.5] * (exceed.shape[1] - 1) + [severe_cutoff], dtype=exceed.dtype, device=exceed.device)
+    cutoffs = torch.full_like(exceed, 0.5)
+    cutoffs[:, -1] = torch.as_tensor(severe_cutoff, dtype=exceed.dtype, device=exceed.device)
     passed = exceed > cutoffs
     ranks = torch.arange(1, exceed.shape[1] + 1, device=probs.device)
     return (passed * ranks).amax(dim=1)
@@ -141,6 +143,23 @@ def guard_examples(records: Sequence[dict[str, Any]], queries: bool = True,
     return out
 
 
+def calibrate_severe_cutoff(p_severe: Sequence[float], target_recall: float) -> float:
+    """The largest cut-off on P(level = severe) at which at least ``target_recall`` of the
+    given truly severe items are predicted severe (``p > cutoff``): a recall-first operating
+    point, chosen on held-out data."""
+    p = np.sort(np.asarray(p_severe, dtype=float))
+    if p.size == 0:
+        raise ValueError("calibrate_severe_cutoff needs at least one severe item")
+    if not 0 < target_recall <= 1:
+        raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
+    missed = int(np.floor((1 - target_recall) * p.size + 1e-9))  # items allowed below the cut-off
+    # predicted severe when p > cutoff: the cut-off sits just below the (missed)-th smallest
+    # score, one float32 step (the precision the guard compares in)
+    if missed >= p.size:
+        return float(p[-1])
+    return float(np.nextafter(np.float32(p[missed]), np.float32(-np.inf)))
+
+
 def gold_answer_level(record: dict[str, Any], i: int) -> int:
     """The noise-free level of response ``i`` from the world's gold harmlessness (the label
     a perfect guard would reproduce; the ceiling's reference)."""
@@ -156,9 +175,12 @@ class GuardModel(ScoreModel):
     category head. ``forward(batch) -> (severity score [B], category logits [B, 21])``."""
 
     def __init__(self, backbone: torch.nn.Module, processor: Any = None, head_std: float = 1e-3,
-                 kind: str = "guard", severe_cutoff: float = 0.5):
+                 kind: str = "guard", severe_cutoff: float = 0.5, query_severe_cutoff: float | None = None):
         super().__init__(backbone, processor, head_std=head_std, kind=kind)
         self.severe_cutoff = severe_cutoff
+        """Cut-off on P(severe) for answers."""
+        self.query_severe_cutoff = severe_cutoff if query_severe_cutoff is None else query_severe_cutoff
+        """Cut-off on P(severe) for queries (image + question, no answer)."""
         # θ starts at (-1, 0, 1): softplus(ρ) = 1 <=> ρ = log(e - 1)
         step = math.log(math.e - 1.0)
         param = self.head.weight
@@ -228,11 +250,12 @@ class GuardModel(ScoreModel):
         out: dict[str, list] = {"level": [], "level_probs": [], "category": [], "category_probs": []}
         for start in range(0, len(questions), batch_size):
             stop = start + batch_size
-            batch = self.encode(images[start:stop], questions[start:stop],
-                                None if responses is None else responses[start:stop])
+            chunk = [None] * len(questions[start:stop]) if responses is None else list(responses[start:stop])
+            batch = self.encode(images[start:stop], questions[start:stop], chunk)
             score, logits = self(batch)
             probs = level_probabilities(score.float(), self.thresholds.float())
-            out["level"].append(decide_levels(probs, self.severe_cutoff).cpu().numpy())
+            cutoffs = torch.tensor([self.query_severe_cutoff if r is None else self.severe_cutoff for r in chunk])
+            out["level"].append(decide_levels(probs, cutoffs).cpu().numpy())
             out["level_probs"].append(probs.cpu().numpy())
             cprobs = logits.float().softmax(-1)
             out["category"].append(cprobs.argmax(-1).cpu().numpy())
@@ -268,6 +291,7 @@ class GuardModel(ScoreModel):
                    "image.bias": self.image_head.bias.detach().cpu().contiguous()}
         save_file(tensors, str(path / GUARD_HEADS))
         config = {"levels": list(SEVERITY_LEVELS), "categories": list(LABELS), "severe_cutoff": self.severe_cutoff,
+                  "query_severe_cutoff": self.query_severe_cutoff,
                   "severity": "cumulative logit, P(level > k) = sigmoid(s - theta_k)"}
         (path / GUARD_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         return path
@@ -293,6 +317,7 @@ class GuardModel(ScoreModel):
                 model.image_head.weight.copy_(tensors["image.weight"])
                 model.image_head.bias.copy_(tensors["image.bias"])
         model.severe_cutoff = float(config.get("severe_cutoff", 0.5))
+        model.query_severe_cutoff = float(config.get("query_severe_cutoff", model.severe_cutoff))
         return model
 
 
@@ -321,4 +346,4 @@ def classification_metrics(true: Sequence[int], pred: Sequence[int], names: Sequ
 
 __all__ = ["GuardModel", "GuardExample", "LABELS", "ordinal_loss", "ordinal_targets", "level_probabilities",
            "decide_levels", "thresholds_from_raw", "query_label", "answer_label", "guard_examples",
-           "gold_answer_level", "classification_metrics"]
+           "gold_answer_level", "calibrate_severe_cutoff", "classification_metrics"]

@@ -123,17 +123,21 @@ def _judge(guard: Guard, images: list[Any], questions: list[str], responses: lis
 
 def filter_and_regenerate(generate: Generator, guard: Guard, images: Sequence[Any], questions: Sequence[str],
                           rounds: int = 5, blocking_level: str = "minor", query_blocking_level: str | None = "severe",
-                          refusal: str = SAFE_REFUSAL, initial: Sequence[str] | None = None) -> list[Trace]:
+                          refusal: str = SAFE_REFUSAL, initial: Sequence[str] | None = None,
+                          safe_query_blocking_level: str | None = None) -> list[Trace]:
     """Run the loop over a batch of prompts (generation and judging are batched per round).
 
     ``initial`` are round-0 answers already sampled (evaluation scores them as the base
     policy); they are kept in the trace even for a query the screen refuses, so that
     ``served(0)`` is always the base policy's answer. ``query_blocking_level=None``
-    switches query screening off.
+    switches query screening off. ``safe_query_blocking_level``: answers to a query the
+    screen judged *safe* are blocked only at this level (None: ``blocking_level`` for all),
+    so a benign request needs stronger evidence before its answer is thrown away.
     """
     if rounds < 0:
         raise ValueError(f"rounds must be >= 0, got {rounds}")
-    for name, level in (("blocking_level", blocking_level), ("query_blocking_level", query_blocking_level)):
+    for name, level in (("blocking_level", blocking_level), ("query_blocking_level", query_blocking_level),
+                        ("safe_query_blocking_level", safe_query_blocking_level)):
         if level is not None and level not in SEVERITY_LEVELS[1:]:
             raise ValueError(f"{name} must be one of {SEVERITY_LEVELS[1:]}, got {level!r}")
     images, questions = list(images), list(questions)
@@ -184,7 +188,10 @@ def filter_and_regenerate(generate: Generator, guard: Guard, images: Sequence[An
         blocked = []
         for i, v in zip(open_, verdicts, strict=True):
             step = traces[i].steps[-1]
-            step.verdict, step.blocked = v, v.at_least(blocking_level)
+            query = traces[i].query_verdict
+            level = (safe_query_blocking_level if safe_query_blocking_level is not None and query is not None
+                     and query.level == SEVERITY_LEVELS[0] else blocking_level)
+            step.verdict, step.blocked = v, v.at_least(level)
             if not step.blocked:
                 traces[i].final = step.response
                 traces[i].outcome = "passed" if len(traces[i].steps) == 1 else "regenerated"

@@ -43,6 +43,7 @@ from .guard import (
     LABELS,
     GuardExample,
     GuardModel,
+    calibrate_severe_cutoff,
     classification_metrics,
     gold_answer_level,
     guard_examples,
@@ -160,6 +161,23 @@ def rounds_curve(traces, prompts: list[dict[str, Any]], rounds: int, judge=None)
     return {"rounds_safety_rate": safety, "rounds_helpfulness": helpful, "rounds_helpfulness_benign": helpful_benign}
 
 
+def calibrate_answers(model: GuardModel, pairs: list[dict[str, Any]], images: ImageCache,
+                      cfg: GuardConfig) -> dict[str, Any]:
+    """Set the model's answer cut-off on P(severe) so that ``cfg.severe_recall_target`` of the
+    severe answers of ``pairs`` (held out of training) are predicted severe; what was found."""
+    examples = [e for e in guard_examples(pairs, queries=False, answers=True) if e.level == len(SEVERITY_LEVELS) - 1]
+    if not examples:
+        model.severe_cutoff = cfg.severe_cutoff
+        return {"n_pairs": len(pairs), "n_severe": 0,
+                "note": f"no severe answers among the calibration pairs: severe_cutoff {cfg.severe_cutoff} kept"}
+    pred = model.predict([images(e.record) for e in examples], [e.record["question"] for e in examples],
+                         [e.response for e in examples], cfg.eval_batch_size)
+    p_severe = pred["level_probs"][:, -1]
+    model.severe_cutoff = calibrate_severe_cutoff(p_severe, cfg.severe_recall_target)
+    return {"n_pairs": len(pairs), "n_severe": len(examples), "target_recall": cfg.severe_recall_target,
+            "cutoff": model.severe_cutoff, "recall": float((p_severe > model.severe_cutoff).mean())}
+
+
 def run_guard_stage(cfg: GuardConfig, out_dir: Path, run_dir: Path, progress: bool = True) -> dict[str, Any]:
     setup(cfg)
     data = load_data(run_dir)
@@ -175,9 +193,13 @@ def run_guard_stage(cfg: GuardConfig, out_dir: Path, run_dir: Path, progress: bo
         with torch.no_grad():
             model.head.weight.copy_(load_file(str(init / HEAD_FILE))["weight"].to(model.head.weight.dtype))
 
+    n_cal = min(cfg.calibration_pairs, len(data.train) // 10) if cfg.severe_recall_target > 0 else 0
+    train_pairs, calibration = data.train[: len(data.train) - n_cal], data.train[len(data.train) - n_cal:]
     start = time.perf_counter()
-    losses = train_guard(model, guard_examples(data.train), images, cfg, progress)
+    losses = train_guard(model, guard_examples(train_pairs), images, cfg, progress)
     train_time = time.perf_counter() - start
+    model.query_severe_cutoff = cfg.severe_cutoff
+    calibrated = calibrate_answers(model, calibration, images, cfg) if n_cal else {}
     model.save(out_dir / "model")
 
     evaluated, rows = evaluate_guard(model, data.eval, images, cfg.eval_batch_size, cfg.blocking_level)
@@ -196,6 +218,8 @@ def run_guard_stage(cfg: GuardConfig, out_dir: Path, run_dir: Path, progress: bo
         "train_loss_last": float(np.mean(losses[-20:])), "train_time_s": round(train_time, 2),
         "init": str(cfg.policy or init), "parameters": count_parameters(model),
         "trainable_parameters": count_parameters(model, trainable_only=True),
+        "answer_severe_cutoff": model.severe_cutoff, "query_severe_cutoff": model.query_severe_cutoff,
+        "calibration": calibrated,
     }
 
     # five rounds of filter-and-regenerate on the base (SFT) policy
@@ -222,6 +246,7 @@ def run_guard_stage(cfg: GuardConfig, out_dir: Path, run_dir: Path, progress: bo
             traces += filter_and_regenerate(sample, model.judge, [pics[i] for i in idx], [questions[i] for i in idx],
                                             rounds=cfg.rounds, blocking_level=cfg.blocking_level,
                                             query_blocking_level=cfg.query_blocking_level,
+                                            safe_query_blocking_level=cfg.safe_query_blocking_level or None,
                                             initial=[base[i] for i in idx])
         outcomes = Counter(t.outcome for t in traces)
         metrics.update({"n_prompts": len(prompts), "rounds": cfg.rounds,
@@ -244,4 +269,4 @@ def run_guard_stage(cfg: GuardConfig, out_dir: Path, run_dir: Path, progress: bo
     return metrics
 
 
-__all__ = ["run_guard_stage", "train_guard", "evaluate_guard", "rounds_curve", "initial_backbone"]
+__all__ = ["run_guard_stage", "train_guard", "evaluate_guard", "calibrate_answers", "rounds_curve", "initial_backbone"]

@@ -184,7 +184,7 @@ def rounds_for_level(run_dir: str | Path, blocking_level: str, n_prompts: int = 
     base = sample(pics, questions)
     traces = filter_and_regenerate(sample, guard.judge, pics, questions, rounds=cfg.rounds,
                                    blocking_level=blocking_level, query_blocking_level=cfg.query_blocking_level,
-                                   initial=base)
+                                   safe_query_blocking_level=cfg.safe_query_blocking_level or None, initial=base)
     return rounds_curve(traces, prompts, cfg.rounds)
 
 
