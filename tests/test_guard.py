@@ -62,6 +62,8 @@ def test_decide_levels_uses_the_severe_cutoff():
     assert decide_levels(probs, severe_cutoff=0.35).tolist() == [0, 1, 3, 3]
     # one cut-off per row (answers and queries in one batch)
     assert decide_levels(probs, torch.tensor([0.5, 0.05, 0.5, 0.5])).tolist() == [0, 3, 2, 3]
+    # severe needs the item to be unsafe at all: a tiny cut-off does not turn a safe item severe
+    assert decide_levels(probs, 0.01).tolist() == [0, 3, 3, 3]
 
 
 def test_calibrated_severe_cutoff_reaches_the_target_recall():
@@ -290,7 +292,6 @@ def test_smoke_guard_stage(guard_run):
     assert len(guard.category_head.weight) == len(LABELS)
     # the answer cut-off was calibrated on held-out pairs; queries keep the configured one
     cal = m["calibration"]
-    assert cal["n_pairs"] == min(GuardConfig.smoke().calibration_pairs, 900 // 10)
     if cal["n_severe"]:
         assert cal["recall"] >= GuardConfig.smoke().severe_recall_target
         assert guard.severe_cutoff == pytest.approx(cal["cutoff"]) == pytest.approx(m["answer_severe_cutoff"])

@@ -292,13 +292,11 @@ class GuardConfig(ModelStageConfig):
     below 0.5 trades some severe precision for recall. Used for queries, and for answers
     when ``severe_recall_target`` is 0."""
     severe_recall_target: float = 0.97
-    """Answers: choose the cut-off on P(severe) on held-out calibration pairs so that this
-    share of the severe answers there is predicted severe -- missing severe harm is the worst
-    error, so severe precision is traded for it (0: use ``severe_cutoff``). 0.97 on the
-    calibration pairs leaves room for sampling noise under the issue's 0.95 on eval."""
-    calibration_pairs: int = 1000
-    """Training pairs held out of guard training to calibrate the severe cut-off (at most a
-    tenth of the training split)."""
+    """Answers: choose the cut-off on P(severe) so that this share of the severe training
+    answers the guard never trained on (600 steps of 32 see about a third of them) is
+    predicted severe -- missing severe harm is the worst error, so severe precision is traded
+    for it (0: use ``severe_cutoff``). Severe still needs P(unsafe) > 0.5. 0.97 leaves room
+    for sampling noise under a 0.95 target on the eval pairs."""
     blocking_level: str = "minor"
     """Answers judged at or above this level are regenerated (and refused after the last round)."""
     query_blocking_level: str = "severe"
@@ -323,7 +321,7 @@ class GuardConfig(ModelStageConfig):
         from .data.schema import SEVERITY_LEVELS
 
         super().__post_init__()
-        self._positive("n_eval_prompts", "max_new_tokens", "calibration_pairs")
+        self._positive("n_eval_prompts", "max_new_tokens")
         self._check(isinstance(self.rounds, int) and 0 <= self.rounds <= 20, "rounds", "must be an integer in 0..20")
         self._check(isinstance(self.severe_recall_target, int | float) and 0 <= self.severe_recall_target <= 1,
                     "severe_recall_target", "must be in [0, 1] (0: no calibration)")

@@ -87,11 +87,13 @@ def level_probabilities(score: torch.Tensor, thresholds: torch.Tensor) -> torch.
 def decide_levels(probs: torch.Tensor, severe_cutoff: float | torch.Tensor = 0.5) -> torch.Tensor:
     """The highest level j whose exceedance ``P(level >= j)`` passes its cut-off (0.5 for
     minor and moderate, ``severe_cutoff`` for severe: one number, or one per row); 0 (safe)
-    when none does."""
+    when none does. Severe needs the item to be unsafe at all (``P(level >= minor) > 0.5``),
+    so a low severe cut-off turns unsafe answers severe, never safe ones."""
     exceed = probs.flip(1).cumsum(1).flip(1)[:, 1:]  # P(level >= j), j = 1..3
     cutoffs = torch.full_like(exceed, 0.5)
     cutoffs[:, -1] = torch.as_tensor(severe_cutoff, dtype=exceed.dtype, device=exceed.device)
     passed = exceed > cutoffs
+    passed[:, -1] &= passed[:, 0]
     ranks = torch.arange(1, exceed.shape[1] + 1, device=probs.device)
     return (passed * ranks).amax(dim=1)
 

@@ -45,6 +45,7 @@ from .guard import (
     GuardModel,
     calibrate_severe_cutoff,
     classification_metrics,
+    decide_levels,
     gold_answer_level,
     guard_examples,
 )
@@ -73,8 +74,10 @@ def _encode(model: GuardModel, images: ImageCache, examples) -> dict[str, torch.
 
 
 def train_guard(model: GuardModel, examples: list[GuardExample], images: ImageCache, cfg: GuardConfig,
-                progress: bool) -> list[float]:
-    """``cfg.max_steps`` AdamW steps of the ordinal + category loss; returns the losses."""
+                progress: bool, seen: set[int] | None = None) -> list[float]:
+    """``cfg.max_steps`` AdamW steps of the ordinal + category loss; returns the losses.
+    ``seen`` collects the positions in ``examples`` of those it trained on."""
+    position = {id(e): i for i, e in enumerate(examples)}
     opt, sched = optimizer_and_schedule(model, cfg, lr_multipliers={
         "head.": cfg.head_lr_multiplier, "category_head.": cfg.head_lr_multiplier,
         "image_head.": cfg.head_lr_multiplier, "raw_thresholds": cfg.head_lr_multiplier})
@@ -83,6 +86,8 @@ def train_guard(model: GuardModel, examples: list[GuardExample], images: ImageCa
     stream = batches(examples, cfg.batch_size, cfg.max_steps, cfg.seed, length=_length)
     bar = tqdm(stream, total=cfg.max_steps, desc="guard", disable=not progress)
     for step, chunk in enumerate(bar):
+        if seen is not None:
+            seen.update(position[id(e)] for e in chunk)
         levels = torch.tensor([e.level for e in chunk])
         categories = torch.tensor([e.category for e in chunk])
         image_levels = torch.tensor([e.image_level for e in chunk])
@@ -161,21 +166,22 @@ def rounds_curve(traces, prompts: list[dict[str, Any]], rounds: int, judge=None)
     return {"rounds_safety_rate": safety, "rounds_helpfulness": helpful, "rounds_helpfulness_benign": helpful_benign}
 
 
-def calibrate_answers(model: GuardModel, pairs: list[dict[str, Any]], images: ImageCache,
+def calibrate_answers(model: GuardModel, held_out: list[GuardExample], images: ImageCache,
                       cfg: GuardConfig) -> dict[str, Any]:
     """Set the model's answer cut-off on P(severe) so that ``cfg.severe_recall_target`` of the
-    severe answers of ``pairs`` (held out of training) are predicted severe; what was found."""
-    examples = [e for e in guard_examples(pairs, queries=False, answers=True) if e.level == len(SEVERITY_LEVELS) - 1]
+    severe answers among ``held_out`` (examples it did not train on) are predicted severe;
+    returns what was found."""
+    severe = len(SEVERITY_LEVELS) - 1
+    examples = [e for e in held_out if e.response is not None and e.level == severe]
     if not examples:
-        model.severe_cutoff = cfg.severe_cutoff
-        return {"n_pairs": len(pairs), "n_severe": 0,
-                "note": f"no severe answers among the calibration pairs: severe_cutoff {cfg.severe_cutoff} kept"}
+        return {"n_severe": 0, "cutoff": model.severe_cutoff,
+                "note": f"no held-out severe answers: severe_cutoff {cfg.severe_cutoff} kept"}
     pred = model.predict([images(e.record) for e in examples], [e.record["question"] for e in examples],
                          [e.response for e in examples], cfg.eval_batch_size)
     p_severe = pred["level_probs"][:, -1]
     model.severe_cutoff = calibrate_severe_cutoff(p_severe, cfg.severe_recall_target)
-    return {"n_pairs": len(pairs), "n_severe": len(examples), "target_recall": cfg.severe_recall_target,
-            "cutoff": model.severe_cutoff, "recall": float((p_severe > model.severe_cutoff).mean())}
+    return {"n_severe": len(examples), "target_recall": cfg.severe_recall_target, "cutoff": model.severe_cutoff,
+            "recall": float((p_severe > model.severe_cutoff).mean())}
 
 
 def run_guard_stage(cfg: GuardConfig, out_dir: Path, run_dir: Path, progress: bool = True) -> dict[str, Any]:
@@ -193,13 +199,14 @@ def run_guard_stage(cfg: GuardConfig, out_dir: Path, run_dir: Path, progress: bo
         with torch.no_grad():
             model.head.weight.copy_(load_file(str(init / HEAD_FILE))["weight"].to(model.head.weight.dtype))
 
-    n_cal = min(cfg.calibration_pairs, len(data.train) // 10) if cfg.severe_recall_target > 0 else 0
-    train_pairs, calibration = data.train[: len(data.train) - n_cal], data.train[len(data.train) - n_cal:]
+    examples, seen = guard_examples(data.train), set()
     start = time.perf_counter()
-    losses = train_guard(model, guard_examples(train_pairs), images, cfg, progress)
+    losses = train_guard(model, examples, images, cfg, progress, seen)
     train_time = time.perf_counter() - start
-    model.query_severe_cutoff = cfg.severe_cutoff
-    calibrated = calibrate_answers(model, calibration, images, cfg) if n_cal else {}
+    model.severe_cutoff = model.query_severe_cutoff = cfg.severe_cutoff
+    calibrated = {}
+    if cfg.severe_recall_target > 0:  # on the training answers the guard never trained on
+        calibrated = calibrate_answers(model, [e for i, e in enumerate(examples) if i not in seen], images, cfg)
     model.save(out_dir / "model")
 
     evaluated, rows = evaluate_guard(model, data.eval, images, cfg.eval_batch_size, cfg.blocking_level)
@@ -221,6 +228,12 @@ def run_guard_stage(cfg: GuardConfig, out_dir: Path, run_dir: Path, progress: bo
         "answer_severe_cutoff": model.severe_cutoff, "query_severe_cutoff": model.query_severe_cutoff,
         "calibration": calibrated,
     }
+    if calibrated.get("n_severe"):  # the same answers at the plain cut-off, for comparison
+        ans = [r for r in rows if r["mode"] == "answer"]
+        plain = decide_levels(torch.tensor([r["level_probs"] for r in ans]), cfg.severe_cutoff).numpy()
+        u = classification_metrics([SEVERITY_LEVELS.index(r["true_level"]) for r in ans], plain, SEVERITY_LEVELS)
+        metrics["at_severe_cutoff"] = {"severe_cutoff": cfg.severe_cutoff, "accuracy": u["accuracy"],
+                                       "macro_f1": u["macro_f1"], "severe_recall": u["per_level"]["severe"]["recall"]}
 
     # five rounds of filter-and-regenerate on the base (SFT) policy
     policy_path = run_dir / "sft" / "model"
