@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
+from typing import Any
 
 BENCHES: dict[str, str] = {
     "kernels": "workbench.bench.kernels",  # Triton kernels vs torch (DESIGN §9)
@@ -14,6 +16,17 @@ BENCHES: dict[str, str] = {
     "demo": "workbench.bench.demo",  # the Gradio demo: start time, 32 concurrent clients, latency percentiles
 }
 """Benchmark name -> module with ``main(argv: list[str]) -> int``."""
+
+
+def save_report(out: Path, name: str, report: dict[str, Any], text: str) -> None:
+    """Print a benchmark's markdown table and write ``<out>/<name>.json`` and ``.md`` (atomically)."""
+    from ..runs import atomic_write_json, atomic_write_text
+
+    print(text)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / f"{name}.json", report)
+    atomic_write_text(out / f"{name}.md", text)
+    print(f"saved {out / f'{name}.json'} and {out / f'{name}.md'}")
 
 
 def _usage() -> str:

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ..runs import atomic_write_json, atomic_write_text
+from . import save_report
 
 HOST = "127.0.0.1"
 #: Request kinds, in the order each client cycles through them.
@@ -216,12 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"start_time_s": start_time, "demo_args": " ".join(demo_args), "served": f"{source} {model_dir}",
               "machine": f"{os.cpu_count()} CPU cores", "smoke": args.smoke,
               "concurrency_limit": cfg.concurrency_limit, "load": load}
-    text = render_markdown(report)
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out / "demo.json", report)
-    atomic_write_text(args.out / "demo.md", text)
-    print(f"saved {args.out / 'demo.json'} and {args.out / 'demo.md'}")
+    save_report(args.out, "demo", report, render_markdown(report))
     return 1 if load["errors"] else 0
 
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import gc
-import json
 import os
 import platform
 import statistics
@@ -48,6 +47,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+
+from . import save_report
 
 DEFAULT_OUT = Path("runs/bench")
 
@@ -480,12 +481,6 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def run_bench(cfg: KernelBenchConfig, device: torch.device, mode: str) -> dict:
     """Measure every op and return the report (rows, targets, method)."""
     from workbench import kernels
@@ -568,12 +563,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     mode = "smoke" if args.smoke else "full"
     report = run_bench(preset(device.type, args.smoke), device, mode)
-    text = render_markdown(report)
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(args.out / "kernels.json", json.dumps(report, indent=2) + "\n")
-    _write_atomic(args.out / "kernels.md", text)
-    print(f"saved {args.out / 'kernels.json'} and {args.out / 'kernels.md'}")
+    save_report(args.out, "kernels", report, render_markdown(report))
     failed = [r for r in report["rows"] if r["ours"] and r["error"]]
     for r in failed:
         print(f"error: {r['op']} / {r['variant']}: {r['error']}", file=sys.stderr)

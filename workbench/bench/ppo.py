@@ -42,6 +42,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import save_report
+
 DEFAULT_OUT = Path("runs/bench")
 LAYOUTS = ("separate", "shared", "actor_only")
 TARGET_SHARED_VS_ACTOR = 2.0
@@ -311,7 +313,6 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry: measure, print the table, save ``ppo.json`` and ``ppo.md``."""
     import torch
 
-    from .kernels import _write_atomic
 
     args = _parse(list(sys.argv[1:] if argv is None else argv))
     from transformers.utils import logging as hf_logging
@@ -327,12 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu"
     mode = "smoke" if args.smoke else "full"
     report = run_bench(preset(device, args.smoke), device, args.threads, mode)
-    text = render_markdown(report)
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(args.out / "ppo.json", json.dumps(report, indent=2) + "\n")
-    _write_atomic(args.out / "ppo.md", text)
-    print(f"saved {args.out / 'ppo.json'} and {args.out / 'ppo.md'}")
+    save_report(args.out, "ppo", report, render_markdown(report))
     failed = [r for r in report["rows"] if r.get("error")]
     for r in failed:
         print(f"error: {r['layout']}: {r['error']}", file=sys.stderr)
