@@ -397,12 +397,14 @@ class PPOConfig(ModelStageConfig):
     """d: the constraint J_C <= d (official: -0.5 on its own cost scale). The world's cost
     model scores safe answers about -3.5 and unsafe ones about +4, so d = -2 asks for roughly
     four answers in five to be safe."""
-    lambda_init: float = 0.5
-    """Initial λ (official: 10); the fixed λ of ``fixed_lambda``."""
+    lambda_init: float = 1.0
+    """Initial λ (official: 10); the fixed λ of ``fixed_lambda``. With 40 steps λ has little
+    time to climb: from 0.5, two of three seeds ended above d = -2 with gold safety 0.70-0.85;
+    from 1.0 all three met the constraint (safety 0.94-0.98)."""
     lambda_lr: float = 0.1
     """SGD learning rate of log λ (official: 0.1). The step on log λ is proportional to λ, so
     a large λ moves fast: 0.1 with λ_init 1 reached λ_max = 20 within 8 steps here (hence
-    λ_init 0.5 and λ_max 5)."""
+    λ_max 5)."""
     lambda_max: float = 5.0
     """Upper bound of λ (official: 20)."""
     lambda_update_delay: int = 0
