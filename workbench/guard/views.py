@@ -45,6 +45,14 @@ def summary_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
         ("answer macro F1", answer.get("macro_f1"), answer.get("macro_f1_ceiling")),
         ("severe recall (exact level)", metrics.get("severe_recall"), metrics.get("severe_recall_ceiling")),
         ("severe answers blocked", metrics.get("severe_blocked"), None),
+        ("answer severe cut-off (recall-first)", metrics.get("answer_severe_cutoff"), None),
+    ]
+    plain = metrics.get("at_severe_cutoff")
+    if plain:  # the same answers at the plain cut-off: what the recall-first severe costs
+        rows += [(f"answer accuracy at severe cut-off {plain['severe_cutoff']:g}", plain["accuracy"], None),
+                 (f"answer macro F1 at severe cut-off {plain['severe_cutoff']:g}", plain["macro_f1"], None),
+                 (f"severe recall at severe cut-off {plain['severe_cutoff']:g}", plain["severe_recall"], None)]
+    rows += [
         ("query accuracy", query.get("accuracy"), None),
         ("query macro F1", query.get("macro_f1"), None),
         ("relative safety gain, 5 rounds", metrics.get("relative_safety_gain"), PAPER_RELATIVE_GAIN),
