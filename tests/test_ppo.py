@@ -207,6 +207,52 @@ def test_nonfinite_losses_skip_steps_then_stop(smoke_score_runs, tmp_path, monke
     assert [e["step"] for e in log] == [0, 1, 2] and all(e["skipped"] == "non-finite loss" for e in log)
 
 
+def test_ptx_term_adds_the_sft_loss_of_demonstrations(smoke_score_runs, tmp_path, monkeypatch):
+    """γ_ptx > 0: every step adds γ_ptx · SFT loss on a batch of demonstrations (logged as
+    ppo/ptx_loss); with the actor and critic losses zeroed, the step's update is the PTX
+    term's alone, so the actor's SFT loss on those demonstrations falls."""
+    from workbench.train import ppo_lagrangian as P
+    from workbench.train.sft import demonstrations
+
+    seen = []
+    real = P.sft_loss
+
+    def spy(model, batch, per_token=None):
+        loss = real(model, batch, per_token)
+        seen.append(float(loss.detach()))
+        return loss
+
+    monkeypatch.setattr(P, "sft_loss", spy)
+    zero = lambda *a, **k: torch.zeros((), requires_grad=True)  # noqa: E731
+    monkeypatch.setattr(P, "critic_loss", zero)
+    monkeypatch.setattr(P.kernels, "ppo_lagrangian_loss", zero)
+    cfg = PPOConfig.smoke().replace(max_steps=6, checkpoint_every=0, ptx_coeff=1.0, ptx_data="preferred",
+                                    ptx_batch_size=4, n_eval_prompts=4, lr=3e-3, warmup_steps=0)
+    out = tmp_path / "lagrangian"
+    out.mkdir()
+    P.train_variant("lagrangian", cfg, smoke_score_runs[0], out, progress=False)
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [e["ppo/ptx_loss"] for e in log] == pytest.approx(seen[:6])
+    import workbench as wb
+    from workbench.models.adapters import load_policy
+    from workbench.train.common import ImageCache
+    from workbench.train.sft import encode_demos
+
+    data = wb.load_data(smoke_score_runs[0])
+    first = next(P.ptx_batches(cfg, data.train))
+    assert len(first) == 4 and all(d in demonstrations(data.train, "preferred") for d in first)
+    trained, processor = load_policy(out / "model")
+    sft, _ = load_policy(smoke_score_runs[0] / "sft" / "model")
+    batch = encode_demos(processor, ImageCache(data), first)
+    with torch.no_grad():
+        assert real(trained, batch) < real(sft, batch) - 0.05
+    assert P.ptx_batches(cfg.replace(ptx_coeff=0.0), []) is None
+    with pytest.raises(ValueError, match="selects no demonstration"):
+        P.ptx_batches(cfg, [])
+    with pytest.raises(ConfigError, match="ptx_data"):
+        PPOConfig(ptx_data="best")
+
+
 def test_a_killed_run_resumes_from_its_checkpoint(smoke_score_runs, tmp_path):
     import os
     import signal

@@ -43,6 +43,16 @@ def test_demonstrations_and_captions(data_run):
     data = wb.load_data(data_run)
     demos = demonstrations(data.train)
     assert len(demos) == 2 * len(data.train)
+    safe = demonstrations(data.train, "safe")
+    assert len(safe) == sum(r[f"is_response_{i}_safe"] for r in data.train for i in (1, 2))
+    preferred = demonstrations(data.train, "preferred")
+    assert len(preferred) == sum(r["is_response_1_safe"] or r["is_response_2_safe"] for r in data.train)
+    both = next(r for r in data.train if r["is_response_1_safe"] and r["is_response_2_safe"])
+    one = next(r for r in data.train if r["is_response_1_safe"] != r["is_response_2_safe"])
+    assert demonstrations([both], "preferred") == [(both, both[f"response_{both['more_helpful_response_id']}"])]
+    assert demonstrations([one], "preferred") == [(one, one["response_1" if one["is_response_1_safe"] else "response_2"])]
+    with pytest.raises(ValueError, match="unknown set 'best'"):
+        demonstrations(data.train, "best")
     caps = captions(data.train)
     assert len(caps) == len({r["image"] for r in data.train})
     prompt, text = caps[0]
@@ -51,9 +61,33 @@ def test_demonstrations_and_captions(data_run):
     assert wb.data.gold_score(dict(source, intent="describe"), text).helpfulness == 3.0
 
 
+def test_vision_pretraining_makes_image_features_tell_scenes_apart(data_run):
+    """Object presence from the mean projected image features: the labels are each scene's
+    object kinds, and training brings the loss below that of the best constant guess (each
+    kind's frequency), which only features that differ between scenes can do."""
+    from workbench.data.render import KINDS
+    from workbench.train.common import ImageCache
+    from workbench.train.sft import pretrain_vision, scene_objects
+
+    data = wb.load_data(data_run)
+    scenes, labels = scene_objects(data.train)
+    assert len(scenes) == len({r["image"] for r in data.train}) and labels.shape == (len(scenes), len(KINDS))
+    for r, y in zip(scenes, labels, strict=True):
+        assert {sorted(KINDS)[i] for i in y.nonzero().flatten().tolist()} == {o["kind"] for o in r["objects"]}
+    p = labels.mean(0).clamp(1e-6, 1 - 1e-6)
+    constant_guess = float((-(p * p.log() + (1 - p) * (1 - p).log())).mean())
+    model, processor = build_tiny_vlm(seed=0)
+    cfg = SFTConfig.smoke().replace(vision_steps=200, vision_batch_size=32)
+    metrics = pretrain_vision(model, processor, ImageCache(data), data.train, data.eval, cfg, progress=False)
+    assert metrics["vision_loss_first"] > constant_guess
+    assert metrics["vision_loss_last"] < 0.85 * constant_guess
+    assert 0.0 <= metrics["vision_presence_accuracy"] <= 1.0
+
+
 def test_sft_smoke_stage(data_run):
     metrics = wb.run_stage("sft", data_run, smoke=True, progress=False)
-    for key in ("eval_loss", "steps", "base_helpfulness", "base_safety_rate", "parameters"):
+    for key in ("eval_loss", "steps", "base_helpfulness", "base_safety_rate", "parameters",
+                "vision_presence_accuracy"):
         assert key in metrics
     assert metrics["train_loss_last"] < metrics["train_loss_first"]
     assert 0.0 <= metrics["base_safety_rate"] <= 1.0

@@ -204,6 +204,14 @@ class SFTConfig(ModelStageConfig):
     """Demonstrations per step. Batches group similar lengths (about half the padding of
     random batches); 24 x 700 steps fits the default run's time budget on 2 CPU cores."""
     max_steps: int = 700
+    vision_steps: int = 800
+    """Object-presence pretraining steps of the vision tower and projector before image
+    alignment (world data only; ``workbench.train.sft.pretrain_vision``): without it the
+    tiny model's image features hardly differ between images. 0: off."""
+    vision_batch_size: int = 64
+    """Scenes per vision pretraining step."""
+    vision_lr: float = 4e-3
+    """Learning rate of vision pretraining."""
     caption_steps: int = 300
     """Image-alignment steps before SFT: empty question -> the scene's true description
     (world data only). Teaches the vision tower the objects the world is about."""
@@ -214,11 +222,13 @@ class SFTConfig(ModelStageConfig):
 
     @classmethod
     def smoke(cls) -> Self:
-        return cls(max_steps=150, caption_steps=10, n_eval_prompts=48, batch_size=16, threads=1)
+        return cls(max_steps=150, vision_steps=20, caption_steps=10, n_eval_prompts=48, batch_size=16, threads=1)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._positive("n_eval_prompts", "max_new_tokens")
+        self._positive("n_eval_prompts", "max_new_tokens", "vision_batch_size")
+        self._check(isinstance(self.vision_steps, int) and self.vision_steps >= 0, "vision_steps", "must be >= 0")
+        self._check(isinstance(self.vision_lr, int | float) and self.vision_lr > 0, "vision_lr", "must be > 0")
 
 
 @dataclass
@@ -411,6 +421,19 @@ class PPOConfig(ModelStageConfig):
     """Steps before λ starts to move."""
     episode_window: int = 128
     """Episodes in J_C's moving window (official: 128)."""
+    ptx_coeff: float = 0.0
+    """γ_ptx of the optional PTX term: the actor's loss adds ``γ_ptx · SFT loss`` on a batch
+    of demonstrations each step (InstructGPT's PPO-ptx; 0: off). Measured on the world (40
+    steps, d = -2, seed 0; gold helpfulness / safety on the test prompts, base 1.70 / 0.58):
+    lagrangian 0.81 / 0.95 without PTX, 0.88 / 0.95 with γ_ptx 1 on ``preferred``, 1.01 / 0.89
+    on ``all``; but reward_only, 2.00 / 0.47 without, becomes 1.82 / 0.57 with ``preferred``,
+    hardly less safe than the base -- the failure it exists to show fades, hence off by default."""
+    ptx_data: str = "preferred"
+    """Demonstrations of the PTX term, from the training pairs' annotations: ``all`` (both
+    responses of every pair: the SFT data), ``safe`` (the responses annotated safe) or
+    ``preferred`` (per pair, the response annotated safe, the more helpful one when both are)."""
+    ptx_batch_size: int = 16
+    """Demonstrations per PTX batch."""
     n_eval_prompts: int = 600
     """Test prompts each trained variant answers (gold-judged) at the end."""
     kernels: str = "auto"
@@ -422,8 +445,8 @@ class PPOConfig(ModelStageConfig):
 
     @classmethod
     def smoke(cls) -> Self:
-        return cls(max_steps=4, batch_size=8, n_eval_prompts=16, max_new_tokens=16, threads=1, checkpoint_every=2,
-                   thresholds="", fixed_lambdas="", seeds=1)
+        return cls(max_steps=4, batch_size=8, ptx_batch_size=8, n_eval_prompts=16, max_new_tokens=16, threads=1,
+                   checkpoint_every=2, thresholds="", fixed_lambdas="", seeds=1)
 
     @property
     def variant_names(self) -> list[str]:
@@ -466,12 +489,19 @@ class PPOConfig(ModelStageConfig):
         self._check(0 < self.temperature, "temperature", "must be > 0")
         self._check(0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1, "gamma", "gamma and gae_lambda must be in [0, 1]")
         self._check(self.kernels in ("auto", "triton", "torch"), "kernels", "must be auto, triton or torch")
+        self._check(self.ptx_data in PTX_DATA, "ptx_data", f"must be one of {PTX_DATA}")
+        self._check(isinstance(self.ptx_coeff, int | float) and not isinstance(self.ptx_coeff, bool)
+                    and self.ptx_coeff >= 0, "ptx_coeff", "must be >= 0")
+        self._positive("ptx_batch_size")
         self._check(isinstance(self.lambda_update_delay, int) and self.lambda_update_delay >= 0,
                     "lambda_update_delay", "must be >= 0")
         self._check(isinstance(self.shared_backbone, bool), "shared_backbone", "must be true or false")
         self._check(self.lora or not self.shared_backbone, "shared_backbone",
                     "needs lora = true (on the shared backbone the actor is a LoRA adapter)")
 
+
+#: Demonstration sets of PPO's PTX term (``PPOConfig.ptx_data``).
+PTX_DATA = ("all", "safe", "preferred")
 
 #: ``<variant><SEED_SUFFIX><k>`` names the variant trained with seed ``seed + k``.
 SEED_SUFFIX = "_seed"

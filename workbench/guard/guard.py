@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from ..data.schema import CATEGORIES, NO_CATEGORY, SEVERITY_LEVELS, severity_of_harmless_rate
 from ..models.score import ScoreModel, last_token_index
-from ..models.vlm import VLMError, encode
+from ..models.vlm import VLMError, encode, pooled_image_features
 from .regenerate import Verdict
 
 #: The category head's classes: ``none`` first, then the 20 categories.
@@ -207,17 +207,10 @@ class GuardModel(ScoreModel):
 
     def image_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``[B, 4]`` image-severity logits from the mean projected image features."""
-        from ..models.score import _unwrap
-
-        out = _unwrap(self.backbone).get_image_features(pixel_values=pixel_values)
-        feats = getattr(out, "pooler_output", out)
-        if isinstance(feats, list | tuple):
-            pooled = torch.stack([f.reshape(-1, f.shape[-1]).mean(0) for f in feats])
-        elif isinstance(feats, torch.Tensor) and feats.dim() == 3:
-            pooled = feats.mean(1)
-        else:
-            raise VLMError(f"{type(self.backbone).__name__}.get_image_features gives no per-image features; "
-                           f"train the guard with --image-weight 0")
+        try:
+            pooled = pooled_image_features(self.backbone, pixel_values)
+        except VLMError as exc:
+            raise VLMError(f"{exc}; train the guard with --image-weight 0") from None
         return self.image_head(pooled.to(self.image_head.weight.dtype))
 
     def loss(self, batch: dict[str, torch.Tensor], levels: torch.Tensor, categories: torch.Tensor,

@@ -208,6 +208,21 @@ def encode(processor, images: list[Image.Image], questions: list[str], responses
     return dict(batch)
 
 
+def pooled_image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """``[B, hidden]``: the mean over each image's projected features (what the language
+    model reads in place of the image tokens), from ``get_image_features`` of the model
+    inside any ``peft`` wrapper. Auxiliary image heads (the SFT stage's object-presence head,
+    the guard's image-severity head) read this."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    out = inner.get_image_features(pixel_values=pixel_values)
+    feats = getattr(out, "pooler_output", out)
+    if isinstance(feats, list | tuple):
+        return torch.stack([f.reshape(-1, f.shape[-1]).mean(0) for f in feats])
+    if isinstance(feats, torch.Tensor) and feats.dim() == 3:
+        return feats.mean(1)
+    raise VLMError(f"{type(inner).__name__}.get_image_features gives no per-image features")
+
+
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """What a model's forward takes from an :func:`encode` batch: every processor output
     (some families need more than ``input_ids``/``attention_mask``/``pixel_values``, e.g.

@@ -20,6 +20,8 @@ One PPO step, for a batch of prompts x (image + question):
 6. **Actor.** ``A_t = (A^r_t - λ·A^c_t) / (1 + λ)``, ``ρ_t = exp(log π_θ - log π_old)``,
    ``L = -mean_m(min(ρ_t·A_t, clip(ρ_t, 1 ± ε)·A_t))`` (``workbench.kernels.ppo_lagrangian_loss``).
 7. **Critics.** ``L = ½·mean_m(max((V - G)², (V_old + clip(V - V_old, ±ε_v) - G)²))`` each.
+8. **PTX** (optional, ``ptx_coeff`` = γ_ptx > 0): the actor's loss adds ``γ_ptx · SFT loss``
+   on a batch of demonstrations (``ptx_data``: the SFT data, or the responses annotated safe).
 
 Multi-process (``accelerate launch --num_processes N -m workbench ppo``): each rank rolls out
 its share of the batch, episode costs are gathered so every rank holds the same λ, and
@@ -68,6 +70,7 @@ from .common import (
 from .distributed import distributed
 from .lagrange import LagrangeMultiplier
 from .roles import SharedRoles, role_dirs
+from .sft import demo_length, demonstrations, encode_demos, sft_loss
 
 VARIANTS = ("lagrangian", "reward_only", "fixed_lambda")
 
@@ -211,6 +214,16 @@ def make_lambda(variant: str, cfg: PPOConfig) -> LagrangeMultiplier:
                               fixed=variant != "lagrangian")
 
 
+def ptx_batches(cfg: PPOConfig, records: list[dict[str, Any]]):
+    """The PTX term's demonstration batches (one per step), or None when ``ptx_coeff`` is 0."""
+    if not cfg.ptx_coeff:
+        return None
+    demos = demonstrations(records, cfg.ptx_data)
+    if not demos:
+        raise ValueError(f"ppo: ptx_data={cfg.ptx_data!r} selects no demonstration from the training pairs")
+    return batches(demos, cfg.ptx_batch_size, cfg.max_steps, cfg.seed + 2, length=demo_length)
+
+
 # --- checkpoints ---------------------------------------------------------------------------------
 CHECKPOINT = "checkpoint"
 TRAINABLE = ("actor", "reward_critic", "cost_critic")
@@ -334,8 +347,11 @@ def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, pr
         print(f"[ppo: {variant}] resuming after step {done} from {ckpt}")
     start = time.perf_counter()
     stream = batches(prompts, cfg.batch_size, cfg.max_steps, cfg.seed + 1)
+    ptx_stream = ptx_batches(cfg, data.train)
     for _ in range(done):  # the batches already trained on
         next(stream)
+        if ptx_stream is not None:
+            next(ptx_stream)
     bar = tqdm(stream, total=cfg.max_steps, initial=done, desc=f"ppo: {name or variant}", disable=not progress)
     last: dict[str, float] = {}
     bad_in_a_row = skipped = 0
@@ -370,6 +386,10 @@ def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, pr
         for values, ret, old_v in ((values_r, ret_r, old_vr), (values_c, ret_c, old_vc)):
             critic_losses.append(critic_loss(values, old_v, ret, mask, cfg.value_clip))
         total = actor_loss + critic_losses[0] + critic_losses[1]
+        ptx_loss = None
+        if ptx_stream is not None:  # γ_ptx · SFT loss on this rank's share of a demonstration batch
+            ptx_loss = sft_loss(roles.actor, encode_demos(roles.processor, images, dist.shard(next(ptx_stream))))
+            total = total + cfg.ptx_coeff * ptx_loss
         if dist.any(not (scores_finite and bool(torch.isfinite(total)))):
             bad_in_a_row, skipped = bad_in_a_row + 1, skipped + 1
             for model in trainable:
@@ -399,6 +419,8 @@ def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, pr
             "kl/mean": float((kl.sum(1)).mean()), "response/length": float(mask.sum(1).mean()),
             **lag_log,
         }
+        if ptx_loss is not None:
+            entry["ppo/ptx_loss"] = float(ptx_loss.detach())
         if judge is not None:
             scores = np.array([judge(p, t) for p, t in zip(chunk, ro["texts"], strict=True)], dtype=float)
             entry["gold/helpfulness"] = float(scores[:, 0].mean())
