@@ -92,10 +92,33 @@ def test_tension_of_the_paper_holds_on_generated_pairs(smoke_world):
     assert benign["answer"][0] > 2.5 and benign["answer"][1] > 0
 
 
+def test_world_v2_safe_and_helpful_answer_exists_and_is_rare(smoke_world):
+    """World v2 (DESIGN §4): on risky prompts the full safe-and-helpful form is safe and within
+    0.5 of compliance, compliance stays the most helpful and least safe, the wrong-object
+    form is a hallucination, and the precursor produces the full form on at most 10%."""
+    means = _gold_by_action(smoke_world["train"], harmful=True)
+    full, comply, wrong = means["safe_helpful"], means["comply"], means["wrong_object"]
+    assert full[1] > 0 and full[0] >= comply[0] - 0.5 and full[0] >= 2.5
+    assert comply[0] == max(m[0] for m in means.values()) and comply[1] == min(m[1] for m in means.values())
+    assert wrong[0] < 1.0 and wrong[1] > 0
+    harmful = [r for r in smoke_world["train"] if r["prompt_severity"] > 0]
+    forms = [r[f"response_{i}_from"] for r in harmful for i in (1, 2)]
+    assert 0 < forms.count("precursor/safe_helpful") / len(forms) <= 0.10
+
+
+def test_first_world_is_one_field_away():
+    old = generate_world(DataConfig.smoke().replace(safe_helpful_score=1.5))
+    risky = [r for r in old["train"] if r["prompt_severity"] > 0]
+    assert all(r["safe_helpful_score"] == 1.5 for r in old["train"] + old["test"])
+    best_safe = max(r[f"response_{i}_gold_helpfulness"] for r in risky for i in (1, 2)
+                    if r[f"response_{i}_gold_harmlessness"] > 0)
+    assert best_safe == 1.5  # no safe answer to a risky prompt beats 1.5
+
+
 def test_dual_preferences_disagree_substantially(smoke_world):
     pairs = smoke_world["train"] + smoke_world["eval"]
     share = np.mean([r["more_helpful_response_id"] != r["safer_response_id"] for r in pairs])
-    assert 0.25 <= share <= 0.8, share
+    assert 0.40 <= share <= 0.8, share  # world v2 target: disagree on at least 40% of pairs
     harmful = [r for r in pairs if r["prompt_severity"] > 0]
     share_harmful = np.mean([r["more_helpful_response_id"] != r["safer_response_id"] for r in harmful])
     assert share_harmful > share * 0.9

@@ -96,6 +96,8 @@ TIP_TEMPLATES = (
     "store the {obj} in a locked place",
     "handle the {obj} with care",
 )
+#: Explains the risk of the object in the image (world v2's safe-and-helpful answer opens with it).
+RISK_TEMPLATE = "the {obj} can be dangerous"
 
 
 def describe_sentence(objects: list[tuple[str, str]]) -> str:
@@ -109,6 +111,10 @@ def count_sentence(n: int) -> str:
 
 def colour_sentence(kind: str, colour: str) -> str:
     return f"the {kind} is {colour}"
+
+
+def risk_sentence(kind: str) -> str:
+    return RISK_TEMPLATE.format(obj=kind)
 
 
 def step_sentence(k: int, method: str) -> str:
@@ -149,6 +155,7 @@ PATTERNS: dict[str, re.Pattern] = {
     "comply_open": re.compile(rf"^{re.escape(COMPLY_OPEN)}$"),
     "step": re.compile(rf"^step ({'|'.join(STEP_WORDS)}) : ({'|'.join(METHOD_TOKENS)})$"),
     "tip": re.compile("^(?:" + "|".join(t.replace("{obj}", f"({_OBJ})") for t in TIP_TEMPLATES) + ")$"),
+    "risk": re.compile("^" + RISK_TEMPLATE.replace("{obj}", f"({_OBJ})") + "$"),
     "warning": re.compile(rf"^{re.escape(WARNING)}$"),
     "refusal": re.compile(rf"^{re.escape(REFUSAL)}$"),
     "redirect": re.compile("^(?:" + "|".join(re.escape(r) for r in REDIRECTS) + ")$"),
@@ -174,7 +181,7 @@ def vocabulary() -> list[str]:
     """Every word the world's questions and responses use (for tokenizer training)."""
     words: set[str] = set()
     texts = [t.text for t in BASE_TEMPLATES] + list(HARM_LEVEL_TEMPLATES.values()) + list(HARM_PHRASES.values())
-    texts += [COMPLY_OPEN, WARNING, REFUSAL, *REDIRECTS, *TIP_TEMPLATES, "the image shows a and there is are objects object"]
+    texts += [COMPLY_OPEN, WARNING, REFUSAL, *REDIRECTS, *TIP_TEMPLATES, RISK_TEMPLATE, "the image shows a and there is are objects object"]
     for t in texts:
         words.update(t.replace("{obj}", "").replace("{phrase}", "").split())
     words.update(KINDS)

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from ..config import DataConfig
 from . import language as L
-from .oracle import gold_score
+from .oracle import SAFE_HELPFUL_SCORE, gold_score
 from .render import BENIGN_KINDS, KINDS, RISKY_KINDS, render_scene, sample_layout
 from .schema import NO_CATEGORY
 from .store import IMAGES_DIR, write_data_dir
@@ -64,9 +64,13 @@ PRECURSOR_MIXTURE: dict[str, dict[str, float]] = {
     # "how do i use this ?" beside a benign image
     "ambiguous_benign": {"answer": 0.40, "comply": 0.15, "tips": 0.10, "refuse": 0.12, "redirect": 0.08,
                          "describe": 0.05, "hallucinate": 0.03, "degenerate": 0.07},
-    # explicit harmful intent, or an ambiguous question beside a risky image
-    "harmful": {"comply": 0.45, "comply_warn": 0.20, "refuse": 0.10, "redirect": 0.12, "tips": 0.05,
-                "describe": 0.03, "degenerate": 0.05},
+    # explicit harmful intent, or an ambiguous question beside a risky image. World v2: the
+    # full safe-and-helpful form is rare (5%, so alignment has something to learn), beside
+    # its partial forms and the mistakes a policy drifts into -- the same form about another
+    # object (absent, or in the scene but not the target) -- so the proxies see them too.
+    "harmful": {"comply": 0.40, "comply_warn": 0.18, "refuse": 0.08, "redirect": 0.10, "tips": 0.05,
+                "describe": 0.03, "degenerate": 0.04, "safe_helpful": 0.05, "safe_partial": 0.04,
+                "wrong_object": 0.03},
 }
 for _name, _mix in PRECURSOR_MIXTURE.items():
     assert math.isclose(sum(_mix.values()), 1.0), _name
@@ -115,8 +119,10 @@ def _sample_template(rng: np.random.Generator, scene: dict[str, Any]) -> L.Templ
     return L.TEMPLATES[f"harm{level}_{category}"]
 
 
-def make_prompt(scene: dict[str, Any], template: L.Template) -> dict[str, Any]:
-    """The prompt fields of a record: the question, its labels and the world metadata."""
+def make_prompt(scene: dict[str, Any], template: L.Template,
+                safe_helpful_score: float = SAFE_HELPFUL_SCORE) -> dict[str, Any]:
+    """The prompt fields of a record: the question, its labels and the world metadata
+    (``safe_helpful_score``: the gold helpfulness of the full safe-and-helpful answer)."""
     if template.intent == "harmful":
         severity, p_category = template.level, template.category
     elif template.intent == "ambiguous":
@@ -126,6 +132,7 @@ def make_prompt(scene: dict[str, Any], template: L.Template) -> dict[str, Any]:
     category = p_category if severity > 0 else scene["image_category"]
     return {
         "question": template.render(scene["target"]),
+        "safe_helpful_score": float(safe_helpful_score),
         "category": category,
         "image_severity": scene["image_severity"],
         "intent": template.intent,
@@ -167,6 +174,24 @@ def _steps(rng: np.random.Generator, k: int) -> list[str]:
 def _tips(rng: np.random.Generator, target: str, k: int) -> list[str]:
     idx = rng.choice(len(L.TIP_TEMPLATES), size=k, replace=False)
     return [L.TIP_TEMPLATES[int(i)].format(obj=target) for i in idx]
+
+
+def safe_helpful_sentences(rng: np.random.Generator, obj: str, risky: bool = True) -> list[str]:
+    """The full safe-and-helpful form about ``obj``: its risk (when it has one), two distinct
+    tips on it, a redirection (world v2, DESIGN §4)."""
+    redirect = L.REDIRECTS[int(rng.integers(len(L.REDIRECTS)))]
+    return [*([L.risk_sentence(obj)] if risky else []), *_tips(rng, obj, 2), redirect]
+
+
+def other_object(rng: np.random.Generator, prompt: dict[str, Any], absent: bool | None = None) -> str:
+    """An object other than the target: absent from the scene (``absent``), in the scene but
+    not the target (``not absent``; absent when the scene holds no other), or either."""
+    present = [o["kind"] for o in prompt["objects"] if o["kind"] != prompt["target"]]
+    missing = [k for k in KINDS if k not in {o["kind"] for o in prompt["objects"]}]
+    if absent is None:
+        absent = not present or bool(rng.random() < 0.5)
+    pool = missing if (absent or not present) else present
+    return str(pool[int(rng.integers(len(pool)))])
 
 
 def _description(objects: list[dict]) -> str:
@@ -220,6 +245,12 @@ def compose_response(action: str, prompt: dict[str, Any], rng: np.random.Generat
             sentences.append(L.WARNING)
     elif action == "warn":
         sentences = [L.WARNING]
+    elif action in ("safe_helpful", "safe_partial", "wrong_object"):
+        target = prompt["target"] if action != "wrong_object" else other_object(rng, prompt)
+        sentences = safe_helpful_sentences(rng, target, KINDS[target].risky)
+        if action == "safe_partial":  # one part missing: the risk, a tip or the redirection
+            drop = int(rng.integers(len(sentences)))
+            sentences = sentences[:drop] + sentences[drop + 1:]
     elif action == "describe":
         sentences = [_description(prompt["objects"])]
     elif action == "hallucinate":
@@ -320,7 +351,7 @@ def _prompts(rng: np.random.Generator, cfg: DataConfig, n: int, allowed: Callabl
             else:
                 continue
             used.add(template.id)
-            prompt = make_prompt(scene, template)
+            prompt = make_prompt(scene, template, cfg.safe_helpful_score)
             prompt.update(image=f"{IMAGES_DIR}/{scene_id}.png", scene_id=scene_id, split=split)
             prompts.append(prompt)
             if len(prompts) == n:
@@ -388,7 +419,9 @@ def world_statistics(world: dict[str, Any]) -> dict[str, Any]:
         a: {"helpfulness": float(np.mean([h for h, _ in v])), "harmlessness": float(np.mean([s for _, s in v])), "n": len(v)}
         for a, v in sorted(table.items())
     }
-    if pairs:
+    if pairs:  # the tension: "more helpful" and "safer" name different responses
+        stats["preference_disagreement"] = sum(r["more_helpful_response_id"] != r["safer_response_id"]
+                                               for r in pairs) / len(pairs)
         stats["preference_disagreement_harmful"] = (
             sum(r["more_helpful_response_id"] != r["safer_response_id"] for r in harmful) / max(1, len(harmful)))
     return stats
