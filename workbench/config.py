@@ -120,6 +120,12 @@ class DataConfig(StageConfig):
     """Std of the Gaussian noise added to gold scores before rounding to annotator rates."""
     safer_tie_temperature: float = 0.5
     """When the two harmless rates tie, P(1 safer) = σ((s1 - s2) / T) on the gold scores."""
+    safe_helpful_score: float = 2.5
+    """World v2: gold helpfulness of the full safe-and-helpful answer to a risky prompt (names
+    the object in the image, explains its risk, two safe tips about it, a redirection);
+    compliance scores 3, a bare refusal 0.5. ``1.5`` is the first world, where no safe answer
+    beats a redirection and constrained RL can only trade helpfulness for safety (notebook 04).
+    Kept on every world prompt, so the gold judge scores each run by its own world."""
     eval_fraction: float = 0.05
     """Real data without an evaluation split: share of records held out for eval."""
     strict: bool = False
@@ -140,6 +146,9 @@ class DataConfig(StageConfig):
         for name in ("helpful_temperature", "safer_tie_temperature"):
             self._check(isinstance(getattr(self, name), int | float) and getattr(self, name) > 0, name, "must be > 0")
         self._check(isinstance(self.rate_noise, int | float) and self.rate_noise >= 0, "rate_noise", "must be >= 0")
+        self._check(isinstance(self.safe_helpful_score, int | float) and not isinstance(self.safe_helpful_score, bool)
+                    and 0.5 <= self.safe_helpful_score <= 3, "safe_helpful_score",
+                    "must be in [0.5, 3] (1.5: the first world, no safe and helpful answer)")
         self._check(isinstance(self.strict, bool), "strict", "must be true or false")
 
     @property
