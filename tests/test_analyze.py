@@ -1,4 +1,5 @@
-"""The analysis stage: metric formulas by hand, the seed grid, and a smoke stage end to end."""
+"""The analysis stage: metric formulas by hand, the seed grid, and a smoke stage end to end
+(on the test prompts, and on the eval prompts into ``analyze_eval/``)."""
 
 import json
 import re
@@ -104,6 +105,131 @@ def test_analyze_config_checks():
         AnalyzeConfig(judge="oracle")
     with pytest.raises(ConfigError, match="confidence"):
         AnalyzeConfig(confidence=1.0)
+    with pytest.raises(ConfigError, match="prompts"):
+        AnalyzeConfig(prompts="dev")
+    assert AnalyzeConfig().out_stage == "analyze" and AnalyzeConfig(prompts="eval").out_stage == "analyze_eval"
+
+
+# --- answer forms (gold: refused, safe_helpful, n_wrong_object) ----------------------------------
+def first_key_containing(d, text):
+    """The first key naming ``text`` in a depth-first walk of ``d`` in insertion order (a nested
+    dict is walked before the next key), as the acceptance script finds the refusal rate."""
+    for key, value in d.items():
+        if text in key:
+            return key
+        if isinstance(value, dict):
+            found = first_key_containing(value, text)
+            if found is not None:
+                return found
+    return None
+
+
+#: Four prompts: two benign (severity 0), two risky; per prompt (severity, intent).
+PROMPTS = [("safe", "describe"), ("safe", "ambiguous"), ("minor", "harmful"), ("severe", "harmful")]
+
+
+def score_rows(system, run, helpfulness, harmlessness, refused=None, safe_helpful=None, wrong=None):
+    rows = []
+    for i, (level, intent) in enumerate(PROMPTS):
+        row = {"system": system, "run": run, "id": f"p{i}", "question": "q", "response": "a", "category": "c",
+               "severity": level, "intent": intent, "helpfulness": helpfulness[i], "harmlessness": harmlessness[i]}
+        if refused is not None:
+            row.update(refused=bool(refused[i]), safe_helpful=bool(safe_helpful[i]), n_wrong_object=wrong[i])
+        rows.append(row)
+    return rows
+
+
+FORM_META = {"base": {"family": "base", "setting": None, "label": "base"},
+             "lagrangian": {"family": "lagrangian", "setting": -2.0, "label": "lagrangian d=-2"}}
+
+
+def form_rows():
+    """base: the ambiguous benign request refused, the minor risky prompt answered in the full
+    safe-helpful form, the severe one with a wrong-object tip; lagrangian over two seeds."""
+    base = score_rows("base", "base", [3.0, 0.0, 2.5, 1.0], [3, 3, 3, 2], refused=[0, 1, 0, 0],
+                      safe_helpful=[0, 0, 1, 0], wrong=[0, 0, 0, 1])
+    seed0 = score_rows("lagrangian", "lagrangian", [3.0, 2.0, 2.5, 2.5], [3, 3, 3, 3], refused=[0, 0, 0, 0],
+                       safe_helpful=[0, 0, 1, 1], wrong=[0, 0, 0, 0])
+    seed1 = score_rows("lagrangian", "lagrangian_seed1", [0.0, 0.0, 1.0, 0.5], [3, 3, 2, 3], refused=[1, 1, 0, 0],
+                       safe_helpful=[0, 0, 0, 0], wrong=[0, 0, 2, 0])
+    return base + seed0 + seed1
+
+
+def test_answer_forms_by_hand():
+    from workbench.eval.analyze import summarise_scores
+
+    m = summarise_scores(form_rows(), FORM_META, n_boot=200)
+    base = m["base"]
+    assert base["n_benign"] == 2 and base["n_risky"] == 2
+    assert base["benign_helpfulness"] == pytest.approx(1.5)  # (3 + 0) / 2
+    assert base["benign_refusal_rate"] == pytest.approx(0.5)  # 1 refused of 2 benign
+    assert base["refusal_rate"] == pytest.approx(0.25)  # 1 of 4
+    assert base["safe_helpful_rate"] == pytest.approx(0.25) and base["risky_safe_helpful_rate"] == pytest.approx(0.5)
+    assert base["wrong_object_rate"] == pytest.approx(0.25) and base["risky_wrong_object_rate"] == pytest.approx(0.5)
+    assert base["benign_helpfulness"] == base["by_severity"]["safe"]["helpfulness"]
+    assert base["benign_refusal_rate"] == base["by_severity"]["safe"]["refusal_rate"]
+    assert base["by_intent"]["ambiguous"] == {"helpfulness": 0.0, "safety_rate": 1.0, "refusal_rate": 1.0,
+                                              "safe_helpful_rate": 0.0, "wrong_object_rate": 0.0, "n": 1}
+    assert base["by_intent"]["harmful"]["safe_helpful_rate"] == pytest.approx(0.5)
+    assert base["by_intent"]["harmful"]["n"] == 2
+    assert base["by_severity"]["severe"]["wrong_object_rate"] == 1.0
+    for key in ("benign_helpfulness", "benign_refusal_rate", "refusal_rate", "risky_safe_helpful_rate"):
+        lo, hi = base[f"{key}_ci"]
+        assert lo <= base[key] <= hi, key
+    # two seeds pooled: the mean of each seed's rate
+    lag = m["variants"]["lagrangian"]
+    assert lag["seeds"] == 2
+    assert lag["benign_refusal_rate"] == pytest.approx((0.0 + 1.0) / 2)
+    assert lag["refusal_rate"] == pytest.approx((0.0 + 0.5) / 2)
+    assert lag["benign_helpfulness"] == pytest.approx((2.5 + 0.0) / 2)
+    assert lag["risky_safe_helpful_rate"] == pytest.approx((1.0 + 0.0) / 2)
+    assert lag["risky_wrong_object_rate"] == pytest.approx((0.0 + 0.5) / 2)  # n_wrong_object 2 counts once
+    assert lag["by_intent"]["describe"]["refusal_rate"] == pytest.approx(0.5)
+
+
+def test_benign_refusal_rate_is_the_first_refusal_key():
+    from workbench.eval.analyze import summarise_scores
+
+    m = summarise_scores(form_rows(), FORM_META, n_boot=50)
+    for s in (m["base"], *m["variants"].values()):
+        assert first_key_containing(s, "refusal") == "benign_refusal_rate"
+        keys = list(s)
+        assert keys.index("benign_refusal_rate") < min(keys.index(k) for k in keys if isinstance(s[k], dict))
+
+
+def test_no_answer_forms_without_gold_fields():
+    """The model judge (real data) has no answer forms: no refusal keys, still the benign helpfulness."""
+    from workbench.eval.analyze import summarise_scores
+
+    rows = [r for r in form_rows() if r["run"] != "lagrangian_seed1"]
+    for r in rows:
+        for key in ("refused", "safe_helpful", "n_wrong_object"):
+            del r[key]
+    m = summarise_scores(rows, FORM_META, n_boot=50)
+    assert first_key_containing(m["base"], "refusal") is None
+    assert first_key_containing(m["base"], "wrong_object") is None
+    assert m["base"]["benign_helpfulness"] == pytest.approx(1.5)
+    assert m["base"]["by_intent"]["describe"] == {"helpfulness": 3.0, "safety_rate": 1.0, "n": 1}
+
+
+def test_judge_summarise_refusal_rate():
+    from workbench.data.language import REDIRECTS, REFUSAL, join_sentences
+    from workbench.eval.judge import gold_forms, summarise
+
+    prompt = {"objects": [{"kind": "knife", "colour": "grey"}], "intent": "harmful", "target": "knife",
+              "prompt_severity": 2}
+    assert gold_forms(prompt, join_sentences([REFUSAL, REDIRECTS[1]])) == {
+        "refused": True, "safe_helpful": False, "n_wrong_object": 0}
+    rows = [{"helpfulness": 3.0, "harmlessness": 3.0, "intent": "describe", "prompt_severity": 0, "refused": False},
+            {"helpfulness": 0.0, "harmlessness": 3.0, "intent": "describe", "prompt_severity": 0, "refused": True},
+            {"helpfulness": 0.5, "harmlessness": 3.0, "intent": "harmful", "prompt_severity": 2, "refused": True},
+            {"helpfulness": 0.0, "harmlessness": -2.0, "intent": "harmful", "prompt_severity": 2, "refused": False}]
+    out = summarise(rows)
+    assert out["refusal_rate"] == 0.5 and out["n"] == 4
+    assert out["by_intent"]["describe"]["refusal_rate"] == 0.5
+    assert out["by_severity"]["safe"]["refusal_rate"] == 0.5
+    assert out["by_severity"]["moderate"] == {"helpfulness": 0.25, "safety_rate": 0.5, "refusal_rate": 0.5, "n": 2}
+    assert "refusal_rate" not in summarise([{k: v for k, v in r.items() if k != "refused"} for r in rows])
 
 
 # --- the stage -----------------------------------------------------------------------------------
@@ -135,6 +261,19 @@ def test_analyze_metrics_contract(analyzed):
     assert m["variants"]["fixed_lambda_1"]["setting"] == 1.0
     assert any("guard" in note for note in m["notes"])  # no guard stage in this run: said, not hidden
     assert m["headline"]["system"] == "lagrangian"
+    assert m["prompts"] == "test"
+    # the answer forms, in metrics.json as written (insertion order kept)
+    saved = json.loads((run / "analyze" / "metrics.json").read_text())
+    for name, s in {"base": saved["base"], **saved["variants"]}.items():
+        assert first_key_containing(s, "refusal") == "benign_refusal_rate", name
+        for key in ("benign_helpfulness", "benign_refusal_rate", "refusal_rate", "safe_helpful_rate",
+                    "wrong_object_rate", "risky_safe_helpful_rate", "risky_wrong_object_rate", "by_intent"):
+            assert key in s, (name, key)
+        assert s["benign_helpfulness"] == pytest.approx(s["by_severity"]["safe"]["helpfulness"])
+        assert s["benign_refusal_rate"] == pytest.approx(s["by_severity"]["safe"]["refusal_rate"])
+        assert 0.0 <= s["benign_refusal_rate"] <= 1.0
+    rows = [json.loads(line) for line in (run / "analyze" / "scores.jsonl").read_text().splitlines()]
+    assert all({"refused", "safe_helpful", "n_wrong_object", "intent"} <= set(r) for r in rows)
 
 
 def test_analyze_scores_agree_with_the_ppo_stage(analyzed):
@@ -161,7 +300,9 @@ def test_report_and_figures_open_offline(analyzed):
     sources = re.findall(r"<script[^>]*\bsrc='([^']+)'", text)
     assert sources == ["figures/plotly.min.js"] and (report.parent / sources[0]).stat().st_size > 1_000_000
     assert "Plotly.newPlot" in text
-    for name in ("tradeoff", "win_rates", "safety_by_category", "safety_by_severity", "lambda", "overoptimisation"):
+    assert "Answer forms" in text
+    for name in ("tradeoff", "win_rates", "safety_by_category", "safety_by_severity", "lambda", "overoptimisation",
+                 "answer_forms", "refusal_by_intent"):
         fig = pio.from_json((run / "analyze" / "figures" / f"{name}.json").read_text())
         assert fig.data, name
         assert (run / "analyze" / "figures" / f"{name}.html").is_file()
@@ -175,6 +316,7 @@ def test_model_judge_for_data_without_gold(analyzed, tmp_path):
     run = link_stages(analyzed[0], tmp_path / "run", ("data", "sft", "reward", "cost", "ppo"))
     m = wb.run_stage("analyze", run, wb.resolve_config("analyze", smoke=True, judge="models"), progress=False)
     assert m["judge"] == "models"
+    assert first_key_containing(m["base"], "refusal") is None  # the answer forms are the gold oracle's
     # the model judge's harmlessness is minus the cost model's score: its safety rate is the share
     # of answers the cost model scores below zero
     assert 0.0 <= m["base"]["safety_rate"] <= 1.0
@@ -198,6 +340,8 @@ def test_recompute_keeps_chosen_seeds(analyzed):
     run, m = analyzed
     again = analysis_views.recompute(run)
     assert again["variants"]["lagrangian"]["helpfulness"] == pytest.approx(m["variants"]["lagrangian"]["helpfulness"])
+    assert again["variants"]["lagrangian"]["benign_refusal_rate"] == pytest.approx(
+        m["variants"]["lagrangian"]["benign_refusal_rate"])
     first = analysis_views.recompute(run, seeds=[0])
     lag = first["variants"]["lagrangian"]
     assert lag["runs"] == ["lagrangian"] and lag["seeds"] == 1
@@ -208,3 +352,59 @@ def test_recompute_keeps_chosen_seeds(analyzed):
     assert len(table) == 3 and {"base", "lagrangian", "fixed_lambda_1", "question"} <= set(table.columns)
     box = analysis_views.explorer(run)
     box.children[0].children[1].value = (1,)  # seed offset 1 only: redraws without error
+
+
+# --- eval-prompt mode ----------------------------------------------------------------------------
+def _fake_guard_stage(run):
+    """A guard stage without training (the cost model's backbone, fresh guard heads): enough
+    for the analysis to run base+guard's filter-and-regenerate loop."""
+    from workbench.config import GuardConfig
+    from workbench.guard.guard import GuardModel
+    from workbench.models.score import ScoreModel
+    from workbench.runs import atomic_write_json
+
+    cost = ScoreModel.load(run / "cost" / "model")
+    GuardModel(cost.backbone, cost.processor).save(run / "guard" / "model")
+    atomic_write_json(run / "guard" / "config.json", GuardConfig.smoke().to_dict())
+    atomic_write_json(run / "guard" / "metrics.json", {})
+
+
+def _snapshot(run):
+    d = run / "analyze"
+    return d.is_symlink(), sorted(p.name for p in d.iterdir()), (d / "metrics.json").read_bytes(), \
+        (d / "scores.jsonl").read_bytes()
+
+
+def test_analyze_on_eval_prompts(analyzed, tmp_path):
+    import workbench as wb
+    from workbench.runs import link_stages
+
+    run = link_stages(analyzed[0], tmp_path / "run", ("data", "sft", "reward", "cost", "ppo", "analyze"))
+    _fake_guard_stage(run)
+    before = _snapshot(run)
+    cfg = wb.resolve_config("analyze", smoke=True, prompts="eval")
+    m = wb.run_stage("analyze", run, cfg, progress=False)  # routed to analyze_eval/ by cfg.out_stage
+    assert m["prompts"] == "eval" and m["n_prompts"] == cfg.n_prompts
+    out = run / "analyze_eval"
+    assert json.loads((out / "metrics.json").read_text())["prompts"] == "eval"
+    assert json.loads((out / "config.json").read_text())["prompts"] == "eval"
+    rows = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
+    assert rows and all(r["id"].startswith("eval-") for r in rows)
+    eval_ids = [r["id"] for r in wb.load_data(run).eval[: cfg.n_prompts]]
+    assert [r["id"] for r in rows if r["run"] == "base"] == eval_ids
+    assert {r["system"] for r in rows} == {"base", "base+guard", "lagrangian", "fixed_lambda_1"}
+    assert "base+guard" in m["variants"] and m["variants"]["base+guard"]["family"] == "base+guard"
+    assert first_key_containing(m["base"], "refusal") == "benign_refusal_rate"
+    assert (out / "report.html").is_file() and (out / "figures" / "overoptimisation.json").is_file()
+    assert f"{cfg.n_prompts} eval prompts" in (out / "report.html").read_text()
+    assert _snapshot(run) == before  # the test analysis is untouched
+    # again with the same config: skipped, the same metrics
+    assert wb.run_stage("analyze", run, cfg, progress=False)["base"]["helpfulness"] == m["base"]["helpfulness"]
+    # built directly into the test analysis's folder, eval mode is refused
+    from workbench.eval.analyze import run_analyze_stage
+    from workbench.runs import partial_dir
+
+    with pytest.raises(ValueError, match="analyze_eval"):
+        run_analyze_stage(cfg, partial_dir(run, "analyze"), run, progress=False)
+    assert _snapshot(run) == before
+    assert not (run / "analyze.partial").exists()

@@ -1,5 +1,7 @@
 """PPO-Lagrangian: the per-token signals, the clipped value loss and the Lagrange multiplier
-against hand values; log-probs and rollout masks on the tiny VLM; the smoke stage."""
+against hand values; log-probs and rollout masks on the tiny VLM; the update phase (epochs and
+minibatches: the clips bind, one epoch of one minibatch is the single policy-gradient step);
+the smoke stage."""
 
 import json
 import math
@@ -88,6 +90,12 @@ def test_config_checks_variants():
                                                                    fixed_lambdas="0.5", seeds=1, lambda_init=0.5))
     with pytest.raises(ConfigError, match="kernels"):
         PPOConfig(kernels="cuda")
+    for name in ("ppo_epochs", "num_minibatches"):
+        with pytest.raises(ConfigError, match=name):
+            PPOConfig(**{name: 0})
+    with pytest.raises(ConfigError, match="num_minibatches"):
+        PPOConfig(batch_size=4, num_minibatches=5)
+    assert PPOConfig(batch_size=4, num_minibatches=4, ppo_epochs=3).num_minibatches == 4
 
 
 # --- model plumbing ------------------------------------------------------------------------------
@@ -374,3 +382,185 @@ def test_actor_loss_clips_both_sides_and_combines_lambda():
     mask = torch.tensor([[1.0, 0.0, 0.0]])
     got = ppo_lagrangian_loss(logp, old, adv_r, adv_c, mask, lam, clip_eps=0.2, backend="torch")
     assert float(got) == pytest.approx(-0.6, rel=1e-6)
+
+
+# --- the update phase: epochs and minibatches ----------------------------------------------------
+def _tiny_roles():
+    """The separate layout's roles on tiny VLMs built from config (no run directory): a LoRA
+    actor whose disabled adapter is the reference, frozen reward and cost models, and critics
+    starting from them. Deterministic, so two calls give identical models."""
+    from workbench.models.adapters import apply_lora
+    from workbench.models.score import ScoreModel
+    from workbench.models.vlm import build_tiny_vlm
+    from workbench.train.ppo_lagrangian import Roles
+
+    roles = object.__new__(Roles)
+    model, processor = build_tiny_vlm(seed=0)
+    roles.actor, roles.processor, roles.reference = apply_lora(model, ["q_proj", "v_proj"], r=4, alpha=8), processor, None
+
+    def score(seed, kind, trainable):
+        torch.manual_seed(seed)
+        m = ScoreModel(build_tiny_vlm(seed=seed)[0], processor, head_std=0.5, kind=kind)
+        return m if trainable else m.eval().requires_grad_(False)
+
+    roles.reward, roles.cost = score(1, "reward", False), score(2, "cost", False)
+    roles.reward_critic, roles.cost_critic = score(1, "reward", True), score(2, "cost", True)
+    roles.trainable = {"actor": roles.actor, "reward_critic": roles.reward_critic, "cost_critic": roles.cost_critic}
+    return roles
+
+
+_QUESTIONS = ["how do i use this ?", "what is this ?", "count them", "is it safe ?"]
+
+
+def _prompts():
+    from PIL import Image
+
+    return [Image.new("RGB", (64, 64), c) for c in ("red", "green", "blue", "white")], list(_QUESTIONS)
+
+
+def _weights(roles):
+    from workbench.train.ppo_lagrangian import TRAINABLE
+
+    return {f"{role}.{n}": p.detach().clone() for role in TRAINABLE
+            for n, p in roles.trainable[role].named_parameters() if p.requires_grad}
+
+
+def test_one_epoch_one_minibatch_is_the_old_single_step_update():
+    """ppo_epochs = num_minibatches = 1 is the single policy-gradient step the trainer made
+    before PPO proper: one forward pass with gradient whose own detached outputs are π_old and
+    V_old (ratio 1), backward, one optimiser step each -- same weights, PTX term included."""
+    from workbench.kernels import ppo_lagrangian_loss
+    from workbench.models.vlm import encode
+    from workbench.train.common import optimizer_and_schedule, optimizer_step
+    from workbench.train.ppo_lagrangian import (
+        TRAINABLE,
+        collect_rollout,
+        make_optimizers,
+        ppo_update,
+        sequence_logprobs,
+    )
+    from workbench.train.sft import sft_loss
+
+    torch.set_num_threads(1)
+    cfg = PPOConfig.smoke().replace(batch_size=4, max_new_tokens=8, lr=1e-2, critic_lr=5e-3, warmup_steps=2,
+                                    ptx_coeff=0.5)
+    assert (cfg.ppo_epochs, cfg.num_minibatches) == (1, 1)  # the defaults
+    pics, questions = _prompts()
+    lam = 0.7
+    new, old = _tiny_roles(), _tiny_roles()
+    before = _weights(new)
+    torch.manual_seed(0)
+    data = collect_rollout(new, pics, questions, cfg, "torch")
+    ptx = encode(new.processor, pics[:2], questions[:2], ["sure , here is how .", "a knife"])
+
+    stats = ppo_update(new, data, lam, cfg, make_optimizers(new, cfg), "torch", ptx=ptx, seed=5)
+    assert stats["ppo/updates"] == 1 and stats["ppo/ratio"] == pytest.approx(1.0, abs=1e-6)
+    assert stats["ppo/clipfrac"] == 0.0 and stats["critic/clipfrac"] == 0.0
+
+    # the old step, by hand, on identical models
+    batch, mask = data.batch, data.mask
+    logp = sequence_logprobs(old.actor, batch, "torch")
+    values_r = old.reward_critic(batch)[1][:, :-1].float()
+    values_c = old.cost_critic(batch)[1][:, :-1].float()
+    torch.testing.assert_close(logp.detach(), data.old_logp, rtol=0, atol=1e-6)  # the same numbers as the rollout's
+    torch.testing.assert_close(values_r.detach(), data.old_values_r, rtol=0, atol=1e-6)
+    total = ppo_lagrangian_loss(logp, logp.detach(), data.adv_r, data.adv_c, mask, lam, cfg.clip_eps, backend="torch")
+    for values, ret in ((values_r, data.ret_r), (values_c, data.ret_c)):
+        total = total + critic_loss(values, values.detach(), ret, mask, cfg.value_clip)
+    total = total + cfg.ptx_coeff * sft_loss(old.actor, ptx)
+    total.backward()
+    for name in TRAINABLE:
+        model = old.trainable[name]
+        opt, sched = optimizer_and_schedule(model, cfg if name == "actor" else cfg.replace(lr=cfg.critic_lr))
+        optimizer_step([p for p in model.parameters() if p.requires_grad], opt, sched)
+
+    got, want = _weights(new), _weights(old)
+    assert sum(not torch.equal(before[k], got[k]) for k in got) > len(got) // 2  # it trained
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-7, msg=key)
+
+
+def test_the_clips_bind_inside_the_trainers_update():
+    """Several updates on one rollout at a large learning rate: from the second on, π_θ and
+    the critics have moved away from the rollout's π_old and V_old, so the trainer's own
+    update reports ratios outside [1-ε, 1+ε] and values clipped at ε_v. The log-probs are at
+    the sampling temperature."""
+    from workbench.train.ppo_lagrangian import (
+        collect_rollout,
+        make_optimizers,
+        ppo_update,
+        sequence_logprobs,
+    )
+
+    torch.set_num_threads(1)
+    cfg = PPOConfig.smoke().replace(batch_size=4, max_new_tokens=8, temperature=0.7, ppo_epochs=2, num_minibatches=2,
+                                    lr=2e-2, critic_lr=2e-2, warmup_steps=0, value_clip=0.05)
+    roles = _tiny_roles()
+    pics, questions = _prompts()
+    torch.manual_seed(0)
+    data = collect_rollout(roles, pics, questions, cfg, "torch")
+    with torch.no_grad():  # π_old and π_ref at the sampling temperature (before any update, π_ref = π_θ)
+        at_t = sequence_logprobs(roles.actor, data.batch, "torch", temperature=0.7)
+        at_1 = sequence_logprobs(roles.actor, data.batch, "torch")
+    torch.testing.assert_close(data.old_logp, at_t)
+    torch.testing.assert_close(data.ref_logp, at_t)
+    assert not torch.allclose(at_t, at_1)
+    mb = data.select(torch.tensor([2, 0]))  # a minibatch: every per-episode tensor, pixel values too
+    assert len(mb) == 2 and mb.texts == [data.texts[2], data.texts[0]]
+    assert torch.equal(mb.batch["pixel_values"], data.batch["pixel_values"][[2, 0]])
+    assert torch.equal(mb.adv_c, data.adv_c[[2, 0]])
+
+    stats = ppo_update(roles, data, 1.0, cfg, make_optimizers(roles, cfg), "torch", seed=0)
+    assert stats["ppo/updates"] == 4
+    assert stats["ppo/clipfrac"] > 0 and stats["critic/clipfrac"] > 0
+    assert stats["ppo/ratio_min"] < 1 - cfg.clip_eps or stats["ppo/ratio_max"] > 1 + cfg.clip_eps
+    assert stats["ppo/approx_kl"] > 0
+    assert all(math.isfinite(v) for v in stats.values())
+
+
+def test_schedule_counts_optimizer_steps():
+    """With U = ppo_epochs · num_minibatches updates per PPO step the schedules step once per
+    optimiser step and span max_steps · U of them, the warm-up scaled alike: after the warm-up
+    the learning rate after k PPO steps is the one-update run's, and both end at 10 %."""
+    from workbench.train.ppo_lagrangian import make_optimizers
+
+    class Fake:
+        def __init__(self):
+            self.trainable = {n: torch.nn.Linear(2, 1) for n in ("actor", "reward_critic", "cost_critic")}
+
+    base = PPOConfig.smoke().replace(max_steps=10, warmup_steps=3, lr=1.0, critic_lr=0.5)
+    one = make_optimizers(Fake(), base)
+    four = make_optimizers(Fake(), base.replace(ppo_epochs=2, num_minibatches=2))
+    assert [s.get_last_lr()[0] for _, s in one] == [0.25, 0.125, 0.125]  # warm-up 1/4 at the first step
+    for k in range(base.max_steps + 1):
+        if k >= base.warmup_steps:
+            for (_, s1), (_, s4) in zip(one, four, strict=True):
+                assert s4.get_last_lr() == pytest.approx(s1.get_last_lr())
+        for (o1, s1), (o4, s4) in zip(one, four, strict=True):
+            o1.step()  # no gradients: only the schedules move
+            s1.step()
+            for _ in range(4):
+                o4.step()
+                s4.step()
+    assert four[0][1].get_last_lr()[0] == pytest.approx(0.1) and four[1][1].get_last_lr()[0] == pytest.approx(0.05)
+
+
+def test_smoke_epochs_and_minibatches_move_the_ratio(smoke_score_runs, tmp_path):
+    """Two epochs of two minibatches per rollout in the real trainer: after the first update
+    the policy has moved, so the logged ratio is no longer 1, and the PPO diagnostics are logged."""
+    from workbench.train import ppo_lagrangian as P
+
+    cfg = PPOConfig.smoke().replace(max_steps=2, checkpoint_every=0, n_eval_prompts=4, ppo_epochs=2,
+                                    num_minibatches=2, warmup_steps=0)
+    out = tmp_path / "lagrangian"
+    out.mkdir()
+    metrics = P.train_variant("lagrangian", cfg, smoke_score_runs[0], out, progress=False)
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [0, 1] and metrics["skipped_steps"] == 0
+    for entry in log:
+        assert entry["ppo/updates"] == 4
+        assert {"ppo/clipfrac", "ppo/approx_kl", "critic/clipfrac", "ppo/ratio_min", "ppo/ratio_max",
+                "ppo/actor_loss", "critic/reward_loss", "lagrange/lambda", "kl/mean"} <= set(entry)
+        assert abs(entry["ppo/ratio"] - 1) > 1e-6 and entry["ppo/ratio_max"] > entry["ppo/ratio_min"]
+        assert entry["ppo/approx_kl"] > 0
+        assert 0 <= entry["ppo/clipfrac"] <= 1 and 0 <= entry["critic/clipfrac"] <= 1

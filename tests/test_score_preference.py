@@ -17,8 +17,11 @@ from workbench.models.vlm import TinyVLMSpec, VLMError, build_tiny_vlm, encode, 
 from workbench.runs import read_jsonl
 from workbench.train.common import batches
 from workbench.train.preference import (
+    contrast_pair,
     cost_loss,
     evaluate,
+    grounding_loss,
+    grounding_prompts,
     has_gold,
     ranking_ceiling,
     reward_loss,
@@ -259,7 +262,11 @@ def test_smoke_stage_end_to_end(run_with_sft, stage):
         keys |= {"eval_sign_accuracy", "eval_sign_accuracy_ceiling", "cost_by_level",
                  "gold_pearson_harmlessness", "gold_spearman_harmlessness"}
     else:
-        keys |= {"gold_pearson_helpfulness", "gold_spearman_helpfulness"}
+        keys |= {"gold_pearson_helpfulness", "gold_spearman_helpfulness", "grounding_right_object_rate",
+                 "grounding_right_object_rate_in_scene", "ground_loss_first", "ground_loss_last"}
+        assert 0 <= metrics["grounding_right_object_rate"] <= 1
+        # the first metric naming grounding is the right-object rate (readers take the first)
+        assert next(k for k in metrics if "ground" in k or "right_object" in k) == "grounding_right_object_rate"
     assert keys <= set(metrics), keys - set(metrics)
     assert 0 <= metrics["eval_accuracy"] <= 1 and 0.5 <= metrics["eval_accuracy_ceiling"] <= 1
     assert metrics["steps"] == (RewardConfig if stage == "reward" else CostConfig).smoke().max_steps
@@ -306,3 +313,29 @@ def test_head_learning_rate_multiplier(small_vlm):
     assert sum(len(ps) for ps in by_lr.values()) == len(list(score_model.parameters()))
     with pytest.raises(ConfigError, match="head_lr_multiplier"):
         RewardConfig(head_lr_multiplier=0)
+
+
+# --- grounding -------------------------------------------------------------------------------
+def test_grounding_loss_by_hand():
+    assert float(grounding_loss(t(2.0, 0.0), t(0.0, 0.0))) == pytest.approx((nls(2.0) + nls(0.0)) / 2)
+
+
+def test_contrast_pairs_differ_only_in_the_object(smoke_run):
+    data = wb.load_data(smoke_run)
+    prompts = grounding_prompts(data.train)
+    assert prompts and all(p["prompt_severity"] > 0 for p in prompts)
+    assert grounding_prompts([{k: v for k, v in r.items() if k != "objects"} for r in data.train]) == []
+    rng = np.random.default_rng(0)
+    for p in prompts[:50]:
+        for absent in (True, False):
+            right, other = contrast_pair(p, rng, absent=absent)
+            g_right, g_other = wb.data.gold_score(p, right), wb.data.gold_score(p, other)
+            assert g_right.n_wrong_object == 0 and g_other.n_wrong_object > 0
+            assert g_right.helpfulness > g_other.helpfulness and g_right.is_safe and g_other.is_safe
+            a, b = right.split(), other.split()
+            assert len(a) == len(b)
+            diff = {(x, y) for x, y in zip(a, b, strict=True) if x != y}
+            assert len(diff) == 1 and next(iter(diff))[0] == p["target"]
+            named = next(iter(diff))[1]
+            in_scene = named in {o["kind"] for o in p["objects"]}
+            assert in_scene != absent or len(p["objects"]) == 1

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         from .train.distributed import distributed
 
         if distributed().is_main:
-            _print_summary(common.run_dir, {command: None})
+            _print_summary(common.run_dir, {getattr(cfg, "out_stage", command): None})
         return 0
     except (ConfigError, StageUnavailable, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -119,7 +119,8 @@ def _print_summary(run_dir: Path, results: dict) -> None:
             print(f"  {'':8s} plots: {d / 'overview.html'} (open in a browser)")
     if "data" in results:
         print(f"  browse the data: make lab -> notebooks/01_data.ipynb (run dir {run_dir})")
-    report = run_dir / "analyze" / "report.html"
-    if "analyze" in results and report.is_file():
+    analysis = next((s for s in results if s.startswith("analyze")), "analyze")  # analyze_eval: eval prompts
+    report = run_dir / analysis / "report.html"
+    if analysis in results and report.is_file():
         print(f"\nReport (helpfulness-safety trade-off, win rates, categories, λ): {report.resolve()}\n"
               f"  plots one by one: {report.parent / 'figures'}/*.html · notebook: notebooks/05_analysis.ipynb")

@@ -260,6 +260,15 @@ class RewardConfig(ModelStageConfig):
     do the scores) and is one vector; a faster head is worth ~1-2.5 accuracy points at the
     default budget (tuned on the world: 420 steps of 16 pairs, ~65 s on 2 CPU cores)."""
 
+    ground_weight: float = 1.0
+    """Weight of the grounding loss on contrast pairs (world data only; 0: off): the
+    safe-and-helpful answer about the object in the image against the same answer about
+    another object (``workbench.train.preference``, module doc). Without it the reward model
+    scores tips about an absent object like tips about the right one (right-object rate at
+    chance), and the constrained policy learns to name any object."""
+    ground_batch_size: int = 8
+    """Contrast pairs per step, beside ``batch_size`` preference pairs."""
+
     @classmethod
     def smoke(cls) -> Self:
         return cls(max_steps=30, batch_size=8, threads=1)
@@ -267,6 +276,9 @@ class RewardConfig(ModelStageConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self._check(isinstance(self.eta, int | float) and self.eta >= 0, "eta", "must be >= 0")
+        self._check(isinstance(self.ground_weight, int | float) and self.ground_weight >= 0, "ground_weight",
+                    "must be >= 0")
+        self._positive("ground_batch_size")
         self._check(isinstance(self.head_lr_multiplier, int | float) and self.head_lr_multiplier > 0,
                     "head_lr_multiplier", "must be > 0")
 
@@ -279,6 +291,9 @@ class CostConfig(RewardConfig):
 
     sign_mode: str = "graded"
     """``graded``: sign weight s = -harmless_rate (multi-level); ``binary``: s = ±1 from is_safe."""
+    ground_weight: float = 0.0
+    """Grounding contrast pairs (see RewardConfig): off for the cost model, because the gold
+    harmlessness of a safe answer does not depend on the object it names."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -394,8 +409,9 @@ class PPOConfig(ModelStageConfig):
     critic_lr: float = 4e-4
     """Learning rate of the two critics (initialised from the reward and cost models)."""
     max_steps: int = 40
-    """PPO steps (rollout + one update) per variant. 40 steps of 16 take about 20 s here; with
-    32 x 120 steps at lr 2e-4, lagrangian and reward_only ended within 0.1 of these on gold
+    """PPO steps per variant: each is one rollout followed by ``ppo_epochs`` x
+    ``num_minibatches`` updates (one with the defaults). 40 steps of 16 take about 20 s here;
+    with 32 x 120 steps at lr 2e-4, lagrangian and reward_only ended within 0.1 of these on gold
     helpfulness and safety."""
     warmup_steps: int = 5
     max_new_tokens: int = 32
@@ -412,6 +428,14 @@ class PPOConfig(ModelStageConfig):
     """ε of the PPO ratio clip."""
     value_clip: float = 5.0
     """ε_v of the clipped value loss (official: 5)."""
+    ppo_epochs: int = 1
+    """Passes over each rollout's batch (official: 1). π_old and V_old stay the rollout's, so
+    from the second update on the ratio moves and both clips act."""
+    num_minibatches: int = 1
+    """Minibatches per pass: the episodes are shuffled (seeded) and split into this many, each
+    one optimiser step (official: 1); at most ``batch_size``. The learning-rate schedule counts
+    optimiser steps, ``max_steps`` x ``ppo_epochs`` x ``num_minibatches`` in all (warm-up scaled
+    alike)."""
     cost_threshold: float = -2.0
     """d: the constraint J_C <= d (official: -0.5 on its own cost scale). The world's cost
     model scores safe answers about -3.5 and unsafe ones about +4, so d = -2 asks for roughly
@@ -488,7 +512,10 @@ class PPOConfig(ModelStageConfig):
                         "must be comma-separated numbers (λ values >= 0)")
         self._check(bool(names) or bool(self.thresholds.strip()) or bool(self.fixed_lambdas.strip()), "variants",
                     "names no variant to train")
-        self._positive("max_new_tokens", "n_eval_prompts", "episode_window", "max_nonfinite", "seeds")
+        self._positive("max_new_tokens", "n_eval_prompts", "episode_window", "max_nonfinite", "seeds", "ppo_epochs",
+                       "num_minibatches")
+        self._check(self.num_minibatches <= self.batch_size, "num_minibatches",
+                    f"must be <= batch_size ({self.batch_size}): every minibatch needs an episode")
         self._check(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0, "checkpoint_every",
                     "must be >= 0")
         for name in ("kl_coeff", "score_clip", "clip_eps", "value_clip", "lambda_init", "lambda_lr", "lambda_max",
@@ -542,6 +569,17 @@ class AnalyzeConfig(StageConfig):
     eval_batch_size: int = 64
     threads: int = 0
     """torch CPU threads (0: torch's default)."""
+    prompts: str = "test"
+    """``test`` (the first ``n_prompts`` test prompts) or ``eval`` (the first ``n_prompts`` eval
+    prompts, every system sampled here: for tuning settings without looking at the test
+    results). Eval mode writes to ``<run>/analyze_eval/`` (:attr:`out_stage`), never over the
+    test analysis."""
+
+    @property
+    def out_stage(self) -> str:
+        """The run directory's folder of this analysis: ``analyze`` on the test prompts,
+        ``analyze_eval`` on the eval prompts."""
+        return self.stage if self.prompts == "test" else f"{self.stage}_eval"
 
     @classmethod
     def smoke(cls) -> Self:
@@ -551,6 +589,7 @@ class AnalyzeConfig(StageConfig):
         super().__post_init__()
         self._positive("n_prompts", "bootstrap", "max_new_tokens", "eval_batch_size")
         self._check(self.judge in ("auto", "gold", "models"), "judge", "must be auto, gold or models")
+        self._check(self.prompts in ("test", "eval"), "prompts", "must be test or eval")
         self._check(isinstance(self.confidence, float) and 0.5 <= self.confidence < 1, "confidence",
                     "must be in [0.5, 1)")
         self._check(isinstance(self.threads, int) and self.threads >= 0, "threads", "must be >= 0")

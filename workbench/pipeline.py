@@ -97,6 +97,7 @@ def run_stage(stage: str, run_dir: str | Path = DEFAULT_RUN_DIR, config: StageCo
     cfg = config if config is not None else resolve_config(stage, smoke=smoke)
     run_dir = Path(run_dir)
     cfg_dict = cfg.to_dict()
+    fn_stage, stage = stage, getattr(cfg, "out_stage", stage)  # analyze --prompts eval -> analyze_eval/
     if not force and is_complete(run_dir, stage, cfg_dict):
         if progress:
             print(f"[{stage}] complete in {stage_dir(run_dir, stage)} (same config): skipped; --force reruns it")
@@ -105,7 +106,7 @@ def run_stage(stage: str, run_dir: str | Path = DEFAULT_RUN_DIR, config: StageCo
 
     dist = distributed()
     if dist.enabled and not getattr(fn, "distributed", False):
-        raise ValueError(f"stage '{stage}' runs in one process; launch only multi-process stages (ppo) with "
+        raise ValueError(f"stage '{fn_stage}' runs in one process; launch only multi-process stages (ppo) with "
                          f"accelerate, e.g. accelerate launch --num_processes 2 -m workbench ppo")
     progress = progress and dist.is_main
     resumable = getattr(fn, "resumable", False)

@@ -65,11 +65,11 @@ PRECURSOR_MIXTURE: dict[str, dict[str, float]] = {
     "ambiguous_benign": {"answer": 0.40, "comply": 0.15, "tips": 0.10, "refuse": 0.12, "redirect": 0.08,
                          "describe": 0.05, "hallucinate": 0.03, "degenerate": 0.07},
     # explicit harmful intent, or an ambiguous question beside a risky image. World v2: the
-    # full safe-and-helpful form is rare (5%, so alignment has something to learn), beside
+    # full safe-and-helpful form is rare (8%, so alignment has something to learn), beside
     # its partial forms and the mistakes a policy drifts into -- the same form about another
     # object (absent, or in the scene but not the target) -- so the proxies see them too.
-    "harmful": {"comply": 0.40, "comply_warn": 0.18, "refuse": 0.08, "redirect": 0.10, "tips": 0.05,
-                "describe": 0.03, "degenerate": 0.04, "safe_helpful": 0.05, "safe_partial": 0.04,
+    "harmful": {"comply": 0.38, "comply_warn": 0.17, "refuse": 0.08, "redirect": 0.10, "tips": 0.05,
+                "describe": 0.03, "degenerate": 0.04, "safe_helpful": 0.08, "safe_partial": 0.04,
                 "wrong_object": 0.03},
 }
 for _name, _mix in PRECURSOR_MIXTURE.items():

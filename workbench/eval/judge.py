@@ -4,7 +4,9 @@ A judge maps (prompt record, response) to (helpfulness 0..3, harmlessness -3..+3
 gold oracle implements it; a model-based judge for real data can be plugged in later.
 ``evaluate_policy`` samples one answer per prompt and aggregates the judge's verdicts:
 ``helpfulness`` (mean) and ``safety_rate`` (share judged safe), overall and by intent and
-severity when the prompts carry them.
+severity when the prompts carry them; on the world also ``refusal_rate`` (share of answers
+the gold oracle calls a refusal), from the answer-form fields (:func:`gold_forms`) each row
+then carries.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.oracle import gold_score
+from ..data.oracle import GoldScore, gold_score
 from ..data.schema import SEVERITY_LEVELS
 
 
@@ -32,6 +34,20 @@ class GoldJudge:
     def __call__(self, prompt: dict[str, Any], response: str) -> tuple[float, float]:
         score = gold_score(prompt, response)
         return score.helpfulness, score.harmlessness
+
+
+def forms_of(score: GoldScore) -> dict[str, Any]:
+    """``refused``, ``safe_helpful`` and ``n_wrong_object`` of a gold verdict (the fields of
+    :data:`~workbench.eval.metrics.FORM_FIELDS`)."""
+    return {"refused": bool(score.refused), "safe_helpful": bool(score.safe_helpful),
+            "n_wrong_object": int(score.n_wrong_object)}
+
+
+def gold_forms(prompt: dict[str, Any], response: str) -> dict[str, Any]:
+    """The gold oracle's answer form of ``response`` (a world prompt): whether it refuses
+    (refuses or redirects and answers nothing), whether it is the full safe-and-helpful form,
+    and how many tip or risk sentences are about an object other than the target."""
+    return forms_of(gold_score(prompt, response))
 
 
 class ModelJudge:
@@ -80,10 +96,14 @@ def has_gold(prompts: Sequence[dict[str, Any]]) -> bool:
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """helpfulness / safety_rate overall, by intent and by prompt severity level."""
+    """helpfulness / safety_rate overall, by intent and by prompt severity level; with the
+    gold answer-form fields on the rows (the world), also ``refusal_rate``."""
     def agg(sub):
-        return {"helpfulness": float(np.mean([r["helpfulness"] for r in sub])),
-                "safety_rate": float(np.mean([r["harmlessness"] > 0 for r in sub])), "n": len(sub)}
+        out = {"helpfulness": float(np.mean([r["helpfulness"] for r in sub])),
+               "safety_rate": float(np.mean([r["harmlessness"] > 0 for r in sub]))}
+        if all("refused" in r for r in sub):
+            out["refusal_rate"] = float(np.mean([bool(r["refused"]) for r in sub]))
+        return {**out, "n": len(sub)}
 
     out = agg(rows)
     groups: dict[str, dict[str, list]] = {"by_intent": defaultdict(list), "by_severity": defaultdict(list)}
@@ -104,12 +124,14 @@ def evaluate_policy(model, processor, prompts: Sequence[dict[str, Any]], image_o
                     seed: int = 0, progress: bool = False, desc: str = "eval") -> tuple[dict[str, Any], list[dict]]:
     """Sample an answer (temperature 1) to every prompt and judge it.
 
-    Returns ``(summary, rows)``; rows hold id, question, response and the judge's scores.
-    With no judge and no gold metadata, responses are returned without scores.
+    Returns ``(summary, rows)``; rows hold id, question, response and the judge's scores,
+    and on the world the gold answer form (:func:`gold_forms`). With no judge and no gold
+    metadata, responses are returned without scores.
     """
     from ..models.vlm import generate
 
-    judge = judge if judge is not None else (GoldJudge() if has_gold(prompts) else None)
+    gold = has_gold(prompts)
+    judge = judge if judge is not None else (GoldJudge() if gold else None)
     torch.manual_seed(seed)
     was_training = model.training
     model.eval()
@@ -125,7 +147,13 @@ def evaluate_policy(model, processor, prompts: Sequence[dict[str, Any]], image_o
                 if key in p:
                     row[key] = p[key]
             if judge is not None:
-                row["helpfulness"], row["harmlessness"] = judge(p, text)
+                verdict = gold_score(p, text) if gold else None
+                if isinstance(judge, GoldJudge) and verdict is not None:  # one oracle call for both
+                    row["helpfulness"], row["harmlessness"] = verdict.helpfulness, verdict.harmlessness
+                else:
+                    row["helpfulness"], row["harmlessness"] = judge(p, text)
+                if verdict is not None:
+                    row.update(forms_of(verdict))
             rows.append(row)
         bar.update(len(chunk))
     bar.close()

@@ -27,6 +27,9 @@ PANELS: tuple[tuple[str, str], ...] = (
     ("kl/mean", "KL(π_θ ‖ π_ref) per answer"),
     ("gold/helpfulness", "gold helpfulness (rollouts)"),
     ("gold/safety_rate", "gold safety rate (rollouts)"),
+    ("ppo/ratio", "ratio π_θ/π_old (band: min..max)"),
+    ("ppo/clipfrac", "clip fraction (actor; dotted: critics)"),
+    ("ppo/approx_kl", "approx. KL(π_old ‖ π_θ) per update"),
 )
 VARIANT_COLOURS = {"lagrangian": "#1f77b4", "reward_only": "#d62728", "fixed_lambda": "#9467bd"}
 
@@ -55,8 +58,10 @@ def logs(run_dir: str | Path, stage_dir: str = "ppo") -> dict[str, pd.DataFrame]
 
 
 def curves_figure(variant_logs: Mapping[str, pd.DataFrame], smooth: int = 5) -> go.Figure:
-    """Six panels of training curves, one line per variant (rolling mean over ``smooth`` steps)."""
-    fig = make_subplots(rows=2, cols=3, subplot_titles=[title for _, title in PANELS])
+    """Nine panels of training curves, one line per variant (rolling mean over ``smooth`` steps):
+    the signals, λ and KL, the gold judge's view, and PPO's own health (the ratio's range, the
+    share of clipped tokens and the KL between consecutive policies)."""
+    fig = make_subplots(rows=3, cols=3, subplot_titles=[title for _, title in PANELS])
     for name, frame in variant_logs.items():
         colour = VARIANT_COLOURS.get(name, "#7f7f7f")
         for k, (key, _) in enumerate(PANELS):
@@ -66,6 +71,15 @@ def curves_figure(variant_logs: Mapping[str, pd.DataFrame], smooth: int = 5) -> 
             y = frame[key].rolling(smooth, min_periods=1).mean()
             fig.add_trace(go.Scatter(x=frame["step"], y=y, mode="lines", name=name, legendgroup=name,
                                      showlegend=k == 0, line={"color": colour}), row=row, col=col)
+            if key == "ppo/ratio" and {"ppo/ratio_min", "ppo/ratio_max"} <= set(frame):
+                for bound in ("ppo/ratio_min", "ppo/ratio_max"):
+                    fig.add_trace(go.Scatter(x=frame["step"], y=frame[bound], mode="lines", name=f"{bound} · {name}",
+                                             legendgroup=name, showlegend=False,
+                                             line={"color": colour, "width": 0.5}), row=row, col=col)
+            if key == "ppo/clipfrac" and "critic/clipfrac" in frame:
+                fig.add_trace(go.Scatter(x=frame["step"], y=frame["critic/clipfrac"].rolling(smooth, min_periods=1).mean(),
+                                         mode="lines", name=f"critic clipfrac · {name}", legendgroup=name,
+                                         showlegend=False, line={"color": colour, "dash": "dot"}), row=row, col=col)
             if key == "cost/score" and "lagrange/J_C" in frame:
                 fig.add_trace(go.Scatter(x=frame["step"], y=frame["lagrange/J_C"], mode="lines", name=f"J_C · {name}",
                                          legendgroup=name, showlegend=False,
@@ -75,9 +89,9 @@ def curves_figure(variant_logs: Mapping[str, pd.DataFrame], smooth: int = 5) -> 
     if threshold is not None:
         fig.add_hline(y=threshold, line_dash="dash", line_color="grey", row=1, col=2,
                       annotation_text=f"d = {threshold:g}", annotation_position="bottom right")
-    fig.update_layout(height=560, title="PPO training curves (dotted: J_C, the windowed episode cost)",
-                      legend={"orientation": "h", "y": -0.12})
-    fig.update_xaxes(title_text="step", row=2)
+    fig.update_layout(height=800, title="PPO training curves (dotted: J_C, the windowed episode cost)",
+                      legend={"orientation": "h", "y": -0.08})
+    fig.update_xaxes(title_text="step", row=3)
     return fig
 
 
@@ -114,6 +128,59 @@ def before_after(run_dir: str | Path, n: int = 8, variants: Sequence[str] | None
         row.update({name: _with_gold(c[i]) for name, c in columns.items()})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _answer_sets(run_dir: Path) -> tuple[dict[str, dict], dict[str, list[dict]]]:
+    """Test prompts by id, and the saved answers of the base and of each PPO variant (seeds
+    are separate columns)."""
+    from ..data.store import load_data
+
+    prompts = {p["id"]: p for p in load_data(run_dir).test}
+    answers = {"SFT base": read_jsonl(run_dir / "sft" / "samples.jsonl")}
+    for path in sorted((run_dir / "ppo").glob("*/samples.jsonl")):
+        answers[path.parent.name] = read_jsonl(path)
+    return prompts, answers
+
+
+def _share(scores: Sequence[Any], test) -> float:
+    return sum(map(test, scores)) / len(scores) if scores else float("nan")
+
+
+def answer_forms(run_dir: str | Path) -> pd.DataFrame:
+    """What each system says to the *risky* test prompts (gold oracle): the share of answers
+    that comply (unsafe), give the full safe-and-helpful form, talk about the wrong object, or
+    refuse (refusal or redirection alone); and the refusal rate on the benign prompts."""
+    from ..data.oracle import gold_score
+
+    prompts, answers = _answer_sets(Path(run_dir))
+    rows = {}
+    for name, saved in answers.items():
+        scored = [(prompts[r["id"]], gold_score(prompts[r["id"]], r["response"])) for r in saved if r["id"] in prompts]
+        risky = [g for p, g in scored if int(p["prompt_severity"]) > 0]
+        benign = [g for p, g in scored if int(p["prompt_severity"]) == 0]
+        rows[name] = {"comply (unsafe)": _share(risky, lambda g: not g.is_safe),
+                      "safe and helpful (full)": _share(risky, lambda g: g.safe_helpful),
+                      "wrong object": _share(risky, lambda g: g.n_wrong_object > 0),
+                      "refuse only": _share(risky, lambda g: g.refused),
+                      "benign refused": _share(benign, lambda g: g.refused)}
+    return pd.DataFrame(rows).T.astype(float).round(3)
+
+
+def world_strengths(run_dir: str | Path, strengths: Sequence[float] = (1.5, 2.5)) -> pd.DataFrame:
+    """Gold helpfulness of the *same* saved answers scored in worlds of different strength of
+    the safe-and-helpful answer (``DataConfig.safe_helpful_score``; 1.5 is the first world, where
+    no safe answer to a risky prompt beats a redirection). The answers do not change, only
+    what the judge pays for them."""
+    from ..data.oracle import gold_score
+
+    prompts, answers = _answer_sets(Path(run_dir))
+    rows = {}
+    for name, saved in answers.items():
+        kept = [r for r in saved if r["id"] in prompts]
+        rows[name] = {f"helpfulness, S = {s:g}": sum(gold_score({**prompts[r["id"]], "safe_helpful_score": s},
+                                                                r["response"]).helpfulness for r in kept) / max(1, len(kept))
+                      for s in strengths}
+    return pd.DataFrame(rows).T.astype(float).round(3)
 
 
 def _with_gold(row: Mapping[str, Any]) -> str:
@@ -157,5 +224,5 @@ def threshold_slider(run_dir: str | Path, scratch: str | Path, steps: int = 20,
     return widgets.VBox([widgets.HBox([slider, button]), status, output])
 
 
-__all__ = ["smoke_ppo_run", "logs", "curves_figure", "variants_table", "before_after", "threshold_run", "threshold_slider",
+__all__ = ["smoke_ppo_run", "logs", "curves_figure", "variants_table", "before_after", "answer_forms", "world_strengths", "threshold_run", "threshold_slider",
            "PANELS"]

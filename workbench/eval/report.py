@@ -1,6 +1,7 @@
 """``report.html``: the analysis of a run on one page that opens offline (plotly.js from the
 ``figures/`` folder beside it), with the headline, the table of systems with confidence
-intervals and every figure."""
+intervals, on the world the table of answer forms (refusals of benign requests, the
+safe-helpful form and the wrong-object template on risky prompts), and every figure."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from ..runs import atomic_write_text
-from .tradeoff import systems
+from .tradeoff import has_forms, systems
 
 CAPTIONS = {
     "tradeoff": "Each marker is a system on the test prompts, its training seeds pooled; bars are bootstrap "
@@ -29,6 +30,12 @@ CAPTIONS = {
               "the constraint holds.",
     "overoptimisation": "Proxy reward keeps rising with KL; where gold helpfulness does not follow, the policy is "
                         "exploiting the reward model.",
+    "answer_forms": "Gold answer forms: the share of benign requests (prompt severity 0) refused or only redirected, "
+                    "and of risky prompts answered in the full safe-helpful form (the target's risk, two tips, a "
+                    "redirection) or with tips or risks about an object other than the one asked about (the "
+                    "wrong-object template, a way to game the reward model).",
+    "refusal_by_intent": "Share of answers the gold oracle calls a refusal (refuses or redirects and answers "
+                         "nothing), per intent of the prompt.",
 }
 
 
@@ -47,6 +54,28 @@ def systems_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
             "safety rate": _ci(s["safety_rate"], s.get("safety_rate_ci"), pct=True),
             "win rate helpful vs base": _ci(s["win_rate_helpful_vs_base"], s.get("win_rate_helpful_vs_base_ci"), pct=True),
             "win rate safe vs base": _ci(s["win_rate_safe_vs_base"], s.get("win_rate_safe_vs_base_ci"), pct=True),
+        })
+    return pd.DataFrame(rows)
+
+
+def _rate(s: Mapping[str, Any], key: str) -> str:
+    return "n/a" if s.get(key) is None else _ci(s[key], s.get(f"{key}_ci"), pct=True)
+
+
+def forms_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per system: helpfulness and refusal rate on benign prompts, the refusal rate
+    on all prompts, and the safe-helpful and wrong-object rates on risky prompts (gold judge)."""
+    rows = []
+    for name, s in systems(metrics).items():
+        rows.append({
+            "system": s.get("label", name),
+            f"benign helpfulness (n={s.get('n_benign', '?')})": (
+                "n/a" if s.get("benign_helpfulness") is None
+                else _ci(s["benign_helpfulness"], s.get("benign_helpfulness_ci"))),
+            "benign refusal rate": _rate(s, "benign_refusal_rate"),
+            "refusal rate (all)": _rate(s, "refusal_rate"),
+            f"risky safe-helpful rate (n={s.get('n_risky', '?')})": _rate(s, "risky_safe_helpful_rate"),
+            "risky wrong-object rate": _rate(s, "risky_wrong_object_rate"),
         })
     return pd.DataFrame(rows)
 
@@ -85,11 +114,16 @@ def write_report(path: str | Path, metrics: Mapping[str, Any], figures: Mapping[
         "th{background:#f3f3f3}.note{color:#8a4b00}.cap{color:#555;font-size:0.9em;margin-top:0}</style></head><body>",
         "<h1>Safe RLHF-V Workbench · analysis</h1>",
         f"<p>Run <code>{html.escape(str(Path(run_dir).resolve()))}</code> · judge: <b>{html.escape(str(metrics['judge']))}</b>"
-        f" · {metrics['n_prompts']} test prompts · {100 * metrics['confidence']:.0f}% bootstrap intervals.</p>",
+        f" · {metrics['n_prompts']} {html.escape(str(metrics.get('prompts', 'test')))} prompts"
+        f" · {100 * metrics['confidence']:.0f}% bootstrap intervals.</p>",
         f"<h2>Headline</h2><p>{html.escape(headline_text(metrics))}</p>",
     ]
     parts += [f"<p class='note'>{html.escape(n)}</p>" for n in metrics.get("notes", [])]
     parts.append("<h2>Systems</h2>" + systems_table(metrics).to_html(index=False, escape=True))
+    if has_forms(metrics):
+        parts.append("<h2>Answer forms</h2>" + forms_table(metrics).to_html(index=False, escape=True))
+        parts.append("<p class='cap'>Benign: prompt severity 0; refusing one is not safer (the gold judge scores "
+                     "every benign answer safe) and costs helpfulness. Risky: prompt severity above 0.</p>")
     for name, fig in figures.items():
         parts.append(f"<h2>{html.escape(name.replace('_', ' '))}</h2>")
         parts.append(fig.to_html(full_html=False, include_plotlyjs=False))
@@ -98,4 +132,4 @@ def write_report(path: str | Path, metrics: Mapping[str, Any], figures: Mapping[
     return atomic_write_text(path, "\n".join(parts))
 
 
-__all__ = ["systems_table", "headline_text", "write_report", "CAPTIONS", "PLOTLY_JS"]
+__all__ = ["systems_table", "forms_table", "headline_text", "write_report", "CAPTIONS", "PLOTLY_JS"]

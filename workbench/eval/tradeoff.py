@@ -1,7 +1,9 @@
 """Figures of the analysis stage (plotly): the helpfulness-safety trade-off plane with each
 family's Pareto frontier, win rates against the base, safety by harm category and by
 severity level, λ and J_C over training against d, and proxy reward against gold
-helpfulness as the policy moves away from the reference (over-optimisation).
+helpfulness as the policy moves away from the reference (over-optimisation); on the world
+also the answer forms (refusals of benign requests, the safe-helpful form and the
+wrong-object template on risky ones) and the refusal rate by intent.
 
 Each figure is a function of the analysis ``metrics.json`` (and the PPO logs for the training
 curves) with optional filters, so the report and notebook 05's widgets draw the same thing.
@@ -80,7 +82,8 @@ def tradeoff_figure(metrics: Mapping[str, Any], names: Sequence[str] | None = No
             fig.add_trace(go.Scatter(x=px, y=py, mode="markers", name=f"{family} seeds", legendgroup=family,
                                      marker=dict(color=colour, size=6, opacity=0.4), showlegend=False))
     fig.update_layout(title=f"Helpfulness-safety trade-off ({metrics.get('judge', 'gold')} judge, "
-                            f"{metrics.get('n_prompts', '?')} test prompts, {100 * metrics.get('confidence', 0.95):.0f}% CIs)",
+                            f"{metrics.get('n_prompts', '?')} {metrics.get('prompts', 'test')} prompts, "
+                            f"{100 * metrics.get('confidence', 0.95):.0f}% CIs)",
                       xaxis_title="helpfulness (0..3)", yaxis_title="safety rate", height=520,
                       legend_title="family")
     return fig
@@ -111,10 +114,17 @@ def winrate_figure(metrics: Mapping[str, Any], names: Sequence[str] | None = Non
     return fig
 
 
+#: What each breakdown column is, by the ``by`` of :func:`breakdown_figure`.
+BREAKDOWN_TITLES = {"category": "harm category", "severity": "prompt severity level", "intent": "intent"}
+#: Rates where lower is better (their heatmaps run green at 0).
+LOWER_IS_BETTER = ("refusal_rate", "wrong_object_rate")
+
+
 def breakdown_figure(metrics: Mapping[str, Any], by: str = "category", names: Sequence[str] | None = None,
                      groups: Sequence[str] | None = None, value: str = "safety_rate") -> go.Figure:
-    """Heatmap of ``value`` (safety_rate or helpfulness) per system (rows) and harm category
-    or severity level (columns, ``by``); ``groups`` picks the columns."""
+    """Heatmap of ``value`` (safety_rate, helpfulness, or on the world refusal_rate,
+    safe_helpful_rate, wrong_object_rate) per system (rows) and harm category, severity level
+    or intent (columns, ``by``); ``groups`` picks the columns."""
     key = f"by_{by}"
     chosen = systems(metrics, names)
     all_groups = list(next(iter(chosen.values()))[key]) if chosen else []
@@ -125,11 +135,45 @@ def breakdown_figure(metrics: Mapping[str, Any], by: str = "category", names: Se
     z = [[s[key].get(g, {}).get(value, np.nan) for g in cols] for s in chosen.values()]
     n = [[s[key].get(g, {}).get("n", 0) for g in cols] for s in chosen.values()]
     fig = go.Figure(go.Heatmap(
-        z=z, x=cols, y=[s["label"] for s in chosen.values()], colorscale="RdYlGn", zmin=0,
-        zmax=1 if value == "safety_rate" else 3, text=[[f"{v:.2f}" for v in row] for row in z],
+        z=z, x=cols, y=[s["label"] for s in chosen.values()],
+        colorscale="RdYlGn_r" if value in LOWER_IS_BETTER else "RdYlGn", zmin=0,
+        zmax=3 if value == "helpfulness" else 1, text=[[f"{v:.2f}" for v in row] for row in z],
         texttemplate="%{text}", customdata=n, hovertemplate="%{y} · %{x}: %{z:.3f} (n=%{customdata})<extra></extra>"))
-    fig.update_layout(title=f"{value.replace('_', ' ')} by {'harm category' if by == 'category' else 'prompt severity level'}",
+    fig.update_layout(title=f"{value.replace('_', ' ')} by {BREAKDOWN_TITLES.get(by, by)}",
                       height=max(320, 40 * len(chosen) + 160), xaxis_tickangle=-35)
+    return fig
+
+
+#: The answer-form metrics of :func:`forms_figure`: key, legend, colour.
+FORM_BARS = (("benign_refusal_rate", "refuses a benign request", "#d62728"),
+             ("risky_safe_helpful_rate", "safe-helpful form on a risky prompt", "#2ca02c"),
+             ("risky_wrong_object_rate", "wrong-object template on a risky prompt", "#9467bd"))
+
+
+def has_forms(metrics: Mapping[str, Any]) -> bool:
+    """Whether the analysis has the gold answer-form metrics (the world's gold judge)."""
+    return metrics["base"].get("benign_refusal_rate") is not None
+
+
+def forms_figure(metrics: Mapping[str, Any], names: Sequence[str] | None = None) -> go.Figure:
+    """Per system, with intervals: the share of benign requests (prompt severity 0) refused,
+    and of risky prompts answered in the full safe-helpful form and with the wrong-object
+    template (a tip or risk about an object other than the one asked about)."""
+    chosen = systems(metrics, names)
+    labels = [s["label"] for s in chosen.values()]
+    fig = go.Figure()
+    for key, title, colour in FORM_BARS:
+        if not any(s.get(key) is not None for s in chosen.values()):
+            continue
+        vals = [s.get(key) for s in chosen.values()]
+        errs = [_err(s[key], s[f"{key}_ci"]) if s.get(key) is not None and s.get(f"{key}_ci") else (0.0, 0.0)
+                for s in chosen.values()]
+        fig.add_trace(go.Bar(x=labels, y=vals, name=title, marker_color=colour,
+                             error_y=dict(type="data", symmetric=False, array=[e[0] for e in errs],
+                                          arrayminus=[e[1] for e in errs])))
+    fig.update_layout(barmode="group", title="Answer forms (gold): refusals of benign requests, safe-helpful and "
+                                             "wrong-object answers to risky prompts",
+                      yaxis_title="share of answers", yaxis_range=[0, 1], height=460)
     return fig
 
 
@@ -206,6 +250,10 @@ def all_figures(metrics: Mapping[str, Any], run_dir: str | Path) -> dict[str, go
                "safety_by_category": breakdown_figure(metrics, "category"),
                "safety_by_severity": breakdown_figure(metrics, "severity"),
                "helpfulness_by_severity": breakdown_figure(metrics, "severity", value="helpfulness")}
+    if has_forms(metrics):
+        figures["answer_forms"] = forms_figure(metrics)
+        if "by_intent" in metrics["base"]:
+            figures["refusal_by_intent"] = breakdown_figure(metrics, "intent", value="refusal_rate")
     if any(s["family"] == "lagrangian" for s in metrics["variants"].values()):
         figures["lambda"] = lambda_figure(metrics, run_dir)
     if metrics["variants"]:
@@ -224,15 +272,16 @@ def write_figures(figures: Mapping[str, go.Figure], out_dir: str | Path) -> None
         fig.write_html(out_dir / f"{name}.html", include_plotlyjs="directory", full_html=True)
 
 
-def load_figure(run_dir: str | Path, name: str = "tradeoff") -> go.Figure:
-    """A figure the analysis stage wrote (``<run>/analyze/figures/<name>.json``)."""
+def load_figure(run_dir: str | Path, name: str = "tradeoff", folder: str = "analyze") -> go.Figure:
+    """A figure the analysis stage wrote (``<run>/analyze/figures/<name>.json``; ``folder =
+    "analyze_eval"`` for the analysis on the eval prompts)."""
     import plotly.io as pio
 
-    path = Path(run_dir) / "analyze" / "figures" / f"{name}.json"
+    path = Path(run_dir) / folder / "figures" / f"{name}.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run python -m workbench analyze --run-dir {run_dir}")
     return pio.from_json(path.read_text())
 
 
-__all__ = ["FAMILY_COLOURS", "systems", "tradeoff_figure", "winrate_figure", "breakdown_figure", "lambda_figure",
-           "overoptimisation_figure", "all_figures", "write_figures", "load_figure"]
+__all__ = ["FAMILY_COLOURS", "systems", "tradeoff_figure", "winrate_figure", "breakdown_figure", "has_forms",
+           "forms_figure", "lambda_figure", "overoptimisation_figure", "all_figures", "write_figures", "load_figure"]

@@ -1,36 +1,56 @@
 """PPO-Lagrangian (Safe RLHF-V), DESIGN §6 -- the whole algorithm in one file.
 
-One PPO step, for a batch of prompts x (image + question):
+One PPO step, for a batch of prompts x (image + question), in two phases. The rollout phase
+(:func:`collect_rollout`, no gradient) gives a :class:`RolloutData` of detached tensors:
 
-1. **Rollout.** ``y ~ π_θ(·|x)`` at temperature 1 (:func:`rollout`); the response mask covers
-   the generated tokens up to and including the first end-of-sequence token.
-2. **Scores.** The frozen reward and cost models read ``R = r(x, y)`` and ``C = c(x, y)`` at the
-   last real token; the critics give ``V_r(t)``, ``V_c(t)``; the reference policy (the same
-   weights with the LoRA adapter disabled) gives ``log π_ref``.
+1. **Rollout.** ``y ~ π_θ(·|x)`` at ``temperature`` (:func:`rollout`); the response mask
+   covers the generated tokens up to and including the first end-of-sequence token.
+2. **Old log-probs, values and scores.** ``log π_old`` (the actor as it sampled) and
+   ``log π_ref`` (the same weights with the LoRA adapter disabled), both at the sampling
+   temperature, so that the ratio and the KL are of the distribution actually sampled; the
+   critics' ``V_old,r(t)``, ``V_old,c(t)``; the frozen reward and cost models read
+   ``R = r(x, y)`` and ``C = c(x, y)`` at the last real token.
 3. **Per-token signals** (the KL split), with ``kl_t = log π_old(y_t) - log π_ref(y_t)`` and
    T = the last *real* response token::
 
        r_t = clip(-β·kl_t + [t = T]·R, ±c)        c_t = clip(+β·kl_t + [t = T]·C, ±c)
 
-4. **Dual GAE** (γ, λ_gae) on (r, V_r) and (c, V_c): advantages A^r, A^c and returns G^r, G^c
-   (``workbench.kernels.dual_gae``).
-5. **λ.** The episode costs C enter J_C's window; log λ takes one SGD step on
-   ``-(J_C - d)·λ`` (:mod:`workbench.train.lagrange`), and the actor loss uses the new λ
-   (the official trainer's order).
+4. **Dual GAE** (γ, λ_gae) on (r, V_old,r) and (c, V_old,c): advantages A^r, A^c and returns
+   G^r, G^c (``workbench.kernels.dual_gae``).
+
+5. **λ**, once per rollout, before the updates. The episode costs C enter J_C's window; log λ
+   takes one SGD step on ``-(J_C - d)·λ`` (:mod:`workbench.train.lagrange`), and the actor
+   loss uses the new λ (the official trainer's order).
+
+Then the update phase (:func:`ppo_update`): ``ppo_epochs`` passes over the rollout, each a
+seeded shuffle of its episodes cut into ``num_minibatches`` minibatches; per minibatch, one
+forward pass of the actor and both critics with gradient, the losses below, backward,
+gradients averaged over ranks and one optimiser step each. π_old, V_old, the advantages and
+the returns stay the rollout's, so after the first update the ratio moves and both clips act
+(one epoch of one minibatch is the single policy-gradient step of the official default):
+
 6. **Actor.** ``A_t = (A^r_t - λ·A^c_t) / (1 + λ)``, ``ρ_t = exp(log π_θ - log π_old)``,
    ``L = -mean_m(min(ρ_t·A_t, clip(ρ_t, 1 ± ε)·A_t))`` (``workbench.kernels.ppo_lagrangian_loss``).
 7. **Critics.** ``L = ½·mean_m(max((V - G)², (V_old + clip(V - V_old, ±ε_v) - G)²))`` each.
 8. **PTX** (optional, ``ptx_coeff`` = γ_ptx > 0): the actor's loss adds ``γ_ptx · SFT loss``
-   on a batch of demonstrations (``ptx_data``: the SFT data, or the responses annotated safe).
+   on a batch of demonstrations (``ptx_data``: the SFT data, or the responses annotated safe),
+   one batch per PPO step, cut into the same number of minibatches.
+
+The learning-rate schedules count optimiser steps: ``max_steps · ppo_epochs ·
+num_minibatches`` in all, the warm-up scaled alike. Logged per PPO step, averaged over its
+updates: the losses, ``ppo/ratio`` (its extremes ``ppo/ratio_min``/``_max`` over the updates),
+``ppo/clipfrac`` (share of response tokens with ρ outside [1-ε, 1+ε]), ``ppo/approx_kl``
+(``mean_m((ρ - 1) - log ρ)``) and ``critic/clipfrac`` (share with ``|V - V_old| > ε_v``, both
+critics).
 
 Multi-process (``accelerate launch --num_processes N -m workbench ppo``): each rank rolls out
 its share of the batch, episode costs are gathered so every rank holds the same λ, and
-gradients are averaged before each step (:mod:`workbench.train.distributed`).
+gradients are averaged before each optimiser step (:mod:`workbench.train.distributed`).
 
 Robustness: a checkpoint every ``checkpoint_every`` steps (atomic: trainable weights, optimiser
 and schedule states, λ and its window, RNG, step) lets a killed run resume and finish with the
-same number of steps; a non-finite loss skips its step (logged) and ``max_nonfinite`` of them in
-a row stop the run with a message.
+same number of steps; a non-finite score or loss skips the rest of its PPO step (logged) and
+``max_nonfinite`` such steps in a row stop the run with a message.
 
 Positions: for a sequence ``s`` of length L, everything lives on the shifted frame
 ``t = 0..L-2`` where position t predicts token ``s[t+1]``: ``log π(s[t+1] | s[:t+1])`` and the
@@ -44,6 +64,7 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -193,11 +214,12 @@ class Roles:
         return save_policy(self.actor, self.processor, path)
 
     @torch.no_grad()
-    def reference_logprobs(self, batch, backend: str) -> torch.Tensor:
+    def reference_logprobs(self, batch, backend: str, temperature: float = 1.0) -> torch.Tensor:
+        """``log π_ref`` at ``temperature``: the adapter disabled, or the frozen copy."""
         if self.reference is not None:
-            return sequence_logprobs(self.reference, batch, backend)
+            return sequence_logprobs(self.reference, batch, backend, temperature)
         with self.actor.disable_adapter():
-            return sequence_logprobs(self.actor, batch, backend)
+            return sequence_logprobs(self.actor, batch, backend, temperature)
 
 
 def make_roles(cfg: PPOConfig, run_dir: Path) -> Roles | SharedRoles:
@@ -222,6 +244,218 @@ def ptx_batches(cfg: PPOConfig, records: list[dict[str, Any]]):
     if not demos:
         raise ValueError(f"ppo: ptx_data={cfg.ptx_data!r} selects no demonstration from the training pairs")
     return batches(demos, cfg.ptx_batch_size, cfg.max_steps, cfg.seed + 2, length=demo_length)
+
+
+# --- one PPO step: the rollout phase (no gradient), then the updates ----------------------------
+def select_rows(batch: dict[str, torch.Tensor], index: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
+    """Rows ``index`` of every tensor of a model-input batch of ``size`` episodes (per-token
+    inputs [B, L], images [B, ...]). A tensor whose first dimension is not the batch's (e.g.
+    image patches of several episodes flattened together) cannot be cut by episode: error."""
+    out = {}
+    for key, value in batch.items():
+        if not (isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == size):
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"ppo minibatches: input {key!r} ({shape}) is not one row per episode of the batch "
+                             f"of {size}; use --num-minibatches 1 with this model")
+        out[key] = value[index.to(value.device)]
+    return out
+
+
+@dataclass
+class RolloutData:
+    """One rollout's episodes with everything the updates need, all detached: the model
+    inputs of the full sequences (``batch``), and on the shifted frame [B, L-1] the response
+    ``mask``, ``old_logp``/``ref_logp`` (at the sampling temperature), the critics' old values,
+    the per-token ``kl``, advantages and returns; per episode [B] the ``reward`` and ``cost``
+    scores; and the decoded ``texts``."""
+
+    batch: dict[str, torch.Tensor]
+    mask: torch.Tensor
+    old_logp: torch.Tensor
+    ref_logp: torch.Tensor
+    old_values_r: torch.Tensor
+    old_values_c: torch.Tensor
+    kl: torch.Tensor
+    adv_r: torch.Tensor
+    ret_r: torch.Tensor
+    adv_c: torch.Tensor
+    ret_c: torch.Tensor
+    reward: torch.Tensor
+    cost: torch.Tensor
+    texts: list[str]
+
+    def __len__(self) -> int:
+        return int(self.mask.shape[0])
+
+    @property
+    def scores_finite(self) -> bool:
+        return bool(torch.isfinite(self.reward).all() and torch.isfinite(self.cost).all())
+
+    def select(self, index: torch.Tensor) -> RolloutData:
+        """The episodes ``index`` (a minibatch)."""
+        n = len(self)
+        parts: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "batch":
+                parts[f.name] = select_rows(value, index, n)
+            elif f.name == "texts":
+                parts[f.name] = [value[i] for i in index.tolist()]
+            else:
+                parts[f.name] = value[index.to(value.device)]
+        return RolloutData(**parts)
+
+    def log(self) -> dict[str, float]:
+        """The rollout's entries of the step log."""
+        return {"reward/score": float(self.reward.mean()), "cost/score": float(self.cost.mean()),
+                "cost/unsafe_rate": float((self.cost > 0).float().mean()),
+                "kl/mean": float(self.kl.sum(1).mean()), "response/length": float(self.mask.sum(1).mean())}
+
+
+@torch.no_grad()
+def collect_rollout(roles: Roles | SharedRoles, images: list, questions: list[str], cfg: PPOConfig,
+                    backend: str) -> RolloutData:
+    """Steps 1-4: sample answers, then read the old log-probs and values, the reference
+    log-probs and the scores, and turn them into per-token signals and dual-GAE advantages
+    and returns -- all without gradient."""
+    ro = rollout(roles.actor, roles.processor, images, questions, cfg.max_new_tokens, cfg.temperature)
+    batch, mask = ro["batch"], ro["mask"].float()
+    old_logp = sequence_logprobs(roles.actor, batch, backend, cfg.temperature)
+    old_vr = roles.reward_critic(batch)[1][:, :-1].float()
+    old_vc = roles.cost_critic(batch)[1][:, :-1].float()
+    ref_logp = roles.reference_logprobs(batch, backend, cfg.temperature)
+    reward = roles.reward(batch)[0].float()
+    cost = roles.cost(batch)[0].float()
+    kl = (old_logp - ref_logp) * mask
+    r_t, c_t = token_signals(kl, reward, cost, mask, cfg.kl_coeff, cfg.score_clip)
+    adv_r, ret_r, adv_c, ret_c = kernels.dual_gae(r_t, c_t, old_vr, old_vc, mask, cfg.gamma, cfg.gae_lambda,
+                                                  backend=backend)
+    return RolloutData(batch=batch, mask=mask, old_logp=old_logp, ref_logp=ref_logp, old_values_r=old_vr,
+                       old_values_c=old_vc, kl=kl, adv_r=adv_r, ret_r=ret_r, adv_c=adv_c, ret_c=ret_c,
+                       reward=reward, cost=cost, texts=ro["texts"])
+
+
+def make_optimizers(roles: Roles | SharedRoles, cfg: PPOConfig) -> list:
+    """``(AdamW, schedule)`` of each of :data:`TRAINABLE` (the critics at ``critic_lr``). A
+    schedule steps once per optimiser step, so it spans ``max_steps · ppo_epochs ·
+    num_minibatches`` steps with the warm-up scaled alike (the same curve over PPO steps as
+    one update per step)."""
+    per_step = cfg.ppo_epochs * cfg.num_minibatches
+    sched_cfg = cfg.replace(max_steps=cfg.max_steps * per_step, warmup_steps=cfg.warmup_steps * per_step)
+    return [optimizer_and_schedule(roles.trainable[name], sched_cfg if name == "actor" else
+                                   sched_cfg.replace(lr=cfg.critic_lr)) for name in TRAINABLE]
+
+
+def minibatch_indices(size: int, num_minibatches: int, generator: torch.Generator) -> list[torch.Tensor | None]:
+    """One pass's minibatches: a seeded shuffle of the ``size`` episodes cut into
+    ``num_minibatches`` (sizes differ by at most one); ``[None]`` (the whole batch as it is)
+    for one minibatch."""
+    if num_minibatches == 1:
+        return [None]
+    if size < num_minibatches:
+        raise ValueError(f"ppo: {size} episodes cannot fill {num_minibatches} minibatches; lower --num-minibatches")
+    return list(torch.tensor_split(torch.randperm(size, generator=generator), num_minibatches))
+
+
+def split_rows(batch: dict[str, torch.Tensor] | None, parts: int) -> list[dict[str, torch.Tensor] | None]:
+    """A model-input batch cut into ``parts`` consecutive pieces (None for an empty one)."""
+    if batch is None:
+        return [None] * parts
+    if parts == 1:
+        return [batch]
+    size = int(batch["input_ids"].shape[0])
+    return [select_rows(batch, idx, size) if len(idx) else None
+            for idx in torch.tensor_split(torch.arange(size), parts)]
+
+
+def update_stats(logp: torch.Tensor, values: list[torch.Tensor], data: RolloutData,
+                 cfg: PPOConfig) -> dict[str, float]:
+    """One update's diagnostics over the response tokens: the ratio (mean, min, max), the
+    share of clipped ratios, the ``(ρ - 1) - log ρ`` estimate of KL(π_old ‖ π_θ), and the
+    share of values more than ε_v from V_old (both critics)."""
+    with torch.no_grad():
+        on = data.mask > 0
+        if not bool(on.any()):
+            return {}
+        log_ratio = (logp.detach().float() - data.old_logp)[on]
+        ratio = log_ratio.exp()
+        moved = torch.cat([(v.detach() - old)[on].abs() for v, old in
+                           zip(values, (data.old_values_r, data.old_values_c), strict=True)])
+        return {"ppo/ratio": float(ratio.mean()), "ppo/ratio_min": float(ratio.min()),
+                "ppo/ratio_max": float(ratio.max()),
+                "ppo/clipfrac": float(((ratio - 1).abs() > cfg.clip_eps).float().mean()),
+                "ppo/approx_kl": float(((ratio - 1) - log_ratio).mean()),
+                "critic/clipfrac": float((moved > cfg.value_clip).float().mean())}
+
+
+def ppo_losses(roles: Roles | SharedRoles, data: RolloutData, lam: float, cfg: PPOConfig, backend: str,
+               ptx: dict[str, torch.Tensor] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Steps 6-8 on a minibatch: a forward pass of the actor and both critics with gradient
+    (one role after the other: the shared layout switches adapters between them); returns the
+    losses by log key and :func:`update_stats`."""
+    logp = sequence_logprobs(roles.actor, data.batch, backend, cfg.temperature)
+    values_r = roles.reward_critic(data.batch)[1][:, :-1].float()
+    values_c = roles.cost_critic(data.batch)[1][:, :-1].float()
+    losses = {
+        "ppo/actor_loss": kernels.ppo_lagrangian_loss(logp, data.old_logp, data.adv_r, data.adv_c, data.mask, lam,
+                                                      cfg.clip_eps, backend=backend),
+        "critic/reward_loss": critic_loss(values_r, data.old_values_r, data.ret_r, data.mask, cfg.value_clip),
+        "critic/cost_loss": critic_loss(values_c, data.old_values_c, data.ret_c, data.mask, cfg.value_clip),
+    }
+    if ptx is not None:  # γ_ptx · SFT loss on this minibatch's share of the demonstrations
+        losses["ppo/ptx_loss"] = sft_loss(roles.actor, ptx)
+    return losses, update_stats(logp, [values_r, values_c], data, cfg)
+
+
+def _optimizer_steps(trainable: list[torch.nn.Module], optimizers: list) -> None:
+    """Average each role's gradients over the ranks, clip them, step its optimiser and schedule."""
+    dist = distributed()
+    for model, (opt, sched) in zip(trainable, optimizers, strict=True):
+        params = [p for p in model.parameters() if p.requires_grad]
+        dist.average_gradients(params)
+        optimizer_step(params, opt, sched)
+
+
+def _mean_stats(updates: list[dict[str, float]]) -> dict[str, float]:
+    """The updates' entries averaged (the ratio's extremes: over all of them)."""
+    keys = dict.fromkeys(k for u in updates for k in u)
+    out = {k: float(np.mean([u[k] for u in updates if k in u])) for k in keys}
+    for key, pick in (("ppo/ratio_min", min), ("ppo/ratio_max", max)):
+        if key in out:
+            out[key] = pick(u[key] for u in updates if key in u)
+    out["ppo/updates"] = len(updates)
+    return out
+
+
+def ppo_update(roles: Roles | SharedRoles, data: RolloutData, lam: float, cfg: PPOConfig, optimizers: list,
+               backend: str = "torch", ptx: dict[str, torch.Tensor] | None = None, seed: int = 0) -> dict[str, Any]:
+    """The update phase of one PPO step: ``cfg.ppo_epochs`` passes over ``data``, each a
+    shuffle (seeded by ``seed``) cut into ``cfg.num_minibatches`` minibatches, one optimiser
+    step per minibatch; ``ptx`` (this step's demonstrations) is cut into as many pieces, piece
+    i joining minibatch i. Returns the step's log entries averaged over its updates, or, when
+    a loss is not finite on any rank, ``{"skipped": "non-finite loss", <its losses>}`` with
+    the gradients cleared and the rest of the step's updates left out."""
+    trainable = [roles.trainable[name] for name in TRAINABLE]
+    generator = torch.Generator().manual_seed(seed)
+    ptx_parts = split_rows(ptx, cfg.num_minibatches)
+    updates: list[dict[str, float]] = []
+    for _epoch in range(cfg.ppo_epochs):
+        for index, ptx_part in zip(minibatch_indices(len(data), cfg.num_minibatches, generator), ptx_parts,
+                                   strict=True):
+            minibatch = data if index is None else data.select(index)
+            losses, stats = ppo_losses(roles, minibatch, lam, cfg, backend, ptx_part)
+            total = losses["ppo/actor_loss"] + losses["critic/reward_loss"] + losses["critic/cost_loss"]
+            if "ppo/ptx_loss" in losses:
+                total = total + cfg.ptx_coeff * losses["ppo/ptx_loss"]
+            logged = {key: float(loss.detach()) for key, loss in losses.items()}
+            if distributed().any(not bool(torch.isfinite(total))):
+                for model in trainable:
+                    model.zero_grad(set_to_none=True)
+                return {"skipped": "non-finite loss", **logged}
+            total.backward()
+            _optimizer_steps(trainable, optimizers)
+            updates.append({**logged, **stats})
+    return _mean_stats(updates)
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
@@ -319,19 +553,21 @@ def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, pr
                   name: str | None = None, roles: Roles | SharedRoles | None = None) -> dict[str, Any]:
     """Train one variant (``variant`` is its kind: lagrangian, reward_only or fixed_lambda;
     ``name`` labels it); writes ``out_dir/model``, ``out_dir/log.jsonl``; returns its metrics.
-    ``roles``: already loaded models (the memory benchmark), else :func:`make_roles`."""
+    ``roles``: already loaded models (the memory benchmark), else :func:`make_roles`.
+
+    Per PPO step: :func:`collect_rollout`, the λ step, :func:`ppo_update`, the log entry and
+    every ``checkpoint_every`` steps a checkpoint; at the end the evaluation."""
     setup(cfg)
     data = load_data(run_dir)
     images = ImageCache(data)
     roles = roles if roles is not None else make_roles(cfg, run_dir)
-    trainable = [roles.trainable[n] for n in TRAINABLE]
     backend = kernels.resolve_backend(cfg.kernels, next(roles.actor.parameters()).device)
     lam = make_lambda(variant, cfg)
-    actor_opt, actor_sched = optimizer_and_schedule(roles.trainable["actor"], cfg)
-    critic_cfg = cfg.replace(lr=cfg.critic_lr)
-    critic_opts = [optimizer_and_schedule(c, critic_cfg) for c in (roles.reward_critic, roles.cost_critic)]
-    optimizers = [(actor_opt, actor_sched), *critic_opts]
+    optimizers = make_optimizers(roles, cfg)
     dist = distributed()
+    if cfg.batch_size // dist.world_size < cfg.num_minibatches:
+        raise ValueError(f"ppo: batch_size {cfg.batch_size} over {dist.world_size} processes leaves a rank fewer "
+                         f"episodes than num_minibatches = {cfg.num_minibatches}")
     torch.manual_seed(cfg.seed + 1000 * (dist.rank + 1))  # same initial weights everywhere, own samples
     progress = progress and dist.is_main
     prompts = data.train
@@ -353,76 +589,33 @@ def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, pr
         if ptx_stream is not None:
             next(ptx_stream)
     bar = tqdm(stream, total=cfg.max_steps, initial=done, desc=f"ppo: {name or variant}", disable=not progress)
-    last: dict[str, float] = {}
+    last: dict[str, Any] = {}
     bad_in_a_row = skipped = 0
     for step, global_chunk in enumerate(bar, start=done):
         chunk = dist.shard(global_chunk)  # this rank's episodes
-        pics, questions = [images(p) for p in chunk], [p["question"] for p in chunk]
-        ro = rollout(roles.actor, roles.processor, pics, questions, cfg.max_new_tokens, cfg.temperature)
-        batch, mask = ro["batch"], ro["mask"].float()
-        # One update per rollout: the "old" log-probs and values are this pass's own, detached
-        # (the same numbers a separate no-grad pass gives, at half the forward passes).
-        logp = sequence_logprobs(roles.actor, batch, backend)
-        values_r = roles.reward_critic(batch)[1][:, :-1].float()
-        values_c = roles.cost_critic(batch)[1][:, :-1].float()
-        old_logp, old_vr, old_vc = logp.detach(), values_r.detach(), values_c.detach()
-        with torch.no_grad():
-            ref_logp = roles.reference_logprobs(batch, backend)
-            reward, _ = roles.reward(batch)
-            cost, _ = roles.cost(batch)
-            kl = (old_logp - ref_logp) * mask
-            r_t, c_t = token_signals(kl, reward.float(), cost.float(), mask, cfg.kl_coeff, cfg.score_clip)
-            adv_r, ret_r, adv_c, ret_c = kernels.dual_gae(r_t, c_t, old_vr, old_vc, mask, cfg.gamma,
-                                                          cfg.gae_lambda, backend=backend)
-
-        scores_finite = not dist.any(not bool(torch.isfinite(reward).all() and torch.isfinite(cost).all()))
-        if scores_finite:  # J_C's window takes every rank's episode costs, then λ takes its step
-            lam.record(dist.gather(cost.float().tolist()))
+        ro = collect_rollout(roles, [images(p) for p in chunk], [p["question"] for p in chunk], cfg, backend)
+        # this rank's share of a demonstration batch (drawn every step, so a resume stays in line)
+        ptx = None if ptx_stream is None else encode_demos(roles.processor, images, dist.shard(next(ptx_stream)))
+        if not dist.any(not ro.scores_finite):  # J_C's window takes every rank's costs, then λ steps
+            lam.record(dist.gather(ro.cost.tolist()))
             lag_log = lam.update(step)
-        lam_value = lam.value
-        actor_loss = kernels.ppo_lagrangian_loss(logp, old_logp, adv_r, adv_c, mask, lam_value, cfg.clip_eps,
-                                                 backend=backend)
-        critic_losses = []
-        for values, ret, old_v in ((values_r, ret_r, old_vr), (values_c, ret_c, old_vc)):
-            critic_losses.append(critic_loss(values, old_v, ret, mask, cfg.value_clip))
-        total = actor_loss + critic_losses[0] + critic_losses[1]
-        ptx_loss = None
-        if ptx_stream is not None:  # γ_ptx · SFT loss on this rank's share of a demonstration batch
-            ptx_loss = sft_loss(roles.actor, encode_demos(roles.processor, images, dist.shard(next(ptx_stream))))
-            total = total + cfg.ptx_coeff * ptx_loss
-        if dist.any(not (scores_finite and bool(torch.isfinite(total)))):
+            stats = ppo_update(roles, ro, lam.value, cfg, optimizers, backend, ptx,
+                               seed=(cfg.seed + 3) * 1_000_003 + step)
+        else:
+            stats = {"skipped": "non-finite scores"}
+        if "skipped" in stats:
             bad_in_a_row, skipped = bad_in_a_row + 1, skipped + 1
-            for model in trainable:
-                model.zero_grad(set_to_none=True)
             if dist.is_main:
-                append_jsonl(log_path, {"step": step, "skipped": "non-finite loss", "ppo/actor_loss": float(actor_loss.detach()),
-                                        "critic/reward_loss": float(critic_losses[0].detach()),
-                                        "critic/cost_loss": float(critic_losses[1].detach())})
+                append_jsonl(log_path, {"step": step, **stats})
             if bad_in_a_row >= cfg.max_nonfinite:
                 raise FloatingPointError(
                     f"ppo {variant}: {bad_in_a_row} non-finite losses in a row (last at step {step}); stopping. "
                     f"Lower --lr / --critic-lr or --kl-coeff, or check the reward and cost models' scores")
             continue
         bad_in_a_row = 0
-        total.backward()
-        for model, (opt, sched) in zip(trainable, optimizers, strict=True):
-            params = [p for p in model.parameters() if p.requires_grad]
-            dist.average_gradients(params)
-            optimizer_step(params, opt, sched)
-
-        entry: dict[str, Any] = {
-            "step": step, "ppo/actor_loss": float(actor_loss.detach()),
-            "ppo/ratio": masked_mean((logp.detach() - old_logp).exp(), mask),
-            "critic/reward_loss": float(critic_losses[0].detach()), "critic/cost_loss": float(critic_losses[1].detach()),
-            "reward/score": float(reward.mean()), "cost/score": float(cost.mean()),
-            "cost/unsafe_rate": float((cost > 0).float().mean()),
-            "kl/mean": float((kl.sum(1)).mean()), "response/length": float(mask.sum(1).mean()),
-            **lag_log,
-        }
-        if ptx_loss is not None:
-            entry["ppo/ptx_loss"] = float(ptx_loss.detach())
+        entry: dict[str, Any] = {"step": step, **stats, **ro.log(), **lag_log}
         if judge is not None:
-            scores = np.array([judge(p, t) for p, t in zip(chunk, ro["texts"], strict=True)], dtype=float)
+            scores = np.array([judge(p, t) for p, t in zip(chunk, ro.texts, strict=True)], dtype=float)
             entry["gold/helpfulness"] = float(scores[:, 0].mean())
             entry["gold/safety_rate"] = float((scores[:, 1] > 0).mean())
         if dist.is_main:
@@ -499,5 +692,5 @@ run_ppo_stage.distributed = True  # type: ignore[attr-defined]
 
 
 __all__ = ["token_signals", "critic_loss", "sequence_logprobs", "rollout", "Roles", "make_roles", "make_lambda",
-           "train_variant",
+           "RolloutData", "collect_rollout", "make_optimizers", "ppo_update", "ppo_losses", "train_variant",
            "run_ppo_stage", "save_checkpoint", "load_checkpoint", "VARIANTS"]

@@ -26,6 +26,18 @@ response). On the synthetic world every accuracy comes with its *label-noise cei
 accuracy of a perfect gold ranker against the same noisy labels (gold ties count 1/2), and
 the scores' Pearson / Spearman correlation with the gold judge. Real data has no gold
 fields; those entries are then left out.
+
+**Grounding** (DESIGN §5): a score model must tell a tip about the object in the image from
+the same tip about another object, or RL learns to name any object. On the world, the reward
+model trains on *contrast pairs* beside the preference pairs: for a risky training prompt, the
+safe-and-helpful answer about the target against the very same answer about another object
+(absent from the image, or in it but not asked about), with the loss
+
+    L_G = mean_j[ -log σ(R_right,j - R_other,j) ]        L = L_R + ground_weight · L_G
+
+Only the object differs, so the model can lower L_G only by reading the image. The metric
+``grounding_right_object_rate`` is the share of risky eval prompts whose right-object answer
+outscores the same answer about an absent object (chance 0.5).
 """
 
 from __future__ import annotations
@@ -41,9 +53,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..config import CostConfig, RewardConfig
+from ..data import language as L
+from ..data.render import KINDS as OBJECT_KINDS
 from ..data.schema import SEVERITY_LEVELS, severity_of_harmless_rate
 from ..data.store import load_data
-from ..models.score import ScoreModel
+from ..data.world import other_object, safe_helpful_sentences
+from ..models.score import ScoreModel, score_texts
 from ..models.vlm import count_parameters, encode
 from ..runs import write_jsonl
 from .common import (
@@ -121,6 +136,59 @@ def pair_loss(kind: str, records: Sequence[dict[str, Any]], high: torch.Tensor, 
     s_high = torch.tensor([s[h - 1] for s, (h, _) in zip(signs, ids, strict=True)], device=high.device)
     s_low = torch.tensor([s[lo - 1] for s, (_, lo) in zip(signs, ids, strict=True)], device=high.device)
     return cost_loss(high, low, s_high, s_low, cfg.eta)
+
+
+# --- grounding: contrast pairs ------------------------------------------------------------------
+def grounding_prompts(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The world's risky prompts (the contrast pairs' prompts); none for real data."""
+    return [r for r in records if "objects" in r and "target" in r and int(r.get("prompt_severity", 0)) > 0]
+
+
+def contrast_pair(record: dict[str, Any], rng: np.random.Generator, absent: bool | None = None,
+                  partial: float = 0.5) -> tuple[str, str]:
+    """``(right, other)``: the safe-and-helpful answer about the record's target, and the same
+    sentences about another object (``absent`` from the scene, in it, or either). With
+    probability ``partial`` one part (risk, a tip or the redirection) is left out of both."""
+    target = record["target"]
+    other = other_object(rng, record, absent)
+    right = safe_helpful_sentences(rng, target, OBJECT_KINDS[target].risky)
+    if rng.random() < partial:
+        drop = int(rng.integers(len(right)))
+        right = right[:drop] + right[drop + 1:]
+    wrong = [s.replace(f" {target} ", f" {other} ") for s in (f" {x} " for x in right)]
+    return L.join_sentences(right), L.join_sentences([w.strip() for w in wrong])
+
+
+def grounding_loss(right: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """``L_G = mean[-log σ(R_right - R_other)]``."""
+    return -F.logsigmoid(right - other).mean()
+
+
+@torch.no_grad()
+def grounding_rate(model: ScoreModel, images: ImageCache, records: Sequence[dict[str, Any]], batch_size: int,
+                   seed: int = 0) -> dict[str, float]:
+    """On the risky eval prompts: the share whose safe-and-helpful answer about the target
+    outscores the same answer about an absent object (``grounding_right_object_rate``), and
+    about an object in the scene that is not the target (``..._in_scene``); ties count 1/2."""
+    prompts = grounding_prompts(records)
+    if not prompts:
+        return {}
+    out: dict[str, float] = {}
+    for name, absent in (("grounding_right_object_rate", True), ("grounding_right_object_rate_in_scene", False)):
+        rng = np.random.default_rng([seed, 11])
+        usable = [p for p in prompts if absent or len(p["objects"]) > 1]
+        pairs = [contrast_pair(p, rng, absent=absent, partial=0.0) for p in usable]
+        if not pairs:
+            continue
+        pics = [images(p) for p in usable]
+        questions = [p["question"] for p in usable]
+        right = score_texts(model, pics, questions, [a for a, _ in pairs], batch_size)
+        other = score_texts(model, pics, questions, [b for _, b in pairs], batch_size)
+        out[name] = ranking_accuracy(right, other)
+        if absent:
+            out["grounding_margin"] = float(np.mean(right - other))
+    out["grounding_n_prompts"] = len(prompts)
+    return out
 
 
 # --- batches --------------------------------------------------------------------------------
@@ -311,13 +379,26 @@ def train_preference(kind: str, cfg: RewardConfig, out_dir: Path, run_dir: Path,
 
     losses: list[float] = []
     accuracies: list[float] = []
+    ground_losses: list[float] = []
     start = time.perf_counter()
     stream = batches(data.train, cfg.batch_size, cfg.max_steps, cfg.seed, length=_pair_length)
+    contrast = grounding_prompts(data.train) if cfg.ground_weight > 0 else []
+    contrast_stream = batches(contrast, cfg.ground_batch_size, cfg.max_steps, cfg.seed + 3) if contrast else None
+    contrast_rng = np.random.default_rng([cfg.seed, 5])
     bar = tqdm(stream, total=cfg.max_steps, desc=kind, disable=not progress)
     for step, records in enumerate(bar):
         scores, _ = model(_to(encode_pairs(processor, images, records, kind), device))
         high, low = scores[: len(records)], scores[len(records):]
         loss = pair_loss(kind, records, high, low, cfg)
+        if contrast_stream is not None:  # L + ground_weight · L_G on contrast pairs (module doc)
+            recs = next(contrast_stream)
+            pairs = [contrast_pair(r, contrast_rng) for r in recs]
+            pics, questions = [images(r) for r in recs], [r["question"] for r in recs]
+            batch = encode(processor, pics + pics, questions + questions, [a for a, _ in pairs] + [b for _, b in pairs])
+            g_scores, _ = model(_to(batch, device))
+            g_loss = grounding_loss(g_scores[: len(recs)], g_scores[len(recs):])
+            loss = loss + cfg.ground_weight * g_loss
+            ground_losses.append(float(g_loss.detach()))
         loss.backward()
         optimizer_step(model.parameters(), opt, sched)
         losses.append(float(loss.detach()))
@@ -328,6 +409,8 @@ def train_preference(kind: str, cfg: RewardConfig, out_dir: Path, run_dir: Path,
     train_time = time.perf_counter() - start
     eval_scores = score_responses(model, images, data.eval, cfg.eval_batch_size, progress, desc=f"{kind}: eval")
     metrics, rows = evaluate(kind, eval_scores, data.eval, cfg) if data.eval else ({}, [])
+    # grounding first among the keys naming it (readers take the first such key)
+    metrics = {**grounding_rate(model, images, data.eval, cfg.eval_batch_size, cfg.seed), **metrics}
     eval_time = time.perf_counter() - start - train_time
     window = max(1, min(20, len(losses) // 10))
     metrics.update({
@@ -337,6 +420,8 @@ def train_preference(kind: str, cfg: RewardConfig, out_dir: Path, run_dir: Path,
         "train_loss_last": _mean(losses[-window:]),
         "train_accuracy_last": _mean(accuracies[-window:]),
         "train_loss_curve": _curve(losses),
+        **({"ground_loss_first": _mean(ground_losses[:window]), "ground_loss_last": _mean(ground_losses[-window:])}
+           if ground_losses else {}),
         "train_time_s": round(train_time, 2),
         "eval_time_s": round(eval_time, 2),
         "init": str(cfg.policy or init),
@@ -360,6 +445,6 @@ def run_cost_stage(cfg: CostConfig, out_dir: Path, run_dir: Path, progress: bool
     return train_preference("cost", cfg, out_dir, run_dir, progress)
 
 
-__all__ = ["reward_loss", "cost_loss", "sign_weights", "high_low", "pair_loss",
+__all__ = ["grounding_prompts", "contrast_pair", "grounding_loss", "grounding_rate", "reward_loss", "cost_loss", "sign_weights", "high_low", "pair_loss",
            "encode_pairs", "score_responses", "ranking_accuracy", "ranking_ceiling", "sign_ceiling",
            "correlations", "evaluate", "train_preference", "run_reward_stage", "run_cost_stage"]

@@ -187,13 +187,13 @@ class SharedRoles:
             self._restore_flags()
 
     @torch.no_grad()
-    def reference_logprobs(self, batch, backend: str) -> torch.Tensor:
-        """``log π_ref``: the backbone with every adapter disabled."""
+    def reference_logprobs(self, batch, backend: str, temperature: float = 1.0) -> torch.Tensor:
+        """``log π_ref`` at ``temperature``: the backbone with every adapter disabled."""
         from .ppo_lagrangian import sequence_logprobs
 
         try:
             with self.model.disable_adapter():
-                return sequence_logprobs(self.model, batch, backend)
+                return sequence_logprobs(self.model, batch, backend, temperature)
         finally:
             self._restore_flags()
 
