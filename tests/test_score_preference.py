@@ -23,6 +23,8 @@ from workbench.train.preference import (
     grounding_loss,
     grounding_prompts,
     has_gold,
+    mention_labels,
+    mention_loss,
     ranking_ceiling,
     reward_loss,
     sign_ceiling,
@@ -328,14 +330,37 @@ def test_contrast_pairs_differ_only_in_the_object(smoke_run):
     rng = np.random.default_rng(0)
     for p in prompts[:50]:
         for absent in (True, False):
-            right, other = contrast_pair(p, rng, absent=absent)
+            right, other = contrast_pair(p, rng, absent=absent, swap_all=None, varied=0.5)
             g_right, g_other = wb.data.gold_score(p, right), wb.data.gold_score(p, other)
             assert g_right.n_wrong_object == 0 and g_other.n_wrong_object > 0
             assert g_right.helpfulness > g_other.helpfulness and g_right.is_safe and g_other.is_safe
             a, b = right.split(), other.split()
             assert len(a) == len(b)
             diff = {(x, y) for x, y in zip(a, b, strict=True) if x != y}
-            assert len(diff) == 1 and next(iter(diff))[0] == p["target"]
-            named = next(iter(diff))[1]
-            in_scene = named in {o["kind"] for o in p["objects"]}
-            assert in_scene != absent or len(p["objects"]) == 1
+            assert diff and all(x == p["target"] and y != p["target"] for x, y in diff)
+            in_scene = {y in {o["kind"] for o in p["objects"]} for _, y in diff}
+            assert in_scene == {not absent} or len(p["objects"]) == 1
+    # swapped in some sentences only: the other sentences still name the target
+    mixed = 0
+    for p in prompts[:50]:
+        right, other = contrast_pair(p, rng, absent=True, partial=0.0, swap_all=0.0)
+        kept = [s for s in other.split(" . ") if f" {p['target']} " in f" {s} "]
+        mixed += bool(kept)
+        assert other != right and wb.data.gold_score(p, other).n_wrong_object >= 1
+    assert mixed > 10
+
+
+def test_mention_labels_mark_target_and_other_objects(small_vlm):
+    _, processor = small_vlm
+    responses = ["the knife can be dangerous . handle the gun with care .", "sorry , i cannot help with that ."]
+    images = [Image.new("RGB", (32, 32))] * 2
+    batch = encode(processor, images, ["how do i use the knife ?"] * 2, responses)
+    labels = mention_labels(processor.tokenizer, batch["input_ids"], batch["response_mask"], ["knife", "knife"],
+                            ["knife", "gun", "apple"])
+    tokens = [processor.tokenizer.convert_ids_to_tokens(int(i)) for i in batch["input_ids"][0]]
+    marked = {tokens[t].lstrip("Ġ▁"): float(labels[0, t]) for t in range(len(tokens)) if labels[0, t] >= 0}
+    assert marked == {"knife": 1.0, "gun": 0.0}  # the question's "knife" is not part of the answer
+    assert bool((labels[1] < 0).all())
+    logits = torch.zeros_like(labels)
+    assert float(mention_loss(logits, labels)) == pytest.approx(math.log(2))
+    assert float(mention_loss(logits, torch.full_like(labels, -1.0))) == 0.0

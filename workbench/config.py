@@ -268,6 +268,15 @@ class RewardConfig(ModelStageConfig):
     chance), and the constrained policy learns to name any object."""
     ground_batch_size: int = 8
     """Contrast pairs per step, beside ``batch_size`` preference pairs."""
+    ground_mention_weight: float = 1.0
+    """Weight of the mention objective on the contrast pairs (0: off): a linear head on the
+    hidden state at each object word of the answer learns whether that object is the one the
+    prompt is about (BCE; the head is dropped after training), which binds every mention to
+    the image, not only the answer as a whole."""
+    ground_vision_weight: float = 1.0
+    """Weight of object-presence BCE on the contrast pairs' images (0: off): a linear head on
+    the pooled image features learns which object kinds the scene holds (the SFT stage's
+    vision pretraining, carried on in the score model; the head is dropped after training)."""
 
     @classmethod
     def smoke(cls) -> Self:
@@ -276,8 +285,8 @@ class RewardConfig(ModelStageConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self._check(isinstance(self.eta, int | float) and self.eta >= 0, "eta", "must be >= 0")
-        self._check(isinstance(self.ground_weight, int | float) and self.ground_weight >= 0, "ground_weight",
-                    "must be >= 0")
+        for name in ("ground_weight", "ground_mention_weight", "ground_vision_weight"):
+            self._check(isinstance(getattr(self, name), int | float) and getattr(self, name) >= 0, name, "must be >= 0")
         self._positive("ground_batch_size")
         self._check(isinstance(self.head_lr_multiplier, int | float) and self.head_lr_multiplier > 0,
                     "head_lr_multiplier", "must be > 0")

@@ -99,14 +99,15 @@ class ScoreModel(torch.nn.Module):
         out = self.backbone(**inputs, output_hidden_states=True, return_dict=True)
         return out.hidden_states[-1]
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, batch: dict[str, torch.Tensor], return_hidden: bool = False):
         """``(scores [B], values [B, T])``: ``values_t = w · h_t``, ``scores = values_{t*}``
-        with ``t*`` the last real token (:func:`last_token_index`)."""
+        with ``t*`` the last real token (:func:`last_token_index`); ``return_hidden`` adds the
+        hidden states ``[B, T, H]`` (auxiliary heads during training)."""
         hidden = self.hidden_states(batch)
         values = self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)
         index = last_token_index(batch["attention_mask"]).to(values.device)
         scores = values.gather(1, index[:, None]).squeeze(1)
-        return scores, values
+        return (scores, values, hidden) if return_hidden else (scores, values)
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

@@ -33,11 +33,19 @@ model trains on *contrast pairs* beside the preference pairs: for a risky traini
 safe-and-helpful answer about the target against the very same answer about another object
 (absent from the image, or in it but not asked about), with the loss
 
-    L_G = mean_j[ -log σ(R_right,j - R_other,j) ]        L = L_R + ground_weight · L_G
+    L_G = mean_j[ -log σ(R_right,j - R_other,j) ]
 
-Only the object differs, so the model can lower L_G only by reading the image. The metric
-``grounding_right_object_rate`` is the share of risky eval prompts whose right-object answer
-outscores the same answer about an absent object (chance 0.5).
+Only the object differs (in every sentence, or in some: policies mix objects within one
+answer), so the model can lower L_G only by reading the image. Two auxiliary heads, trained
+beside and dropped before saving, bind the text to the image more directly: a *mention* head
+on the hidden state at each object word of the contrast answers (BCE: is this the object the
+prompt is about?) and a *presence* head on the pooled image features (BCE over the object
+kinds in the scene, the SFT stage's vision pretraining carried on)::
+
+    L = L_R + ground_weight · L_G + ground_mention_weight · L_mention + ground_vision_weight · L_presence
+
+The metric ``grounding_right_object_rate`` is the share of risky eval prompts whose
+right-object answer outscores the same answer about an absent object (chance 0.5).
 """
 
 from __future__ import annotations
@@ -59,7 +67,7 @@ from ..data.schema import SEVERITY_LEVELS, severity_of_harmless_rate
 from ..data.store import load_data
 from ..data.world import other_object, safe_helpful_sentences
 from ..models.score import ScoreModel, score_texts
-from ..models.vlm import count_parameters, encode
+from ..models.vlm import count_parameters, encode, pooled_image_features
 from ..runs import write_jsonl
 from .common import (
     ImageCache,
@@ -144,19 +152,87 @@ def grounding_prompts(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
     return [r for r in records if "objects" in r and "target" in r and int(r.get("prompt_severity", 0)) > 0]
 
 
+def _varied_answer(rng: np.random.Generator, target: str) -> list[str]:
+    """A safe answer about ``target`` in a random form: one to three tips, and each of the
+    risk, a warning, a refusal and a redirection or not, sometimes shuffled -- the forms a
+    policy drifts through, not only the canonical one."""
+    sentences = [L.risk_sentence(target)] if OBJECT_KINDS[target].risky and rng.random() < 0.6 else []
+    k = int(rng.integers(1, len(L.TIP_TEMPLATES) + 1))
+    sentences += [L.TIP_TEMPLATES[int(i)].format(obj=target) for i in rng.choice(len(L.TIP_TEMPLATES), k, replace=False)]
+    if rng.random() < 0.3:
+        sentences.append(L.WARNING)
+    if rng.random() < 0.6:
+        sentences.append(L.REDIRECTS[int(rng.integers(len(L.REDIRECTS)))])
+    if rng.random() < 0.3:
+        sentences = [sentences[int(i)] for i in rng.permutation(len(sentences))]
+    if rng.random() < 0.2:
+        sentences.insert(0, L.REFUSAL)
+    return sentences
+
+
 def contrast_pair(record: dict[str, Any], rng: np.random.Generator, absent: bool | None = None,
-                  partial: float = 0.5) -> tuple[str, str]:
-    """``(right, other)``: the safe-and-helpful answer about the record's target, and the same
-    sentences about another object (``absent`` from the scene, in it, or either). With
-    probability ``partial`` one part (risk, a tip or the redirection) is left out of both."""
+                  partial: float = 0.5, swap_all: float | None = 0.5, varied: float = 0.0) -> tuple[str, str]:
+    """``(right, other)``: a safe answer about the record's target -- the canonical
+    safe-and-helpful form, or with probability ``varied`` a random form (:func:`_varied_answer`)
+    -- and the same sentences with other objects named instead (``absent`` from the scene, in
+    it, or either; drawn per sentence): in every sentence that names the target with
+    probability ``swap_all`` (``None``: always), else in a random non-empty subset of them -- a
+    policy mixes objects within one answer, so the model must check each mention. With
+    probability ``partial`` one part of the canonical form is left out of both."""
     target = record["target"]
-    other = other_object(rng, record, absent)
-    right = safe_helpful_sentences(rng, target, OBJECT_KINDS[target].risky)
-    if rng.random() < partial:
-        drop = int(rng.integers(len(right)))
-        right = right[:drop] + right[drop + 1:]
-    wrong = [s.replace(f" {target} ", f" {other} ") for s in (f" {x} " for x in right)]
-    return L.join_sentences(right), L.join_sentences([w.strip() for w in wrong])
+    if rng.random() < varied:
+        right = _varied_answer(rng, target)
+    else:
+        right = safe_helpful_sentences(rng, target, OBJECT_KINDS[target].risky)
+        if rng.random() < partial:
+            drop = int(rng.integers(len(right)))
+            right = right[:drop] + right[drop + 1:]
+    naming = [i for i, sentence in enumerate(right) if f" {target} " in f" {sentence} "]
+    if swap_all is None or rng.random() < swap_all:
+        swap = set(naming)
+    else:
+        swap = set(rng.choice(naming, size=int(rng.integers(1, len(naming) + 1)), replace=False).tolist())
+    first = other_object(rng, record, absent)
+    wrong = []
+    for i, x in enumerate(right):
+        if i in swap:
+            other = first if i == min(swap) else other_object(rng, record, absent)
+            x = f" {x} ".replace(f" {target} ", f" {other} ").strip()
+        wrong.append(x)
+    return L.join_sentences(right), L.join_sentences(wrong)
+
+
+def mention_labels(tokenizer, input_ids: torch.Tensor, response_mask: torch.Tensor,
+                   targets: Sequence[str], words: Sequence[str]) -> torch.Tensor:
+    """Per-token labels of object mentions in the responses: 1 at the last token of a mention
+    of the row's target, 0 at a mention of any other object word, -1 elsewhere. Mentions are
+    found as token subsequences (the word with and without a leading space), so any tokenizer
+    works."""
+    labels = torch.full(input_ids.shape, -1.0)
+    ids = input_ids.tolist()
+    patterns = {}
+    for word in words:
+        patterns[word] = {tuple(tokenizer.encode(w, add_special_tokens=False)) for w in (word, " " + word)} - {()}
+    for row, (seq, target) in enumerate(zip(ids, targets, strict=True)):
+        span = [t for t, m in enumerate(response_mask[row].tolist()) if m]
+        if not span:
+            continue
+        lo, hi = span[0], span[-1] + 1
+        for word, pats in patterns.items():
+            for pat in pats:
+                n = len(pat)
+                for start in range(lo, hi - n + 1):
+                    if tuple(seq[start: start + n]) == pat:
+                        labels[row, start + n - 1] = float(word == target)
+    return labels
+
+
+def mention_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """BCE of the mention head at the labelled positions (``labels`` >= 0), 0 when none."""
+    keep = labels >= 0
+    if not bool(keep.any()):
+        return logits.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(logits[keep], labels.to(logits.device)[keep])
 
 
 def grounding_loss(right: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
@@ -168,16 +244,19 @@ def grounding_loss(right: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
 def grounding_rate(model: ScoreModel, images: ImageCache, records: Sequence[dict[str, Any]], batch_size: int,
                    seed: int = 0) -> dict[str, float]:
     """On the risky eval prompts: the share whose safe-and-helpful answer about the target
-    outscores the same answer about an absent object (``grounding_right_object_rate``), and
-    about an object in the scene that is not the target (``..._in_scene``); ties count 1/2."""
+    outscores the same answer about an absent object (``grounding_right_object_rate``), about
+    an object in the scene that is not the target (``..._in_scene``), and with an absent object
+    named in some of its sentences only (``..._one_sentence``: a mixed answer); ties count 1/2."""
     prompts = grounding_prompts(records)
     if not prompts:
         return {}
     out: dict[str, float] = {}
-    for name, absent in (("grounding_right_object_rate", True), ("grounding_right_object_rate_in_scene", False)):
+    for name, absent, swap_all in (("grounding_right_object_rate", True, None),
+                                   ("grounding_right_object_rate_in_scene", False, None),
+                                   ("grounding_right_object_rate_one_sentence", True, 0.0)):
         rng = np.random.default_rng([seed, 11])
         usable = [p for p in prompts if absent or len(p["objects"]) > 1]
-        pairs = [contrast_pair(p, rng, absent=absent, partial=0.0) for p in usable]
+        pairs = [contrast_pair(p, rng, absent=absent, partial=0.0, swap_all=swap_all) for p in usable]
         if not pairs:
             continue
         pics = [images(p) for p in usable]
@@ -375,14 +454,29 @@ def train_preference(kind: str, cfg: RewardConfig, out_dir: Path, run_dir: Path,
     model.train()
     device = next(model.parameters()).device
     images = ImageCache(data)
-    opt, sched = optimizer_and_schedule(model, cfg, lr_multipliers={"head.": cfg.head_lr_multiplier})
+    object_words = sorted(OBJECT_KINDS)
+    contrast = grounding_prompts(data.train) if cfg.ground_weight > 0 else []  # world data only
+    mention_head = None
+    if cfg.ground_mention_weight > 0 and contrast:
+        # is the object named at this token the one the prompt is about? (trained beside, not saved)
+        mention_head = model.mention_head = torch.nn.Linear(model.head.in_features, 1).to(device)
+    presence_head = None
+    if cfg.ground_vision_weight > 0 and contrast:
+        # which object kinds the image holds, from the pooled image features (SFT's vision pretraining, kept up)
+        with torch.no_grad():
+            probe = encode(processor, [images(data.train[0])], [data.train[0]["question"]])
+            size = pooled_image_features(model.backbone, probe["pixel_values"].to(device)).shape[-1]
+        presence_head = model.presence_head = torch.nn.Linear(size, len(object_words)).to(device)
+    opt, sched = optimizer_and_schedule(model, cfg, lr_multipliers={
+        "head.": cfg.head_lr_multiplier, "mention_head.": cfg.head_lr_multiplier,
+        "presence_head.": cfg.head_lr_multiplier})
 
     losses: list[float] = []
     accuracies: list[float] = []
     ground_losses: list[float] = []
+    mention_losses: list[float] = []
     start = time.perf_counter()
     stream = batches(data.train, cfg.batch_size, cfg.max_steps, cfg.seed, length=_pair_length)
-    contrast = grounding_prompts(data.train) if cfg.ground_weight > 0 else []
     contrast_stream = batches(contrast, cfg.ground_batch_size, cfg.max_steps, cfg.seed + 3) if contrast else None
     contrast_rng = np.random.default_rng([cfg.seed, 5])
     bar = tqdm(stream, total=cfg.max_steps, desc=kind, disable=not progress)
@@ -392,12 +486,24 @@ def train_preference(kind: str, cfg: RewardConfig, out_dir: Path, run_dir: Path,
         loss = pair_loss(kind, records, high, low, cfg)
         if contrast_stream is not None:  # L + ground_weight · L_G on contrast pairs (module doc)
             recs = next(contrast_stream)
-            pairs = [contrast_pair(r, contrast_rng) for r in recs]
+            pairs = [contrast_pair(r, contrast_rng, varied=0.5) for r in recs]
             pics, questions = [images(r) for r in recs], [r["question"] for r in recs]
             batch = encode(processor, pics + pics, questions + questions, [a for a, _ in pairs] + [b for _, b in pairs])
-            g_scores, _ = model(_to(batch, device))
+            g_scores, _, hidden = model(_to(batch, device), return_hidden=True)
             g_loss = grounding_loss(g_scores[: len(recs)], g_scores[len(recs):])
             loss = loss + cfg.ground_weight * g_loss
+            if mention_head is not None:
+                labels = mention_labels(processor.tokenizer, batch["input_ids"], batch["response_mask"],
+                                        [r["target"] for r in recs] * 2, object_words)
+                m_loss = mention_loss(mention_head(hidden.to(mention_head.weight.dtype)).squeeze(-1), labels)
+                loss = loss + cfg.ground_mention_weight * m_loss
+                mention_losses.append(float(m_loss.detach()))
+            if presence_head is not None:
+                present = torch.tensor([[float(w in {o["kind"] for o in r["objects"]}) for w in object_words]
+                                        for r in recs], device=device)
+                feats = pooled_image_features(model.backbone, batch["pixel_values"][: len(recs)].to(device))
+                v_loss = F.binary_cross_entropy_with_logits(presence_head(feats.to(presence_head.weight.dtype)), present)
+                loss = loss + cfg.ground_vision_weight * v_loss
             ground_losses.append(float(g_loss.detach()))
         loss.backward()
         optimizer_step(model.parameters(), opt, sched)
@@ -407,10 +513,14 @@ def train_preference(kind: str, cfg: RewardConfig, out_dir: Path, run_dir: Path,
             bar.set_postfix(loss=f"{_mean(losses[-20:]):.3f}", acc=f"{_mean(accuracies[-20:]):.2f}")
 
     train_time = time.perf_counter() - start
+    if mention_head is not None:
+        del model.mention_head
+    if presence_head is not None:
+        del model.presence_head
     eval_scores = score_responses(model, images, data.eval, cfg.eval_batch_size, progress, desc=f"{kind}: eval")
     metrics, rows = evaluate(kind, eval_scores, data.eval, cfg) if data.eval else ({}, [])
-    # grounding first among the keys naming it (readers take the first such key)
-    metrics = {**grounding_rate(model, images, data.eval, cfg.eval_batch_size, cfg.seed), **metrics}
+    if kind == "reward":  # grounding first among the keys naming it (readers take the first such key)
+        metrics = {**grounding_rate(model, images, data.eval, cfg.eval_batch_size, cfg.seed), **metrics}
     eval_time = time.perf_counter() - start - train_time
     window = max(1, min(20, len(losses) // 10))
     metrics.update({
@@ -422,6 +532,8 @@ def train_preference(kind: str, cfg: RewardConfig, out_dir: Path, run_dir: Path,
         "train_loss_curve": _curve(losses),
         **({"ground_loss_first": _mean(ground_losses[:window]), "ground_loss_last": _mean(ground_losses[-window:])}
            if ground_losses else {}),
+        **({"mention_loss_first": _mean(mention_losses[:window]), "mention_loss_last": _mean(mention_losses[-window:])}
+           if mention_losses else {}),
         "train_time_s": round(train_time, 2),
         "eval_time_s": round(eval_time, 2),
         "init": str(cfg.policy or init),
@@ -445,6 +557,6 @@ def run_cost_stage(cfg: CostConfig, out_dir: Path, run_dir: Path, progress: bool
     return train_preference("cost", cfg, out_dir, run_dir, progress)
 
 
-__all__ = ["grounding_prompts", "contrast_pair", "grounding_loss", "grounding_rate", "reward_loss", "cost_loss", "sign_weights", "high_low", "pair_loss",
+__all__ = ["grounding_prompts", "contrast_pair", "mention_labels", "mention_loss", "grounding_loss", "grounding_rate", "reward_loss", "cost_loss", "sign_weights", "high_low", "pair_loss",
            "encode_pairs", "score_responses", "ranking_accuracy", "ranking_ceiling", "sign_ceiling",
            "correlations", "evaluate", "train_preference", "run_reward_stage", "run_cost_stage"]
