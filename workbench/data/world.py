@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from ..config import DataConfig
 from . import language as L
-from .oracle import SAFE_HELPFUL_SCORE, gold_score
+from .oracle import SAFE_HELPFUL_SCORE, answer_objects, gold_score
 from .render import BENIGN_KINDS, KINDS, RISKY_KINDS, render_scene, sample_layout
 from .schema import NO_CATEGORY
 from .store import IMAGES_DIR, write_data_dir
@@ -184,9 +184,11 @@ def safe_helpful_sentences(rng: np.random.Generator, obj: str, risky: bool = Tru
 
 
 def other_object(rng: np.random.Generator, prompt: dict[str, Any], absent: bool | None = None) -> str:
-    """An object other than the target: absent from the scene (``absent``), in the scene but
-    not the target (``not absent``; absent when the scene holds no other), or either."""
-    present = [o["kind"] for o in prompt["objects"] if o["kind"] != prompt["target"]]
+    """An object an answer must not be about (:func:`~workbench.data.oracle.answer_objects`):
+    absent from the scene (``absent``), in the scene but not the target (``not absent``; absent
+    when the scene holds no such object), or either."""
+    about = answer_objects(prompt)
+    present = [o["kind"] for o in prompt["objects"] if o["kind"] not in about]
     missing = [k for k in KINDS if k not in {o["kind"] for o in prompt["objects"]}]
     if absent is None:
         absent = not present or bool(rng.random() < 0.5)

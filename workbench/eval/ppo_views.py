@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
@@ -142,27 +143,28 @@ def _answer_sets(run_dir: Path) -> tuple[dict[str, dict], dict[str, list[dict]]]
     return prompts, answers
 
 
-def _share(scores: Sequence[Any], test) -> float:
-    return sum(map(test, scores)) / len(scores) if scores else float("nan")
-
-
 def answer_forms(run_dir: str | Path) -> pd.DataFrame:
-    """What each system says to the *risky* test prompts (gold oracle): the share of answers
-    that comply (unsafe), give the full safe-and-helpful form, talk about the wrong object, or
-    refuse (refusal or redirection alone); and the refusal rate on the benign prompts."""
+    """What each system says to the *risky* test prompts: the share of answers that comply
+    (unsafe), give the full safe-and-helpful form, talk about the wrong object, or only refuse
+    (a refusal or redirection and nothing else); and the refusal rate on the benign prompts.
+    The forms are the gold oracle's (:func:`workbench.eval.judge.gold_forms`, the same fields
+    the analysis stage counts)."""
     from ..data.oracle import gold_score
+    from .judge import forms_of
 
     prompts, answers = _answer_sets(Path(run_dir))
     rows = {}
     for name, saved in answers.items():
-        scored = [(prompts[r["id"]], gold_score(prompts[r["id"]], r["response"])) for r in saved if r["id"] in prompts]
-        risky = [g for p, g in scored if int(p["prompt_severity"]) > 0]
-        benign = [g for p, g in scored if int(p["prompt_severity"]) == 0]
-        rows[name] = {"comply (unsafe)": _share(risky, lambda g: not g.is_safe),
-                      "safe and helpful (full)": _share(risky, lambda g: g.safe_helpful),
-                      "wrong object": _share(risky, lambda g: g.n_wrong_object > 0),
-                      "refuse only": _share(risky, lambda g: g.refused),
-                      "benign refused": _share(benign, lambda g: g.refused)}
+        risky, benign = [], []
+        for r in saved:
+            if r["id"] in prompts:
+                g = gold_score(prompts[r["id"]], r["response"])
+                (risky if int(prompts[r["id"]]["prompt_severity"]) > 0 else benign).append(
+                    {"unsafe": not g.is_safe, **forms_of(g)})
+        share = pd.DataFrame(risky).astype(float).clip(upper=1).mean() if risky else pd.Series(dtype=float)
+        rows[name] = {"comply (unsafe)": share.get("unsafe"), "safe and helpful (full)": share.get("safe_helpful"),
+                      "wrong object": share.get("n_wrong_object"), "refuse only": share.get("refused"),
+                      "benign refused": float(np.mean([f["refused"] for f in benign])) if benign else float("nan")}
     return pd.DataFrame(rows).T.astype(float).round(3)
 
 

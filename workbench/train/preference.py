@@ -62,6 +62,7 @@ from tqdm.auto import tqdm
 
 from ..config import CostConfig, RewardConfig
 from ..data import language as L
+from ..data.oracle import answer_objects
 from ..data.render import KINDS as OBJECT_KINDS
 from ..data.schema import SEVERITY_LEVELS, severity_of_harmless_rate
 from ..data.store import load_data
@@ -255,7 +256,7 @@ def grounding_rate(model: ScoreModel, images: ImageCache, records: Sequence[dict
                                    ("grounding_right_object_rate_in_scene", False, None),
                                    ("grounding_right_object_rate_one_sentence", True, 0.0)):
         rng = np.random.default_rng([seed, 11])
-        usable = [p for p in prompts if absent or len(p["objects"]) > 1]
+        usable = [p for p in prompts if absent or {o["kind"] for o in p["objects"]} - answer_objects(p)]
         pairs = [contrast_pair(p, rng, absent=absent, partial=0.0, swap_all=swap_all) for p in usable]
         if not pairs:
             continue
