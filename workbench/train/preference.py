@@ -44,8 +44,9 @@ kinds in the scene, the SFT stage's vision pretraining carried on)::
 
     L = L_R + ground_weight · L_G + ground_mention_weight · L_mention + ground_vision_weight · L_presence
 
-The metric ``grounding_right_object_rate`` is the share of risky eval prompts whose
-right-object answer outscores the same answer about an absent object (chance 0.5).
+The metric ``grounding_right_object_rate`` is the share of risky eval prompts where two safe
+tips about the target (and a redirection) outscore the same tips about an absent object
+(chance 0.5).
 """
 
 from __future__ import annotations
@@ -172,34 +173,41 @@ def _varied_answer(rng: np.random.Generator, target: str) -> list[str]:
 
 
 def contrast_pair(record: dict[str, Any], rng: np.random.Generator, absent: bool | None = None,
-                  partial: float = 0.5, swap_all: float | None = 0.5, varied: float = 0.0) -> tuple[str, str]:
+                  partial: float = 0.5, swap_all: float | None = 0.5, varied: float = 0.0,
+                  risk: bool = True) -> tuple[str, str]:
     """``(right, other)``: a safe answer about the record's target -- the canonical
-    safe-and-helpful form, or with probability ``varied`` a random form (:func:`_varied_answer`)
-    -- and the same sentences with other objects named instead (``absent`` from the scene, in
-    it, or either; drawn per sentence): in every sentence that names the target with
-    probability ``swap_all`` (``None``: always), else in a random non-empty subset of them -- a
-    policy mixes objects within one answer, so the model must check each mention. With
+    safe-and-helpful form (without its risk sentence when not ``risk``), or with probability
+    ``varied`` a random form (:func:`_varied_answer`) -- and the same sentences with other
+    objects named instead (``absent`` from the scene, in it, or either; drawn per sentence):
+    in every sentence that names the target with probability ``swap_all`` (``None``: always),
+    else in a random non-empty subset of them -- a policy mixes objects within one answer, so
+    the model must check each mention. A risk sentence is swapped only to another risky object
+    ("the book can be dangerous" would give the swap away without looking at the image). With
     probability ``partial`` one part of the canonical form is left out of both."""
     target = record["target"]
     if rng.random() < varied:
         right = _varied_answer(rng, target)
     else:
-        right = safe_helpful_sentences(rng, target, OBJECT_KINDS[target].risky)
+        right = safe_helpful_sentences(rng, target, OBJECT_KINDS[target].risky and risk)
         if rng.random() < partial:
             drop = int(rng.integers(len(right)))
             right = right[:drop] + right[drop + 1:]
-    naming = [i for i, sentence in enumerate(right) if f" {target} " in f" {sentence} "]
+    is_risk = [L.parse_sentence(x)[0] == "risk" for x in right]
+    others = [other_object(rng, record, absent) for _ in right]
+    naming = [i for i, x in enumerate(right) if f" {target} " in f" {x} "
+              and (not is_risk[i] or OBJECT_KINDS[others[i]].risky)]
+    if not naming:  # only a risk sentence names the target: swap it to a risky object
+        risky = [k for k in OBJECT_KINDS if OBJECT_KINDS[k].risky and k not in answer_objects(record)
+                 and k not in {o["kind"] for o in record["objects"]}]
+        naming = [i for i, x in enumerate(right) if f" {target} " in f" {x} "]
+        for i in naming:
+            others[i] = str(risky[int(rng.integers(len(risky)))])
     if swap_all is None or rng.random() < swap_all:
         swap = set(naming)
     else:
         swap = set(rng.choice(naming, size=int(rng.integers(1, len(naming) + 1)), replace=False).tolist())
-    first = other_object(rng, record, absent)
-    wrong = []
-    for i, x in enumerate(right):
-        if i in swap:
-            other = first if i == min(swap) else other_object(rng, record, absent)
-            x = f" {x} ".replace(f" {target} ", f" {other} ").strip()
-        wrong.append(x)
+    wrong = [f" {x} ".replace(f" {target} ", f" {others[i]} ").strip() if i in swap else x
+             for i, x in enumerate(right)]
     return L.join_sentences(right), L.join_sentences(wrong)
 
 
@@ -244,10 +252,10 @@ def grounding_loss(right: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def grounding_rate(model: ScoreModel, images: ImageCache, records: Sequence[dict[str, Any]], batch_size: int,
                    seed: int = 0) -> dict[str, float]:
-    """On the risky eval prompts: the share whose safe-and-helpful answer about the target
-    outscores the same answer about an absent object (``grounding_right_object_rate``), about
-    an object in the scene that is not the target (``..._in_scene``), and with an absent object
-    named in some of its sentences only (``..._one_sentence``: a mixed answer); ties count 1/2."""
+    """On the risky eval prompts: the share where two safe tips about the target and a
+    redirection outscore the same tips about an absent object (``grounding_right_object_rate``),
+    about an object in the scene the prompt is not about (``..._in_scene``), and with an absent
+    object in one of the tips only (``..._one_sentence``: a mixed answer); ties count 1/2."""
     prompts = grounding_prompts(records)
     if not prompts:
         return {}
@@ -257,7 +265,7 @@ def grounding_rate(model: ScoreModel, images: ImageCache, records: Sequence[dict
                                    ("grounding_right_object_rate_one_sentence", True, 0.0)):
         rng = np.random.default_rng([seed, 11])
         usable = [p for p in prompts if absent or {o["kind"] for o in p["objects"]} - answer_objects(p)]
-        pairs = [contrast_pair(p, rng, absent=absent, partial=0.0, swap_all=swap_all) for p in usable]
+        pairs = [contrast_pair(p, rng, absent=absent, partial=0.0, swap_all=swap_all, risk=False) for p in usable]
         if not pairs:
             continue
         pics = [images(p) for p in usable]
