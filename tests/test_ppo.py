@@ -308,6 +308,17 @@ def test_ppo_views(ppo_run, tmp_path):
     assert {"SFT base", "lagrangian", "reward_only"} <= set(table.index) and "Δ safety (points)" in table
     pairs = ppo_views.before_after(ppo_run, n=3, intent=None)
     assert list(pairs.columns)[:2] == ["question", "SFT base"] and len(pairs) == 3
+    assert any(t.name and t.name.startswith("ppo/ratio_min") for t in fig.data)  # PPO's health panels
+    forms = ppo_views.answer_forms(ppo_run)
+    assert {"SFT base", "lagrangian", "reward_only"} <= set(forms.index)
+    shares = forms[["comply (unsafe)", "safe and helpful (full)", "wrong object", "refuse only"]]
+    assert ((shares >= 0) & (shares <= 1)).all().all()
+    assert (forms["... with the right object"] >= forms["risky helpfulness"] - 1e-9).all()
+    strengths = ppo_views.world_strengths(ppo_run, strengths=(1.5, 2.5))
+    assert (strengths["helpfulness, S = 2.5"] >= strengths["helpfulness, S = 1.5"] - 1e-9).all()
+    p = {"target": "knife", "objects": [{"kind": "knife", "colour": "grey"}], "intent": "harmful", "prompt_severity": 2}
+    fixed = ppo_views.right_object(p, "keep the gun away from children . sorry , i cannot help with that .")
+    assert fixed == "keep the knife away from children . sorry , i cannot help with that ."
     run, metrics = ppo_views.threshold_run(ppo_run, tmp_path, threshold=-1.0, steps=1)
     assert metrics["variants"]["lagrangian"]["steps"] == 1
     assert (run / "ppo" / "lagrangian" / "log.jsonl").is_file()

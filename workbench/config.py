@@ -261,11 +261,12 @@ class RewardConfig(ModelStageConfig):
     default budget (tuned on the world: 420 steps of 16 pairs, ~65 s on 2 CPU cores)."""
 
     ground_weight: float = 1.0
-    """Weight of the grounding loss on contrast pairs (world data only; 0: off): the
-    safe-and-helpful answer about the object in the image against the same answer about
-    another object (``workbench.train.preference``, module doc). Without it the reward model
-    scores tips about an absent object like tips about the right one (right-object rate at
-    chance), and the constrained policy learns to name any object."""
+    """Weight of the grounding loss on contrast pairs (world data only; 0: off): a safe answer
+    about the object in the image against the same answer about another object
+    (``workbench.train.preference``, module doc). Without it the reward model scores tips
+    about an absent object like tips about the right one (right-object rate 0.51 on the eval
+    prompts, chance) and the constrained policy learns to name any object; with the defaults
+    0.97 (in the scene but not meant: 0.90), at the same eval accuracy (0.80)."""
     ground_batch_size: int = 8
     """Contrast pairs per step, beside ``batch_size`` preference pairs."""
     ground_mention_weight: float = 1.0
@@ -393,12 +394,13 @@ class PPOConfig(ModelStageConfig):
     thresholds: str = "-1"
     """Threshold sweep: comma-separated d values; each adds a ``lagrangian_d<d>`` variant
     (the trade-off curve; ``lagrangian`` itself uses ``cost_threshold``). Empty: none."""
-    fixed_lambdas: str = "0.2,1"
+    fixed_lambdas: str = "1"
     """Reward-shaping grid: comma-separated λ values; each adds a ``fixed_lambda_<λ>`` variant."""
     seeds: int = 3
     """Training seeds per variant: seed ``k`` > 0 adds ``<variant>_seed<k>`` trained with
     ``seed + k`` (the analysis stage pools them into one point with error bars). The default
-    grid (5 points x 3 seeds = 15 runs) is sized so that ``make run`` fits 15 minutes on 2 cores."""
+    grid is 4 points x 3 seeds = 12 runs (reward_only, fixed λ = 1, lagrangian at d = -2 and
+    -1)."""
     lora: bool = True
     """The policy trains through a LoRA adapter; the reference is the same weights with the
     adapter disabled (no second copy)."""
@@ -419,9 +421,8 @@ class PPOConfig(ModelStageConfig):
     """Learning rate of the two critics (initialised from the reward and cost models)."""
     max_steps: int = 40
     """PPO steps per variant: each is one rollout followed by ``ppo_epochs`` x
-    ``num_minibatches`` updates (one with the defaults). 40 steps of 16 take about 20 s here;
-    with 32 x 120 steps at lr 2e-4, lagrangian and reward_only ended within 0.1 of these on gold
-    helpfulness and safety."""
+    ``num_minibatches`` updates (four with the defaults). 80 steps (2 x 2, eval prompts) ended
+    at 1.89 / 0.59: λ fell to 0.15 by step 40 and the policy went back to compliance."""
     warmup_steps: int = 5
     max_new_tokens: int = 32
     """Response length limit of the rollouts."""
@@ -437,18 +438,23 @@ class PPOConfig(ModelStageConfig):
     """ε of the PPO ratio clip."""
     value_clip: float = 5.0
     """ε_v of the clipped value loss (official: 5)."""
-    ppo_epochs: int = 1
+    ppo_epochs: int = 2
     """Passes over each rollout's batch (official: 1). π_old and V_old stay the rollout's, so
-    from the second update on the ratio moves and both clips act."""
-    num_minibatches: int = 1
+    from the second update on the ratio moves and both clips act. Tuned on 400 eval prompts of
+    world v2 (lagrangian, d = -2, 40 steps, seed 0; gold helpfulness / safety, base 1.46 /
+    0.72): 1 epoch x 1 minibatch 1.02 / 0.96; 2 x 2 1.21 / 0.94; 4 x 2 (λ_max 3) 1.90 / 0.55 --
+    λ fell below 0.2 once the constraint held and the policy drifted back to compliance, which
+    the slow multiplicative λ update could not catch within the run."""
+    num_minibatches: int = 2
     """Minibatches per pass: the episodes are shuffled (seeded) and split into this many, each
     one optimiser step (official: 1); at most ``batch_size``. The learning-rate schedule counts
     optimiser steps, ``max_steps`` x ``ppo_epochs`` x ``num_minibatches`` in all (warm-up scaled
     alike)."""
     cost_threshold: float = -2.0
-    """d: the constraint J_C <= d (official: -0.5 on its own cost scale). The world's cost
-    model scores safe answers about -3.5 and unsafe ones about +4, so d = -2 asks for roughly
-    four answers in five to be safe."""
+    """d: the constraint J_C <= d (official: -0.5 on its own cost scale). World v2's cost
+    model scores safe answers about -3.3 and unsafe ones about +3, so d = -2 asks for roughly
+    four answers in five to be safe; in practice J_C overshoots to about -3.6 (gold safety
+    0.94 on eval prompts). d = -2.5 gave 1.08 / 0.98 there against 1.21 / 0.94 at -2."""
     lambda_init: float = 1.0
     """Initial λ (official: 10); the fixed λ of ``fixed_lambda``. With 40 steps λ has little
     time to climb: from 0.5, two of three seeds ended above d = -2 with gold safety 0.70-0.85;

@@ -143,6 +143,20 @@ def _answer_sets(run_dir: Path) -> tuple[dict[str, dict], dict[str, list[dict]]]
     return prompts, answers
 
 
+def right_object(prompt: Mapping[str, Any], response: str) -> str:
+    """``response`` with the object of every tip and risk sentence replaced by the prompt's
+    target (the answer the policy would give if it named the object in the image)."""
+    from ..data import language as L
+
+    out = []
+    for sentence in L.split_sentences(response):
+        kind, groups = L.parse_sentence(sentence)
+        if kind in ("tip", "risk") and groups[0] != prompt["target"]:
+            sentence = f" {sentence} ".replace(f" {groups[0]} ", f" {prompt['target']} ", 1).strip()
+        out.append(sentence)
+    return L.join_sentences(out)
+
+
 def answer_forms(run_dir: str | Path) -> pd.DataFrame:
     """What each system says to the *risky* test prompts: the share of answers that comply
     (unsafe), give the full safe-and-helpful form, talk about the wrong object, or only refuse
@@ -158,13 +172,17 @@ def answer_forms(run_dir: str | Path) -> pd.DataFrame:
         risky, benign = [], []
         for r in saved:
             if r["id"] in prompts:
-                g = gold_score(prompts[r["id"]], r["response"])
-                (risky if int(prompts[r["id"]]["prompt_severity"]) > 0 else benign).append(
-                    {"unsafe": not g.is_safe, **forms_of(g)})
+                p = prompts[r["id"]]
+                g = gold_score(p, r["response"])
+                fixed = gold_score(p, right_object(p, r["response"])).helpfulness
+                (risky if int(p["prompt_severity"]) > 0 else benign).append(
+                    {"unsafe": not g.is_safe, **forms_of(g), "help": g.helpfulness, "help_fixed": fixed})
         share = pd.DataFrame(risky).astype(float).clip(upper=1).mean() if risky else pd.Series(dtype=float)
+        mean = pd.DataFrame(risky).mean() if risky else pd.Series(dtype=float)
         rows[name] = {"comply (unsafe)": share.get("unsafe"), "safe and helpful (full)": share.get("safe_helpful"),
                       "wrong object": share.get("n_wrong_object"), "refuse only": share.get("refused"),
-                      "benign refused": float(np.mean([f["refused"] for f in benign])) if benign else float("nan")}
+                      "benign refused": float(np.mean([f["refused"] for f in benign])) if benign else float("nan"),
+                      "risky helpfulness": mean.get("help"), "... with the right object": mean.get("help_fixed")}
     return pd.DataFrame(rows).T.astype(float).round(3)
 
 
@@ -226,5 +244,5 @@ def threshold_slider(run_dir: str | Path, scratch: str | Path, steps: int = 20,
     return widgets.VBox([widgets.HBox([slider, button]), status, output])
 
 
-__all__ = ["smoke_ppo_run", "logs", "curves_figure", "variants_table", "before_after", "answer_forms", "world_strengths", "threshold_run", "threshold_slider",
+__all__ = ["smoke_ppo_run", "logs", "curves_figure", "variants_table", "before_after", "answer_forms", "right_object", "world_strengths", "threshold_run", "threshold_slider",
            "PANELS"]
