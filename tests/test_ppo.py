@@ -235,7 +235,8 @@ def test_ptx_term_adds_the_sft_loss_of_demonstrations(smoke_score_runs, tmp_path
     monkeypatch.setattr(P, "critic_loss", zero)
     monkeypatch.setattr(P.kernels, "ppo_lagrangian_loss", zero)
     cfg = PPOConfig.smoke().replace(max_steps=6, checkpoint_every=0, ptx_coeff=1.0, ptx_data="preferred",
-                                    ptx_batch_size=4, n_eval_prompts=4, lr=3e-3, warmup_steps=0)
+                                    ptx_batch_size=4, n_eval_prompts=4, lr=3e-3, warmup_steps=0,
+                                    ppo_epochs=1, num_minibatches=1)  # one SFT loss per step
     out = tmp_path / "lagrangian"
     out.mkdir()
     P.train_variant("lagrangian", cfg, smoke_score_runs[0], out, progress=False)
@@ -454,8 +455,7 @@ def test_one_epoch_one_minibatch_is_the_old_single_step_update():
 
     torch.set_num_threads(1)
     cfg = PPOConfig.smoke().replace(batch_size=4, max_new_tokens=8, lr=1e-2, critic_lr=5e-3, warmup_steps=2,
-                                    ptx_coeff=0.5)
-    assert (cfg.ppo_epochs, cfg.num_minibatches) == (1, 1)  # the defaults
+                                    ptx_coeff=0.5, ppo_epochs=1, num_minibatches=1)  # the official single step
     pics, questions = _prompts()
     lam = 0.7
     new, old = _tiny_roles(), _tiny_roles()
@@ -539,7 +539,8 @@ def test_schedule_counts_optimizer_steps():
         def __init__(self):
             self.trainable = {n: torch.nn.Linear(2, 1) for n in ("actor", "reward_critic", "cost_critic")}
 
-    base = PPOConfig.smoke().replace(max_steps=10, warmup_steps=3, lr=1.0, critic_lr=0.5)
+    base = PPOConfig.smoke().replace(max_steps=10, warmup_steps=3, lr=1.0, critic_lr=0.5, ppo_epochs=1,
+                                     num_minibatches=1)
     one = make_optimizers(Fake(), base)
     four = make_optimizers(Fake(), base.replace(ppo_epochs=2, num_minibatches=2))
     assert [s.get_last_lr()[0] for _, s in one] == [0.25, 0.125, 0.125]  # warm-up 1/4 at the first step
