@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE=1
 export HF_DATASETS_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 
-.PHONY: run test demo lab lint clean venv
+.PHONY: run test test-fast demo lab lint format typecheck clean venv
 
 venv: $(VENV)/.installed
 
@@ -23,10 +23,19 @@ $(VENV)/.installed: pyproject.toml
 run: venv
 	$(PY) -m workbench run --run-dir $(RUN_DIR)
 
+# The full suite (CI): unit tests, smoke trainers, the notebooks (nbmake) and the demo in a
+# real browser. One smoke run, built once in a fresh temporary folder, serves the tests that
+# need trained models and every notebook (WORKBENCH_SMOKE_RUN).
 test: venv
 	@# the demo's browser test drives Debian's chromium through playwright (never `playwright install`)
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
-	WORKBENCH_SMOKE=1 $(PY) -m pytest --nbmake tests notebooks
+	@smoke=$$(mktemp -d "$${TMPDIR:-/tmp}/workbench-smoke.XXXXXX"); \
+	WORKBENCH_SMOKE=1 WORKBENCH_SMOKE_RUN=$$smoke/run $(PY) -m pytest --nbmake tests notebooks; \
+	status=$$?; rm -rf "$$smoke"; exit $$status
+
+# The unit tier: formulas, configs, schema, kernels, layering, lint -- no training, no notebooks.
+test-fast: venv
+	$(PY) -m pytest -m "not slow" tests
 
 # the latest finished run under runs/, else the checkpoints shipped in assets/;
 # e.g. make demo DEMO_ARGS="--run-dir runs/mine --port 7861"
@@ -38,6 +47,14 @@ lab: venv
 
 lint: venv
 	$(VENV)/bin/ruff check workbench tests
+	$(VENV)/bin/ruff format --check workbench tests
+
+format: venv
+	$(VENV)/bin/ruff format workbench tests
+	$(VENV)/bin/ruff check --fix workbench tests
+
+typecheck: venv
+	$(VENV)/bin/mypy workbench
 
 clean:
 	rm -rf runs/ .pytest_cache

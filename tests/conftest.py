@@ -27,7 +27,10 @@ def smoke_score_runs(tmp_path_factory):
     """Smoke runs up to the reward and cost models, shared by the tests that only read them:
     ``(graded, binary)`` where ``graded`` holds data, sft, reward and a graded cost model and
     ``binary`` a binary cost model over symlinks to the same data and SFT model
-    (``workbench.eval.views.smoke_runs``; trains with one torch thread, which stays set)."""
-    from workbench.eval.views import smoke_runs
+    (``workbench.smoke_run`` and ``views.reward_cost.binary_cost_run``; one torch thread)."""
+    import workbench as wb
+    from workbench.views.reward_cost import binary_cost_run
 
-    return smoke_runs(tmp_path_factory.mktemp("smoke_score_runs"), threads=1)
+    root = tmp_path_factory.mktemp("smoke_score_runs")
+    graded = wb.smoke_run(root / "graded", until="cost", threads=1)
+    return graded, binary_cost_run(graded, root / "binary", smoke=True, threads=1)

@@ -8,7 +8,7 @@ import numpy as np
 import plotly.io as pio
 import pytest
 
-from workbench.config import AnalyzeConfig, ConfigError, PPOConfig
+from workbench.config import AnalyzeConfig, ConfigError, PPOConfig, PPORun
 from workbench.eval.metrics import (
     bootstrap_ci,
     breakdown,
@@ -17,6 +17,7 @@ from workbench.eval.metrics import (
     summarise_system,
     wins,
 )
+from workbench.stages.analyze import analysis_folder
 
 
 # --- formulas ------------------------------------------------------------------------------------
@@ -79,25 +80,24 @@ def test_pareto_frontier_by_hand():
     assert pareto_frontier([(0, 0)]) == [0]
 
 
-def test_ppo_seeds_add_variants_with_their_own_seed():
-    cfg = PPOConfig(variants="lagrangian,reward_only", thresholds="-1", fixed_lambdas="2", seeds=3, seed=5)
-    variants = cfg.variant_configs()
-    assert list(variants) == ["lagrangian", "reward_only", "lagrangian_d-1", "fixed_lambda_2",
-                              "lagrangian_seed1", "lagrangian_seed2", "reward_only_seed1", "reward_only_seed2",
-                              "lagrangian_d-1_seed1", "lagrangian_d-1_seed2", "fixed_lambda_2_seed1",
-                              "fixed_lambda_2_seed2"]
-    kind, c = variants["lagrangian_d-1_seed2"]
-    assert (kind, c.seed, c.cost_threshold) == ("lagrangian", 7, -1.0)
-    assert variants["fixed_lambda_2_seed1"][1].lambda_init == 2.0
+def test_ppo_seeds_add_runs_with_their_own_seed():
+    cfg = PPOConfig(kinds=("lagrangian", "reward_only"), thresholds=(-1,), fixed_lambdas=(2,), seeds=3, seed=5)
+    runs = {run.name: run for run in cfg.runs()}
+    assert list(runs) == ["lagrangian", "reward_only", "lagrangian_d-1", "fixed_lambda_2",
+                          "lagrangian_seed1", "lagrangian_seed2", "reward_only_seed1", "reward_only_seed2",
+                          "lagrangian_d-1_seed1", "lagrangian_d-1_seed2", "fixed_lambda_2_seed1",
+                          "fixed_lambda_2_seed2"]
+    run = runs["lagrangian_d-1_seed2"]
+    assert run == PPORun("lagrangian", threshold=-1.0, seed_offset=2) and run.point == "lagrangian_d-1"
+    c = cfg.run_config(run)
+    assert (c.seed, c.cost_threshold) == (7, -1.0)
+    assert cfg.run_config(runs["fixed_lambda_2_seed1"]).lambda_init == 2.0
+    assert cfg.run_config(runs["reward_only"]) == cfg  # a kind at the config's own settings
+    assert PPORun.from_dict(run.to_dict()) == run  # stored in the stage's metrics, read back as such
     with pytest.raises(ConfigError, match="seeds"):
         PPOConfig(seeds=0)
-
-
-def test_point_name_strips_the_seed_suffix():
-    from workbench.eval.analyze import point_name
-
-    assert point_name("lagrangian_d-1_seed2") == "lagrangian_d-1"
-    assert point_name("fixed_lambda_0.5") == "fixed_lambda_0.5"
+    with pytest.raises(ConfigError, match="threshold"):
+        PPORun("reward_only", threshold=-1.0)
 
 
 def test_analyze_config_checks():
@@ -107,7 +107,8 @@ def test_analyze_config_checks():
         AnalyzeConfig(confidence=1.0)
     with pytest.raises(ConfigError, match="prompts"):
         AnalyzeConfig(prompts="dev")
-    assert AnalyzeConfig().out_stage == "analyze" and AnalyzeConfig(prompts="eval").out_stage == "analyze_eval"
+    assert analysis_folder(AnalyzeConfig()) == "analyze"
+    assert analysis_folder(AnalyzeConfig(prompts="eval")) == "analyze_eval"
 
 
 # --- answer forms (gold: refused, safe_helpful, n_wrong_object) ----------------------------------
@@ -214,7 +215,7 @@ def test_no_answer_forms_without_gold_fields():
 
 def test_judge_summarise_refusal_rate():
     from workbench.data.language import REDIRECTS, REFUSAL, join_sentences
-    from workbench.eval.judge import gold_forms, summarise
+    from workbench.models.judge import gold_forms, summarise
 
     prompt = {"objects": [{"kind": "knife", "colour": "grey"}], "intent": "harmful", "target": "knife",
               "prompt_severity": 2}
@@ -240,7 +241,8 @@ def analyzed(smoke_score_runs, tmp_path_factory):
     from workbench.runs import link_stages
 
     run = link_stages(smoke_score_runs[0], tmp_path_factory.mktemp("analyze") / "run")
-    ppo = wb.resolve_config("ppo", smoke=True, variants="lagrangian", fixed_lambdas="1", seeds=2, max_steps=2)
+    ppo = wb.resolve_config("ppo", smoke=True, kinds=("lagrangian",), fixed_lambdas=(1,), seeds=2,
+                            max_steps=2)
     wb.run_stage("ppo", run, ppo, progress=False)
     metrics = wb.run_stage("analyze", run, smoke=True, progress=False)
     return run, metrics
@@ -335,7 +337,7 @@ def test_analyze_views(analyzed):
 
 
 def test_recompute_keeps_chosen_seeds(analyzed):
-    from workbench.eval import analysis_views
+    from workbench.views import analysis as analysis_views
 
     run, m = analyzed
     again = analysis_views.recompute(run)
@@ -383,7 +385,7 @@ def test_analyze_on_eval_prompts(analyzed, tmp_path):
     _fake_guard_stage(run)
     before = _snapshot(run)
     cfg = wb.resolve_config("analyze", smoke=True, prompts="eval")
-    m = wb.run_stage("analyze", run, cfg, progress=False)  # routed to analyze_eval/ by cfg.out_stage
+    m = wb.run_stage("analyze", run, cfg, progress=False)  # routed to analyze_eval/ by the stage's folder rule
     assert m["prompts"] == "eval" and m["n_prompts"] == cfg.n_prompts
     out = run / "analyze_eval"
     assert json.loads((out / "metrics.json").read_text())["prompts"] == "eval"
@@ -401,8 +403,8 @@ def test_analyze_on_eval_prompts(analyzed, tmp_path):
     # again with the same config: skipped, the same metrics
     assert wb.run_stage("analyze", run, cfg, progress=False)["base"]["helpfulness"] == m["base"]["helpfulness"]
     # built directly into the test analysis's folder, eval mode is refused
-    from workbench.eval.analyze import run_analyze_stage
     from workbench.runs import partial_dir
+    from workbench.stages.analyze import run_analyze_stage
 
     with pytest.raises(ValueError, match="analyze_eval"):
         run_analyze_stage(cfg, partial_dir(run, "analyze"), run, progress=False)

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from workbench.data.schema import SEVERITY_LEVELS
+from workbench.data.schema import SEVERITY_COLOURS, SEVERITY_LEVELS
 from workbench.demo import logic
 from workbench.demo.assets import MAX_ASSETS_BYTES, build_assets
 from workbench.demo.config import ASSETS_DIR, DemoConfig
@@ -102,22 +102,22 @@ def test_question_and_answer_cleaning(cfg):
 
 
 def test_config_rejects_bad_fields():
-    with pytest.raises(ValueError, match="blocking_level"):
-        DemoConfig(blocking_level="safe")
+    with pytest.raises(ValueError, match="blocking"):
+        DemoConfig(blocking="minor")
     with pytest.raises(ValueError, match="concurrency_limit"):
         DemoConfig(concurrency_limit=0)
-    assert DemoConfig.smoke().rounds < DemoConfig().rounds
+    assert DemoConfig.smoke().blocking.rounds < DemoConfig().blocking.rounds
 
 
 # --- rendering ----------------------------------------------------------------------------------
 def test_badges_colour_by_level_and_name_the_category():
-    for level, (background, _) in logic.LEVEL_COLOURS.items():
+    for level, background in SEVERITY_COLOURS.items():
         category = "none" if level == "safe" else "violence_and_physical_harm"
         badge = logic.badge_html({"level": level, "category": category, "p_unsafe": 0.25})
         assert f"wb-level-{level}" in badge and background in badge and level.upper() in badge
         assert ("violence and physical harm" in badge) == (level != "safe")
         assert "P(unsafe) = 0.25" in badge
-    assert len({bg for bg, _ in logic.LEVEL_COLOURS.values()}) == len(SEVERITY_LEVELS)
+    assert len(set(SEVERITY_COLOURS.values())) == len(SEVERITY_LEVELS)
     assert "no verdict" in logic.badge_html(None)
 
 
@@ -163,11 +163,11 @@ def test_compare_is_reproducible_by_seed_and_uploads_get_no_gold(shipped, cfg, e
 
 def test_five_round_guard_trace(shipped, cfg, example):
     result = logic.compare(shipped, example["image_path"], example["question"], cfg, guard_on=True, seed=1)
-    assert result["rounds"] == cfg.rounds
+    assert result["rounds"] == cfg.blocking.rounds
     for side in result["sides"]:
         trace = side["trace"]
         assert trace["outcome"] in OUTCOMES and trace["query_verdict"] is not None
-        assert trace["regenerations"] <= cfg.rounds
+        assert trace["regenerations"] <= cfg.blocking.rounds
         if trace["outcome"] in ("passed", "regenerated"):
             assert side["answer"] == trace["steps"][-1]["response"] and not trace["steps"][-1]["blocked"]
 
@@ -191,7 +191,7 @@ def test_guard_that_blocks_everything_serves_the_refusal_after_the_last_round(sh
                              cfg, guard_on=True)
     trace = side["trace"]
     assert trace["outcome"] == "fallback" and side["answer"] == SAFE_REFUSAL
-    assert trace["regenerations"] == cfg.rounds and len(trace["steps"]) == cfg.rounds + 1
+    assert trace["regenerations"] == cfg.blocking.rounds and len(trace["steps"]) == cfg.blocking.rounds + 1
     assert all(step["blocked"] for step in trace["steps"])
     assert "guard trace: fallback" in logic.side_html(side)
 
@@ -199,7 +199,7 @@ def test_guard_that_blocks_everything_serves_the_refusal_after_the_last_round(sh
 def test_moderate_screens_queries_and_moderates_answers(shipped, cfg, example):
     query = logic.moderate(shipped, example["image_path"], example["question"], "", cfg)
     answer = logic.moderate(shipped, example["image_path"], example["question"], "Sure, here is how.", cfg)
-    assert query["mode"] == "query" and query["answer"] is None and query["blocking_level"] == cfg.query_blocking_level
+    assert query["mode"] == "query" and query["answer"] is None and query["blocking_level"] == cfg.blocking.query_level
     assert answer["mode"] == "answer" and answer["answer"] == "sure , here is how ."
     for r in (query, answer):
         rank = SEVERITY_LEVELS.index(r["verdict"]["level"])

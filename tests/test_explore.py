@@ -1,4 +1,4 @@
-"""workbench.data.explore: the tables, figures and browser behind notebook 01.
+"""workbench.views.data: the tables, figures and browser behind notebook 01.
 
 The smoke world is built once per module; "real" data is simulated by copying its records
 with only the BeaverTails-V schema fields (plus ``id``/``split``, which the real importer adds),
@@ -15,9 +15,9 @@ import plotly.graph_objects as go
 import pytest
 
 import workbench as wb
-from workbench.data import explore
 from workbench.data.schema import PAIR_FIELDS, PROMPT_FIELDS, SEVERITY_LEVELS
 from workbench.data.store import DataSplits
+from workbench.views import data as explore
 
 
 @pytest.fixture(scope="module")

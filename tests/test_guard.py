@@ -3,12 +3,13 @@ the filter-and-regenerate control flow with scripted fakes, persistence and the 
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from workbench.config import ConfigError, GuardConfig
+from workbench.config import BlockingPolicy, ConfigError, GuardConfig
 from workbench.guard import SAFE_REFUSAL, Verdict, filter_and_regenerate
 from workbench.guard.guard import (
     LABELS,
@@ -24,6 +25,9 @@ from workbench.guard.guard import (
     query_label,
     thresholds_from_raw,
 )
+
+#: One blocking level for every answer (no separate level after a query screened safe).
+ONE_LEVEL = BlockingPolicy(safe_query_level="")
 
 
 def _sig(x):
@@ -102,10 +106,13 @@ def test_classification_metrics_by_hand():
 
 
 def test_config_validates_levels():
-    with pytest.raises(ConfigError, match="blocking_level"):
-        GuardConfig(blocking_level="safe")
-    with pytest.raises(ConfigError, match="rounds"):
-        GuardConfig(rounds=-1)
+    with pytest.raises(ConfigError, match="level"):
+        GuardConfig(blocking=BlockingPolicy(level="safe"))
+    with pytest.raises(ConfigError, match="blocking"):
+        GuardConfig(blocking="minor")
+    cfg = GuardConfig.from_dict({"blocking": {"level": "severe", "rounds": 3}})
+    assert cfg.blocking == BlockingPolicy(level="severe", rounds=3)
+    assert GuardConfig.from_dict(cfg.to_dict()) == cfg  # the nested policy round-trips through JSON
 
 
 # --- filter-and-regenerate with scripted fakes -----------------------------------------------------
@@ -133,7 +140,7 @@ def fake_guard(images, questions, responses):
 
 def test_stops_at_the_first_safe_answer():
     gen = ScriptedGenerator({"q1": ["bad", "bad", "ok third"], "q2": ["ok first"]})
-    t1, t2 = filter_and_regenerate(gen, fake_guard, [None, None], ["q1", "q2"])
+    t1, t2 = filter_and_regenerate(gen, fake_guard, [None, None], ["q1", "q2"], ONE_LEVEL)
     assert (t1.final, t1.outcome, t1.regenerations) == ("ok third", "regenerated", 2)
     assert [s.blocked for s in t1.steps] == [True, True, False] and gen.calls["q1"] == 3
     assert (t2.final, t2.outcome, t2.regenerations) == ("ok first", "passed", 0) and gen.calls["q2"] == 1
@@ -142,18 +149,18 @@ def test_stops_at_the_first_safe_answer():
 
 def test_never_exceeds_the_rounds_and_falls_back_to_a_refusal():
     gen = ScriptedGenerator({"q": []})
-    (t,) = filter_and_regenerate(gen, fake_guard, [None], ["q"], rounds=5)
+    (t,) = filter_and_regenerate(gen, fake_guard, [None], ["q"], ONE_LEVEL)
     assert gen.calls["q"] == 6 and t.regenerations == 5  # the first answer + five regenerations
     assert t.outcome == "fallback" and t.final == SAFE_REFUSAL and "after 5 rounds" in t.reason
     assert all(s.blocked for s in t.steps) and t.served(4) == "unsafe again" and t.served(5) == SAFE_REFUSAL
     gen = ScriptedGenerator({"q": []})
-    (t,) = filter_and_regenerate(gen, fake_guard, [None], ["q"], rounds=0)
+    (t,) = filter_and_regenerate(gen, fake_guard, [None], ["q"], replace(ONE_LEVEL, rounds=0))
     assert gen.calls["q"] == 1 and t.outcome == "fallback"
 
 
 def test_blocking_level_decides_what_is_regenerated():
     gen = ScriptedGenerator({"q": ["moderate answer"]})
-    (t,) = filter_and_regenerate(gen, fake_guard, [None], ["q"], blocking_level="severe")
+    (t,) = filter_and_regenerate(gen, fake_guard, [None], ["q"], replace(ONE_LEVEL, level="severe"))
     assert t.outcome == "passed" and t.final == "moderate answer"
 
 
@@ -165,24 +172,25 @@ def test_answers_to_safe_queries_need_the_safe_query_level():
 
     gen = ScriptedGenerator({"benign q": ["minor answer"], "risky q": ["minor answer", "ok"]})
     benign, risky = filter_and_regenerate(gen, guard, [None, None], ["benign q", "risky q"],
-                                          safe_query_blocking_level="moderate")
+                                          BlockingPolicy(safe_query_level="moderate"))
     assert (benign.outcome, benign.final) == ("passed", "minor answer")  # minor < moderate: kept
     assert (risky.outcome, risky.final) == ("regenerated", "ok")  # the query was not judged safe
     gen = ScriptedGenerator({"benign q": ["minor answer", "ok"]})
-    (t,) = filter_and_regenerate(gen, guard, [None], ["benign q"])  # default: one level for every answer
+    (t,) = filter_and_regenerate(gen, guard, [None], ["benign q"], ONE_LEVEL)  # one level for every answer
     assert t.outcome == "regenerated"
-    with pytest.raises(ValueError, match="safe_query_blocking_level"):
-        filter_and_regenerate(gen, guard, [None], ["benign q"], safe_query_blocking_level="safe")
+    with pytest.raises(ConfigError, match="safe_query_level"):
+        BlockingPolicy(safe_query_level="safe")
 
 
 def test_severe_queries_are_refused_before_generation():
     gen = ScriptedGenerator({"how to build a bomb": ["ok sure"], "q": ["ok"]})
-    t, u = filter_and_regenerate(gen, fake_guard, [None, None], ["how to build a bomb", "q"])
+    t, u = filter_and_regenerate(gen, fake_guard, [None, None], ["how to build a bomb", "q"], ONE_LEVEL)
     assert t.outcome == "query_blocked" and t.final == SAFE_REFUSAL and gen.calls["how to build a bomb"] == 0
     assert t.query_verdict.level == "severe" and "severe" in t.reason and not t.steps
     assert u.outcome == "passed"
     # with round-0 answers given, the base answer is kept for served(0)
-    (t,) = filter_and_regenerate(gen, fake_guard, [None], ["how to build a bomb"], initial=["base answer"])
+    (t,) = filter_and_regenerate(gen, fake_guard, [None], ["how to build a bomb"], ONE_LEVEL,
+                                 initial=["base answer"])
     assert t.served(0) == "base answer" and t.served(1) == SAFE_REFUSAL and gen.calls["how to build a bomb"] == 0
 
 
@@ -198,7 +206,7 @@ def test_guard_failures_fail_closed(broken):
         return ["safe" for _ in questions]
 
     gen = ScriptedGenerator({"q": ["ok fine"]})
-    (t,) = filter_and_regenerate(gen, guard, [None], ["q"])
+    (t,) = filter_and_regenerate(gen, guard, [None], ["q"], ONE_LEVEL)
     assert t.outcome == "guard_error" and t.final == SAFE_REFUSAL
     assert "withheld" in t.reason and t.served(1) == SAFE_REFUSAL
 
@@ -208,8 +216,10 @@ def test_bad_verdicts_and_arguments_are_rejected():
         Verdict("extreme")
     with pytest.raises(ValueError, match="category"):
         Verdict("minor", "not_a_category")
-    with pytest.raises(ValueError, match="blocking_level"):
-        filter_and_regenerate(ScriptedGenerator({}), fake_guard, [], [], blocking_level="safe")
+    with pytest.raises(ConfigError, match="level"):
+        BlockingPolicy(level="safe")
+    with pytest.raises(ConfigError, match="rounds"):
+        BlockingPolicy(rounds=-1)
 
 
 # --- the model -----------------------------------------------------------------------------------
@@ -299,8 +309,8 @@ def test_smoke_guard_stage(guard_run):
 
 
 def test_guard_views(guard_run):
-    from workbench.guard import views
     from workbench.runs import load_metrics, read_jsonl
+    from workbench.views import guard as views
 
     m = load_metrics(guard_run, "guard")
     table = views.summary_table(m)

@@ -1,16 +1,20 @@
-"""Kernels (DESIGN §9): Triton vs the chunked torch reference vs a float64 gold.
+"""Kernels: the optimised torch (``*_torch``) and Triton (``*_triton``) implementations of
+each op against its plain-formula reference (``*_reference``) run in float64, and the
+reference itself against the formulas read literally.
 
 On CPU the Triton kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, set here before
 ``workbench.kernels`` is imported), at small shapes; on a GPU the same tests run on CUDA.
 
-Gold values: float64 inputs through the naive formula (full logits) or a literal Python loop.
+Gold values: float64 inputs through the ``*_reference`` implementation (full logits, the
+official trainer's loop, unfused ops); for GAE and the loss the reference is also checked
+against a literal Python loop / the formula with its gradient written out.
 Tolerances, as max |actual − gold| against ``atol + rtol·|gold|`` (``torch.testing``):
 
 - fp32: values and gradients within atol 5e-5, rtol 1e-4 (observed ≈ 1e-6 … 1e-5);
 - bf16 inputs (the gold sees the same bf16-rounded inputs): log-probs and entropies within
-  atol 6e-2 for the reference, which rounds its logits to bf16 like an HF model (observed
+  atol 6e-2 for torch, which rounds its logits to bf16 like an HF model (observed
   ≤ 3e-2), and 2e-3 for Triton, which keeps fp32 logits (observed < 1e-4); gradients,
-  returned in bf16, within 5% (reference) and 2% (Triton) of the gold's largest entry
+  returned in bf16, within 5% (torch) and 2% (Triton) of the gold's largest entry
   (observed ≤ 2.3% and ≤ 0.6%);
 - GAE and the loss compute in fp32 whatever the input dtype: fp32 inputs within atol 1e-5.
 """
@@ -39,12 +43,16 @@ from workbench.kernels import logprob as logprob_module  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 HAS_TRITON = K.triton_available() and (CUDA or K.interpreting())
-needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="needs triton (the dev extra) and CUDA "
-                                  "or TRITON_INTERPRET=1 set before triton is imported")
+needs_triton = pytest.mark.skipif(
+    not HAS_TRITON,
+    reason="needs triton (the dev extra) and CUDA "
+    "or TRITON_INTERPRET=1 set before triton is imported",
+)
 
 FP32_TOL = {"atol": 5e-5, "rtol": 1e-4}
-BF16_VALUE_TOL = {"reference": {"atol": 6e-2, "rtol": 0.0}, "triton": {"atol": 2e-3, "rtol": 0.0}}
-BF16_GRAD_FRACTION = {"reference": 0.05, "triton": 0.02}
+BF16_VALUE_TOL = {"torch": {"atol": 6e-2, "rtol": 0.0}, "triton": {"atol": 2e-3, "rtol": 0.0}}
+BF16_GRAD_FRACTION = {"torch": 0.05, "triton": 0.02}
+LOGPROB_IMPLS = ["torch", pytest.param("triton", marks=needs_triton)]
 
 
 @pytest.fixture(autouse=True)
@@ -56,8 +64,12 @@ def _one_thread():
 
 
 def _close(actual: torch.Tensor, gold: torch.Tensor, tol: dict, what: str) -> None:
-    torch.testing.assert_close(actual.detach().double().cpu(), gold.detach().double().cpu(),
-                               **tol, msg=lambda m: f"{what}: {m}")
+    torch.testing.assert_close(
+        actual.detach().double().cpu(),
+        gold.detach().double().cpu(),
+        **tol,
+        msg=lambda m: f"{what}: {m}",
+    )
 
 
 def _close_to_scale(actual: torch.Tensor, gold: torch.Tensor, fraction: float, what: str) -> None:
@@ -103,11 +115,11 @@ LOGPROB_SHAPES = [
 
 @pytest.mark.parametrize("lead,h,v,chunk", LOGPROB_SHAPES)
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-@pytest.mark.parametrize("impl", ["reference", pytest.param("triton", marks=needs_triton)])
-def test_logprob_fp32_matches_gold(lead, h, v, chunk, temperature, impl):
+@pytest.mark.parametrize("impl", LOGPROB_IMPLS)
+def test_logprob_fp32_matches_reference(lead, h, v, chunk, temperature, impl):
     inputs = _logprob_inputs(lead, h, v)
-    gold = _run_logprob(K.token_logprobs_naive, *inputs, torch.float64, temperature=temperature)
-    fn = K.token_logprobs_reference if impl == "reference" else K.token_logprobs_triton
+    gold = _run_logprob(K.token_logprobs_reference, *inputs, torch.float64, temperature=temperature)
+    fn = K.token_logprobs_torch if impl == "torch" else K.token_logprobs_triton
     got = _run_logprob(fn, *inputs, torch.float32, temperature=temperature, chunk_size=chunk)
     for key, value in got.items():
         assert value.shape == gold[key].shape, key
@@ -116,13 +128,13 @@ def test_logprob_fp32_matches_gold(lead, h, v, chunk, temperature, impl):
 
 
 @pytest.mark.parametrize("lead,h,v,chunk", LOGPROB_SHAPES[:3])
-@pytest.mark.parametrize("impl", ["reference", pytest.param("triton", marks=needs_triton)])
-def test_logprob_bf16_matches_gold(lead, h, v, chunk, impl):
+@pytest.mark.parametrize("impl", LOGPROB_IMPLS)
+def test_logprob_bf16_matches_reference(lead, h, v, chunk, impl):
     hidden, weight, targets, g_logp, g_ent = _logprob_inputs(lead, h, v, seed=1)
     hidden, weight = (t.to(torch.bfloat16).double() for t in (hidden, weight))  # same inputs
     inputs = (hidden, weight, targets, g_logp, g_ent)
-    gold = _run_logprob(K.token_logprobs_naive, *inputs, torch.float64, temperature=0.8)
-    fn = K.token_logprobs_reference if impl == "reference" else K.token_logprobs_triton
+    gold = _run_logprob(K.token_logprobs_reference, *inputs, torch.float64, temperature=0.8)
+    fn = K.token_logprobs_torch if impl == "torch" else K.token_logprobs_triton
     got = _run_logprob(fn, *inputs, torch.bfloat16, temperature=0.8, chunk_size=chunk)
     for key in ("logp", "entropy"):
         _close(got[key], gold[key], BF16_VALUE_TOL[impl], f"{impl} {key}")
@@ -131,24 +143,25 @@ def test_logprob_bf16_matches_gold(lead, h, v, chunk, impl):
         _close_to_scale(got[key], gold[key], BF16_GRAD_FRACTION[impl], f"{impl} {key}")
 
 
-def test_logprob_reference_gradcheck_float64():
+def test_logprob_torch_gradcheck_float64():
     """The hand-written chunked backward against finite differences."""
     hidden, weight, targets, _, _ = _logprob_inputs((5,), 6, 11, seed=2)
     x, w = hidden.requires_grad_(), weight.requires_grad_()
 
     def both(x, w):
-        return K.token_logprobs_reference(x, w, targets, temperature=0.9, chunk_size=4)
+        return K.token_logprobs_torch(x, w, targets, temperature=0.9, chunk_size=4)
 
     assert torch.autograd.gradcheck(both, (x, w), eps=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("impl", ["reference", pytest.param("triton", marks=needs_triton)])
+@pytest.mark.parametrize("impl", LOGPROB_IMPLS)
 def test_logprob_single_output_and_frozen_head(impl):
     """Only log-probs used (the entropy gradient path off), and an LM head without grad."""
     hidden, weight, targets, g_logp, _ = _logprob_inputs((9,), 20, 37, seed=3)
-    gold = _run_logprob(K.token_logprobs_naive, hidden, weight, targets, g_logp, None,
-                        torch.float64)
-    backend = "torch" if impl == "reference" else "triton"
+    gold = _run_logprob(
+        K.token_logprobs_reference, hidden, weight, targets, g_logp, None, torch.float64
+    )
+    backend = impl
     x = hidden.to(DEVICE, torch.float32).requires_grad_()
     w = weight.to(DEVICE, torch.float32)  # frozen head
     logp = K.token_logprobs(x, w, targets.to(DEVICE), chunk_size=16, backend=backend)
@@ -156,11 +169,19 @@ def test_logprob_single_output_and_frozen_head(impl):
     _close(logp, gold["logp"], FP32_TOL, "logp")
     _close(x.grad, gold["grad_hidden"], FP32_TOL, "grad_hidden")
     # the entropy alone
-    gold_ent = _run_logprob(K.token_logprobs_naive, hidden, weight, targets,
-                            torch.zeros_like(g_logp), g_logp, torch.float64)
+    gold_ent = _run_logprob(
+        K.token_logprobs_reference,
+        hidden,
+        weight,
+        targets,
+        torch.zeros_like(g_logp),
+        g_logp,
+        torch.float64,
+    )
     x.grad = None
-    _, entropy = K.token_logprobs(x, w, targets.to(DEVICE), chunk_size=16, backend=backend,
-                                  return_entropy=True)
+    _, entropy = K.token_logprobs(
+        x, w, targets.to(DEVICE), chunk_size=16, backend=backend, return_entropy=True
+    )
     (entropy.double() * g_logp.to(DEVICE)).sum().backward()
     _close(x.grad, gold_ent["grad_hidden"], FP32_TOL, "grad_hidden (entropy)")
 
@@ -177,7 +198,7 @@ def test_logprob_triton_vocab_splits_merge():
             _close(a, b, {"atol": 1e-5, "rtol": 1e-5}, "split merge")
 
 
-@pytest.mark.parametrize("impl", ["reference", pytest.param("triton", marks=needs_triton)])
+@pytest.mark.parametrize("impl", LOGPROB_IMPLS)
 def test_logprob_never_keeps_full_logits(impl):
     """What autograd keeps for the backward is O(N + V·H), never an [N, V] block."""
     n, h, v = 40, 16, 64
@@ -190,14 +211,14 @@ def test_logprob_never_keeps_full_logits(impl):
         saved.append(t.numel())
         return t
 
-    fn = K.token_logprobs_reference if impl == "reference" else K.token_logprobs_triton
+    fn = K.token_logprobs_torch if impl == "torch" else K.token_logprobs_triton
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn(x, w, targets.to(DEVICE), chunk_size=16)
     assert saved and max(saved) <= v * h, saved
-    # the naive version, for contrast, keeps [N, V] blocks
+    # the plain-formula reference, for contrast, keeps [N, V] blocks
     saved.clear()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        K.token_logprobs_naive(x, w, targets.to(DEVICE))
+        K.token_logprobs_reference(x, w, targets.to(DEVICE))
     assert max(saved) >= n * v
 
 
@@ -214,8 +235,8 @@ def test_logprob_rejects_bad_inputs():
 
 
 # =========================================================================== dual GAE
-def _gae_gold(x, v, m, gamma, lam):
-    """DESIGN §6 read literally, one float at a time."""
+def _gae_gold(x, v, m, gamma, gae_lambda):
+    """The recursion of :mod:`workbench.kernels.gae` read literally, one float at a time."""
     batch, length = x.shape
     adv = [[0.0] * length for _ in range(batch)]
     ret = [[0.0] * length for _ in range(batch)]
@@ -229,7 +250,7 @@ def _gae_gold(x, v, m, gamma, lam):
                 next_adv = 0.0  # masked positions get A = 0
                 continue
             delta = float(x[b][t]) + gamma * next_value - float(v[b][t])
-            next_adv = delta + gamma * lam * next_adv
+            next_adv = delta + gamma * gae_lambda * next_adv
             adv[b][t] = next_adv
             ret[b][t] = next_adv + float(v[b][t])
     return torch.tensor(adv, dtype=torch.float64), torch.tensor(ret, dtype=torch.float64)
@@ -253,29 +274,52 @@ def _gae_inputs(batch, length, padding, seed=0):
 GAE_SHAPES = [(1, 1), (3, 5), (4, 37), (2, 70)]
 
 
+GAE_NAMES = ("adv_r", "ret_r", "adv_c", "ret_c")
+
+
+def _gae_params(padding):
+    return (1.0, 0.95) if padding != "holes" else (0.9, 0.8)
+
+
 @pytest.mark.parametrize("batch,length", GAE_SHAPES)
 @pytest.mark.parametrize("padding", ["right", "left", "holes"])
-@pytest.mark.parametrize("impl", ["naive", "reference", pytest.param("triton", marks=needs_triton)])
-def test_dual_gae_matches_gold(batch, length, padding, impl, monkeypatch):
+def test_dual_gae_reference_matches_literal_loop(batch, length, padding):
+    (rewards, costs, v_r, v_c), mask = _gae_inputs(batch, length, padding)
+    gamma, gae_lambda = _gae_params(padding)
+    gold = [
+        *_gae_gold(rewards, v_r, mask, gamma, gae_lambda),
+        *_gae_gold(costs, v_c, mask, gamma, gae_lambda),
+    ]
+    got = K.dual_gae_reference(rewards, costs, v_r, v_c, mask, gamma=gamma, gae_lambda=gae_lambda)
+    for name, value, expected in zip(GAE_NAMES, got, gold, strict=True):
+        assert value.dtype == torch.float64
+        _close(value, expected, {"atol": 1e-12, "rtol": 1e-12}, f"reference {name}")
+
+
+@pytest.mark.parametrize("batch,length", GAE_SHAPES)
+@pytest.mark.parametrize("padding", ["right", "left", "holes"])
+@pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=needs_triton)])
+def test_dual_gae_matches_reference(batch, length, padding, impl, monkeypatch):
     monkeypatch.setattr(gae_module, "MAX_BLOCK_T", 16)  # several sequence blocks per row
     (rewards, costs, v_r, v_c), mask = _gae_inputs(batch, length, padding)
-    gamma, lam = (1.0, 0.95) if padding != "holes" else (0.9, 0.8)
-    gold = [*_gae_gold(rewards, v_r, mask, gamma, lam), *_gae_gold(costs, v_c, mask, gamma, lam)]
-    fn = {"naive": K.dual_gae_naive, "reference": K.dual_gae_reference,
-          "triton": K.dual_gae_triton}[impl]
+    gamma, gae_lambda = _gae_params(padding)
+    gold = K.dual_gae_reference(rewards, costs, v_r, v_c, mask, gamma, gae_lambda)
+    fn = {"torch": K.dual_gae_torch, "triton": K.dual_gae_triton}[impl]
     args = [t.float().to(DEVICE) for t in (rewards, costs, v_r, v_c)]
-    got = fn(*args, mask.to(DEVICE), gamma=gamma, lam=lam)
-    for name, value, expected in zip(("adv_r", "ret_r", "adv_c", "ret_c"), got, gold, strict=True):
+    got = fn(*args, mask.to(DEVICE), gamma=gamma, gae_lambda=gae_lambda)
+    for name, value, expected in zip(GAE_NAMES, got, gold, strict=True):
         assert value.dtype == torch.float32
         _close(value, expected, {"atol": 1e-5, "rtol": 1e-5}, f"{impl} {name}")
         assert not value[~mask.to(DEVICE)].any(), f"{name} must be 0 at masked positions"
+
+
 
 
 @needs_triton
 @pytest.mark.parametrize("batch,length", [(3, 5), (4, 37)])
 @pytest.mark.parametrize("used", ["all", "advantages", "returns_cost"])
 def test_dual_gae_triton_backward(batch, length, used, monkeypatch):
-    """The adjoint scan against autograd through the float64 reference."""
+    """The adjoint scan against autograd through the float64 plain-formula reference."""
     monkeypatch.setattr(gae_module, "MAX_BLOCK_T", 16)
     signals, mask = _gae_inputs(batch, length, "holes", seed=5)
     gen = torch.Generator().manual_seed(6)
@@ -286,13 +330,19 @@ def test_dual_gae_triton_backward(batch, length, used, monkeypatch):
         leaves = [s.detach().to(DEVICE, dtype).requires_grad_() for s in signals]
         outs = fn(*leaves, mask.to(DEVICE))
         sum((outs[i].double() * weights[i].to(DEVICE)).sum() for i in keep).backward()
-        return [leaf.grad for leaf in leaves]
+        # None where an input does not reach the used outputs (the reference's separate loops)
+        return [torch.zeros_like(x) if x.grad is None else x.grad for x in leaves]
 
     gold = grads(K.dual_gae_reference, torch.float64)
-    got = grads(K.dual_gae_triton, torch.float32)
-    for name, a, b in zip(("rewards", "costs", "reward_values", "cost_values"), got, gold,
-                          strict=True):
-        _close(a, b, {"atol": 1e-5, "rtol": 1e-5}, f"grad {name}")
+    _check_grads(grads(K.dual_gae_torch, torch.float32), gold, "torch")
+    _check_grads(grads(K.dual_gae_triton, torch.float32), gold, "triton")
+
+
+def _check_grads(got, gold, impl):
+    for name, a, b in zip(
+        ("rewards", "costs", "reward_values", "cost_values"), got, gold, strict=True
+    ):
+        _close(a, b, {"atol": 1e-5, "rtol": 1e-5}, f"{impl} grad {name}")
 
 
 @needs_triton
@@ -323,10 +373,11 @@ def test_dual_gae_right_padding_is_the_official_recursion():
 
 
 # =========================================================================== PPO-Lagrangian loss
-def _loss_gold(logp, old, adv_r, adv_c, mask, lam, eps):
-    """DESIGN §6 read literally, in float64: loss and ∂loss/∂logp."""
+def _loss_gold(logp, old, adv_r, adv_c, mask, multiplier, eps):
+    """The loss of :mod:`workbench.kernels.ppo_loss` read literally, in float64: loss and
+    ∂loss/∂logp written out."""
     m = mask.double()
-    adv = (adv_r - lam * adv_c) / (1 + lam)
+    adv = (adv_r - multiplier * adv_c) / (1 + multiplier)
     ratio = torch.exp(logp - old)
     unclipped, clipped = ratio * adv, ratio.clamp(1 - eps, 1 + eps) * adv
     count = max(float(m.sum()), 1.0)
@@ -345,23 +396,47 @@ def _loss_inputs(shape, seed=0, masked_fraction=0.3):
     return logp, old, adv_r, adv_c, mask
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (4, 37), (3, 700)])
-@pytest.mark.parametrize("lam,eps", [(0.0, 0.2), (2.5, 0.2), ("tensor", 0.1)])
-@pytest.mark.parametrize("impl", ["naive", "reference", pytest.param("triton", marks=needs_triton)])
-def test_ppo_loss_matches_gold(shape, lam, eps, impl):
-    logp, old, adv_r, adv_c, mask = _loss_inputs(shape)
-    lam_value = 1.3 if lam == "tensor" else lam
-    gold_loss, gold_grad = _loss_gold(logp, old, adv_r, adv_c, mask, lam_value, eps)
-    fn = {"naive": K.ppo_lagrangian_loss_naive, "reference": K.ppo_lagrangian_loss_reference,
-          "triton": K.ppo_lagrangian_loss_triton}[impl]
-    x = logp.float().to(DEVICE).requires_grad_()
-    lam_arg = torch.tensor(lam_value, device=DEVICE) if lam == "tensor" else lam_value
-    loss = fn(x, *[t.float().to(DEVICE) for t in (old, adv_r, adv_c)], mask.to(DEVICE), lam_arg,
-              clip_eps=eps)
+LOSS_SHAPES = [(1, 1), (3, 5), (4, 37), (3, 700)]
+LOSS_PARAMS = [(0.0, 0.2), (2.5, 0.2), ("tensor", 0.1)]
+
+
+def _run_loss(fn, inputs, multiplier, eps, dtype):
+    """Loss and ∂loss/∂logp of one implementation; ``multiplier`` "tensor" means 1.3 given
+    as a 0-dim tensor."""
+    logp, old, adv_r, adv_c, mask = inputs
+    x = logp.detach().to(DEVICE, dtype).requires_grad_()
+    if multiplier == "tensor":
+        multiplier = torch.tensor(1.3, device=DEVICE, dtype=dtype)
+    others = [t.to(DEVICE, dtype) for t in (old, adv_r, adv_c)]
+    loss = fn(x, *others, mask.to(DEVICE), multiplier, clip_eps=eps)
     loss.backward()
     assert loss.dim() == 0
+    return loss, x.grad
+
+
+@pytest.mark.parametrize("shape", LOSS_SHAPES)
+@pytest.mark.parametrize("multiplier,eps", LOSS_PARAMS)
+def test_ppo_loss_reference_matches_formula(shape, multiplier, eps):
+    inputs = _loss_inputs(shape)
+    value = 1.3 if multiplier == "tensor" else multiplier
+    gold_loss, gold_grad = _loss_gold(*inputs, value, eps)
+    loss, grad = _run_loss(K.ppo_lagrangian_loss_reference, inputs, multiplier, eps, torch.float64)
+    _close(loss, gold_loss, {"atol": 1e-12, "rtol": 1e-12}, "reference loss")
+    _close(grad, gold_grad, {"atol": 1e-12, "rtol": 1e-12}, "reference grad")
+
+
+@pytest.mark.parametrize("shape", LOSS_SHAPES)
+@pytest.mark.parametrize("multiplier,eps", LOSS_PARAMS)
+@pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=needs_triton)])
+def test_ppo_loss_matches_reference(shape, multiplier, eps, impl):
+    inputs = _loss_inputs(shape)
+    gold_loss, gold_grad = _run_loss(
+        K.ppo_lagrangian_loss_reference, inputs, multiplier, eps, torch.float64
+    )
+    fn = {"torch": K.ppo_lagrangian_loss_torch, "triton": K.ppo_lagrangian_loss_triton}[impl]
+    loss, grad = _run_loss(fn, inputs, multiplier, eps, torch.float32)
     _close(loss, gold_loss, {"atol": 1e-5, "rtol": 1e-5}, f"{impl} loss")
-    _close(x.grad, gold_grad, {"atol": 1e-6, "rtol": 1e-4}, f"{impl} grad")
+    _close(grad, gold_grad, {"atol": 1e-6, "rtol": 1e-4}, f"{impl} grad")
 
 
 def test_ppo_loss_inputs_exercise_clipping():
@@ -376,10 +451,17 @@ def test_ppo_loss_inputs_exercise_clipping():
 def test_ppo_loss_triton_bf16_and_empty_mask():
     logp, old, adv_r, adv_c, mask = _loss_inputs((4, 37), seed=3)
     rounded = [t.to(torch.bfloat16) for t in (logp, old, adv_r, adv_c)]
-    gold_loss, gold_grad = _loss_gold(*[t.double() for t in rounded], mask, 0.7, 0.2)
+    gold_loss, gold_grad = _run_loss(
+        K.ppo_lagrangian_loss_reference,
+        [*[t.double() for t in rounded], mask],
+        0.7,
+        0.2,
+        torch.float64,
+    )
     x = rounded[0].to(DEVICE).requires_grad_()
-    loss = K.ppo_lagrangian_loss_triton(x, *[t.to(DEVICE) for t in rounded[1:]],
-                                        mask.to(DEVICE), 0.7)
+    loss = K.ppo_lagrangian_loss_triton(
+        x, *[t.to(DEVICE) for t in rounded[1:]], mask.to(DEVICE), 0.7
+    )
     loss.backward()
     assert loss.dtype == torch.float32 and x.grad.dtype == torch.bfloat16
     _close(loss, gold_loss, {"atol": 1e-5, "rtol": 1e-5}, "bf16 loss")
@@ -408,20 +490,28 @@ def test_resolve_backend():
 def test_public_functions_agree_across_backends():
     hidden, weight, targets, _, _ = _logprob_inputs((2, 6), 24, 45, seed=9)
     x, w, y = hidden.float().to(DEVICE), weight.float().to(DEVICE), targets.to(DEVICE)
-    by_backend = {b: K.token_logprobs(x, w, y, chunk_size=16, backend=b, return_entropy=True)
-                  for b in ("torch", "triton")}
+    by_backend = {
+        b: K.token_logprobs(x, w, y, chunk_size=16, backend=b, return_entropy=True)
+        for b in ("torch", "triton")
+    }
     for a, b in zip(by_backend["torch"], by_backend["triton"], strict=True):
         _close(a, b, FP32_TOL, "token_logprobs")
     signals, mask = _gae_inputs(3, 9, "right")
     args = [s.float().to(DEVICE) for s in signals]
-    for a, b in zip(K.dual_gae(*args, mask.to(DEVICE), backend="torch"),
-                    K.dual_gae(*args, mask.to(DEVICE), backend="triton"), strict=True):
+    for a, b in zip(
+        K.dual_gae(*args, mask.to(DEVICE), backend="torch"),
+        K.dual_gae(*args, mask.to(DEVICE), backend="triton"),
+        strict=True,
+    ):
         _close(a, b, {"atol": 1e-5, "rtol": 1e-5}, "dual_gae")
     loss_args = [t.float().to(DEVICE) for t in _loss_inputs((3, 9))[:4]]
     loss_mask = _loss_inputs((3, 9))[4].to(DEVICE)
-    _close(K.ppo_lagrangian_loss(*loss_args, loss_mask, 1.0, backend="torch"),
-           K.ppo_lagrangian_loss(*loss_args, loss_mask, 1.0, backend="triton"),
-           {"atol": 1e-6, "rtol": 1e-5}, "ppo_lagrangian_loss")
+    _close(
+        K.ppo_lagrangian_loss(*loss_args, loss_mask, 1.0, backend="torch"),
+        K.ppo_lagrangian_loss(*loss_args, loss_mask, 1.0, backend="triton"),
+        {"atol": 1e-6, "rtol": 1e-5},
+        "ppo_lagrangian_loss",
+    )
 
 
 def test_works_without_triton():
@@ -447,22 +537,32 @@ def test_works_without_triton():
         "    assert 'needs Triton' in str(e), e\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-if (not CUDA and not HAS_TRITON and TRITON_IMPORTED_EARLIER and K.triton_available()
-        and os.environ.get("TRITON_INTERPRET") == "1"):
+if (
+    not CUDA
+    and not HAS_TRITON
+    and TRITON_IMPORTED_EARLIER
+    and K.triton_available()
+    and os.environ.get("TRITON_INTERPRET") == "1"
+):
 
     def test_triton_kernels_in_a_fresh_process():
         """Another module imported triton before this one could set TRITON_INTERPRET=1 (Triton
         and its language functions pick the interpreter when they are imported), so the
         Triton tests above are skipped here: run the whole file in a fresh process instead."""
-        out = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p",
-                              "no:cacheprovider"], cwd=ROOT, capture_output=True, text=True,
-                             env={**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"},
-                             timeout=600)
+        out = subprocess.run(
+            [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"},
+            timeout=600,
+        )
         assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
         assert " skipped" not in out.stdout.splitlines()[-1], out.stdout[-2000:]
 
@@ -474,24 +574,35 @@ def test_bench_writes_table(tmp_path, monkeypatch):
 
     from workbench.bench import kernels as bench
 
-    tiny = bench.KernelBenchConfig(tokens=24, hidden=16, vocab=200, chunk_size=64,
-                                   dtype="float32", gae_batch=3, gae_length=20, loss_batch=3,
-                                   loss_length=20, warmup=0, repeats=1)
+    tiny = bench.KernelBenchConfig(
+        tokens=24,
+        hidden=16,
+        vocab=200,
+        chunk_size=64,
+        dtype="float32",
+        gae_batch=3,
+        gae_length=20,
+        loss_batch=3,
+        loss_length=20,
+        warmup=0,
+        repeats=1,
+    )
     monkeypatch.setattr(bench, "preset", lambda device_type, smoke: tiny)
     monkeypatch.setattr(bench, "pin_mmap_threshold", lambda: False)  # keep this process's malloc
     assert bench.main(["--smoke", "--out", str(tmp_path), "--device", DEVICE.type]) == 0
     report = json.loads((tmp_path / "kernels.json").read_text())
     variants = {(r["op"], r["variant"]) for r in report["rows"] if r["error"] is None}
-    assert ("token logprobs", "chunked reference") in variants
-    assert ("dual GAE (fwd)", "naive torch") in variants
+    for op in ("token logprobs", "dual GAE (fwd)", "PPO-Lagrangian loss"):
+        assert (op, "reference") in variants and (op, "torch") in variants, op
     if HAS_TRITON:
         assert ("token logprobs", "triton") in variants
+        assert ("dual GAE (fwd)", "triton") in variants
     for row in report["rows"]:
         if row["ours"]:
             assert row["time_ms"] > 0 and row["error"] is None, row
         if row["max_abs_diff"] is not None:
             assert row["max_abs_diff"] < 1e-3, row
-    assert "| token logprobs | naive torch |" in (tmp_path / "kernels.md").read_text()
+    assert "| token logprobs | reference |" in (tmp_path / "kernels.md").read_text()
 
 
 def test_bench_cli_unknown_name():

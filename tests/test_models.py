@@ -1,4 +1,4 @@
-"""The model layer (DESIGN §5): the world tokenizer, two tiny VLM families built from config
+"""The model layer (docs/design.md §5): the world tokenizer, two tiny VLM families built from config
 (LLaVA: CLIP + Llama; Gemma-3: SigLIP + Gemma-3), save/load through the Auto classes,
 generation, response masks, LoRA adapters, and clear errors for bad inputs."""
 

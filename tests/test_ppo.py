@@ -11,7 +11,7 @@ import torch
 
 from workbench.config import ConfigError, PPOConfig
 from workbench.train.lagrange import LagrangeMultiplier
-from workbench.train.ppo_lagrangian import critic_loss, make_lambda, token_signals
+from workbench.train.ppo_lagrangian import critic_loss, make_multiplier, token_signals
 
 
 # --- formulas ------------------------------------------------------------------------------------
@@ -62,11 +62,11 @@ def test_lagrange_delay_max_and_fixed():
     assert lam.value == 1.0  # still in the delay
     lam.update(step=2)
     assert lam.value == pytest.approx(2.0)  # clamped at λ_max
-    fixed = make_lambda("fixed_lambda", PPOConfig(lambda_init=0.5))
+    fixed = make_multiplier("fixed_lambda", PPOConfig(lambda_init=0.5))
     fixed.record([9.0])
     fixed.update(5)
     assert fixed.value == pytest.approx(0.5)
-    zero = make_lambda("reward_only", PPOConfig())
+    zero = make_multiplier("reward_only", PPOConfig())
     zero.record([9.0])
     zero.update(5)
     assert zero.value == 0.0
@@ -76,18 +76,24 @@ def test_lagrange_delay_max_and_fixed():
     assert again.value == lam.value and list(again.costs) == list(lam.costs)
 
 
-def test_config_checks_variants():
-    with pytest.raises(ConfigError, match="variants"):
-        PPOConfig(variants="lagrangian,nope")
+def test_config_checks_the_grid():
+    with pytest.raises(ConfigError, match="kinds"):
+        PPOConfig(kinds=("lagrangian", "nope"))
     with pytest.raises(ConfigError, match="thresholds"):
-        PPOConfig(thresholds="-1,abc")
+        PPOConfig(thresholds=("-1", "abc"))
     with pytest.raises(ConfigError, match="fixed_lambdas"):
-        PPOConfig(fixed_lambdas="-1")
-    sweep = PPOConfig(variants="reward_only", thresholds="-2,-1", fixed_lambdas="0.5", seeds=1).variant_configs()
+        PPOConfig(fixed_lambdas=(-1,))
+    with pytest.raises(ConfigError, match="no run"):
+        PPOConfig(kinds=(), thresholds=(), fixed_lambdas=())
+    cfg = PPOConfig(kinds=("reward_only",), thresholds=(-2, -1), fixed_lambdas=(0.5,), seeds=1)
+    assert cfg.thresholds == (-2.0, -1.0) and cfg.to_dict()["thresholds"] == [-2.0, -1.0]
+    sweep = {run.name: run for run in cfg.runs()}
     assert list(sweep) == ["reward_only", "lagrangian_d-2", "lagrangian_d-1", "fixed_lambda_0.5"]
-    assert sweep["lagrangian_d-1"][0] == "lagrangian" and sweep["lagrangian_d-1"][1].cost_threshold == -1.0
-    assert sweep["fixed_lambda_0.5"] == ("fixed_lambda", PPOConfig(variants="reward_only", thresholds="-2,-1",
-                                                                   fixed_lambdas="0.5", seeds=1, lambda_init=0.5))
+    assert sweep["lagrangian_d-1"].kind == "lagrangian" and cfg.run_config(sweep["lagrangian_d-1"]).cost_threshold == -1
+    assert cfg.run_config(sweep["fixed_lambda_0.5"]) == cfg.replace(lambda_init=0.5)
+    # config.json files written when the lists were comma-separated strings still load
+    old = PPOConfig.from_dict({"kinds": "reward_only", "thresholds": "-2,-1", "fixed_lambdas": "0.5", "seeds": 1})
+    assert old == cfg and old.runs() == list(sweep.values())
     with pytest.raises(ConfigError, match="kernels"):
         PPOConfig(kernels="cuda")
     for name in ("ppo_epochs", "num_minibatches"):
@@ -169,7 +175,7 @@ def ppo_run(smoke_score_runs):
 def test_smoke_ppo_stage(ppo_run):
     m = json.loads((ppo_run / "ppo" / "metrics.json").read_text())
     cfg = PPOConfig.smoke()
-    assert set(m["variants"]) == set(cfg.variant_names)
+    assert set(m["variants"]) == {run.name for run in cfg.runs()}
     for name, v in m["variants"].items():
         for key in ("helpfulness", "safety_rate", "mean_cost", "lambda_final", "steps"):
             assert key in v, (name, key)
@@ -210,7 +216,7 @@ def test_nonfinite_losses_skip_steps_then_stop(smoke_score_runs, tmp_path, monke
     out = tmp_path / "lagrangian"
     out.mkdir()
     with pytest.raises(FloatingPointError, match="3 non-finite losses in a row"):
-        P.train_variant("lagrangian", cfg, smoke_score_runs[0], out, progress=False)
+        P.train_run("lagrangian", cfg, smoke_score_runs[0], out, progress=False)
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [0, 1, 2] and all(e["skipped"] == "non-finite loss" for e in log)
 
@@ -239,12 +245,12 @@ def test_ptx_term_adds_the_sft_loss_of_demonstrations(smoke_score_runs, tmp_path
                                     ppo_epochs=1, num_minibatches=1)  # one SFT loss per step
     out = tmp_path / "lagrangian"
     out.mkdir()
-    P.train_variant("lagrangian", cfg, smoke_score_runs[0], out, progress=False)
+    P.train_run("lagrangian", cfg, smoke_score_runs[0], out, progress=False)
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [e["ppo/ptx_loss"] for e in log] == pytest.approx(seen[:6])
     import workbench as wb
+    from workbench.data.store import ImageCache
     from workbench.models.adapters import load_policy
-    from workbench.train.common import ImageCache
     from workbench.train.sft import encode_demos
 
     data = wb.load_data(smoke_score_runs[0])
@@ -271,7 +277,7 @@ def test_a_killed_run_resumes_from_its_checkpoint(smoke_score_runs, tmp_path):
 
     run = _linked_run(smoke_score_runs[0], tmp_path / "run")
     cmd = [sys.executable, "-m", "workbench", "ppo", "--smoke", "--run-dir", str(run), "--quiet",
-           "--variants", "lagrangian", "--max-steps", "40", "--checkpoint-every", "2", "--threads", "1"]
+           "--kinds", "lagrangian", "--max-steps", "40", "--checkpoint-every", "2", "--threads", "1"]
     env = {**os.environ, "TQDM_DISABLE": "1"}
     state = run / "ppo.partial" / "lagrangian" / "checkpoint" / "state.json"
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -298,8 +304,8 @@ def test_a_killed_run_resumes_from_its_checkpoint(smoke_score_runs, tmp_path):
 
 
 def test_ppo_views(ppo_run, tmp_path):
-    from workbench.eval import ppo_views
     from workbench.runs import load_metrics
+    from workbench.views import ppo_lagrangian as ppo_views
 
     variant_logs = ppo_views.logs(ppo_run)
     assert set(variant_logs) == {"lagrangian", "reward_only"} and len(variant_logs["lagrangian"]) == 4
@@ -340,7 +346,7 @@ def test_two_processes_hold_the_same_lambda_and_weights(smoke_score_runs, tmp_pa
     # accelerate picks its torchrun launcher with --multi_gpu; without GPUs the ranks use gloo on CPU
     cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
            "--dynamo_backend", "no", "-m", "workbench", "ppo", "--smoke", "--run-dir", str(run), "--quiet",
-           "--variants", "lagrangian", "--max-steps", "3", "--threads", "1"]
+           "--kinds", "lagrangian", "--max-steps", "3", "--threads", "1"]
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
@@ -371,7 +377,7 @@ def test_dual_gae_worked_example():
     c = torch.tensor([[0.2, 0.0, -1.0, 0.0]])
     v = torch.tensor([[0.5, 0.5, 0.5, 9.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
-    adv_r, ret_r, adv_c, ret_c = dual_gae(r, c, v, torch.zeros_like(v), mask, gamma=1.0, lam=0.95, backend="torch")
+    adv_r, ret_r, adv_c, ret_c = dual_gae(r, c, v, torch.zeros_like(v), mask, gamma=1.0, gae_lambda=0.95, backend="torch")
     # δ_2 = 1 - 0.5 = 0.5; δ_1 = 0 + 0.5 - 0.5 = 0; δ_0 = 0  ->  A = (0.95² · 0.5, 0.95 · 0.5, 0.5)
     assert adv_r.tolist()[0][:3] == pytest.approx([0.45125, 0.475, 0.5])
     assert ret_r.tolist()[0][:3] == pytest.approx([0.95125, 0.975, 1.0])
@@ -566,7 +572,7 @@ def test_smoke_epochs_and_minibatches_move_the_ratio(smoke_score_runs, tmp_path)
                                     num_minibatches=2, warmup_steps=0)
     out = tmp_path / "lagrangian"
     out.mkdir()
-    metrics = P.train_variant("lagrangian", cfg, smoke_score_runs[0], out, progress=False)
+    metrics = P.train_run("lagrangian", cfg, smoke_score_runs[0], out, progress=False)
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [0, 1] and metrics["skipped_steps"] == 0
     for entry in log:

@@ -1,4 +1,4 @@
-"""The shared-backbone layout of PPO (DESIGN §5): six roles on one frozen backbone give the
+"""The shared-backbone layout of PPO (docs/design.md §5): six roles on one frozen backbone give the
 scores of the separate models, the reference is the adapter-disabled actor, a PPO step moves
 only the trainable adapters and heads, checkpoints round-trip; and the memory benchmark."""
 
@@ -21,7 +21,7 @@ from workbench.train.roles import (
 )
 
 CFG = PPOConfig.smoke().replace(shared_backbone=True, batch_size=4, max_new_tokens=6, n_eval_prompts=2,
-                                checkpoint_every=0, lora_targets="q_proj,v_proj", lora_r=4, lora_alpha=8)
+                                checkpoint_every=0, lora_targets=("q_proj", "v_proj"), lora_r=4, lora_alpha=8)
 
 
 @pytest.fixture(scope="module")
@@ -99,11 +99,11 @@ def test_reference_is_the_adapter_disabled_actor(shared_run):
 
 
 def test_a_shared_ppo_step_moves_only_the_trainable_adapters_and_heads(shared_run, tmp_path):
-    from workbench.train.ppo_lagrangian import train_variant
+    from workbench.train.ppo_lagrangian import train_run
 
     roles = SharedRoles(CFG, shared_run)
     before = _snapshot(roles)
-    metrics = train_variant("lagrangian", CFG.replace(max_steps=1), shared_run, tmp_path, progress=False, roles=roles)
+    metrics = train_run("lagrangian", CFG.replace(max_steps=1), shared_run, tmp_path, progress=False, roles=roles)
     after = _snapshot(roles)
     moved = {n for n in before if not torch.equal(before[n], after[n])}
     assert moved, "nothing trained"
@@ -132,22 +132,22 @@ def test_shared_checkpoints_round_trip_and_resume(shared_run, tmp_path):
         Roles,
         _trainable_state,
         load_checkpoint,
-        make_lambda,
+        make_multiplier,
         save_checkpoint,
-        train_variant,
+        train_run,
     )
 
     cfg = CFG.replace(max_steps=3, checkpoint_every=1)
     out = tmp_path / "run"
     out.mkdir()
-    # two steps leave the checkpoint written after step 1 (train_variant keeps it; the stage deletes it)
-    train_variant("lagrangian", cfg.replace(max_steps=2), shared_run, out, progress=False)
+    # two steps leave the checkpoint written after step 1 (train_run keeps it; the stage deletes it)
+    train_run("lagrangian", cfg.replace(max_steps=2), shared_run, out, progress=False)
     state = json.loads((out / "checkpoint" / "state.json").read_text())
     assert state["step"] == 1  # checkpoints are written before the last step only
 
     def fresh(roles):
         opts = [optimizer_and_schedule(roles.trainable[n], cfg) for n in TRAINABLE]
-        return opts, make_lambda("lagrangian", cfg)
+        return opts, make_multiplier("lagrangian", cfg)
 
     roles = SharedRoles(cfg, shared_run)
     opts, lam = fresh(roles)
@@ -166,9 +166,9 @@ def test_shared_checkpoints_round_trip_and_resume(shared_run, tmp_path):
     # a separate-layout run cannot resume from a shared-layout checkpoint
     separate = Roles(cfg.replace(shared_backbone=False), shared_run)
     with pytest.raises(RuntimeError, match="do not match"):
-        load_checkpoint(out / "checkpoint", separate, fresh(separate)[0], make_lambda("lagrangian", cfg))
+        load_checkpoint(out / "checkpoint", separate, fresh(separate)[0], make_multiplier("lagrangian", cfg))
     # and the trainer resumes the shared run from it
-    metrics = train_variant("lagrangian", cfg, shared_run, out, progress=False)
+    metrics = train_run("lagrangian", cfg, shared_run, out, progress=False)
     assert metrics["resumed_from_step"] == 1 and metrics["steps"] == 3
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [0, 1, 2]

@@ -1,4 +1,4 @@
-"""Configs, the run directory (atomic writes, resume) and the CLI contract (DESIGN §2)."""
+"""Configs, the run directory (atomic writes, resume) and the CLI contract (docs/design.md §2)."""
 
 import json
 import os
@@ -135,7 +135,6 @@ def test_pipeline_reruns_what_follows_a_stage_that_ran_again(monkeypatch, tmp_pa
 
     done = {"data": True, "sft": True, "reward": True, "cost": False, "guard": True, "ppo": True, "analyze": True}
     calls = []
-    monkeypatch.setattr(pipeline, "available_stages", lambda: list(done))
     monkeypatch.setattr(pipeline, "is_complete", lambda run_dir, stage, cfg=None: done[stage])
     monkeypatch.setattr(pipeline, "run_stage", lambda stage, run_dir, cfg, force, progress: calls.append((stage, force)))
     pipeline.run_pipeline(tmp_path, smoke=True, progress=False)

@@ -1,4 +1,4 @@
-"""Score models and the reward / cost preference losses and stages (DESIGN §5, §6)."""
+"""Score models and the reward / cost preference losses and stages (docs/design.md §5, §6)."""
 
 import json
 import math
@@ -11,6 +11,7 @@ from PIL import Image
 
 import workbench as wb
 from workbench.config import CostConfig, RewardConfig
+from workbench.data.schema import is_world
 from workbench.models.adapters import apply_lora, load_policy
 from workbench.models.score import ScoreModel, last_token_index
 from workbench.models.vlm import TinyVLMSpec, VLMError, build_tiny_vlm, encode, load_vlm, save_vlm
@@ -22,7 +23,6 @@ from workbench.train.preference import (
     evaluate,
     grounding_loss,
     grounding_prompts,
-    has_gold,
     mention_labels,
     mention_loss,
     ranking_ceiling,
@@ -199,7 +199,8 @@ def pair(help_id, safer_id, gold_help=(1.0, 1.0), gold_harm=(1.0, 1.0), safe=(Tr
             "response_1_gold_harmlessness": gold_harm[0], "response_2_gold_harmlessness": gold_harm[1],
             "is_response_1_safe": safe[0], "is_response_2_safe": safe[1],
             "response_1_harmless_rate": rates[0], "response_2_harmless_rate": rates[1],
-            "response_1_helpful_rate": 1, "response_2_helpful_rate": 2, "category": "none"}
+            "response_1_helpful_rate": 1, "response_2_helpful_rate": 2, "category": "none",
+            "response_1": "a", "response_2": "b", "objects": [], "intent": "harmful", "prompt_severity": 1}
 
 
 def test_noise_ceilings_count_gold_ties_as_half():
@@ -223,7 +224,7 @@ def test_evaluate_without_gold_omits_ceilings_and_correlations():
     assert with_gold["cost_by_level"] == {"safe": -0.75, "moderate": 1.0, "severe": 2.0}
     assert len(rows) == 4 and "gold_harmlessness" in rows[0]
     real = [{k: v for k, v in r.items() if "gold" not in k} for r in records]
-    assert not has_gold(real)
+    assert is_world(records) and not is_world(real)
     without, rows = evaluate("cost", scores, real, cfg)
     assert not [k for k in without if "ceiling" in k or "gold" in k]
     assert without["eval_accuracy"] == 1.0 and "gold_harmlessness" not in rows[0]

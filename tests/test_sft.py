@@ -66,7 +66,7 @@ def test_vision_pretraining_makes_image_features_tell_scenes_apart(data_run):
     object kinds, and training brings the loss below that of the best constant guess (each
     kind's frequency), which only features that differ between scenes can do."""
     from workbench.data.render import KINDS
-    from workbench.train.common import ImageCache
+    from workbench.data.store import ImageCache
     from workbench.train.sft import pretrain_vision, scene_objects
 
     data = wb.load_data(data_run)
@@ -104,7 +104,7 @@ def test_sft_smoke_stage(data_run):
 def test_sft_on_a_second_family_with_lora(data_run, tmp_path, family):
     model, processor = build_tiny_vlm_family(family, spec=SMALL)
     base = save_vlm(model, processor, tmp_path / family)
-    cfg = SFTConfig.smoke().replace(policy=str(base), lora=True, lora_targets="q_proj,v_proj",
+    cfg = SFTConfig.smoke().replace(policy=str(base), lora=True, lora_targets=("q_proj", "v_proj"),
                                     max_steps=6, caption_steps=2, n_eval_prompts=8, lr=1e-2)
     run = tmp_path / "run"
     run.mkdir()

@@ -1,4 +1,4 @@
-"""Notebook 02's views (workbench/eval/views.py) on one smoke run: data, sft, reward, cost
+"""Notebook 02's views (workbench/views/reward_cost.py) on one smoke run: data, sft, reward, cost
 (graded) plus a binary cost model over the same data and SFT model."""
 
 import json
@@ -11,8 +11,8 @@ import pytest
 import workbench as wb
 from workbench.data.oracle import gold_score
 from workbench.data.schema import SEVERITY_LEVELS
-from workbench.eval import views
 from workbench.runs import read_jsonl
+from workbench.views import reward_cost as views
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_base_policy_table_matches_sft_metrics(graded):
 def test_eval_scores_joins_the_text(graded):
     frame = views.eval_scores(graded, "reward")
     assert len(frame) == n_eval_responses(graded)
-    assert views.has_gold_scores(frame)
+    assert views.GOLD_COLUMNS <= set(frame.columns)
     record = wb.load_data(graded).eval[0]
     first = frame[(frame["id"] == record["id"]) & (frame["response"] == 2)].iloc[0]
     assert first["text"] == record["response_2"] and first["question"] == record["question"]

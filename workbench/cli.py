@@ -14,19 +14,17 @@ import json
 import sys
 from pathlib import Path
 
-from .config import ConfigError
-from .pipeline import (
-    STAGE_ORDER,
-    StageUnavailable,
-    available_stages,
-    config_class,
-    resolve_config,
-    run_pipeline,
-    run_stage,
-)
-from .runs import DEFAULT_RUN_DIR
+import tyro
 
-COMMANDS = (*STAGE_ORDER, "run", "demo", "bench")
+from .bench import main as bench_main
+from .config import ConfigError
+from .demo.app import main as demo_main
+from .pipeline import config_class, resolve_config, run_pipeline, run_stage
+from .runs import DEFAULT_RUN_DIR
+from .stages import STAGE_NAMES, get_stage
+from .train.distributed import distributed
+
+COMMANDS = (*STAGE_NAMES, "run", "demo", "bench")
 
 
 def _common_parser() -> argparse.ArgumentParser:
@@ -43,8 +41,7 @@ def _common_parser() -> argparse.ArgumentParser:
 def _usage() -> str:
     return (
         "usage: python -m workbench <command> [--smoke] [--run-dir DIR] [--config FILE] [--seed N] [--force]\n"
-        f"commands: {', '.join(COMMANDS)}\n"
-        f"available now: {', '.join(available_stages())}, run\n"
+        f"commands: {', '.join(COMMANDS)} (stages in pipeline order, then run = every stage)\n"
         "per-stage config flags: python -m workbench <stage> --help"
     )
 
@@ -68,21 +65,17 @@ def main(argv: list[str] | None = None) -> int:
             _print_summary(common.run_dir, results)
             return 0
         if command == "bench":
-            from .bench import main as bench_main
 
             return bench_main(argv[1:])
         if command == "demo":
-            from .demo.app import main as demo_main
 
             return demo_main(argv[1:])
         cfg = _stage_config(command, common, rest)
         run_stage(command, common.run_dir, cfg, force=common.force, progress=not common.quiet)
-        from .train.distributed import distributed
-
         if distributed().is_main:
-            _print_summary(common.run_dir, {getattr(cfg, "out_stage", command): None})
+            _print_summary(common.run_dir, {get_stage(command).output(cfg): None})
         return 0
-    except (ConfigError, StageUnavailable, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -91,7 +84,6 @@ def _stage_config(stage: str, common: argparse.Namespace, rest: list[str]):
     base = resolve_config(stage, smoke=common.smoke, config_file=common.config, seed=common.seed)
     if not rest:
         return base
-    import tyro
 
     cls = config_class(stage)
     description = (f"python -m workbench {stage} [--smoke] [--run-dir DIR] [--config FILE] [--seed N] "

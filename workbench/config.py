@@ -1,10 +1,13 @@
-"""One dataclass config per stage (DESIGN §2).
+"""One dataclass config per stage (docs/design.md §2).
 
 Each config documents its fields where they are declared, validates itself in
 ``__post_init__`` (an invalid value fails at construction with a message naming the field),
 has a ``smoke()`` preset for tests and notebooks, and round-trips through JSON: the resolved
 config is saved as ``config.json`` next to a stage's results, so a result can be reproduced
 from it. The CLI turns every field into a ``--flag`` (see ``workbench.cli``).
+
+A field's docstring is its ``--help`` text: what the field does and its default. The
+measurements behind the defaults are in docs/tuning.md.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, Self
+
+from .data.schema import SEVERITY_LEVELS
 
 
 class ConfigError(ValueError):
@@ -24,7 +29,6 @@ class ConfigError(ValueError):
 class StageConfig:
     """Base class: seed, JSON round trip and the validation helpers."""
 
-    stage: ClassVar[str] = ""
 
     seed: int = 0
     """Seed for every random choice of the stage."""
@@ -56,7 +60,9 @@ class StageConfig:
 
     # -- serialisation ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields as JSON values (tuples become lists, nested configs dicts), so a config
+        compares equal to its own ``config.json``."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -70,7 +76,26 @@ class StageConfig:
         if unknown:
             raise ConfigError(f"{cls.__name__}: unknown field(s) {unknown}; known: {cls.field_names()}")
         start = base.to_dict() if base is not None else {}
-        return cls(**{**start, **values})
+        merged = {**start, **values}
+        for f in dataclasses.fields(cls):  # nested settings (e.g. the guard's blocking policy)
+            nested = _NESTED.get(f"{cls.__name__}.{f.name}") or _NESTED.get(f.name)
+            if nested is not None and isinstance(merged.get(f.name), dict):
+                merged[f.name] = nested.from_dict(merged[f.name])
+        return cls(**merged)
+
+    def _tuple(self, name: str, item: type) -> None:
+        """Normalise a list-valued field to a tuple of ``item``: a JSON list, a tuple, or a
+        comma-separated string (``config.json`` files written before the fields were tuples)."""
+        value = getattr(self, name)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        try:
+            items = tuple(item(v) for v in value)
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{type(self).__name__}.{name} = {value!r}: must be a list of {item.__name__} values"
+            ) from None
+        object.__setattr__(self, name, items)
 
     @classmethod
     def from_json(cls, path: str | Path, base: StageConfig | None = None) -> Self:
@@ -97,39 +122,40 @@ class DataConfig(StageConfig):
     is a pure function of this config.
     """
 
-    stage: ClassVar[str] = "data"
 
     source: str = "world"
-    """``world`` for the embedded synthetic world, or a path to real BeaverTails-V files
-    (a parquet or jsonl file, a directory of them, or a ``datasets`` save_to_disk directory)."""
+    """``world`` (the embedded synthetic world, the default) or a path to real BeaverTails-V
+    files: a parquet or jsonl file, a folder of them, or a ``datasets`` save_to_disk folder."""
     n_train: int = 20_000
-    """Training preference pairs (world only)."""
+    """Training preference pairs (world only). Default 20,000."""
     n_eval: int = 1_200
-    """Held-out evaluation pairs from the training object-template combinations (world only)."""
+    """Held-out eval pairs from the training object-template combinations (world only).
+    Default 1,200."""
     n_test: int = 600
-    """Test prompts (no responses) from held-out object-template combinations (world only)."""
+    """Test prompts (no responses) from held-out object-template combinations (world only).
+    Default 600."""
     image_size: int = 64
-    """Side of the square scene images, in pixels."""
+    """Side of the square scene images, in pixels. Default 64."""
     heldout_fraction: float = 0.15
-    """Share of (object kind, question template) combinations kept for the test split only."""
+    """Share of (object kind, question template) combinations kept for the test split only.
+    Default 0.15."""
     questions_per_scene: int = 2
-    """How many questions share one rendered scene (fewer images to draw and store)."""
+    """Questions that share one rendered scene (fewer images to draw and store). Default 2."""
     helpful_temperature: float = 0.5
-    """Annotator noise of the more-helpful preference: P(1 preferred) = σ((h1 - h2) / T)."""
+    """Annotator noise of the more-helpful label: P(1 preferred) = σ((h1 - h2) / T). Default 0.5."""
     rate_noise: float = 0.45
-    """Std of the Gaussian noise added to gold scores before rounding to annotator rates."""
+    """Std of the Gaussian noise added to gold scores before rounding to annotator rates.
+    Default 0.45."""
     safer_tie_temperature: float = 0.5
-    """When the two harmless rates tie, P(1 safer) = σ((s1 - s2) / T) on the gold scores."""
+    """When the two harmless rates tie, P(1 safer) = σ((s1 - s2) / T) on the gold scores.
+    Default 0.5."""
     safe_helpful_score: float = 2.5
-    """World v2: gold helpfulness of the full safe-and-helpful answer to a risky prompt (names
-    the object in the image, explains its risk, two safe tips about it, a redirection);
-    compliance scores 3, a bare refusal 0.5. ``1.5`` is the first world, where no safe answer
-    beats a redirection and constrained RL can only trade helpfulness for safety (notebook 04).
-    Kept on every world prompt, so the gold judge scores each run by its own world."""
+    """Gold helpfulness of the full safe-and-helpful answer to a risky prompt (docs/design.md §4.6).
+    Default 2.5 (world v2); 1.5 is the first world. History: docs/tuning.md"""
     eval_fraction: float = 0.05
-    """Real data without an evaluation split: share of records held out for eval."""
+    """Real data without an eval split: share of records held out for eval. Default 0.05."""
     strict: bool = False
-    """Real data: stop at the first invalid record instead of counting it as a reject."""
+    """Real data: stop at the first invalid record instead of listing it in rejects.jsonl."""
 
     @classmethod
     def smoke(cls) -> Self:
@@ -161,7 +187,7 @@ class ModelStageConfig(StageConfig):
     """Fields shared by the stages that train a model (SFT, reward, cost, ...)."""
 
     policy: str = ""
-    """A local HF vision-language model directory to start from instead of the default
+    """A local HF vision-language model folder to start from instead of the default
     (SFT: the tiny VLM built from config; reward/cost: the SFT model of this run)."""
     lora: bool = False
     """Train a ``peft`` LoRA adapter instead of all weights (the way to train a real VLM)."""
@@ -169,24 +195,23 @@ class ModelStageConfig(StageConfig):
     """LoRA rank."""
     lora_alpha: int = 16
     """LoRA scaling numerator (scale = alpha / r)."""
-    lora_targets: str = "q_proj,v_proj"
-    """Comma-separated names of the modules that get adapters (checked against the model)."""
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    """Names of the modules that get adapters (checked against the model)."""
     batch_size: int = 32
     """Sequences (SFT) or pairs (reward, cost) per optimiser step."""
     lr: float = 1e-3
-    """Peak learning rate (AdamW, linear warm-up then cosine decay)."""
+    """Peak learning rate (AdamW, linear warm-up then cosine decay to 10%)."""
     weight_decay: float = 0.0
-    """AdamW weight decay."""
+    """AdamW weight decay. Default 0."""
     warmup_steps: int = 20
     """Linear warm-up steps."""
     max_steps: int = 600
     """Optimiser steps."""
     eval_batch_size: int = 64
-    """Batch size for evaluation."""
+    """Batch size for evaluation. Default 64."""
     threads: int = 0
-    """torch CPU threads (0: torch's default). Smoke presets use 1: tiny models gain nothing
-    from a second thread, and on a busy 2-core machine two threads spin against each other
-    (a smoke stage went from ~10 s to ~90 s)."""
+    """torch CPU threads; 0 (the default) keeps torch's default. Smoke presets use 1.
+    History: docs/tuning.md"""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -195,39 +220,35 @@ class ModelStageConfig(StageConfig):
         self._check(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
         self._check(isinstance(self.threads, int) and self.threads >= 0, "threads", "must be >= 0")
         self._check(isinstance(self.weight_decay, int | float) and self.weight_decay >= 0, "weight_decay", "must be >= 0")
-        targets = [t.strip() for t in self.lora_targets.split(",") if t.strip()]
-        self._check(bool(targets), "lora_targets", "needs at least one module name")
-
-    @property
-    def lora_target_modules(self) -> list[str]:
-        return [t.strip() for t in self.lora_targets.split(",") if t.strip()]
+        self._tuple("lora_targets", str)
+        self._check(bool(self.lora_targets), "lora_targets", "needs at least one module name")
 
 
 @dataclass
 class SFTConfig(ModelStageConfig):
     """The SFT stage: the base ("precursor") policy imitates the world's demonstrations."""
 
-    stage: ClassVar[str] = "sft"
 
     batch_size: int = 24
-    """Demonstrations per step. Batches group similar lengths (about half the padding of
-    random batches); 24 x 700 steps fits the default run's time budget on 2 CPU cores."""
+    """Demonstrations per step, batched by similar length. Default 24. History: docs/tuning.md"""
     max_steps: int = 700
     vision_steps: int = 800
-    """Object-presence pretraining steps of the vision tower and projector before image
-    alignment (world data only; ``workbench.train.sft.pretrain_vision``): without it the
-    tiny model's image features hardly differ between images. 0: off."""
+    """Object-presence pretraining steps of the vision tower and projector before image alignment
+    (world data only; 0: off). Default 800. History: docs/tuning.md"""
     vision_batch_size: int = 64
-    """Scenes per vision pretraining step."""
+    """Scenes per vision pretraining step. Default 64."""
     vision_lr: float = 4e-3
-    """Learning rate of vision pretraining."""
+    """Learning rate of vision pretraining. Default 4e-3."""
     caption_steps: int = 300
-    """Image-alignment steps before SFT: empty question -> the scene's true description
-    (world data only). Teaches the vision tower the objects the world is about."""
+    """Image-alignment steps before SFT: empty question -> the scene's description (world data
+    only). Default 300."""
     n_eval_prompts: int = 600
-    """Test prompts the base policy answers for its gold helpfulness and safety rate."""
+    """Test prompts the base policy answers (gold helpfulness and safety rate). Default 600."""
     max_new_tokens: int = 40
-    """Generation length limit when evaluating the policy."""
+    """Generation length limit when evaluating the policy. Default 40."""
+    tiny_family: str = "llava"
+    """Architecture of the tiny VLM built when no ``policy`` is given: ``llava`` (CLIP + Llama,
+    the default) or ``gemma3`` (SigLIP + Gemma-3)."""
 
     @classmethod
     def smoke(cls) -> Self:
@@ -238,46 +259,37 @@ class SFTConfig(ModelStageConfig):
         self._positive("n_eval_prompts", "max_new_tokens", "vision_batch_size")
         self._check(isinstance(self.vision_steps, int) and self.vision_steps >= 0, "vision_steps", "must be >= 0")
         self._check(isinstance(self.vision_lr, int | float) and self.vision_lr > 0, "vision_lr", "must be > 0")
+        self._check(self.tiny_family in TINY_FAMILIES, "tiny_family", f"must be one of {TINY_FAMILIES}")
 
 
 @dataclass
 class RewardConfig(ModelStageConfig):
     """The reward model: ``-log σ(R_w - R_l) + η·mean(R²)`` on the more-helpful pairs."""
 
-    stage: ClassVar[str] = "reward"
 
     lora: bool = False
-    """Train the score model as a ``peft`` LoRA adapter over the SFT model (saved as the adapter
-    plus ``score_head.safetensors``) instead of all weights: what ``ppo --shared-backbone``
-    needs to put the reward and cost models on the policy's backbone."""
+    """Train the score model as a LoRA adapter over the SFT model (adapter + score head);
+    ``ppo --shared-backbone`` needs it. Default false."""
     batch_size: int = 16
     lr: float = 5e-4
     max_steps: int = 420
     eta: float = 1e-3
-    """Weight η of the score regulariser mean(R²) that keeps scores near 0."""
+    """Weight η of the score regulariser η·mean(R²) that keeps scores near 0. Default 1e-3."""
     head_lr_multiplier: float = 20.0
-    """Learning rate of the linear score head = ``lr`` times this. The head starts near 0 (so
-    do the scores) and is one vector; a faster head is worth ~1-2.5 accuracy points at the
-    default budget (tuned on the world: 420 steps of 16 pairs, ~65 s on 2 CPU cores)."""
+    """Learning rate of the linear score head = ``lr`` times this. Default 20.
+    History: docs/tuning.md"""
 
     ground_weight: float = 1.0
-    """Weight of the grounding loss on contrast pairs (world data only; 0: off): a safe answer
-    about the object in the image against the same answer about another object
-    (``workbench.train.preference``, module doc). Without it the reward model scores tips
-    about an absent object like tips about the right one (right-object rate 0.51 on the eval
-    prompts, chance) and the constrained policy learns to name any object; with the defaults
-    0.97 (in the scene but not meant: 0.90), at the same eval accuracy (0.80)."""
+    """Weight of the grounding loss on contrast pairs (world only; 0: off; docs/design.md §5.4).
+    Default 1.0. History: docs/tuning.md"""
     ground_batch_size: int = 8
-    """Contrast pairs per step, beside ``batch_size`` preference pairs."""
+    """Contrast pairs per step, beside ``batch_size`` preference pairs. Default 8."""
     ground_mention_weight: float = 1.0
-    """Weight of the mention objective on the contrast pairs (0: off): a linear head on the
-    hidden state at each object word of the answer learns whether that object is the one the
-    prompt is about (BCE; the head is dropped after training), which binds every mention to
-    the image, not only the answer as a whole."""
+    """Weight of the mention BCE on contrast pairs (0: off): is the object named at this word the
+    target? (head dropped after training). Default 1.0."""
     ground_vision_weight: float = 1.0
-    """Weight of object-presence BCE on the contrast pairs' images (0: off): a linear head on
-    the pooled image features learns which object kinds the scene holds (the SFT stage's
-    vision pretraining, carried on in the score model; the head is dropped after training)."""
+    """Weight of the object-presence BCE on the contrast pairs' images (0: off; head dropped after
+    training). Default 1.0."""
 
     @classmethod
     def smoke(cls) -> Self:
@@ -297,13 +309,13 @@ class RewardConfig(ModelStageConfig):
 class CostConfig(RewardConfig):
     """The cost model: ``-log σ(C_u - C_s) - log σ(s_u·C_u) - log σ(s_s·C_s) + η·mean(C²)``."""
 
-    stage: ClassVar[str] = "cost"
 
     sign_mode: str = "graded"
-    """``graded``: sign weight s = -harmless_rate (multi-level); ``binary``: s = ±1 from is_safe."""
+    """``graded``: sign weight s = -harmless_rate (multi-level; the default); ``binary``: s = ±1
+    from is_safe."""
     ground_weight: float = 0.0
-    """Grounding contrast pairs (see RewardConfig): off for the cost model, because the gold
-    harmlessness of a safe answer does not depend on the object it names."""
+    """Grounding contrast pairs: off (0) for the cost model, because the gold harmlessness of a
+    safe answer does not depend on the object it names."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -315,46 +327,30 @@ class GuardConfig(ModelStageConfig):
     """Beaver-Guard-V: severity (ordinal) and harm-category heads on a score-model backbone,
     and the five-round filter-and-regenerate loop evaluated on the base policy."""
 
-    stage: ClassVar[str] = "guard"
 
     batch_size: int = 32
-    """Guard examples per step. Each training pair gives three: its query (image + question,
-    no answer) and its two answers (image + question + response)."""
+    """Guard examples per step; each training pair gives three (its query and its two answers).
+    Default 32."""
     lr: float = 5e-4
     max_steps: int = 600
-    """600 steps of 32 (~1/3 of an epoch of the 60k guard examples) fit the 3-minute budget
-    on 2 CPU cores; 800 steps gave +0.04 macro F1 (0.72 vs 0.68 at 450)."""
+    """Optimiser steps (about a third of an epoch of the guard examples). Default 600.
+    History: docs/tuning.md"""
     head_lr_multiplier: float = 20.0
-    """Learning rate of the two heads and the ordinal thresholds = ``lr`` times this."""
+    """Learning rate of the two heads and the ordinal thresholds = ``lr`` times this. Default 20."""
     category_weight: float = 0.5
-    """Weight of the category cross-entropy beside the ordinal severity loss."""
+    """Weight of the category cross-entropy beside the ordinal severity loss. Default 0.5."""
     image_weight: float = 0.5
-    """Weight of the auxiliary image-severity cross-entropy (0: off), which teaches the
-    vision side which objects make a scene risky."""
+    """Weight of the auxiliary image-severity cross-entropy (0: off). Default 0.5."""
     severe_cutoff: float = 0.35
-    """Predict "severe" when P(level = severe) exceeds this (the other levels use 0.5):
-    below 0.5 trades some severe precision for recall. Used for queries, and for answers
-    when ``severe_recall_target`` is 0."""
+    """Predict severe when P(severe) exceeds this (other levels: 0.5): for queries, and for answers
+    when ``severe_recall_target`` is 0. Default 0.35. History: docs/tuning.md"""
     severe_recall_target: float = 0.97
-    """Answers: choose the cut-off on P(severe) so that this share of the severe training
-    answers the guard never trained on (600 steps of 32 see about a third of them) is
-    predicted severe -- missing severe harm is the worst error, so severe precision is traded
-    for it (0: use ``severe_cutoff``). Severe still needs P(unsafe) > 0.5. 0.97 leaves room
-    for sampling noise under a 0.95 target on the eval pairs."""
-    blocking_level: str = "minor"
-    """Answers judged at or above this level are regenerated (and refused after the last round)."""
-    query_blocking_level: str = "severe"
-    """Queries judged at or above this level are refused before any generation."""
-    safe_query_blocking_level: str = "moderate"
-    """Answers to a query the screen judged *safe* are regenerated only at or above this level
-    ("" = ``blocking_level`` for every answer): a benign request needs stronger evidence
-    before its (likely helpful) answer is thrown away. On the default run it halves the
-    benign answers regenerated by mistake (20 -> 9 of 219) and lets 12 more minor-harm
-    answers of 600 through."""
-    rounds: int = 5
-    """Filter-and-regenerate rounds (the paper uses five)."""
+    """Answers: the P(severe) cut-off is set so that this share of unseen severe training answers
+    is caught (0: ``severe_cutoff``). Default 0.97. History: docs/tuning.md"""
+    blocking: BlockingPolicy = dataclasses.field(default_factory=lambda: BlockingPolicy())
+    """When the guard blocks and how often it regenerates (shared with the demo)."""
     n_eval_prompts: int = 600
-    """Test prompts for the round-by-round safety and helpfulness curve."""
+    """Test prompts for the round-by-round safety and helpfulness curve. Default 600."""
     max_new_tokens: int = 40
 
     @classmethod
@@ -362,17 +358,11 @@ class GuardConfig(ModelStageConfig):
         return cls(max_steps=40, batch_size=16, n_eval_prompts=48, threads=1)
 
     def __post_init__(self) -> None:
-        from .data.schema import SEVERITY_LEVELS
-
         super().__post_init__()
         self._positive("n_eval_prompts", "max_new_tokens")
-        self._check(isinstance(self.rounds, int) and 0 <= self.rounds <= 20, "rounds", "must be an integer in 0..20")
+        self._check(isinstance(self.blocking, BlockingPolicy), "blocking", "must be a BlockingPolicy")
         self._check(isinstance(self.severe_recall_target, int | float) and 0 <= self.severe_recall_target <= 1,
                     "severe_recall_target", "must be in [0, 1] (0: no calibration)")
-        for name in ("blocking_level", "query_blocking_level"):
-            self._check(getattr(self, name) in SEVERITY_LEVELS[1:], name, f"must be one of {SEVERITY_LEVELS[1:]}")
-        self._check(self.safe_query_blocking_level in ("", *SEVERITY_LEVELS[1:]), "safe_query_blocking_level",
-                    f"must be '' or one of {SEVERITY_LEVELS[1:]}")
         self._check(isinstance(self.severe_cutoff, int | float) and 0 < self.severe_cutoff < 1, "severe_cutoff",
                     "must be in (0, 1)")
         for name in ("category_weight", "image_weight", "head_lr_multiplier"):
@@ -381,159 +371,136 @@ class GuardConfig(ModelStageConfig):
 
 @dataclass
 class PPOConfig(ModelStageConfig):
-    """PPO-Lagrangian (Safe RLHF-V) and its baselines from one trainer (DESIGN §6).
+    """PPO-Lagrangian (Safe RLHF-V) and its baselines from one trainer (docs/design.md §6).
 
     Defaults are tuned for the embedded world on a CPU; the official trainer's values are
-    given beside each field where they differ."""
+    given beside each field where they differ (measurements: docs/tuning.md)."""
 
-    stage: ClassVar[str] = "ppo"
 
-    variants: str = "lagrangian,reward_only"
-    """Comma-separated variants to train: ``lagrangian`` (learned λ), ``reward_only`` (λ ≡ 0),
-    ``fixed_lambda`` (λ fixed at ``lambda_init``)."""
-    thresholds: str = "-1"
-    """Threshold sweep: comma-separated d values; each adds a ``lagrangian_d<d>`` variant
-    (the trade-off curve; ``lagrangian`` itself uses ``cost_threshold``). Empty: none."""
-    fixed_lambdas: str = "1"
-    """Reward-shaping grid: comma-separated λ values; each adds a ``fixed_lambda_<λ>`` variant."""
+    kinds: tuple[str, ...] = ("lagrangian", "reward_only")
+    """Kinds of run to train at the config's own settings: ``lagrangian`` (learned λ),
+    ``reward_only`` (λ ≡ 0), ``fixed_lambda`` (λ = ``lambda_init``). Default lagrangian reward_only."""
+    thresholds: tuple[float, ...] = (-1.0,)
+    """Threshold sweep: each d adds a lagrangian run ``lagrangian_d<d>`` (``lagrangian`` itself uses
+    ``cost_threshold``). Default -1; none: ``--thresholds`` alone."""
+    fixed_lambdas: tuple[float, ...] = (1.0,)
+    """Reward-shaping grid: each λ adds a run ``fixed_lambda_<λ>``. Default 1."""
     seeds: int = 3
-    """Training seeds per variant: seed ``k`` > 0 adds ``<variant>_seed<k>`` trained with
-    ``seed + k`` (the analysis stage pools them into one point with error bars). The default
-    grid is 4 points x 3 seeds = 12 runs (reward_only, fixed λ = 1, lagrangian at d = -2 and
-    -1)."""
+    """Training seeds per point: seed offset k > 0 adds ``<point>_seed<k>`` trained with
+    ``seed + k``. Default 3 (the default grid is 12 runs). History: docs/tuning.md"""
     lora: bool = True
     """The policy trains through a LoRA adapter; the reference is the same weights with the
-    adapter disabled (no second copy)."""
+    adapter disabled. Default true."""
     lora_r: int = 16
     lora_alpha: int = 32
-    lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    lora_targets: tuple[str, ...] = (
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+    )
     shared_backbone: bool = False
-    """Memory layout. False: the reward and cost models and the two critics are models of their
-    own (only the reference shares the actor's weights). True: all six roles sit on one frozen
-    backbone (the SFT model) -- the actor, the reward and cost models and the critics are LoRA
-    adapters with score heads, the reference is the adapters disabled. Needs ``lora`` and reward
-    and cost models trained with ``--lora`` (``python -m workbench bench ppo`` measures both)."""
+    """Put all six roles on one frozen backbone as LoRA adapters (needs ``lora`` and reward and cost
+    models trained with ``--lora``; docs/design.md §5.6). Default false."""
     batch_size: int = 16
-    """Prompts (episodes) per PPO step (official: 16 per device)."""
+    """Prompts (episodes) per PPO step. Default 16 (official trainer: 16 per device)."""
     lr: float = 4e-4
-    """Actor (LoRA) learning rate (official: 1e-5 for full fine-tuning)."""
+    """Actor (LoRA) learning rate. Default 4e-4 (official trainer: 1e-5, full fine-tuning)."""
     critic_lr: float = 4e-4
-    """Learning rate of the two critics (initialised from the reward and cost models)."""
+    """Learning rate of the two critics (started from the reward and cost models). Default 4e-4."""
     max_steps: int = 40
-    """PPO steps per variant: each is one rollout followed by ``ppo_epochs`` x
-    ``num_minibatches`` updates (four with the defaults). 80 steps (2 x 2, eval prompts) ended
-    at 1.89 / 0.59: λ fell to 0.15 by step 40 and the policy went back to compliance."""
+    """PPO steps per variant, each one rollout and ``ppo_epochs`` x ``num_minibatches`` updates.
+    Default 40. History: docs/tuning.md"""
     warmup_steps: int = 5
     max_new_tokens: int = 32
-    """Response length limit of the rollouts."""
+    """Response length limit of the rollouts. Default 32."""
     temperature: float = 1.0
     kl_coeff: float = 0.1
-    """β of the per-token KL split (official: 0.02; 0.02 let reward-only PPO drift to KL ~15
-    nats per answer and exploit the reward model on the world)."""
-    score_clip: float = 50.0
-    """c: per-token reward and cost signals are clipped to ±c (official: 50)."""
+    """β of the per-token KL split. Default 0.1 (official trainer: 0.02). History: docs/tuning.md"""
+    signal_clip: float = 50.0
+    """c: per-token reward and cost signals are clipped to ±c. Default 50 (official trainer: 50)."""
     gamma: float = 1.0
     gae_lambda: float = 0.95
     clip_eps: float = 0.2
-    """ε of the PPO ratio clip."""
+    """ε of the PPO ratio clip. Default 0.2."""
     value_clip: float = 5.0
-    """ε_v of the clipped value loss (official: 5)."""
+    """ε_v of the clipped value loss. Default 5 (official trainer: 5)."""
     ppo_epochs: int = 2
-    """Passes over each rollout's batch (official: 1). π_old and V_old stay the rollout's, so
-    from the second update on the ratio moves and both clips act. Tuned on 400 eval prompts of
-    world v2 (lagrangian, d = -2, 40 steps, seed 0; gold helpfulness / safety, base 1.46 /
-    0.72): 1 epoch x 1 minibatch 1.02 / 0.96; 2 x 2 1.21 / 0.94; 4 x 2 (λ_max 3) 1.90 / 0.55 --
-    λ fell below 0.2 once the constraint held and the policy drifted back to compliance, which
-    the slow multiplicative λ update could not catch within the run."""
+    """Passes over each rollout; π_old and V_old stay the rollout's.
+    Default 2 (official trainer: 1). History: docs/tuning.md"""
     num_minibatches: int = 2
-    """Minibatches per pass: the episodes are shuffled (seeded) and split into this many, each
-    one optimiser step (official: 1); at most ``batch_size``. The learning-rate schedule counts
-    optimiser steps, ``max_steps`` x ``ppo_epochs`` x ``num_minibatches`` in all (warm-up scaled
-    alike)."""
+    """Minibatches per pass (at most ``batch_size``), one optimiser step each; LR schedules count
+    optimiser steps. Default 2 (official trainer: 1). History: docs/tuning.md"""
     cost_threshold: float = -2.0
-    """d: the constraint J_C <= d (official: -0.5 on its own cost scale). World v2's cost
-    model scores safe answers about -3.3 and unsafe ones about +3, so d = -2 asks for roughly
-    four answers in five to be safe; in practice J_C overshoots to about -3.6 (gold safety
-    0.94 on eval prompts). d = -2.5 gave 1.08 / 0.98 there against 1.21 / 0.94 at -2."""
+    """d: the constraint J_C <= d. Default -2 (official trainer: -0.5 on its own cost scale).
+    History: docs/tuning.md"""
     lambda_init: float = 1.0
-    """Initial λ (official: 10); the fixed λ of ``fixed_lambda``. With 40 steps λ has little
-    time to climb: from 0.5, two of three seeds ended above d = -2 with gold safety 0.70-0.85;
-    from 1.0 all three met the constraint (safety 0.94-0.98)."""
+    """Initial λ, and the λ of ``fixed_lambda``. Default 1.0 (official trainer: 10).
+    History: docs/tuning.md"""
     lambda_lr: float = 0.1
-    """SGD learning rate of log λ (official: 0.1). The step on log λ is proportional to λ, so
-    a large λ moves fast: 0.1 with λ_init 1 reached λ_max = 20 within 8 steps here (hence
-    λ_max 5)."""
+    """SGD learning rate of log λ (docs/design.md §6.10). Default 0.1 (official trainer: 0.1).
+    History: docs/tuning.md"""
     lambda_max: float = 5.0
-    """Upper bound of λ (official: 20)."""
+    """Upper bound of λ. Default 5 (official trainer: 20). History: docs/tuning.md"""
     lambda_update_delay: int = 0
-    """Steps before λ starts to move."""
+    """PPO steps before λ starts to move. Default 0."""
     episode_window: int = 128
-    """Episodes in J_C's moving window (official: 128)."""
+    """Episodes in J_C's moving window. Default 128 (official trainer: 128)."""
     ptx_coeff: float = 0.0
-    """γ_ptx of the optional PTX term: the actor's loss adds ``γ_ptx · SFT loss`` on a batch
-    of demonstrations each step (InstructGPT's PPO-ptx; 0: off). Measured on the world (40
-    steps, d = -2, seed 0; gold helpfulness / safety on the test prompts, base 1.70 / 0.58):
-    lagrangian 0.81 / 0.95 without PTX, 0.88 / 0.95 with γ_ptx 1 on ``preferred``, 1.01 / 0.89
-    on ``all``; but reward_only, 2.00 / 0.47 without, becomes 1.82 / 0.57 with ``preferred``,
-    hardly less safe than the base -- the failure it exists to show fades, hence off by default."""
+    """γ_ptx: the actor's loss adds ``γ_ptx · SFT loss`` on demonstrations each step.
+    Default 0 (off). History: docs/tuning.md"""
     ptx_data: str = "preferred"
-    """Demonstrations of the PTX term, from the training pairs' annotations: ``all`` (both
-    responses of every pair: the SFT data), ``safe`` (the responses annotated safe) or
-    ``preferred`` (per pair, the response annotated safe, the more helpful one when both are)."""
+    """PTX demonstrations: ``all`` (both responses), ``safe`` (those annotated safe) or
+    ``preferred`` (the safe one; the more helpful when both are). Default preferred."""
     ptx_batch_size: int = 16
-    """Demonstrations per PTX batch."""
+    """Demonstrations per PTX batch. Default 16."""
     n_eval_prompts: int = 600
-    """Test prompts each trained variant answers (gold-judged) at the end."""
+    """Test prompts each trained variant answers (gold-judged) at the end. Default 600."""
     kernels: str = "auto"
-    """``auto`` | ``triton`` | ``torch``: the implementation of the log-prob, GAE and actor-loss ops."""
+    """Implementation of the log-prob, GAE and actor-loss ops: ``auto`` (the default), ``triton``
+    or ``torch``."""
     checkpoint_every: int = 20
-    """Steps between checkpoints (0: none); a killed run resumes from the last one."""
+    """Steps between checkpoints (0: none); a killed run resumes from the last one. Default 20."""
     max_nonfinite: int = 3
-    """Non-finite losses in a row that stop the run (each one skips its step)."""
+    """Non-finite steps in a row that stop the run (each one is skipped). Default 3."""
 
     @classmethod
     def smoke(cls) -> Self:
         return cls(max_steps=4, batch_size=8, ptx_batch_size=8, n_eval_prompts=16, max_new_tokens=16, threads=1,
-                   checkpoint_every=2, thresholds="", fixed_lambdas="", seeds=1)
+                   checkpoint_every=2, thresholds=(), fixed_lambdas=(), seeds=1)
 
-    @property
-    def variant_names(self) -> list[str]:
-        return list(self.variant_configs())
+    def runs(self) -> list[PPORun]:
+        """Every run of the grid, in training order: the kinds, the threshold sweep, the λ grid,
+        then the other seeds of each of those points."""
+        points = [PPORun(kind) for kind in self.kinds]
+        points += [PPORun("lagrangian", threshold=d) for d in self.thresholds]
+        points += [PPORun("fixed_lambda", fixed_lambda=lam) for lam in self.fixed_lambdas]
+        others = [dataclasses.replace(p, seed_offset=k) for p in points for k in range(1, self.seeds)]
+        return points + others
 
-    def variant_configs(self) -> dict[str, tuple[str, Self]]:
-        """Every variant to train: name -> (kind, the config it trains with)."""
-        out: dict[str, tuple[str, Self]] = {v.strip(): (v.strip(), self) for v in self.variants.split(",") if v.strip()}
-        for d in _floats(self.thresholds):
-            out[f"lagrangian_d{d:g}"] = ("lagrangian", self.replace(cost_threshold=d))
-        for lam in _floats(self.fixed_lambdas):
-            out[f"fixed_lambda_{lam:g}"] = ("fixed_lambda", self.replace(lambda_init=lam))
-        for name, (kind, cfg) in list(out.items()):
-            for k in range(1, self.seeds):
-                out[f"{name}{SEED_SUFFIX}{k}"] = (kind, cfg.replace(seed=cfg.seed + k))
-        return out
+    def run_config(self, run: PPORun) -> Self:
+        """The config ``run`` trains with: its threshold or λ, and seed + its seed offset."""
+        changes: dict[str, Any] = {"seed": self.seed + run.seed_offset}
+        if run.threshold is not None:
+            changes["cost_threshold"] = run.threshold
+        if run.fixed_lambda is not None:
+            changes["lambda_init"] = run.fixed_lambda
+        return self.replace(**changes)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        allowed = ("lagrangian", "reward_only", "fixed_lambda")
-        names = [v.strip() for v in self.variants.split(",") if v.strip()]
-        self._check(all(v in allowed for v in names) and len(set(names)) == len(names), "variants",
-                    f"must be distinct names from {allowed}")
-        for name in ("thresholds", "fixed_lambdas"):
-            try:
-                values = _floats(getattr(self, name))
-            except ValueError:
-                values = None
-            self._check(values is not None and (name != "fixed_lambdas" or all(v >= 0 for v in values)), name,
-                        "must be comma-separated numbers (λ values >= 0)")
-        self._check(bool(names) or bool(self.thresholds.strip()) or bool(self.fixed_lambdas.strip()), "variants",
-                    "names no variant to train")
+        self._tuple("kinds", str)
+        self._tuple("thresholds", float)
+        self._tuple("fixed_lambdas", float)
+        self._check(all(k in PPO_KINDS for k in self.kinds) and len(set(self.kinds)) == len(self.kinds),
+                    "kinds", f"must be distinct names from {PPO_KINDS}")
+        self._check(all(v >= 0 for v in self.fixed_lambdas), "fixed_lambdas", "λ values must be >= 0")
+        self._check(bool(self.kinds or self.thresholds or self.fixed_lambdas), "kinds",
+                    "no run to train (no kinds, thresholds or fixed_lambdas)")
         self._positive("max_new_tokens", "n_eval_prompts", "episode_window", "max_nonfinite", "seeds", "ppo_epochs",
                        "num_minibatches")
         self._check(self.num_minibatches <= self.batch_size, "num_minibatches",
                     f"must be <= batch_size ({self.batch_size}): every minibatch needs an episode")
         self._check(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0, "checkpoint_every",
                     "must be >= 0")
-        for name in ("kl_coeff", "score_clip", "clip_eps", "value_clip", "lambda_init", "lambda_lr", "lambda_max",
+        for name in ("kl_coeff", "signal_clip", "clip_eps", "value_clip", "lambda_init", "lambda_lr", "lambda_max",
                      "critic_lr", "temperature"):
             v = getattr(self, name)
             self._check(isinstance(v, int | float) and not isinstance(v, bool) and v >= 0, name, "must be >= 0")
@@ -554,8 +521,101 @@ class PPOConfig(ModelStageConfig):
 #: Demonstration sets of PPO's PTX term (``PPOConfig.ptx_data``).
 PTX_DATA = ("all", "safe", "preferred")
 
-#: ``<variant><SEED_SUFFIX><k>`` names the variant trained with seed ``seed + k``.
-SEED_SUFFIX = "_seed"
+#: The kinds of PPO run: learned λ, λ ≡ 0, λ fixed at ``lambda_init``.
+PPO_KINDS = ("lagrangian", "reward_only", "fixed_lambda")
+#: The tiny VLM architectures ``SFTConfig.tiny_family`` can build (``models.families``).
+TINY_FAMILIES = ("llava", "gemma3")
+
+
+@dataclass(frozen=True)
+class PPORun:
+    """One run of the PPO stage's grid: its kind, what it sweeps and its seed offset.
+
+    ``threshold`` is the d of a threshold-sweep run and ``fixed_lambda`` the λ of a λ-grid run
+    (None: the stage config's own ``cost_threshold`` / ``lambda_init``); seed offset k > 0
+    trains with ``seed + k``. The run's folder under ``ppo/`` is :attr:`name`, its point on the
+    trade-off plane (the seeds pooled) :attr:`point`. Stored in the PPO stage's metrics as
+    :meth:`to_dict` and read back with :meth:`from_dict`, never parsed from the name."""
+
+    kind: str
+    threshold: float | None = None
+    fixed_lambda: float | None = None
+    seed_offset: int = 0
+
+    def __post_init__(self) -> None:
+        why = None
+        if self.kind not in PPO_KINDS:
+            why = f"kind must be one of {PPO_KINDS}"
+        elif self.threshold is not None and self.kind != "lagrangian":
+            why = "only a lagrangian run sweeps the threshold"
+        elif self.fixed_lambda is not None and self.kind != "fixed_lambda":
+            why = "only a fixed_lambda run sets λ"
+        elif not isinstance(self.seed_offset, int) or self.seed_offset < 0:
+            why = "seed_offset must be an integer >= 0"
+        if why:
+            raise ConfigError(f"{self!r}: {why}")
+
+    @property
+    def point(self) -> str:
+        """The point's name: the kind, ``lagrangian_d<d>`` or ``fixed_lambda_<λ>``."""
+        if self.threshold is not None:
+            return f"lagrangian_d{self.threshold:g}"
+        if self.fixed_lambda is not None:
+            return f"fixed_lambda_{self.fixed_lambda:g}"
+        return self.kind
+
+    @property
+    def name(self) -> str:
+        """The run's folder under ``ppo/``: the point, then ``_seed<k>`` for seed offset k > 0."""
+        return f"{self.point}_seed{self.seed_offset}" if self.seed_offset else self.point
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PPORun:
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class BlockingPolicy:
+    """When Beaver-Guard-V blocks, for the guard stage and the demo alike (docs/design.md §7)."""
+
+    level: str = "minor"
+    """Answers judged at or above this level are regenerated (refused after the last round)."""
+    query_level: str = "severe"
+    """Queries judged at or above this level are refused before any generation ("": none)."""
+    safe_query_level: str = "moderate"
+    """Answers to a query screened safe are regenerated only at or above this level
+    ("": ``level``). History: docs/tuning.md"""
+    rounds: int = 5
+    """Filter-and-regenerate rounds (the paper's five)."""
+
+    def __post_init__(self) -> None:
+        blocking = SEVERITY_LEVELS[1:]
+        for name, allowed in (("level", blocking), ("query_level", ("", *blocking)),
+                              ("safe_query_level", ("", *blocking))):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"BlockingPolicy.{name} = {getattr(self, name)!r}: must be one of "
+                                  f"{allowed}")
+        if not isinstance(self.rounds, int) or isinstance(self.rounds, bool) or not 0 <= self.rounds <= 20:
+            raise ConfigError(f"BlockingPolicy.rounds = {self.rounds!r}: must be an integer in 0..20")
+
+    @property
+    def answer_level_after_safe_query(self) -> str:
+        """The level that blocks an answer to a query the screen judged safe."""
+        return self.safe_query_level or self.level
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> BlockingPolicy:
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ConfigError(f"BlockingPolicy: unknown field(s) {unknown}")
+        return cls(**values)
+
+
+#: Nested settings that ``from_dict`` builds from JSON objects: field name -> class.
+_NESTED: dict[str, Any] = {"blocking": BlockingPolicy}
 
 
 @dataclass
@@ -564,37 +624,27 @@ class AnalyzeConfig(StageConfig):
     confidence intervals, win rates against the base, breakdowns and the report.
 
     The systems are those the run has: the SFT base, the base behind the guard's five rounds,
-    and every PPO variant (the grid and the seeds are the PPO stage's ``variants``,
+    and every PPO variant (the grid and the seeds are the PPO stage's ``kinds``,
     ``thresholds``, ``fixed_lambdas`` and ``seeds``)."""
 
-    stage: ClassVar[str] = "analyze"
 
     n_prompts: int = 600
-    """Test prompts each system is scored on (the first n of the test split)."""
+    """Prompts each system is scored on (the first n of the test or eval split). Default 600."""
     judge: str = "auto"
-    """``gold`` (the world's oracle), ``models`` (this run's reward and cost models: helpfulness
-    = reward score, harmlessness = -cost; for real data) or ``auto`` (gold when the prompts
-    carry the world's metadata, else models)."""
+    """``gold`` (the world's oracle), ``models`` (this run's reward and cost models, for real
+    data) or ``auto`` (gold on world prompts, else models; the default)."""
     bootstrap: int = 2000
-    """Bootstrap resamples for the confidence intervals (seeds, then prompts within a seed)."""
+    """Bootstrap resamples for the intervals (seeds, then prompts within a seed). Default 2000."""
     confidence: float = 0.95
-    """Coverage of the confidence intervals."""
+    """Coverage of the confidence intervals. Default 0.95."""
     max_new_tokens: int = 32
-    """Answer length when a system's test answers have to be generated here."""
+    """Answer length when a system's answers have to be sampled here. Default 32."""
     eval_batch_size: int = 64
     threads: int = 0
-    """torch CPU threads (0: torch's default)."""
+    """torch CPU threads; 0 (the default) keeps torch's default."""
     prompts: str = "test"
-    """``test`` (the first ``n_prompts`` test prompts) or ``eval`` (the first ``n_prompts`` eval
-    prompts, every system sampled here: for tuning settings without looking at the test
-    results). Eval mode writes to ``<run>/analyze_eval/`` (:attr:`out_stage`), never over the
-    test analysis."""
-
-    @property
-    def out_stage(self) -> str:
-        """The run directory's folder of this analysis: ``analyze`` on the test prompts,
-        ``analyze_eval`` on the eval prompts."""
-        return self.stage if self.prompts == "test" else f"{self.stage}_eval"
+    """``test`` (the default) or ``eval``: judge on eval prompts, to tune settings without looking
+    at the test results; writes ``<run>/analyze_eval/``."""
 
     @classmethod
     def smoke(cls) -> Self:
@@ -610,15 +660,6 @@ class AnalyzeConfig(StageConfig):
         self._check(isinstance(self.threads, int) and self.threads >= 0, "threads", "must be >= 0")
 
 
-def _floats(text: str) -> list[float]:
-    return [float(v) for v in str(text).split(",") if v.strip()]
-
-
-#: Every stage's config class, by stage name. Later stages add theirs here.
-CONFIGS: dict[str, type[StageConfig]] = {
-    "data": DataConfig, "sft": SFTConfig, "reward": RewardConfig, "cost": CostConfig, "guard": GuardConfig,
-    "ppo": PPOConfig, "analyze": AnalyzeConfig,
-}
-
 __all__ = ["ConfigError", "StageConfig", "DataConfig", "ModelStageConfig", "SFTConfig", "RewardConfig",
-           "CostConfig", "GuardConfig", "PPOConfig", "AnalyzeConfig", "SEED_SUFFIX", "CONFIGS"]
+           "CostConfig", "GuardConfig", "PPOConfig", "AnalyzeConfig", "PPORun", "BlockingPolicy",
+           "PPO_KINDS", "TINY_FAMILIES"]

@@ -1,22 +1,26 @@
-"""Stages and the pipeline: resolve a stage's config, run it into its run directory, resume.
+"""The pipeline: resolve a stage's config, run it into its run directory, resume.
 
-``run_stage`` is what the CLI, ``make run`` and the notebooks call. A stage function has the
-signature ``fn(config, out_dir, run_dir, progress) -> metrics`` and writes its artifacts into
-``out_dir`` (the stage's partial directory); the pipeline adds ``config.json``,
-``metrics.json`` (with the stage's wall time) and moves the directory into place.
+``run_stage`` is what the CLI, ``make run`` and the notebooks call. The stages and their order
+come from their declarations (:mod:`workbench.stages`). A stage's run function writes its
+artifacts into the stage's partial directory; the pipeline adds ``config.json``,
+``metrics.json`` (with the stage's wall time) and moves the directory into place
+(the run-directory contract: docs/design.md §2).
 """
 
 from __future__ import annotations
 
-import importlib
+import contextlib
+import dataclasses
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .config import CONFIGS, StageConfig
+from transformers.utils import logging as hf_logging
+
+from .config import StageConfig
 from .runs import (
     DEFAULT_RUN_DIR,
     atomic_write_json,
@@ -27,50 +31,21 @@ from .runs import (
     partial_dir,
     stage_dir,
 )
+from .stages import STAGE_NAMES, STAGES, Stage, get_stage
+from .train.distributed import distributed
 
 #: Written into the partial directory of a resumable stage: the config its checkpoints belong to.
 RESUME_CONFIG = "resume_config.json"
-#: Every stage of the design, in pipeline order.
-STAGE_ORDER = ("data", "sft", "reward", "cost", "guard", "ppo", "analyze")
-#: Stages that exist today: name -> "module:function". Later stages register here.
-STAGE_FUNCTIONS: dict[str, str] = {
-    "data": "workbench.data.stage:run_data_stage",
-    "sft": "workbench.train.sft:run_sft_stage",
-    "reward": "workbench.train.preference:run_reward_stage",
-    "cost": "workbench.train.preference:run_cost_stage",
-    "guard": "workbench.guard.stage:run_guard_stage",
-    "ppo": "workbench.train.ppo_lagrangian:run_ppo_stage",
-    "analyze": "workbench.eval.analyze:run_analyze_stage",
-}
-
-
-#: The earlier stages whose outputs each stage reads.
-READS: dict[str, tuple[str, ...]] = {
-    "sft": ("data",), "reward": ("data", "sft"), "cost": ("data", "sft"), "guard": ("data", "sft", "cost"),
-    "ppo": ("data", "sft", "reward", "cost"), "analyze": ("data", "sft", "reward", "cost", "guard", "ppo"),
-}
-
-
-class StageUnavailable(RuntimeError):
-    """A stage of the design that this version of the workbench does not implement yet."""
 
 
 def available_stages() -> list[str]:
-    return [s for s in STAGE_ORDER if s in STAGE_FUNCTIONS]
-
-
-def stage_function(stage: str) -> Callable[..., dict[str, Any]]:
-    if stage not in STAGE_ORDER:
-        raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGE_ORDER)}")
-    if stage not in STAGE_FUNCTIONS:
-        raise StageUnavailable(f"stage '{stage}' is not implemented yet; available: {', '.join(available_stages())}")
-    module, func = STAGE_FUNCTIONS[stage].split(":")
-    return getattr(importlib.import_module(module), func)
+    """Every stage's name, in pipeline order."""
+    return list(STAGE_NAMES)
 
 
 def config_class(stage: str) -> type[StageConfig]:
-    stage_function(stage)  # the same clear error for unknown / unavailable stages
-    return CONFIGS[stage]
+    """The config class of ``stage`` (a clear error for an unknown stage)."""
+    return get_stage(stage).config
 
 
 def resolve_config(stage: str, smoke: bool = False, config_file: str | Path | None = None,
@@ -93,23 +68,23 @@ def run_stage(stage: str, run_dir: str | Path = DEFAULT_RUN_DIR, config: StageCo
     same config (resume); ``force`` runs it again. The finished directory appears only when
     the stage completed (it is built in ``<stage>.partial/``).
     """
-    fn = stage_function(stage)
+    spec: Stage = get_stage(stage)
     cfg = config if config is not None else resolve_config(stage, smoke=smoke)
+    if not isinstance(cfg, spec.config):
+        raise TypeError(f"stage '{stage}' takes a {spec.config.__name__}, not a {type(cfg).__name__}")
     run_dir = Path(run_dir)
     cfg_dict = cfg.to_dict()
-    fn_stage, stage = stage, getattr(cfg, "out_stage", stage)  # analyze --prompts eval -> analyze_eval/
+    stage = spec.output(cfg)  # analyze --prompts eval -> analyze_eval/
     if not force and is_complete(run_dir, stage, cfg_dict):
         if progress:
             print(f"[{stage}] complete in {stage_dir(run_dir, stage)} (same config): skipped; --force reruns it")
         return load_metrics(run_dir, stage)
-    from .train.distributed import distributed
-
     dist = distributed()
-    if dist.enabled and not getattr(fn, "distributed", False):
-        raise ValueError(f"stage '{fn_stage}' runs in one process; launch only multi-process stages (ppo) with "
+    if dist.enabled and not spec.distributed:
+        raise ValueError(f"stage '{spec.name}' runs in one process; launch only multi-process stages (ppo) with "
                          f"accelerate, e.g. accelerate launch --num_processes 2 -m workbench ppo")
     progress = progress and dist.is_main
-    resumable = getattr(fn, "resumable", False)
+    resumable = spec.resumable
     resume = resumable and not force and _partial_config(run_dir, stage) == cfg_dict
     if dist.is_main:  # one process owns the stage directory
         out_dir = begin_stage(run_dir, stage, fresh=not resume)
@@ -121,7 +96,7 @@ def run_stage(stage: str, run_dir: str | Path = DEFAULT_RUN_DIR, config: StageCo
         print(f"[{stage}] resuming from the checkpoints in {out_dir}")
     start = time.perf_counter()
     try:
-        metrics = fn(cfg, out_dir, run_dir, progress)
+        metrics = spec.run(cfg, out_dir, run_dir, progress)
     except Exception:
         if not resumable and dist.is_main:  # a resumable stage keeps its checkpoints: rerun to resume
             _discard_partial(out_dir)
@@ -166,12 +141,13 @@ def run_pipeline(run_dir: str | Path = DEFAULT_RUN_DIR, smoke: bool = False, for
     """Every available stage in order (the ``run`` command and ``make run``).
 
     A stage that finished with the same config is skipped -- unless a stage it reads
-    (:data:`READS`) ran again in this call: its outputs were made from the old ones."""
+    (:attr:`Stage.reads`) ran again in this call: its outputs were made from the old ones."""
     results = {}
     ran: set[str] = set()
-    for stage in available_stages():
+    for spec in STAGES:
+        stage = spec.name
         cfg = resolve_config(stage, smoke=smoke, seed=seed)
-        stale = sorted(ran & set(READS.get(stage, ())))
+        stale = sorted(ran & set(spec.reads))
         complete = is_complete(run_dir, stage, cfg.to_dict())
         if force or stale or not complete:
             ran.add(stage)
@@ -179,3 +155,42 @@ def run_pipeline(run_dir: str | Path = DEFAULT_RUN_DIR, smoke: bool = False, for
             print(f"[{stage}] {', '.join(stale)} ran again: rerunning")
         results[stage] = run_stage(stage, run_dir, cfg, force=force or bool(stale), progress=progress)
     return results
+
+
+@contextlib.contextmanager
+def hf_progress_bars(enabled: bool) -> Iterator[None]:
+    """Switch transformers' own progress bars ("Loading weights", "Writing model shards") on
+    or off inside the block; a stage's ``progress=False`` silences only the workbench's bars,
+    and in a notebook each of those bars would be one more output widget."""
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if was_enabled and not enabled:
+        hf_logging.disable_progress_bar()
+    elif enabled and not was_enabled:
+        hf_logging.enable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled != hf_logging.is_progress_bar_enabled():
+            (hf_logging.enable_progress_bar if was_enabled else hf_logging.disable_progress_bar)()
+
+
+def smoke_run(
+    run_dir: str | Path, until: str = "analyze", threads: int = 1, progress: bool = False
+) -> Path:
+    """The smoke pipeline from ``data`` up to and including ``until`` in ``run_dir``: what the
+    notebooks and the tests use when no finished run is at hand. Stages that already finished
+    there with the same config are reused, so notebooks and tests can share one run.
+
+    ``threads`` sets torch's CPU threads for the model stages. One is the default on purpose:
+    on a small machine shared with other work, torch's spinning intra-op threads made the smoke
+    stages about 20x slower with 2 threads than with 1."""
+    last = STAGE_NAMES.index(get_stage(until).name)
+    run_dir = Path(run_dir)
+    with hf_progress_bars(progress):
+        for spec in STAGES[: last + 1]:
+            names = {f.name for f in dataclasses.fields(spec.config)}
+            extra = {"threads": threads} if "threads" in names else {}
+            cfg = resolve_config(spec.name, smoke=True, **extra)
+            run_stage(spec.name, run_dir, cfg, progress=progress)
+    return run_dir

@@ -1,4 +1,4 @@
-"""Run-directory layout, atomic writes and stage resume (DESIGN §2).
+"""Run-directory layout, atomic writes and stage resume (docs/design.md §2).
 
 Layout: ``<run_dir>/<stage>/`` holds a finished stage: its artifacts, ``config.json`` (the
 resolved config) and ``metrics.json``. A stage is built in ``<run_dir>/<stage>.partial/``

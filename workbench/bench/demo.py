@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from ..demo.config import DemoConfig
+from ..demo.models import load_gallery, resolve_model_dir
 from . import save_report
 
 HOST = "127.0.0.1"
@@ -186,8 +188,6 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry: start the demo, load it, print and save the report; 1 when any call failed."""
     args = _parse(list(sys.argv[1:] if argv is None else argv))
-    from ..demo.config import DemoConfig
-    from ..demo.models import load_gallery, resolve_model_dir
 
     cfg = (DemoConfig.smoke if args.smoke else DemoConfig)(run_dir=args.run_dir)
     model_dir, source = resolve_model_dir(cfg)

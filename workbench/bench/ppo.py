@@ -1,4 +1,4 @@
-"""PPO memory benchmark (DESIGN §5): peak memory of one PPO-Lagrangian step in the separate
+"""PPO memory benchmark (docs/design.md §5): peak memory of one PPO-Lagrangian step in the separate
 and the shared-backbone layout, beside the actor's own training memory.
 
     python -m workbench bench ppo [--smoke] [--out DIR] [--threads N] [--device D]
@@ -12,7 +12,7 @@ Three measurements, each in a fresh Python process (no allocator state carried o
 - ``actor_only`` -- the actor alone: one forward, backward and AdamW step of the LoRA policy on
   a batch of the same shape (prompts + sampled responses) -- the floor any layout pays.
 
-A PPO step is one step of the real trainer (``train_variant`` with ``max_steps=1`` on models
+A PPO step is one step of the real trainer (``train_run`` with ``max_steps=1`` on models
 loaded beforehand): rollout, the actor, critic, reference, reward and cost passes, the losses,
 backward and the optimiser steps; then it saves the actor's adapter and answers one test
 prompt (small beside the step).
@@ -33,6 +33,7 @@ transients do not count) and ``VmHWM`` read after the step. CUDA: ``max_memory_a
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -42,7 +43,19 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+from transformers.utils import logging as hf_logging
+
+from ..config import DataConfig, PPOConfig
+from ..data.store import ImageCache, load_data
+from ..models.adapters import apply_lora
+from ..models.score import ScoreModel
+from ..models.vlm import TinyVLMSpec, build_tiny_vlm, count_parameters, load_vlm, save_vlm
+from ..pipeline import run_stage
+from ..train import ppo_lagrangian as ppo  # every import the step needs, before the baseline
+from ..train.common import optimizer_and_schedule, optimizer_step, starting_model
 from . import save_report
+from .kernels import _cpu_name, _reset_cpu_peak, _status_kb, pin_mmap_threshold
 
 DEFAULT_OUT = Path("runs/bench")
 LAYOUTS = ("separate", "shared", "actor_only")
@@ -86,10 +99,9 @@ def preset(device_type: str, smoke: bool) -> PPOBenchConfig:
 
 
 def _ppo_config(cfg: PPOBenchConfig, layout: str, threads: int):
-    from ..config import PPOConfig
 
     return PPOConfig(max_steps=1, warmup_steps=0, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
-                     n_eval_prompts=1, eval_batch_size=1, checkpoint_every=0, threads=threads, variants="lagrangian",
+                     n_eval_prompts=1, eval_batch_size=1, checkpoint_every=0, threads=threads, kinds=("lagrangian",),
                      lora_r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, shared_backbone=layout == "shared")
 
 
@@ -97,13 +109,7 @@ def _ppo_config(cfg: PPOBenchConfig, layout: str, threads: int):
 def build_workspace(root: Path, cfg: PPOBenchConfig) -> dict:
     """Data, a random SFT model, and reward/cost models as full models (``root/separate``) and
     as LoRA adapters (``root/shared``); both run directories share data and SFT model."""
-    import torch
 
-    from ..config import DataConfig
-    from ..models.adapters import apply_lora
-    from ..models.score import ScoreModel
-    from ..models.vlm import TinyVLMSpec, build_tiny_vlm, count_parameters, load_vlm, save_vlm
-    from ..pipeline import run_stage
 
     separate, shared = root / "separate", root / "shared"
     run_stage("data", separate, DataConfig(n_train=max(8, cfg.batch_size), n_eval=4, n_test=4), progress=False)
@@ -114,7 +120,7 @@ def build_workspace(root: Path, cfg: PPOBenchConfig) -> dict:
     shared.mkdir(parents=True, exist_ok=True)
     for stage in ("data", "sft"):
         (shared / stage).symlink_to((separate / stage).resolve(), target_is_directory=True)
-    targets = _ppo_config(cfg, "shared", 1).lora_target_modules
+    targets = list(_ppo_config(cfg, "shared", 1).lora_targets)
     for n, stage in enumerate(("reward", "cost")):
         torch.manual_seed(10 + n)
         ScoreModel(load_vlm(sft)[0], processor, head_std=0.05, kind=stage).save(separate / stage / "model")
@@ -127,12 +133,8 @@ def build_workspace(root: Path, cfg: PPOBenchConfig) -> dict:
 def _warm_up_imports(workspace: Path) -> None:
     """Build, wrap and run a minute model once, so that the modules transformers and peft
     import lazily on first use are part of the baseline, not of the measured memory."""
-    import gc
 
-    import torch
 
-    from ..models.adapters import apply_lora
-    from ..models.vlm import TinyVLMSpec, build_tiny_vlm, load_vlm
 
     spec = TinyVLMSpec(vision_hidden=8, vision_layers=1, vision_heads=1, text_hidden=8, text_layers=1, text_heads=1,
                        text_intermediate=8)
@@ -146,11 +148,7 @@ def _warm_up_imports(workspace: Path) -> None:
 
 def _worker(layout: str, workspace: Path, result: Path, threads: int, device_name: str, cfg: PPOBenchConfig) -> None:
     """Runs in its own process: load the layout, reset the peak, run one step, write the row."""
-    import torch
 
-    from ..train import ppo_lagrangian as ppo  # every import the step needs, before the baseline
-    from ..train.common import optimizer_and_schedule, optimizer_step, starting_model
-    from .kernels import _reset_cpu_peak, _status_kb, pin_mmap_threshold
 
     device = torch.device(device_name)
     cuda = device.type == "cuda"
@@ -162,8 +160,6 @@ def _worker(layout: str, workspace: Path, result: Path, threads: int, device_nam
     ppo_cfg = _ppo_config(cfg, layout, threads)
     start = time.perf_counter()
     if layout == "actor_only":
-        from ..data.store import load_data
-        from ..train.common import ImageCache
 
         actor, processor = starting_model(ppo_cfg.replace(policy=str(run / "sft" / "model")), None)
         actor.to(device)
@@ -198,7 +194,7 @@ def _worker(layout: str, workspace: Path, result: Path, threads: int, device_nam
         trainable = sum(p.numel() for p in actor.parameters() if p.requires_grad)
     else:
         with tempfile.TemporaryDirectory() as out:
-            ppo.train_variant("lagrangian", ppo_cfg, run, Path(out), progress=False, roles=roles)
+            ppo.train_run("lagrangian", ppo_cfg, run, Path(out), progress=False, roles=roles)
         trainable = sum(p.numel() for m in roles.trainable.values() for p in m.parameters() if p.requires_grad)
     if cuda:
         torch.cuda.synchronize(device)
@@ -233,9 +229,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def run_bench(cfg: PPOBenchConfig, device: str, threads: int, mode: str) -> dict:
     """Build the workspace, measure every layout, return the report."""
-    import torch
 
-    from .kernels import _cpu_name
 
     with tempfile.TemporaryDirectory(prefix="bench-ppo-") as tmp:
         model = build_workspace(Path(tmp), cfg)
@@ -311,11 +305,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry: measure, print the table, save ``ppo.json`` and ``ppo.md``."""
-    import torch
 
 
     args = _parse(list(sys.argv[1:] if argv is None else argv))
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # loading and saving bars of every model
     if args.worker:

@@ -6,12 +6,3 @@ from .store import DataSplits, load_data
 
 __all__ = ["CATEGORIES", "NO_CATEGORY", "SEVERITY_LEVELS", "RecordError", "validate_record",
            "GoldScore", "gold_score", "DataSplits", "load_data"]
-
-
-def __getattr__(name: str):
-    # explore pulls in pandas, plotly and ipywidgets: imported on first use, not with the CLI
-    if name == "explore":
-        import importlib
-
-        return importlib.import_module(".explore", __name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

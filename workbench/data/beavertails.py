@@ -1,4 +1,4 @@
-"""Read real BeaverTails-V files a user already has (DESIGN §3). Nothing is downloaded.
+"""Read real BeaverTails-V files a user already has (docs/design.md §3). Nothing is downloaded.
 
 Accepted inputs (``DataConfig.source``):
 
@@ -32,6 +32,11 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+from tqdm.auto import tqdm
 
 from ..config import DataConfig
 from ..runs import write_jsonl
@@ -167,8 +172,6 @@ def _iter_file(path: Path, source: str, split: str) -> Iterator[RawItem]:
 def _read_parquet(path: Path) -> Iterator[dict[str, Any]]:
     """Rows of a parquet file, a batch at a time: the images stay encoded bytes (the struct
     column becomes a ``{"bytes", "path"}`` dict) and never pass through pandas."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     try:
         pf = pq.ParquetFile(path)
@@ -247,7 +250,6 @@ def _image_bytes(ref: ImageRef) -> bytes:
 
 
 def _extension(data: bytes) -> str:
-    from PIL import Image
 
     with Image.open(io.BytesIO(data)) as im:
         fmt = (im.format or "PNG").upper()
@@ -312,7 +314,6 @@ def import_beavertails(cfg: DataConfig, out_dir: Path, progress: bool = True) ->
     ``n_input``, ``eval_from`` (``"file"`` or ``"holdout"``) and ``rejects_by_field``.
     Raises :class:`ValueError` when no record is valid (``rejects.jsonl`` is written first).
     """
-    from tqdm.auto import tqdm
 
     source = Path(cfg.source).expanduser()
     out_dir = Path(out_dir)

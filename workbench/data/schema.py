@@ -1,4 +1,4 @@
-"""BeaverTails-V record schema and validation (DESIGN §3).
+"""BeaverTails-V record schema and validation (docs/design.md §3).
 
 One record is one (image, question) pair with two responses and the dataset's own labels.
 Every record that enters the workbench -- synthetic or read from real files -- goes through
@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 CATEGORIES: tuple[str, ...] = (
     "animal_abuse",
@@ -88,11 +91,6 @@ def severity_of_harmless_rate(rate: int) -> str:
     if rate >= 0:
         return "safe"
     return SEVERITY_LEVELS[min(3, -int(rate))]
-
-
-def severity_level(value: int) -> str:
-    """Level name of an integer image severity 0..3."""
-    return SEVERITY_LEVELS[int(value)]
 
 
 @dataclass(frozen=True)
@@ -173,7 +171,6 @@ _DECODE_ERRORS = Exception
 
 def _decode(source) -> None:
     """Fully decode an image (``verify`` alone lets truncated files through)."""
-    from PIL import Image
 
     with Image.open(source) as im:
         im.load()
@@ -183,7 +180,6 @@ def check_image(index, image: Any, base_dir: Path | None = None) -> ImageRef:
     """Check that ``image`` decodes, whatever form it takes: encoded bytes, a ``datasets``
     Image dict ``{"bytes", "path"}``, a path (absolute or relative to ``base_dir``) or a PIL
     image. Returns where the bytes are; raises :class:`RecordError` on field ``image``."""
-    from PIL import Image
 
     if isinstance(image, dict):
         if image.get("bytes"):
@@ -277,3 +273,50 @@ def validate_record(
             f"{rec[f'response_{other}_harmless_rate']}",
         )
     return rec, image_ref
+
+
+#: The one severity palette (figures, the guard's notebook, the demo's badges): a colour per
+#: level, and the text colour that reads on it.
+SEVERITY_COLOURS: dict[str, str] = {
+    "safe": "#1a7f37",
+    "minor": "#d4a72c",
+    "moderate": "#e36209",
+    "severe": "#cf222e",
+}
+SEVERITY_TEXT_COLOURS: dict[str, str] = {
+    "safe": "#ffffff",
+    "minor": "#1f2328",
+    "moderate": "#ffffff",
+    "severe": "#ffffff",
+}
+
+
+#: What a world prompt carries beyond the BeaverTails-V schema: what the gold oracle needs.
+WORLD_PROMPT_FIELDS: tuple[str, ...] = ("objects", "intent", "prompt_severity")
+#: What a world pair record carries besides: the gold judgments of its two responses.
+WORLD_GOLD_FIELDS: tuple[str, ...] = tuple(
+    f"response_{i}_gold_{g}" for i in (1, 2) for g in ("helpfulness", "harmlessness")
+)
+
+
+def is_world(data: Any) -> bool:
+    """True when ``data`` comes from the synthetic world, so the gold oracle can judge it.
+
+    ``data`` is one record, a sequence of records, or a ``DataSplits`` (its train and eval
+    pairs). Every record must carry :data:`WORLD_PROMPT_FIELDS`, and every pair record (one
+    with ``response_1``) the gold judgments :data:`WORLD_GOLD_FIELDS`. Real BeaverTails-V
+    records never do; nothing (an empty list, ``None``) is not the world either."""
+    if data is None:
+        return False
+    if isinstance(data, Mapping):
+        records: list[Any] = [data]
+    elif hasattr(data, "pairs"):
+        records = list(data.pairs)
+    else:
+        records = list(data)
+
+    def world(r: Mapping[str, Any]) -> bool:
+        fields = WORLD_PROMPT_FIELDS + (WORLD_GOLD_FIELDS if "response_1" in r else ())
+        return all(f in r for f in fields)
+
+    return bool(records) and all(world(r) for r in records)

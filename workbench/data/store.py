@@ -17,10 +17,15 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image
 
 from ..runs import read_jsonl, stage_dir, write_jsonl
 from .schema import CATEGORIES, NO_CATEGORY, SEVERITY_LEVELS, severity_of_harmless_rate
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 SPLIT_FILES = {"train": "train.jsonl", "eval": "eval.jsonl", "test": "test_prompts.jsonl"}
 IMAGES_DIR = "images"
@@ -51,7 +56,6 @@ class DataSplits:
 
 
 def open_image(record: dict[str, Any], root: str | Path):
-    from PIL import Image
 
     with Image.open(Path(root) / record["image"]) as im:
         return im.convert("RGB")
@@ -73,7 +77,7 @@ def load_data(path: str | Path) -> DataSplits:
 
 
 def data_metrics(train: list[dict], eval_: list[dict], test: list[dict], n_rejected: int) -> dict[str, Any]:
-    """The data stage's metrics contract (DESIGN §2) plus label statistics.
+    """The data stage's metrics contract (docs/design.md §2) plus label statistics.
 
     ``by_category`` and ``by_severity`` (image severity level) count the pair records
     (train + eval); ``test_by_category`` the test prompts (for real files they repeat the
@@ -113,3 +117,17 @@ def write_data_dir(out_dir: str | Path, train: list[dict], eval_: list[dict], te
         write_jsonl(out_dir / SPLIT_FILES[name], records)
     write_jsonl(out_dir / REJECTS_FILE, rejects)
     return data_metrics(train, eval_, test, len(rejects))
+
+
+class ImageCache:
+    """The data stage's images, decoded once (the world's are a few KB each)."""
+
+    def __init__(self, data: DataSplits):
+        self.data = data
+        self._cache: dict[str, Image.Image] = {}
+
+    def __call__(self, record: dict[str, Any]) -> Image.Image:
+        key = record["image"]
+        if key not in self._cache:
+            self._cache[key] = self.data.image(record)
+        return self._cache[key]

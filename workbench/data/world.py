@@ -3,7 +3,7 @@
 Why it exists: everything runs on a CPU in minutes, and results can be checked against the
 *gold* oracle (``oracle.py``), which real data never has.
 
-How a record is made (DESIGN §4):
+How a record is made (docs/design.md §4):
 
 1. **Scene** -- 1-3 icons drawn with PIL (``render.py``). With probability
    ``RISKY_SCENE_PROB`` one icon is a risky object (knife, gun, pill, ...) carrying a harm
@@ -144,11 +144,6 @@ def make_prompt(scene: dict[str, Any], template: L.Template,
     }
 
 
-def combo_of(prompt: dict[str, Any]) -> tuple[str, str]:
-    """The (target object, template) combination; test holds out a share of them."""
-    return prompt["target"], prompt["template"]
-
-
 def heldout_combos(seed: int, fraction: float) -> frozenset[tuple[str, str]]:
     """A seeded random share ``fraction`` of all (object kind, template) combinations."""
     universe = sorted((k, t) for k in KINDS for t in L.TEMPLATES)
@@ -178,7 +173,7 @@ def _tips(rng: np.random.Generator, target: str, k: int) -> list[str]:
 
 def safe_helpful_sentences(rng: np.random.Generator, obj: str, risky: bool = True) -> list[str]:
     """The full safe-and-helpful form about ``obj``: its risk (when it has one), two distinct
-    tips on it, a redirection (world v2, DESIGN §4)."""
+    tips on it, a redirection (world v2, docs/design.md §4)."""
     redirect = L.REDIRECTS[int(rng.integers(len(L.REDIRECTS)))]
     return [*([L.risk_sentence(obj)] if risky else []), *_tips(rng, obj, 2), redirect]
 
@@ -386,7 +381,7 @@ def generate_world(cfg: DataConfig, progress: bool = False) -> dict[str, Any]:
 
 def build_world(cfg: DataConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """The data stage on the world: generate, render every scene, write the data directory.
-    Returns the metrics (DESIGN §2 contract plus world statistics)."""
+    Returns the metrics (docs/design.md §2 contract plus world statistics)."""
     out_dir = Path(out_dir)
     world = generate_world(cfg, progress=progress)
     images = out_dir / IMAGES_DIR

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .assets import build_assets
 from .config import DemoConfig
 from .logic import (
     DemoInputError,
@@ -87,7 +88,7 @@ def build_ui(models: DemoModels, cfg: DemoConfig):
                                           placeholder="how do i use this ?", elem_id="wb-question")
                     reward_only = gr.Checkbox(label="Add reward-only PPO as a third column", value=False,
                                               interactive=has_reward_only, elem_id="wb-reward-only")
-                    guard_on = gr.Checkbox(label=f"Five-round guard: filter and regenerate ({cfg.rounds} rounds), "
+                    guard_on = gr.Checkbox(label=f"Five-round guard: filter and regenerate ({cfg.blocking.rounds} rounds), "
                                                  "trace shown", value=False, elem_id="wb-guard")
                     seed = gr.Number(label="Sampling seed", value=0, precision=0, elem_id="wb-seed")
                     run = gr.Button("Compare", variant="primary", elem_id="wb-compare-button")
@@ -121,9 +122,9 @@ def build_ui(models: DemoModels, cfg: DemoConfig):
                 gr.Plot(figure)
         with gr.Tab("About"):
             gr.Markdown(f"Models: {models.describe()}.\n\n"
-                        f"Guard: answers judged `{cfg.blocking_level}` or worse are regenerated (up to "
-                        f"{cfg.rounds} rounds, then refused with a safe redirection); queries judged "
-                        f"`{cfg.query_blocking_level}` are refused before any generation.\n\n"
+                        f"Guard: answers judged `{cfg.blocking.level}` or worse are regenerated (up to "
+                        f"{cfg.blocking.rounds} rounds, then refused with a safe redirection); queries judged "
+                        f"`{cfg.blocking.query_level}` are refused before any generation.\n\n"
                         "Reward is the helpfulness proxy, cost the harm proxy (cost > 0: judged unsafe). Gold "
                         "scores appear for gallery examples: the world's oracle (helpfulness 0..3, "
                         "harmlessness -3..+3).")
@@ -177,7 +178,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         if args.build_assets:
-            from .assets import build_assets
 
             source = args.run_dir or "runs/default"
             manifest = build_assets(source, args.assets_dir, gallery_size=defaults.gallery_size)

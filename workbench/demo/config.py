@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.schema import SEVERITY_LEVELS
+from ..config import BlockingPolicy
 
 #: Where ``build_assets`` writes and where the demo looks when no run exists.
 ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
@@ -34,15 +34,8 @@ class DemoConfig:
     """Longest answer a policy may sample (the policies were trained with 40)."""
     temperature: float = 1.0
     """Sampling temperature (1.0: the policies as trained and as evaluated)."""
-    rounds: int = 5
-    """Filter-and-regenerate rounds when the guard switch is on (the paper uses five)."""
-    blocking_level: str = "minor"
-    """Answers judged at or above this level are regenerated (then refused after the last round)."""
-    query_blocking_level: str = "severe"
-    """Queries judged at or above this level are refused before any generation."""
-    safe_query_blocking_level: str = "moderate"
-    """Answers to a query judged safe are regenerated only at or above this level ("" = the
-    blocking level), as in the guard stage."""
+    blocking: BlockingPolicy = dataclasses.field(default_factory=BlockingPolicy)
+    """When the guard switch is on: the guard stage's blocking policy (levels and rounds)."""
     max_question_chars: int = 300
     max_answer_chars: int = 2000
     max_image_bytes: int = 8 * 1024 * 1024
@@ -59,16 +52,12 @@ class DemoConfig:
     """torch CPU threads (0: torch's default)."""
 
     def __post_init__(self) -> None:
-        for name in ("blocking_level", "query_blocking_level", "safe_query_blocking_level"):
-            value = getattr(self, name)
-            if value not in SEVERITY_LEVELS[1:] and not (name == "safe_query_blocking_level" and value == ""):
-                raise ValueError(f"DemoConfig.{name} must be one of {SEVERITY_LEVELS[1:]}, got {value!r}")
+        if not isinstance(self.blocking, BlockingPolicy):
+            raise ValueError(f"DemoConfig.blocking must be a BlockingPolicy, got {self.blocking!r}")
         for name in ("max_new_tokens", "max_question_chars", "max_answer_chars", "max_image_bytes",
                      "max_image_side", "concurrency_limit", "max_queue", "gallery_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"DemoConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.rounds < 0:
-            raise ValueError(f"DemoConfig.rounds must be >= 0, got {self.rounds}")
         if not 0 < self.temperature <= 10:
             raise ValueError(f"DemoConfig.temperature must be in (0, 10], got {self.temperature}")
         if not 0 <= self.port <= 65535:
@@ -77,7 +66,8 @@ class DemoConfig:
     @classmethod
     def smoke(cls, **overrides) -> DemoConfig:
         """Short answers, two guard rounds, a small gallery, one torch thread."""
-        return cls(**{"max_new_tokens": 16, "rounds": 2, "gallery_size": 4, "threads": 1, **overrides})
+        smoke = {"max_new_tokens": 16, "blocking": BlockingPolicy(rounds=2), "gallery_size": 4, "threads": 1}
+        return cls(**{**smoke, **overrides})
 
     def replace(self, **changes) -> DemoConfig:
         return dataclasses.replace(self, **changes)

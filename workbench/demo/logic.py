@@ -23,22 +23,14 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from ..data.schema import NO_CATEGORY
-from ..eval.judge import has_gold
+from ..data.oracle import gold_score
+from ..data.schema import NO_CATEGORY, SEVERITY_COLOURS, SEVERITY_TEXT_COLOURS, is_world
 from ..guard.regenerate import Trace, Verdict, filter_and_regenerate
 from ..models.score import score_texts
 from ..models.vlm import generate
 from ..runs import read_json
 from .config import DemoConfig
 from .models import DemoModels
-
-#: Badge colours per severity level (background, text), readable on light and dark themes.
-LEVEL_COLOURS: dict[str, tuple[str, str]] = {
-    "safe": ("#1a7f37", "#ffffff"),
-    "minor": ("#d4a72c", "#1f2328"),
-    "moderate": ("#e36209", "#ffffff"),
-    "severe": ("#cf222e", "#ffffff"),
-}
 
 
 class DemoInputError(ValueError):
@@ -188,10 +180,7 @@ def answer_side(models: DemoModels, policy: str, image: Image.Image, question: s
         torch.manual_seed(seed)
         trace = None
         if guard_on:
-            trace = filter_and_regenerate(sample, models.guard.judge, [image], [question], rounds=cfg.rounds,
-                                          blocking_level=cfg.blocking_level,
-                                          query_blocking_level=cfg.query_blocking_level,
-                                          safe_query_blocking_level=cfg.safe_query_blocking_level or None)[0]
+            trace = filter_and_regenerate(sample, models.guard.judge, [image], [question], policy=cfg.blocking)[0]
             answer = trace.final
         else:
             answer = sample([image], [question])[0]
@@ -200,11 +189,10 @@ def answer_side(models: DemoModels, policy: str, image: Image.Image, question: s
         cost = float(score_texts(models.cost, [image], [question], [answer])[0])
     side: dict[str, Any] = {
         "policy": policy, "title": models.title(policy), "answer": answer, "verdict": verdict_dict(verdict),
-        "blocked": verdict.at_least(cfg.blocking_level), "reward": round(reward, 4), "cost": round(cost, 4),
+        "blocked": verdict.at_least(cfg.blocking.level), "reward": round(reward, 4), "cost": round(cost, 4),
         "gold": None, "trace": trace_dict(trace) if trace is not None else None,
         "latency_s": round(time.perf_counter() - start, 4)}
-    if gold_record is not None and has_gold([gold_record]):
-        from ..data.oracle import gold_score
+    if gold_record is not None and is_world([gold_record]):
 
         gold = gold_score(gold_record, answer)
         side["gold"] = {"helpfulness": gold.helpfulness, "harmlessness": gold.harmlessness}
@@ -225,7 +213,7 @@ def compare(models: DemoModels, image: Any, question: Any, cfg: DemoConfig, rewa
     record = (gallery or {}).get((image_key(picture), text))
     sides = [answer_side(models, p, picture, text, cfg, guard_on=guard_on, seed=seed, gold_record=record)
              for p in policies]
-    return {"question": text, "guard_on": guard_on, "rounds": cfg.rounds if guard_on else 0, "seed": seed,
+    return {"question": text, "guard_on": guard_on, "rounds": cfg.blocking.rounds if guard_on else 0, "seed": seed,
             "gallery_example": record.get("id") if record else None, "sides": sides}
 
 
@@ -238,7 +226,7 @@ def moderate(models: DemoModels, image: Any, question: Any, answer: Any, cfg: De
     with models.lock:
         verdict = models.guard.judge([picture], [text], [response])[0]
     mode = "query" if response is None else "answer"
-    threshold = cfg.query_blocking_level if mode == "query" else cfg.blocking_level
+    threshold = cfg.blocking.query_level if mode == "query" else cfg.blocking.level
     return {"mode": mode, "question": text, "answer": response, "verdict": verdict_dict(verdict),
             "blocked": verdict.at_least(threshold), "blocking_level": threshold}
 
@@ -249,7 +237,7 @@ def badge_html(verdict: dict[str, Any] | None) -> str:
     if verdict is None:
         return '<span class="wb-badge wb-level-none">no verdict</span>'
     level = verdict["level"]
-    background, colour = LEVEL_COLOURS[level]
+    background, colour = SEVERITY_COLOURS[level], SEVERITY_TEXT_COLOURS[level]
     category = verdict.get("category") or NO_CATEGORY
     label = level.upper() if category == NO_CATEGORY else f"{level.upper()} · {category.replace('_', ' ')}"
     p_unsafe = verdict.get("p_unsafe")
@@ -335,4 +323,4 @@ def tradeoff_figure(model_dir: str | Path):
 
 __all__ = ["DemoInputError", "load_image", "clean_question", "clean_answer", "answer_side", "compare", "moderate",
            "badge_html", "side_html", "comparison_html", "moderation_html", "tradeoff_figure", "gallery_index",
-           "image_key", "LEVEL_COLOURS"]
+           "image_key"]

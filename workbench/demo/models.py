@@ -1,6 +1,6 @@
 """Which models the demo serves, and loading them.
 
-A *model directory* for the demo has the run layout (DESIGN §2)::
+A *model directory* for the demo has the run layout (docs/design.md §2)::
 
     sft/model  reward/model  cost/model  guard/model  ppo/lagrangian/model  [ppo/reward_only/model]
     ppo/metrics.json  [analyze/figures/tradeoff.json]  [data/test_prompts.jsonl + data/images/]
@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import PeftModel
+from transformers import AutoProcessor
 
 from ..guard.guard import GuardModel
 from ..models.adapters import ADAPTER_CONFIG, is_adapter_dir, load_policy
@@ -115,8 +117,6 @@ def load_policy_over(path: Path, sft_dir: Path, sft_model: torch.nn.Module):
     if base is not None and base.resolve() != sft_dir.resolve():
         model, processor = load_policy(path)
     else:
-        from peft import PeftModel
-        from transformers import AutoProcessor
 
         model = PeftModel.from_pretrained(copy.deepcopy(sft_model), path)
         processor = AutoProcessor.from_pretrained(path)

@@ -1,5 +1,2 @@
-"""Evaluation: judges (gold oracle, model judge), policy evaluation, metrics, the analysis stage."""
-
-from .judge import GoldJudge, Judge, ModelJudge, evaluate_policy, judge_all
-
-__all__ = ["Judge", "GoldJudge", "ModelJudge", "evaluate_policy", "judge_all"]
+"""Evaluation: metrics, the trade-off, the report figures and the analysis of every trained
+system (the judges are :mod:`workbench.models.judge`)."""

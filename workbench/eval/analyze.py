@@ -1,5 +1,5 @@
 """The analysis stage (``python -m workbench analyze``): every system a run trained, on the
-same test prompts, judged, with bootstrap confidence intervals (DESIGN §8).
+same test prompts, judged, with bootstrap confidence intervals (docs/design.md §8).
 
 Systems, each a point of the trade-off plane:
 
@@ -11,7 +11,7 @@ Systems, each a point of the trade-off plane:
 
 Answers already sampled by the earlier stages are reused; a system whose saved answers do not
 cover the prompts is sampled here (base+guard through the guard stage's filter-and-regenerate
-loop, its round 0 the base's answers). The judge (:mod:`workbench.eval.judge`) scores every
+loop, its round 0 the base's answers). The judge (:mod:`workbench.models.judge`) scores every
 answer, then :mod:`workbench.eval.metrics` gives helpfulness, safety rate and win rates
 against the base with intervals, and breakdowns by harm category, severity level and intent.
 With the gold judge each answer's form is recorded too (refused, the full safe-helpful form,
@@ -29,34 +29,34 @@ analysis in ``<run>/analyze/``.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
+import torch
 
-from ..config import SEED_SUFFIX, AnalyzeConfig, PPOConfig
+from ..config import AnalyzeConfig, GuardConfig, PPOConfig
 from ..data.oracle import gold_score
-from ..data.schema import SEVERITY_LEVELS
-from ..data.store import DataSplits, load_data
-from ..runs import (
-    partial_dir,
-    read_jsonl,
-    write_jsonl,
-)
-from ..train.common import ImageCache, chunks, setup
-from .judge import (
+from ..data.schema import SEVERITY_LEVELS, is_world
+from ..data.store import DataSplits, ImageCache
+from ..guard.guard import GuardModel
+from ..guard.regenerate import filter_and_regenerate
+from ..models.adapters import load_policy
+from ..models.judge import (
     GoldJudge,
     Judge,
     ModelJudge,
     evaluate_policy,
     forms_of,
     gold_forms,
-    has_gold,
     judge_all,
 )
+from ..models.vlm import generate
+from ..runs import (
+    read_jsonl,
+)
+from ..train.common import chunks
 from .metrics import FORM_FIELDS, answer_forms, breakdown, summarise_system
 
 #: Families of systems, in the order figures list them.
@@ -74,7 +74,10 @@ class System:
     family: str
     setting: float | None = None
     answers: dict[str, list[str]] = field(default_factory=dict)
-    """seed label (the variant directory's name) -> one answer per prompt."""
+    """run name (the PPO run's folder; the system's name for base and base+guard) -> one
+    answer per prompt."""
+    seed_offsets: dict[str, int] = field(default_factory=dict)
+    """run name -> its training seed offset (0 for base and base+guard)."""
 
     @property
     def label(self) -> str:
@@ -83,11 +86,6 @@ class System:
         if self.family == "fixed_lambda" and self.setting is not None:
             return f"fixed λ={self.setting:g}"
         return self.name
-
-
-def point_name(variant: str) -> str:
-    """The point a PPO variant belongs to: its name without the ``_seed<k>`` suffix."""
-    return re.sub(rf"{re.escape(SEED_SUFFIX)}\d+$", "", variant)
 
 
 def _saved_answers(path: Path, ids: list[str], key: str) -> list[str] | None:
@@ -104,7 +102,6 @@ def _sample(model_dir: Path, prompts: list[dict[str, Any]], images: ImageCache, 
             desc: str, seed: int | None = None) -> list[str]:
     """One answer per prompt from the policy in ``model_dir``, sampled with ``seed`` (default
     ``cfg.seed``; a PPO run uses its own training seed, as its stage does)."""
-    from ..models.adapters import load_policy
 
     model, processor = load_policy(model_dir)
     _, rows = evaluate_policy(model, processor, prompts, images, judge=None, batch_size=cfg.eval_batch_size,
@@ -118,13 +115,7 @@ def _guarded_answers(run_dir: Path, prompts: list[dict[str, Any]], images: Image
     :func:`~workbench.guard.regenerate.filter_and_regenerate` (its guard, rounds and blocking
     levels) around the SFT policy, round 0 being the base's answers ``initial``; regenerated
     answers are sampled like every system sampled here (``cfg.max_new_tokens``)."""
-    import torch
 
-    from ..config import GuardConfig
-    from ..guard.guard import GuardModel
-    from ..guard.regenerate import filter_and_regenerate
-    from ..models.adapters import load_policy
-    from ..models.vlm import generate
 
     gcfg = GuardConfig.from_json(run_dir / "guard" / "config.json")
     guard = GuardModel.load(run_dir / "guard" / "model")
@@ -147,10 +138,7 @@ def _guarded_answers(run_dir: Path, prompts: list[dict[str, Any]], images: Image
     traces = []
     for idx in chunks(list(range(len(prompts))), 120):
         traces += filter_and_regenerate(sample, judge, [pics[i] for i in idx], [questions[i] for i in idx],
-                                        rounds=gcfg.rounds, blocking_level=gcfg.blocking_level,
-                                        query_blocking_level=gcfg.query_blocking_level,
-                                        safe_query_blocking_level=gcfg.safe_query_blocking_level or None,
-                                        initial=[initial[i] for i in idx])
+                                        policy=gcfg.blocking, initial=[initial[i] for i in idx])
     return [t.final for t in traces]
 
 
@@ -183,20 +171,20 @@ def collect_systems(run_dir: Path, prompts: list[dict[str, Any]], images: ImageC
     if not (ppo_dir / "config.json").is_file():
         notes.append("PPO variants left out: the run has no PPO stage")
         return systems
-    variants = PPOConfig.from_json(ppo_dir / "config.json").variant_configs()
+    ppo_cfg = PPOConfig.from_json(ppo_dir / "config.json")
     points: dict[str, System] = {}
-    for variant, (kind, vcfg) in variants.items():
-        vdir = ppo_dir / variant
-        if not (vdir / "metrics.json").is_file():
-            notes.append(f"PPO variant {variant} left out: it has not finished training")
+    for run in ppo_cfg.runs():
+        run_cfg, run_dir_ = ppo_cfg.run_config(run), ppo_dir / run.name
+        if not (run_dir_ / "metrics.json").is_file():
+            notes.append(f"PPO run {run.name} left out: it has not finished training")
             continue
-        answers = _saved_answers(vdir / "samples.jsonl", ids, "response")
+        answers = _saved_answers(run_dir_ / "samples.jsonl", ids, "response")
         if answers is None:
-            answers = _sample(vdir / "model", prompts, images, cfg, f"analyze: {variant}", seed=vcfg.seed)
-        name = point_name(variant)
-        setting = {"lagrangian": vcfg.cost_threshold, "fixed_lambda": vcfg.lambda_init}.get(kind)
-        point = points.setdefault(name, System(name, kind, setting))
-        point.answers[variant] = answers
+            answers = _sample(run_dir_ / "model", prompts, images, cfg, f"analyze: {run.name}", seed=run_cfg.seed)
+        setting = {"lagrangian": run_cfg.cost_threshold, "fixed_lambda": run_cfg.lambda_init}.get(run.kind)
+        point = points.setdefault(run.point, System(run.point, run.kind, setting))
+        point.answers[run.name] = answers
+        point.seed_offsets[run.name] = run.seed_offset
     systems.extend(points.values())
     return systems
 
@@ -205,9 +193,9 @@ def make_judge(cfg: AnalyzeConfig, run_dir: Path, prompts: list[dict[str, Any]],
     """The configured judge and its name."""
     kind = cfg.judge
     if kind == "auto":
-        kind = "gold" if has_gold(prompts) else "models"
+        kind = "gold" if is_world(prompts) else "models"
     if kind == "gold":
-        if not has_gold(prompts):
+        if not is_world(prompts):
             raise ValueError("AnalyzeConfig.judge = 'gold' needs the world's prompts (they carry the oracle's "
                              "metadata); on real data use judge = 'models'")
         return GoldJudge(), "gold"
@@ -283,12 +271,6 @@ def headline(metrics: dict[str, Any]) -> dict[str, Any]:
             "paper": {"safety": PAPER_HEADLINE["safety"], "helpfulness": PAPER_HEADLINE["helpfulness"]}}
 
 
-def seed_index(run: str) -> int:
-    """The training seed offset of a PPO run label (``lagrangian_seed2`` -> 2; no suffix: 0)."""
-    m = re.search(rf"{re.escape(SEED_SUFFIX)}(\d+)$", run)
-    return int(m.group(1)) if m else 0
-
-
 def summarise_scores(rows: list[dict[str, Any]], meta: dict[str, dict[str, Any]], n_boot: int = 2000,
                      confidence: float = 0.95, seed: int = 0, seeds: set[int] | None = None) -> dict[str, Any]:
     """``base``, ``variants`` and ``headline`` from per-answer scores (the rows of
@@ -304,6 +286,7 @@ def summarise_scores(rows: list[dict[str, Any]], meta: dict[str, dict[str, Any]]
     ``meta`` gives each system's family, setting and label; ``seeds`` keeps only the PPO runs
     of those training seed offsets (the base systems are always kept)."""
     by_run: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    seed_of = {row["run"]: int(row.get("seed_offset", 0)) for row in rows}
     for row in rows:
         by_run.setdefault(row["system"], {}).setdefault(row["run"], []).append(row)
     if "base" not in by_run:
@@ -324,7 +307,7 @@ def summarise_scores(rows: list[dict[str, Any]], meta: dict[str, dict[str, Any]]
     summaries = {}
     for name, runs in by_run.items():
         kept = {run: r for run, r in runs.items()
-                if seeds is None or meta[name]["family"] in ("base", "base+guard") or seed_index(run) in seeds}
+                if seeds is None or meta[name]["family"] in ("base", "base+guard") or seed_of[run] in seeds}
         if not kept:
             continue
         per_seed = [arrays(r) for r in kept.values()]
@@ -332,7 +315,7 @@ def summarise_scores(rows: list[dict[str, Any]], meta: dict[str, dict[str, Any]]
             raise ValueError(f"summarise_scores: system {name} was not scored on the same prompts as the base")
         summary = summarise_system(per_seed, base, n_boot, confidence, seed)
         summary.update(answer_forms(per_seed, groups["severity"], n_boot, confidence, seed))
-        summary.update(meta[name], runs=list(kept))
+        summary.update(meta[name], runs=list(kept), seed_offsets=[seed_of[run] for run in kept])
         summary.update({f"by_{key}": breakdown(per_seed, values) for key, values in groups.items()})
         summaries[name] = summary
     out = {"base": summaries.pop("base"), "variants": summaries}
@@ -340,62 +323,7 @@ def summarise_scores(rows: list[dict[str, Any]], meta: dict[str, dict[str, Any]]
     return out
 
 
-def run_analyze_stage(cfg: AnalyzeConfig, out_dir: Path, run_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """``python -m workbench analyze``: judge every system, write ``scores.jsonl``,
-    ``metrics.json``, ``figures/`` and ``report.html`` into ``out_dir``.
-
-    With ``cfg.prompts = "eval"`` the systems are judged on eval prompts; that analysis
-    belongs in ``<run>/analyze_eval/`` (:attr:`AnalyzeConfig.out_stage`; ``run_stage`` builds it
-    there), and building it in the test analysis's folder is refused."""
-    from . import report, tradeoff
-
-    out_dir, run_dir = Path(out_dir), Path(run_dir)
-    if cfg.out_stage != cfg.stage and out_dir.resolve() == partial_dir(run_dir, cfg.stage).resolve():
-        raise ValueError(
-            f"analyze --prompts {cfg.prompts} belongs in {run_dir / cfg.out_stage}/, not {run_dir / cfg.stage}/ where "
-            f"it would replace the test analysis; run it with python -m workbench analyze --prompts eval")
-    setup(cfg)
-    data = load_data(run_dir)
-    prompts = analysis_prompts(data, cfg)
-    if not prompts:
-        raise ValueError(f"analyze: the run {run_dir} has no {cfg.prompts} prompts")
-    images = ImageCache(data)
-    notes: list[str] = []
-    systems = collect_systems(run_dir, prompts, images, cfg, notes)
-    judge, judge_name = make_judge(cfg, run_dir, prompts, images)
-    groups = prompt_groups(prompts)
-    # the answer forms come from the gold oracle; the model judge (real data) has none
-    forms = judge_name == "gold"
-    per_prompt = [{key: groups[key][i] for key in ("category", "severity", "intent") if key in groups}
-                  for i in range(len(prompts))]
-
-    rows = []
-    bar = tqdm(total=sum(len(s.answers) for s in systems), desc="analyze: judging", disable=not progress)
-    for system in systems:
-        for seed_label, answers in system.answers.items():
-            judged = judge_answers(judge, prompts, answers, forms)
-            rows.extend({"system": system.name, "run": seed_label, "id": p["id"], "question": p["question"],
-                         "response": a, **g, **scores}
-                        for p, a, g, scores in zip(prompts, answers, per_prompt, judged, strict=True))
-            bar.update(1)
-    bar.close()
-    write_jsonl(out_dir / "scores.jsonl", rows)
-
-    meta = {s.name: {"family": s.family, "setting": s.setting, "label": s.label} for s in systems}
-    metrics: dict[str, Any] = {"judge": judge_name, "prompts": cfg.prompts, "n_prompts": len(prompts),
-                               "confidence": cfg.confidence,
-                               **summarise_scores(rows, meta, cfg.bootstrap, cfg.confidence, cfg.seed),
-                               "notes": notes}
-    figures = tradeoff.all_figures(metrics, run_dir)
-    tradeoff.write_figures(figures, out_dir / "figures")
-    report.write_report(out_dir / "report.html", metrics, figures, run_dir)
-    metrics["report"] = "report.html"  # relative to the stage directory
-    if progress:
-        for note in notes:
-            print(f"[analyze] {note}")
-    return metrics
 
 
-__all__ = ["System", "FAMILIES", "PAPER_HEADLINE", "point_name", "seed_index", "collect_systems", "make_judge",
-           "prompt_groups", "prompt_fields", "analysis_prompts", "judge_answers", "headline", "summarise_scores",
-           "run_analyze_stage"]
+__all__ = ["System", "FAMILIES", "PAPER_HEADLINE", "collect_systems", "make_judge",
+           "prompt_groups", "prompt_fields", "analysis_prompts", "judge_answers", "headline", "summarise_scores"]

@@ -1,4 +1,4 @@
-"""Evaluation metrics (DESIGN §8): safety rate, mean helpfulness, win rates against the base,
+"""Evaluation metrics (docs/design.md §8): safety rate, mean helpfulness, win rates against the base,
 bootstrap confidence intervals over seeds and prompts, breakdowns and Pareto frontiers.
 
 Every function takes per-prompt scores as arrays, one array per seed of a system, so a point

@@ -16,17 +16,30 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from ..runs import atomic_write_text
+from ..runs import atomic_write_text, read_jsonl
 from .analyze import FAMILIES
 from .metrics import pareto_frontier
-from .ppo_views import VARIANT_COLOURS, logs
 
+#: One colour per PPO kind, in every figure.
+VARIANT_COLOURS = {"lagrangian": "#1f77b4", "reward_only": "#d62728", "fixed_lambda": "#9467bd"}
 FAMILY_COLOURS = {"base": "#2ca02c", "base+guard": "#17becf", **VARIANT_COLOURS}
 FAMILY_SYMBOLS = {"base": "star", "base+guard": "star-diamond", "reward_only": "square", "fixed_lambda": "diamond",
                   "lagrangian": "circle"}
+
+def logs(run_dir: str | Path, stage_dir: str = "ppo") -> dict[str, pd.DataFrame]:
+    """The training log of each variant, one row per step (skipped steps left out)."""
+    out = {}
+    root = Path(run_dir) / stage_dir
+    for path in sorted(root.glob("*/log.jsonl")):
+        frame = pd.DataFrame(read_jsonl(path))
+        if "skipped" in frame:
+            frame = frame[frame["skipped"].isna()]
+        out[path.parent.name] = frame.reset_index(drop=True)
+    return out
 
 
 def systems(metrics: Mapping[str, Any], names: Sequence[str] | None = None) -> dict[str, Mapping[str, Any]]:
@@ -175,13 +188,6 @@ def forms_figure(metrics: Mapping[str, Any], names: Sequence[str] | None = None)
                                              "wrong-object answers to risky prompts",
                       yaxis_title="share of answers", yaxis_range=[0, 1], height=460)
     return fig
-
-
-def _family_of(metrics: Mapping[str, Any], variant: str) -> str | None:
-    for s in metrics["variants"].values():
-        if variant in s.get("runs", []):
-            return s["family"]
-    return None
 
 
 def lambda_figure(metrics: Mapping[str, Any], run_dir: str | Path, names: Sequence[str] | None = None,

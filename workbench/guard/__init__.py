@@ -1,4 +1,4 @@
-"""Beaver-Guard-V (multi-level guard) and filter-and-regenerate (DESIGN §7)."""
+"""Beaver-Guard-V (multi-level guard) and filter-and-regenerate (docs/design.md §7)."""
 
 from .regenerate import SAFE_REFUSAL, Step, Trace, Verdict, filter_and_regenerate
 

@@ -1,4 +1,4 @@
-"""Beaver-Guard-V: a multi-level guard on a score-model backbone (DESIGN §7).
+"""Beaver-Guard-V: a multi-level guard on a score-model backbone (docs/design.md §7).
 
 Two heads read the backbone's hidden state ``h`` at the last real token:
 
@@ -44,8 +44,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from ..data.schema import CATEGORIES, NO_CATEGORY, SEVERITY_LEVELS, severity_of_harmless_rate
+from ..data.world import harmless_rate
 from ..models.score import ScoreModel, last_token_index
 from ..models.vlm import VLMError, encode, pooled_image_features
 from .regenerate import Verdict
@@ -165,7 +167,6 @@ def calibrate_severe_cutoff(p_severe: Sequence[float], target_recall: float) -> 
 def gold_answer_level(record: dict[str, Any], i: int) -> int:
     """The noise-free level of response ``i`` from the world's gold harmlessness (the label
     a perfect guard would reproduce; the ceiling's reference)."""
-    from ..data.world import harmless_rate
 
     g = float(record[f"response_{i}_gold_harmlessness"])
     return SEVERITY_LEVELS.index(severity_of_harmless_rate(harmless_rate(g, g)))
@@ -276,7 +277,6 @@ class GuardModel(ScoreModel):
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        from safetensors.torch import save_file
 
         path = super().save(path)
         tensors = {"raw_thresholds": self.raw_thresholds.detach().cpu().contiguous(),
@@ -293,7 +293,6 @@ class GuardModel(ScoreModel):
 
     @classmethod
     def load(cls, path: str | Path, trainable: bool = False) -> GuardModel:
-        from safetensors.torch import load_file
 
         path = Path(path)
         if not (path / GUARD_HEADS).is_file() or not (path / GUARD_CONFIG).is_file():

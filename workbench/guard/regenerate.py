@@ -1,4 +1,4 @@
-"""Filter-and-regenerate (DESIGN §7): a guard screens the query, then judges each answer;
+"""Filter-and-regenerate (docs/design.md §7): a guard screens the query, then judges each answer;
 blocked answers are sampled again, at most ``rounds`` times, and an answer still blocked
 after the last round becomes a refusal with safe redirection.
 
@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..config import BlockingPolicy
 from ..data.language import REDIRECTS, REFUSAL, join_sentences
 from ..data.schema import CATEGORIES, NO_CATEGORY, SEVERITY_LEVELS
 
@@ -122,24 +123,20 @@ def _judge(guard: Guard, images: list[Any], questions: list[str], responses: lis
 
 
 def filter_and_regenerate(generate: Generator, guard: Guard, images: Sequence[Any], questions: Sequence[str],
-                          rounds: int = 5, blocking_level: str = "minor", query_blocking_level: str | None = "severe",
-                          refusal: str = SAFE_REFUSAL, initial: Sequence[str] | None = None,
-                          safe_query_blocking_level: str | None = None) -> list[Trace]:
+                          policy: BlockingPolicy | None = None, refusal: str = SAFE_REFUSAL,
+                          initial: Sequence[str] | None = None) -> list[Trace]:
     """Run the loop over a batch of prompts (generation and judging are batched per round).
 
-    ``initial`` are round-0 answers already sampled (evaluation scores them as the base
-    policy); they are kept in the trace even for a query the screen refuses, so that
-    ``served(0)`` is always the base policy's answer. ``query_blocking_level=None``
-    switches query screening off. ``safe_query_blocking_level``: answers to a query the
-    screen judged *safe* are blocked only at this level (None: ``blocking_level`` for all),
-    so a benign request needs stronger evidence before its answer is thrown away.
+    ``policy`` says when the guard blocks and how many rounds it regenerates (default:
+    :class:`~workbench.config.BlockingPolicy`'s defaults, the guard stage's). An empty
+    ``query_level`` switches query screening off; answers to a query the screen judged *safe*
+    are blocked only at ``safe_query_level``, so a benign request needs stronger evidence
+    before its answer is thrown away. ``initial`` are round-0 answers already sampled
+    (evaluation scores them as the base policy); they are kept in the trace even for a query
+    the screen refuses, so that ``served(0)`` is always the base policy's answer.
     """
-    if rounds < 0:
-        raise ValueError(f"rounds must be >= 0, got {rounds}")
-    for name, level in (("blocking_level", blocking_level), ("query_blocking_level", query_blocking_level),
-                        ("safe_query_blocking_level", safe_query_blocking_level)):
-        if level is not None and level not in SEVERITY_LEVELS[1:]:
-            raise ValueError(f"{name} must be one of {SEVERITY_LEVELS[1:]}, got {level!r}")
+    policy = policy if policy is not None else BlockingPolicy()
+    rounds = policy.rounds
     images, questions = list(images), list(questions)
     if len(images) != len(questions) or (initial is not None and len(initial) != len(questions)):
         raise ValueError("images, questions (and initial answers) must have the same length")
@@ -154,7 +151,7 @@ def filter_and_regenerate(generate: Generator, guard: Guard, images: Sequence[An
         for t, answer in zip(traces, initial, strict=True):
             t.steps.append(Step(round=0, response=answer))
     open_ = list(range(len(questions)))
-    if query_blocking_level is not None and open_:
+    if policy.query_level and open_:
         try:
             verdicts = _judge(guard, images, questions, None)
         except Exception as err:  # noqa: BLE001 -- any guard failure fails closed
@@ -162,9 +159,9 @@ def filter_and_regenerate(generate: Generator, guard: Guard, images: Sequence[An
             return traces
         for i, v in enumerate(verdicts):
             traces[i].query_verdict = v
-            if v.at_least(query_blocking_level):
+            if v.at_least(policy.query_level):
                 traces[i].final, traces[i].outcome = refusal, "query_blocked"
-                traces[i].reason = f"query judged {v.level} ({v.category}) >= {query_blocking_level}"
+                traces[i].reason = f"query judged {v.level} ({v.category}) >= {policy.query_level}"
         open_ = [i for i in open_ if not traces[i].outcome]
 
     def sample(idx: list[int], round_: int) -> None:
@@ -189,8 +186,8 @@ def filter_and_regenerate(generate: Generator, guard: Guard, images: Sequence[An
         for i, v in zip(open_, verdicts, strict=True):
             step = traces[i].steps[-1]
             query = traces[i].query_verdict
-            level = (safe_query_blocking_level if safe_query_blocking_level is not None and query is not None
-                     and query.level == SEVERITY_LEVELS[0] else blocking_level)
+            safe_query = query is not None and query.level == SEVERITY_LEVELS[0]
+            level = policy.answer_level_after_safe_query if safe_query else policy.level
             step.verdict, step.blocked = v, v.at_least(level)
             if not step.blocked:
                 traces[i].final = step.response

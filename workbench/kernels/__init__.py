@@ -1,16 +1,26 @@
-"""GPU kernels for PPO on VLMs (DESIGN §9): one file per op, each with Triton forward and
-backward kernels, a launcher, a ``torch.autograd.Function`` and a pure-torch reference.
+"""GPU kernels for PPO on VLMs: one file per op, each with Triton forward and backward
+kernels, a launcher, a ``torch.autograd.Function`` and two pure-torch versions.
 
 - :mod:`.logprob` — token log-probs and entropy straight from hidden states and the LM head,
   in vocabulary chunks with an online log-sum-exp; the [tokens × vocab] logits never exist.
 - :mod:`.gae` — dual GAE: reward and cost advantages and returns in one reverse scan.
 - :mod:`.ppo_loss` — the PPO-Lagrangian actor loss: ratio, two-sided clip,
-  (A_r − λ·A_c)/(1+λ), masked mean.
+  (A_r − λ·A_c)/(1+λ) with the Lagrange multiplier λ, masked mean.
+
+Each op comes in three implementations with one signature, named as in kernel libraries:
+
+- ``*_reference`` — the plain formula in torch, written to be read (full logits, a Python
+  loop over time steps, unfused ops): the baseline of the benchmark and the implementation
+  the tests check the other two against;
+- ``*_torch`` — the optimised pure-torch version (vocabulary chunks with a hand-written
+  backward, both GAE signals in one loop, fp32 accumulation): what runs without Triton;
+- ``*_triton`` — the Triton kernels.
 
 The switch ``kernels = "auto" | "triton" | "torch"`` (a trainer config field) picks the
-implementation: ``auto`` is Triton on CUDA tensors when Triton is installed and torch
-otherwise; ``triton`` insists (CUDA, or CPU under ``TRITON_INTERPRET=1`` set before Triton is
-imported — slow, for tests); ``torch`` is the chunked pure-torch reference everywhere.
+implementation behind the public functions :func:`token_logprobs`, :func:`dual_gae` and
+:func:`ppo_lagrangian_loss`: ``auto`` is Triton on CUDA tensors when Triton is installed and
+``*_torch`` otherwise; ``triton`` insists (CUDA, or CPU under ``TRITON_INTERPRET=1`` set
+before Triton is imported — slow, for tests); ``torch`` is ``*_torch`` everywhere.
 
 Shapes: ``hidden`` [N, H] or [B, T, H], LM-head ``weight`` [V, H], ``targets`` [N] or [B, T]
 (the token ids whose log-probs are wanted, i.e. the inputs shifted by one); GAE and loss
@@ -25,16 +35,17 @@ from typing import Literal
 import torch
 
 from . import gae, logprob, ppo_loss
-from .gae import dual_gae_naive, dual_gae_reference, dual_gae_triton
+from ._env import interpreting, triton_available
+from .gae import LAMBDA_GAE, dual_gae_reference, dual_gae_torch, dual_gae_triton, gae_reference
 from .logprob import (
     DEFAULT_CHUNK_SIZE,
-    token_logprobs_naive,
     token_logprobs_reference,
+    token_logprobs_torch,
     token_logprobs_triton,
 )
 from .ppo_loss import (
-    ppo_lagrangian_loss_naive,
     ppo_lagrangian_loss_reference,
+    ppo_lagrangian_loss_torch,
     ppo_lagrangian_loss_triton,
 )
 
@@ -42,28 +53,29 @@ KernelChoice = Literal["auto", "triton", "torch"]
 BACKENDS = ("auto", "triton", "torch")
 
 __all__ = [
-    "BACKENDS", "DEFAULT_CHUNK_SIZE", "KernelChoice", "dual_gae", "dual_gae_naive",
-    "dual_gae_reference", "dual_gae_triton", "interpreting", "ppo_lagrangian_loss",
-    "ppo_lagrangian_loss_naive", "ppo_lagrangian_loss_reference", "ppo_lagrangian_loss_triton",
-    "gae", "logprob", "ppo_loss", "resolve_backend", "token_logprobs", "token_logprobs_naive", "token_logprobs_reference",
-    "token_logprobs_triton", "triton_available",
+    "BACKENDS",
+    "DEFAULT_CHUNK_SIZE",
+    "KernelChoice",
+    "dual_gae",
+    "dual_gae_reference",
+    "dual_gae_torch",
+    "dual_gae_triton",
+    "gae",
+    "gae_reference",
+    "interpreting",
+    "logprob",
+    "ppo_lagrangian_loss",
+    "ppo_lagrangian_loss_reference",
+    "ppo_lagrangian_loss_torch",
+    "ppo_lagrangian_loss_triton",
+    "ppo_loss",
+    "resolve_backend",
+    "token_logprobs",
+    "token_logprobs_reference",
+    "token_logprobs_torch",
+    "token_logprobs_triton",
+    "triton_available",
 ]
-
-
-def triton_available() -> bool:
-    """Whether Triton imported, so that the Triton kernels exist."""
-    return all(module.triton is not None for module in (logprob, gae, ppo_loss))
-
-
-def interpreting() -> bool:
-    """Whether the kernels run in Triton's CPU interpreter: ``TRITON_INTERPRET=1`` was set
-    before Triton was first imported, so that both Triton's own ``tl.*`` helpers and these
-    kernels were built for it (Triton decides when it decorates a function)."""
-    if not triton_available():
-        return False
-    functions = (logprob._logprob_fwd_kernel, gae._dual_gae_fwd_kernel, ppo_loss._ppo_fwd_kernel,
-                 logprob.tl.zeros, logprob.tl.sum)
-    return all(type(f).__name__ == "InterpretedFunction" for f in functions)
 
 
 def resolve_backend(kernels: str, device: torch.device | str) -> Literal["triton", "torch"]:
@@ -79,18 +91,28 @@ def resolve_backend(kernels: str, device: torch.device | str) -> Literal["triton
     if kernels == "auto":
         return "triton" if device_type == "cuda" and triton_available() else "torch"
     if not triton_available():
-        raise RuntimeError("kernels='triton' needs the triton package: pip install triton "
-                           "(the project's 'kernels' extra), or use kernels='auto' or 'torch'")
+        raise RuntimeError(
+            "kernels='triton' needs the triton package: pip install triton "
+            "(the project's 'kernels' extra), or use kernels='auto' or 'torch'"
+        )
     if device_type != "cuda" and not interpreting():
-        raise RuntimeError(f"kernels='triton' runs on CUDA tensors, or on CPU only with "
-                           f"TRITON_INTERPRET=1 set before triton is first imported; "
-                           f"got device {device_type!r}. Use kernels='auto' or 'torch' here.")
+        raise RuntimeError(
+            f"kernels='triton' runs on CUDA tensors, or on CPU only with "
+            f"TRITON_INTERPRET=1 set before triton is first imported; "
+            f"got device {device_type!r}. Use kernels='auto' or 'torch' here."
+        )
     return "triton"
 
 
-def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                   temperature: float = 1.0, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                   backend: str = "auto", return_entropy: bool = False):
+def token_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float = 1.0,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    backend: str = "auto",
+    return_entropy: bool = False,
+):
     """Log-probs (fp32, shaped like ``targets``) of ``targets`` under
     ``softmax(hidden @ weight.T / temperature)``, and the entropies when ``return_entropy``,
     without materialising the logits. Differentiable in ``hidden`` and ``weight``.
@@ -100,27 +122,44 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
     if resolve_backend(backend, hidden.device) == "triton":
         logp, entropy = token_logprobs_triton(hidden, weight, targets, temperature, chunk_size)
     else:
-        logp, entropy = token_logprobs_reference(hidden, weight, targets, temperature, chunk_size)
+        logp, entropy = token_logprobs_torch(hidden, weight, targets, temperature, chunk_size)
     return (logp, entropy) if return_entropy else logp
 
 
-def dual_gae(rewards: torch.Tensor, costs: torch.Tensor, reward_values: torch.Tensor,
-             cost_values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
-             lam: float = 0.95, backend: str = "auto"):
+def dual_gae(
+    rewards: torch.Tensor,
+    costs: torch.Tensor,
+    reward_values: torch.Tensor,
+    cost_values: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float = 1.0,
+    gae_lambda: float = LAMBDA_GAE,
+    backend: str = "auto",
+):
     """``(adv_r, ret_r, adv_c, ret_c)``, each [B, T] fp32, from per-token rewards and costs,
     the two critics' values V(t) at each response position and the response mask (all
-    [B, T]); GAE with γ = ``gamma``, λ_gae = ``lam`` (DESIGN §6, :mod:`.gae`)."""
+    [B, T]); GAE with γ = ``gamma``, λ_gae = ``gae_lambda`` (:mod:`.gae`)."""
+    args = (rewards, costs, reward_values, cost_values, mask, gamma, gae_lambda)
     if resolve_backend(backend, rewards.device) == "triton":
-        return dual_gae_triton(rewards, costs, reward_values, cost_values, mask, gamma, lam)
-    return dual_gae_reference(rewards, costs, reward_values, cost_values, mask, gamma, lam)
+        return dual_gae_triton(*args)
+    return dual_gae_torch(*args)
 
 
-def ppo_lagrangian_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv_r: torch.Tensor,
-                        adv_c: torch.Tensor, mask: torch.Tensor, lam: float | torch.Tensor,
-                        clip_eps: float = 0.2, backend: str = "auto") -> torch.Tensor:
+def ppo_lagrangian_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    adv_r: torch.Tensor,
+    adv_c: torch.Tensor,
+    mask: torch.Tensor,
+    lagrange_multiplier: float | torch.Tensor,
+    clip_eps: float = 0.2,
+    backend: str = "auto",
+) -> torch.Tensor:
     """Scalar actor loss ``−mean_m(min(ρA, clip(ρ, 1−ε, 1+ε)A))`` with
-    ``A = (adv_r − lam·adv_c)/(1 + lam)`` and ``ρ = exp(logp − old_logp)`` (:mod:`.ppo_loss`);
-    gradient to ``logp`` only. All inputs share one shape, usually [B, T]."""
+    ``A = (adv_r − λ·adv_c)/(1 + λ)``, λ = ``lagrange_multiplier``, and
+    ``ρ = exp(logp − old_logp)`` (:mod:`.ppo_loss`); gradient to ``logp`` only. All inputs
+    share one shape, usually [B, T]."""
+    args = (logp, old_logp, adv_r, adv_c, mask, lagrange_multiplier, clip_eps)
     if resolve_backend(backend, logp.device) == "triton":
-        return ppo_lagrangian_loss_triton(logp, old_logp, adv_r, adv_c, mask, lam, clip_eps)
-    return ppo_lagrangian_loss_reference(logp, old_logp, adv_r, adv_c, mask, lam, clip_eps)
+        return ppo_lagrangian_loss_triton(*args)
+    return ppo_lagrangian_loss_torch(*args)

@@ -1,4 +1,4 @@
-r"""Dual GAE: reward and cost advantages and returns in one reverse scan (DESIGN §6).
+r"""Dual GAE: reward and cost advantages and returns in one reverse scan.
 
 For each signal (x, V) ∈ {(r, V_r), (c, V_c)} over a response of T positions with mask m
 (1 = real token), γ = 1 and λ_gae = 0.95 by default:
@@ -23,18 +23,20 @@ run forwards in time,
     ∂/∂V_t = −ē_t + γ·m_t·ē_{t−1} + m_t·gG_t.
 
 PPO uses the advantages as constants, but the op is differentiable all the same.
+
+Three implementations with the same signature (λ_gae is the parameter ``gae_lambda``):
+
+- :func:`dual_gae_reference` — the official trainer's loop over time steps, once per signal
+  (:func:`gae_reference`); the plain statement the tests check the others against;
+- :func:`dual_gae_torch` — the recursion above in torch, both signals stacked in one loop;
+- :func:`dual_gae_triton` — the Triton scan kernels.
 """
 
 from __future__ import annotations
 
 import torch
 
-try:  # Triton is optional: the torch versions below always work.
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - exercised where triton is absent
-    triton = None
-    tl = None
+from ._env import require_triton, tl, triton
 
 GAMMA = 1.0
 LAMBDA_GAE = 0.95
@@ -46,8 +48,12 @@ def _check(rewards, costs, reward_values, cost_values, mask) -> None:
     shape = tuple(rewards.shape)
     if len(shape) != 2:
         raise ValueError(f"GAE inputs must be [B, T], got rewards of shape {shape}")
-    for name, t in (("costs", costs), ("reward_values", reward_values),
-                    ("cost_values", cost_values), ("mask", mask)):
+    for name, t in (
+        ("costs", costs),
+        ("reward_values", reward_values),
+        ("cost_values", cost_values),
+        ("mask", mask),
+    ):
         if tuple(t.shape) != shape:
             raise ValueError(f"{name} must have shape {shape} like rewards, got {tuple(t.shape)}")
 
@@ -61,10 +67,16 @@ def _float(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
-# --------------------------------------------------------------------------- naive torch
-def gae_naive(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
-              gamma: float = GAMMA, lam: float = LAMBDA_GAE) -> tuple[torch.Tensor, torch.Tensor]:
-    """One signal, a Python loop over time steps as in the official trainer (list + stack)."""
+# --------------------------------------------------------------------------- reference
+def gae_reference(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float = GAMMA,
+    gae_lambda: float = LAMBDA_GAE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One signal, a Python loop over time steps as in the official trainer (list + stack):
+    ``(advantages, returns)``."""
     m = _mask_as(mask, _float(rewards))
     x, v = _float(rewards) * m, _float(values) * m
     length = x.shape[-1]
@@ -73,25 +85,40 @@ def gae_naive(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
     for t in reversed(range(length)):
         next_values = v[:, t + 1] if t < length - 1 else torch.zeros_like(last)
         delta = x[:, t] + gamma * next_values - v[:, t]
-        last = (delta + gamma * lam * last) * m[:, t]
+        last = (delta + gamma * gae_lambda * last) * m[:, t]
         reversed_adv.append(last)
     adv = torch.stack(reversed_adv[::-1], dim=1)
     return adv, (adv + v) * m
 
 
-def dual_gae_naive(rewards, costs, reward_values, cost_values, mask, gamma: float = GAMMA,
-                   lam: float = LAMBDA_GAE):
-    """Two separate loops (reward, then cost): the baseline of the benchmark."""
+def dual_gae_reference(
+    rewards: torch.Tensor,
+    costs: torch.Tensor,
+    reward_values: torch.Tensor,
+    cost_values: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float = GAMMA,
+    gae_lambda: float = LAMBDA_GAE,
+):
+    """Two separate loops (reward, then cost) of :func:`gae_reference`: the baseline of the
+    benchmark and the reference of the tests. ``(adv_r, ret_r, adv_c, ret_c)`` in fp32 (fp64
+    for fp64 inputs)."""
     _check(rewards, costs, reward_values, cost_values, mask)
-    adv_r, ret_r = gae_naive(rewards, reward_values, mask, gamma, lam)
-    adv_c, ret_c = gae_naive(costs, cost_values, mask, gamma, lam)
+    adv_r, ret_r = gae_reference(rewards, reward_values, mask, gamma, gae_lambda)
+    adv_c, ret_c = gae_reference(costs, cost_values, mask, gamma, gae_lambda)
     return adv_r, ret_r, adv_c, ret_c
 
 
-# --------------------------------------------------------------------------- reference
-def dual_gae_reference(rewards: torch.Tensor, costs: torch.Tensor, reward_values: torch.Tensor,
-                       cost_values: torch.Tensor, mask: torch.Tensor, gamma: float = GAMMA,
-                       lam: float = LAMBDA_GAE):
+# --------------------------------------------------------------------------- torch
+def dual_gae_torch(
+    rewards: torch.Tensor,
+    costs: torch.Tensor,
+    reward_values: torch.Tensor,
+    cost_values: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float = GAMMA,
+    gae_lambda: float = LAMBDA_GAE,
+):
     """The module docstring's recursion, written once for both signals stacked as [2, B, T]
     (one reverse loop; differentiable by autograd). Returns fp32 (fp64 for fp64 inputs)
     ``(adv_r, ret_r, adv_c, ret_c)``."""
@@ -108,7 +135,7 @@ def dual_gae_reference(rewards: torch.Tensor, costs: torch.Tensor, reward_values
     next_value = torch.zeros_like(x[..., 0])  # m_{t+1}·V_{t+1}
     for t in reversed(range(length)):
         delta = x[..., t] + gamma * next_value - v[..., t]
-        next_adv = m[..., t] * (delta + gamma * lam * next_adv)
+        next_adv = m[..., t] * (delta + gamma * gae_lambda * next_adv)
         adv[t] = next_adv
         next_value = m[..., t] * v[..., t]
     adv = torch.stack(adv, dim=-1)
@@ -126,9 +153,21 @@ if triton is not None:
         return a_first * a_next, b_next + a_next * b_first
 
     @triton.jit
-    def _dual_gae_fwd_kernel(r_ptr, c_ptr, vr_ptr, vc_ptr, m_ptr,
-                             adv_r_ptr, ret_r_ptr, adv_c_ptr, ret_c_ptr,
-                             T, gamma, gamma_lam, BLOCK_T: tl.constexpr):
+    def _dual_gae_fwd_kernel(
+        r_ptr,
+        c_ptr,
+        vr_ptr,
+        vc_ptr,
+        m_ptr,
+        adv_r_ptr,
+        ret_r_ptr,
+        adv_c_ptr,
+        ret_c_ptr,
+        T,
+        gamma,
+        gamma_lambda,
+        BLOCK_T: tl.constexpr,
+    ):
         """One program per batch row; blocks of the sequence from the last to the first,
         each scanned in reverse time order, carrying A across block borders."""
         row = tl.program_id(0).to(tl.int64) * T
@@ -142,7 +181,7 @@ if triton is not None:
             ok_next = (t + 1) < T
             m = tl.where(tl.load(m_ptr + row + t, mask=ok, other=0) != 0, 1.0, 0.0)
             m_next = tl.where(tl.load(m_ptr + row + t + 1, mask=ok_next, other=0) != 0, 1.0, 0.0)
-            a = m * gamma_lam
+            a = m * gamma_lambda
             vr = tl.load(vr_ptr + row + t, mask=ok, other=0.0).to(tl.float32)
             vc = tl.load(vc_ptr + row + t, mask=ok, other=0.0).to(tl.float32)
             vr_next = tl.load(vr_ptr + row + t + 1, mask=ok_next, other=0.0).to(tl.float32)
@@ -164,9 +203,18 @@ if triton is not None:
             carry_c = tl.sum(tl.where(first, adv_c, 0.0), axis=0) + tl.zeros((1,), tl.float32)
 
     @triton.jit
-    def _gae_adjoint_kernel(g_adv_ptr, g_ret_ptr, m_ptr, e_ptr, B, T, gamma_lam,
-                            HAS_GADV: tl.constexpr, HAS_GRET: tl.constexpr,
-                            BLOCK_T: tl.constexpr):
+    def _gae_adjoint_kernel(
+        g_adv_ptr,
+        g_ret_ptr,
+        m_ptr,
+        e_ptr,
+        B,
+        T,
+        gamma_lambda,
+        HAS_GADV: tl.constexpr,
+        HAS_GRET: tl.constexpr,
+        BLOCK_T: tl.constexpr,
+    ):
         """ē_t = m_t·(gA_t + m_t·gG_t + γλ·ē_{t−1}), forwards in time, one program per row
         of the stacked [2·B, T] signals."""
         row = tl.program_id(0).to(tl.int64) * T
@@ -182,7 +230,7 @@ if triton is not None:
                 h += tl.load(g_adv_ptr + row + t, mask=ok, other=0.0).to(tl.float32)
             if HAS_GRET:
                 h += m * tl.load(g_ret_ptr + row + t, mask=ok, other=0.0).to(tl.float32)
-            coef, e = tl.associative_scan((m * gamma_lam, m * h), 0, _compose)
+            coef, e = tl.associative_scan((m * gamma_lambda, m * h), 0, _compose)
             e = e + coef * carry
             tl.store(e_ptr + row + t, e, mask=ok)
             last = offs == BLOCK_T - 1
@@ -197,16 +245,29 @@ class TritonDualGAE(torch.autograd.Function):
     """Triton dual GAE: forward scan kernel, adjoint scan kernel for the backward."""
 
     @staticmethod
-    def forward(ctx, rewards, costs, reward_values, cost_values, mask, gamma: float, lam: float):
+    def forward(
+        ctx, rewards, costs, reward_values, cost_values, mask, gamma: float, gae_lambda: float
+    ):
         batch, length = rewards.shape
-        outs = [torch.empty((batch, length), dtype=torch.float32, device=rewards.device)
-                for _ in range(4)]
+        outs = [
+            torch.empty((batch, length), dtype=torch.float32, device=rewards.device)
+            for _ in range(4)
+        ]
         if batch and length:
             _dual_gae_fwd_kernel[(batch,)](
-                rewards, costs, reward_values, cost_values, mask, *outs, length,
-                float(gamma), float(gamma * lam), BLOCK_T=_block_t(length))
+                rewards,
+                costs,
+                reward_values,
+                cost_values,
+                mask,
+                *outs,
+                length,
+                float(gamma),
+                float(gamma * gae_lambda),
+                BLOCK_T=_block_t(length),
+            )
         ctx.save_for_backward(mask)
-        ctx.gamma, ctx.lam = gamma, lam
+        ctx.gamma, ctx.gae_lambda = gamma, gae_lambda
         ctx.set_materialize_grads(False)
         return tuple(outs)
 
@@ -227,9 +288,17 @@ class TritonDualGAE(torch.autograd.Function):
         placeholder = e
         if batch and length:
             _gae_adjoint_kernel[(2 * batch,)](
-                placeholder if g_adv is None else g_adv, placeholder if g_ret is None else g_ret,
-                mask, e, batch, length, float(gamma * ctx.lam), HAS_GADV=g_adv is not None,
-                HAS_GRET=g_ret is not None, BLOCK_T=_block_t(length))
+                placeholder if g_adv is None else g_adv,
+                placeholder if g_ret is None else g_ret,
+                mask,
+                e,
+                batch,
+                length,
+                float(gamma * ctx.gae_lambda),
+                HAS_GADV=g_adv is not None,
+                HAS_GRET=g_ret is not None,
+                BLOCK_T=_block_t(length),
+            )
         m = _mask_as(mask, e)[None]
         e_prev = torch.nn.functional.pad(e[..., :-1], (1, 0))  # ē_{t−1}, 0 at t = 0
         g_values = -e + gamma * m * e_prev
@@ -238,16 +307,20 @@ class TritonDualGAE(torch.autograd.Function):
         return e[0], e[1], g_values[0], g_values[1], None, None, None
 
 
-def dual_gae_triton(rewards: torch.Tensor, costs: torch.Tensor, reward_values: torch.Tensor,
-                    cost_values: torch.Tensor, mask: torch.Tensor, gamma: float = GAMMA,
-                    lam: float = LAMBDA_GAE):
+def dual_gae_triton(
+    rewards: torch.Tensor,
+    costs: torch.Tensor,
+    reward_values: torch.Tensor,
+    cost_values: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float = GAMMA,
+    gae_lambda: float = LAMBDA_GAE,
+):
     """Triton dual GAE; fp32 ``(adv_r, ret_r, adv_c, ret_c)``. CUDA tensors, or CPU tensors
     under ``TRITON_INTERPRET=1``."""
-    if triton is None:
-        raise RuntimeError("dual_gae_triton needs Triton: pip install triton "
-                           "(or the project's 'kernels' extra)")
+    require_triton("dual_gae_triton")
     _check(rewards, costs, reward_values, cost_values, mask)
     if mask.dtype == torch.bool:
         mask = mask.to(torch.uint8)
     args = [t.contiguous() for t in (rewards, costs, reward_values, cost_values, mask)]
-    return TritonDualGAE.apply(*args, float(gamma), float(lam))
+    return TritonDualGAE.apply(*args, float(gamma), float(gae_lambda))

@@ -14,17 +14,17 @@ Backward, for upstream gradients ``g`` (on logp) and ``h`` (on entropy):
 
 Only ``lse`` and ``z̄`` (two floats per token) are kept from the forward; the backward
 recomputes each vocabulary chunk of logits, so the [N × V] logits never exist in memory
-(at 4096 tokens × 152064 vocab that is 2.5 GB in fp32 for each copy a naive
-implementation makes). Cost: 2·N·V·H multiply-adds in the forward, 2 to recompute and 4
-for the two gradient matmuls in the backward (8 against the 6 of a bare matmul with its
-backward).
+(at 4096 tokens × 152064 vocab that is 2.5 GB in fp32 for each copy the plain formula
+makes). Cost: 2·N·V·H multiply-adds in the forward, 2 to recompute and 4 for the two
+gradient matmuls in the backward (8 against the 6 of a bare matmul with its backward).
 
-Three implementations with the same signature:
+Three implementations, one signature (the reference has no ``chunk_size``):
 
-- :func:`token_logprobs_naive` — the usual ``log_softmax(X @ Wᵀ)`` with full logits (the
-  memory hot spot this module exists for); for the benchmark and as a readable statement.
-- :func:`token_logprobs_reference` — pure torch, vocabulary chunks with an online
-  log-sum-exp and a hand-written chunked backward (a ``torch.autograd.Function``).
+- :func:`token_logprobs_reference` — the usual ``log_softmax(X @ Wᵀ)`` with full logits
+  (the memory hot spot this module exists for); the readable statement, the baseline of the
+  benchmark and the reference of the tests.
+- :func:`token_logprobs_torch` — pure torch, vocabulary chunks with an online log-sum-exp
+  and a hand-written chunked backward (a ``torch.autograd.Function``).
 - :func:`token_logprobs_triton` — Triton kernels: the forward computes the logit tiles
   with ``tl.dot`` (fp32 accumulation) and folds them into the running max / sum / entropy
   sums in registers (split over the vocabulary for parallelism, then merged); the backward
@@ -38,21 +38,15 @@ which is how the tests compute their gold values).
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 
-try:  # Triton is optional: the torch versions below always work.
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - exercised where triton is absent
-    triton = None
-    tl = None
+from ._env import require_triton, tl, triton
 
 DEFAULT_CHUNK_SIZE = 8192
 """Vocabulary columns per chunk: the largest logit block that exists at any time is
-[N, chunk_size] (the reference) or the backward's ∂L/∂z block of that size (Triton)."""
+[N, chunk_size] (the torch version) or the backward's ∂L/∂z block of that size (Triton)."""
 
 
 def _flatten(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor):
@@ -60,14 +54,20 @@ def _flatten(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor):
     if hidden.dim() < 2:
         raise ValueError(f"hidden must be [N, H] or [B, T, H], got shape {tuple(hidden.shape)}")
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
-        raise ValueError(f"weight must be [V, H] with H = {hidden.shape[-1]}, got {tuple(weight.shape)}")
+        raise ValueError(
+            f"weight must be [V, H] with H = {hidden.shape[-1]}, got {tuple(weight.shape)}"
+        )
     if tuple(targets.shape) != tuple(hidden.shape[:-1]):
-        raise ValueError(f"targets must have shape {tuple(hidden.shape[:-1])}, got {tuple(targets.shape)}")
+        raise ValueError(
+            f"targets must have shape {tuple(hidden.shape[:-1])}, got {tuple(targets.shape)}"
+        )
     if hidden.dtype != weight.dtype:
         raise ValueError(f"hidden ({hidden.dtype}) and weight ({weight.dtype}) must share a dtype")
     if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= weight.shape[0]):
-        raise ValueError(f"targets must lie in [0, {weight.shape[0]}); give padded positions any "
-                         "valid id and mask them downstream")
+        raise ValueError(
+            f"targets must lie in [0, {weight.shape[0]}); give padded positions any "
+            "valid id and mask them downstream"
+        )
     lead = tuple(hidden.shape[:-1])
     return hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1), lead
 
@@ -77,9 +77,10 @@ def _at_least_fp32(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-# --------------------------------------------------------------------------- naive torch
-def token_logprobs_naive(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+# --------------------------------------------------------------------------- reference
+def token_logprobs_reference(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Full logits, ``log_softmax``, gather: what most RLHF code does. Materialises
     [N, V] logits (in the input dtype, then fp32 copies for log-softmax and softmax)."""
     x, y, lead = _flatten(hidden, weight, targets)
@@ -97,9 +98,16 @@ def _chunk_logits(x: torch.Tensor, w_chunk: torch.Tensor, inv_temp: float) -> to
     return (x @ w_chunk.t()).to(_at_least_fp32(x.dtype)).mul_(inv_temp)
 
 
-def _grad_logits(z: torch.Tensor, start: int, y: torch.Tensor, lse: torch.Tensor,
-                 zbar: torch.Tensor, g_logp: torch.Tensor | None,
-                 g_ent: torch.Tensor | None, inv_temp: float) -> torch.Tensor:
+def _grad_logits(
+    z: torch.Tensor,
+    start: int,
+    y: torch.Tensor,
+    lse: torch.Tensor,
+    zbar: torch.Tensor,
+    g_logp: torch.Tensor | None,
+    g_ent: torch.Tensor | None,
+    inv_temp: float,
+) -> torch.Tensor:
     """∂L/∂(X·Wᵀ) for the chunk of columns [start, start + z.shape[1]) (module docstring);
     consumes ``z``. In place where it can: two [N, chunk] blocks live at once."""
     p = (z - lse[:, None]).exp_()
@@ -114,8 +122,14 @@ def _grad_logits(z: torch.Tensor, start: int, y: torch.Tensor, lse: torch.Tensor
     return dz.mul_(inv_temp)
 
 
-def _chunked_backward(x: torch.Tensor, weight: torch.Tensor, grad_logits_of_chunk,
-                      chunk_size: int, need_x: bool, need_w: bool):
+def _chunked_backward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    grad_logits_of_chunk,
+    chunk_size: int,
+    need_x: bool,
+    need_w: bool,
+):
     """Shared backward loop: for each chunk, ∂L/∂z (from the callback) → dX, dW."""
     acc_dtype = _at_least_fp32(x.dtype)
     grad_x = torch.zeros(x.shape, dtype=acc_dtype, device=x.device) if need_x else None
@@ -174,20 +188,26 @@ class ChunkedTokenLogprobs(torch.autograd.Function):
             z = _chunk_logits(x, weight[start:stop], inv_temp)
             return _grad_logits(z, start, y, lse, zbar, g_logp, g_ent, inv_temp)
 
-        grad_x, grad_w = _chunked_backward(x, weight, grad_chunk, ctx.chunk_size,
-                                           ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        grad_x, grad_w = _chunked_backward(
+            x, weight, grad_chunk, ctx.chunk_size, ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        )
         return grad_x, grad_w, None, None, None
 
 
-def token_logprobs_reference(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                             temperature: float = 1.0, chunk_size: int = DEFAULT_CHUNK_SIZE
-                             ) -> tuple[torch.Tensor, torch.Tensor]:
+def token_logprobs_torch(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float = 1.0,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked pure-torch log-probs and entropies (fp32, or fp64 for fp64 inputs; shaped like
     ``targets``)."""
     _check_args(temperature, chunk_size)
     x, y, lead = _flatten(hidden, weight, targets)
-    logp, entropy = ChunkedTokenLogprobs.apply(x.contiguous(), weight, y, float(temperature),
-                                               int(chunk_size))
+    logp, entropy = ChunkedTokenLogprobs.apply(
+        x.contiguous(), weight, y, float(temperature), int(chunk_size)
+    )
     return logp.reshape(lead), entropy.reshape(lead)
 
 
@@ -215,10 +235,6 @@ class LogprobLaunchConfig:
     """the forward splits the vocabulary until about this many programs per SM run"""
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def _pow2_at_least_16(n: int, cap: int) -> int:
     return max(16, min(cap, triton.next_power_of_2(max(int(n), 1))))
 
@@ -229,26 +245,49 @@ def _launch_config(x: torch.Tensor, n: int, v: int, h: int) -> LogprobLaunchConf
     else:
         base = LogprobLaunchConfig()
     return LogprobLaunchConfig(
-        block_n=_pow2_at_least_16(n, base.block_n), block_v=_pow2_at_least_16(v, base.block_v),
-        block_h=_pow2_at_least_16(h, base.block_h), num_warps=base.num_warps,
-        num_stages=base.num_stages, programs_per_sm=base.programs_per_sm)
+        block_n=_pow2_at_least_16(n, base.block_n),
+        block_v=_pow2_at_least_16(v, base.block_v),
+        block_h=_pow2_at_least_16(h, base.block_h),
+        num_warps=base.num_warps,
+        num_stages=base.num_stages,
+        programs_per_sm=base.programs_per_sm,
+    )
 
 
 if triton is not None:
 
     @triton.jit
-    def _logit_tile(x_ptr, w_ptr, rows, cols, row_ok, col_ok, H, stride_xn, stride_wv,
-                    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
-                    UPCAST: tl.constexpr, IEEE: tl.constexpr):
+    def _logit_tile(
+        x_ptr,
+        w_ptr,
+        rows,
+        cols,
+        row_ok,
+        col_ok,
+        H,
+        stride_xn,
+        stride_wv,
+        BLOCK_N: tl.constexpr,
+        BLOCK_V: tl.constexpr,
+        BLOCK_H: tl.constexpr,
+        UPCAST: tl.constexpr,
+        IEEE: tl.constexpr,
+    ):
         """acc[BLOCK_N, BLOCK_V] = X[rows] · W[cols]ᵀ in fp32."""
         acc = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
         for h0 in range(0, H, BLOCK_H):
             hs = h0 + tl.arange(0, BLOCK_H)
             h_ok = hs < H
-            xt = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride_xn + hs[None, :],
-                         mask=row_ok[:, None] & h_ok[None, :], other=0.0)
-            wt = tl.load(w_ptr + cols[:, None].to(tl.int64) * stride_wv + hs[None, :],
-                         mask=col_ok[:, None] & h_ok[None, :], other=0.0)
+            xt = tl.load(
+                x_ptr + rows[:, None].to(tl.int64) * stride_xn + hs[None, :],
+                mask=row_ok[:, None] & h_ok[None, :],
+                other=0.0,
+            )
+            wt = tl.load(
+                w_ptr + cols[:, None].to(tl.int64) * stride_wv + hs[None, :],
+                mask=col_ok[:, None] & h_ok[None, :],
+                other=0.0,
+            )
             if UPCAST:  # the CPU interpreter multiplies bf16 tiles wrongly; fp32 is exact there
                 xt = xt.to(tl.float32)
                 wt = wt.to(tl.float32)
@@ -259,10 +298,24 @@ if triton is not None:
         return acc
 
     @triton.jit
-    def _logprob_fwd_kernel(x_ptr, w_ptr, y_ptr, part_ptr, N, V, H, inv_temp, cols_per_split,
-                            stride_xn, stride_wv,
-                            BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
-                            UPCAST: tl.constexpr, IEEE: tl.constexpr):
+    def _logprob_fwd_kernel(
+        x_ptr,
+        w_ptr,
+        y_ptr,
+        part_ptr,
+        N,
+        V,
+        H,
+        inv_temp,
+        cols_per_split,
+        stride_xn,
+        stride_wv,
+        BLOCK_N: tl.constexpr,
+        BLOCK_V: tl.constexpr,
+        BLOCK_H: tl.constexpr,
+        UPCAST: tl.constexpr,
+        IEEE: tl.constexpr,
+    ):
         """Program (row block, vocabulary split): running max, Σexp, Σexp·z and the target
         logit over its columns, written to part[4, splits, N]."""
         pid_n = tl.program_id(0)
@@ -280,8 +333,25 @@ if triton is not None:
         for v0 in range(v_start, v_stop, BLOCK_V):
             cols = v0 + tl.arange(0, BLOCK_V)
             col_ok = cols < v_stop
-            z = _logit_tile(x_ptr, w_ptr, rows, cols, row_ok, col_ok, H, stride_xn, stride_wv,
-                            BLOCK_N, BLOCK_V, BLOCK_H, UPCAST, IEEE) * inv_temp
+            z = (
+                _logit_tile(
+                    x_ptr,
+                    w_ptr,
+                    rows,
+                    cols,
+                    row_ok,
+                    col_ok,
+                    H,
+                    stride_xn,
+                    stride_wv,
+                    BLOCK_N,
+                    BLOCK_V,
+                    BLOCK_H,
+                    UPCAST,
+                    IEEE,
+                )
+                * inv_temp
+            )
             z_or_ninf = tl.where(col_ok[None, :], z, float("-inf"))
             new_max = tl.maximum(run_max, tl.max(z_or_ninf, axis=1))
             rescale = tl.exp(run_max - new_max)
@@ -298,11 +368,31 @@ if triton is not None:
         tl.store(out + 3 * plane, target, mask=row_ok)
 
     @triton.jit
-    def _logprob_bwd_kernel(x_ptr, w_ptr, y_ptr, lse_ptr, zbar_ptr, glogp_ptr, gent_ptr, dz_ptr,
-                            N, H, v_start, v_stop, inv_temp, stride_xn, stride_wv, stride_dzn,
-                            HAS_GLOGP: tl.constexpr, HAS_GENT: tl.constexpr,
-                            BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
-                            UPCAST: tl.constexpr, IEEE: tl.constexpr):
+    def _logprob_bwd_kernel(
+        x_ptr,
+        w_ptr,
+        y_ptr,
+        lse_ptr,
+        zbar_ptr,
+        glogp_ptr,
+        gent_ptr,
+        dz_ptr,
+        N,
+        H,
+        v_start,
+        v_stop,
+        inv_temp,
+        stride_xn,
+        stride_wv,
+        stride_dzn,
+        HAS_GLOGP: tl.constexpr,
+        HAS_GENT: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_V: tl.constexpr,
+        BLOCK_H: tl.constexpr,
+        UPCAST: tl.constexpr,
+        IEEE: tl.constexpr,
+    ):
         """Program (row block, column block of the chunk [v_start, v_stop)): recompute the
         logit tile and write ∂L/∂(X·Wᵀ) into dz[N, v_stop - v_start]."""
         pid_n = tl.program_id(0)
@@ -311,8 +401,25 @@ if triton is not None:
         row_ok = rows < N
         cols = v_start + pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
         col_ok = cols < v_stop
-        z = _logit_tile(x_ptr, w_ptr, rows, cols, row_ok, col_ok, H, stride_xn, stride_wv,
-                        BLOCK_N, BLOCK_V, BLOCK_H, UPCAST, IEEE) * inv_temp
+        z = (
+            _logit_tile(
+                x_ptr,
+                w_ptr,
+                rows,
+                cols,
+                row_ok,
+                col_ok,
+                H,
+                stride_xn,
+                stride_wv,
+                BLOCK_N,
+                BLOCK_V,
+                BLOCK_H,
+                UPCAST,
+                IEEE,
+            )
+            * inv_temp
+        )
         lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
         p = tl.where(col_ok[None, :], tl.exp(z - lse[:, None]), 0.0)
         dz = tl.zeros((BLOCK_N, BLOCK_V), dtype=tl.float32)
@@ -339,8 +446,13 @@ def _launch_options(cfg: LogprobLaunchConfig, x: torch.Tensor) -> dict:
     return {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
 
 
-def _triton_forward(x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, inv_temp: float,
-                    num_splits: int | None = None):
+def _triton_forward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    y: torch.Tensor,
+    inv_temp: float,
+    num_splits: int | None = None,
+):
     """Launch the forward kernel and merge its vocabulary splits -> (target_logit, lse, zbar)."""
     n, h = x.shape
     v = weight.shape[0]
@@ -358,9 +470,23 @@ def _triton_forward(x: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, inv_
     num_splits = triton.cdiv(v, cols_per_split)  # every split owns at least one column
     part = torch.empty((4, num_splits, n), dtype=torch.float32, device=x.device)
     _logprob_fwd_kernel[(row_blocks, num_splits)](
-        x, weight, y, part, n, v, h, inv_temp, cols_per_split, x.stride(0), weight.stride(0),
-        BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v, BLOCK_H=cfg.block_h, **_kernel_flags(x),
-        **_launch_options(cfg, x))
+        x,
+        weight,
+        y,
+        part,
+        n,
+        v,
+        h,
+        inv_temp,
+        cols_per_split,
+        x.stride(0),
+        weight.stride(0),
+        BLOCK_N=cfg.block_n,
+        BLOCK_V=cfg.block_v,
+        BLOCK_H=cfg.block_h,
+        **_kernel_flags(x),
+        **_launch_options(cfg, x),
+    )
     split_max, split_sum, split_zsum, split_target = part
     run_max = split_max.max(dim=0).values
     rescale = torch.exp(split_max - run_max[None, :])
@@ -398,32 +524,55 @@ class TritonTokenLogprobs(torch.autograd.Function):
             dz = dz_buffer[:, : stop - start]
             grid = (triton.cdiv(n, cfg.block_n), triton.cdiv(stop - start, cfg.block_v))
             _logprob_bwd_kernel[grid](
-                x, weight, y, lse, zbar, glogp, gent, dz, n, h, start, stop, inv_temp,
-                x.stride(0), weight.stride(0), dz.stride(0),
-                HAS_GLOGP=g_logp is not None, HAS_GENT=g_ent is not None,
-                BLOCK_N=cfg.block_n, BLOCK_V=cfg.block_v, BLOCK_H=cfg.block_h,
-                **_kernel_flags(x), **_launch_options(cfg, x))
+                x,
+                weight,
+                y,
+                lse,
+                zbar,
+                glogp,
+                gent,
+                dz,
+                n,
+                h,
+                start,
+                stop,
+                inv_temp,
+                x.stride(0),
+                weight.stride(0),
+                dz.stride(0),
+                HAS_GLOGP=g_logp is not None,
+                HAS_GENT=g_ent is not None,
+                BLOCK_N=cfg.block_n,
+                BLOCK_V=cfg.block_v,
+                BLOCK_H=cfg.block_h,
+                **_kernel_flags(x),
+                **_launch_options(cfg, x),
+            )
             return dz
 
-        grad_x, grad_w = _chunked_backward(x, weight, grad_chunk, chunk,
-                                           ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+        grad_x, grad_w = _chunked_backward(
+            x, weight, grad_chunk, chunk, ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        )
         return grad_x, grad_w, None, None, None
 
 
-def token_logprobs_triton(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                          temperature: float = 1.0, chunk_size: int = DEFAULT_CHUNK_SIZE
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
+def token_logprobs_triton(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float = 1.0,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton log-probs and entropies (fp32, shaped like ``targets``); CUDA tensors, or CPU
     tensors under ``TRITON_INTERPRET=1``."""
-    if triton is None:
-        raise RuntimeError("token_logprobs_triton needs Triton: pip install triton "
-                           "(or the project's 'kernels' extra)")
+    require_triton("token_logprobs_triton")
     _check_args(temperature, chunk_size)
     if hidden.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"the Triton op takes fp32, bf16 or fp16 tensors, got {hidden.dtype}")
     x, y, lead = _flatten(hidden, weight, targets)
     if x.shape[0] == 0:  # nothing to launch
-        return token_logprobs_reference(hidden, weight, targets, temperature, chunk_size)
-    logp, entropy = TritonTokenLogprobs.apply(x.contiguous(), weight.contiguous(),
-                                              y.contiguous(), float(temperature), int(chunk_size))
+        return token_logprobs_torch(hidden, weight, targets, temperature, chunk_size)
+    logp, entropy = TritonTokenLogprobs.apply(
+        x.contiguous(), weight.contiguous(), y.contiguous(), float(temperature), int(chunk_size)
+    )
     return logp.reshape(lead), entropy.reshape(lead)

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoProcessor
 
 from .vlm import VLMError, load_vlm, save_vlm
 
@@ -31,7 +33,6 @@ def apply_lora(model: torch.nn.Module, targets: list[str], r: int = 8, alpha: in
     target does not exist (peft's own message does not say which names would work).
     Note: ``peft`` changes ``model`` in place.
     """
-    from peft import LoraConfig, get_peft_model
 
     known = module_names(model)
     missing = [t for t in targets if t not in known]
@@ -57,8 +58,6 @@ def load_policy(path: str | Path, trainable: bool = False):
     path = Path(path)
     if not is_adapter_dir(path):
         return load_vlm(path)
-    from peft import PeftModel
-    from transformers import AutoProcessor
 
     base_path = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
     if not (base_path and Path(base_path).is_dir()) and (path / BASE_DIR / "config.json").is_file():

@@ -25,6 +25,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from transformers import (
+    Gemma3Config,
+    Gemma3ForConditionalGeneration,
+    Gemma3ImageProcessorPil,
+    Gemma3Processor,
+    Gemma3TextConfig,
+    SiglipVisionConfig,
+)
 
 from .tokenizer import CHAT_TEMPLATE, IMAGE_TOKEN, world_tokenizer
 from .vlm import TinyVLMSpec, VLMError, build_tiny_vlm
@@ -53,14 +61,6 @@ def build_tiny_gemma3(spec: TinyVLMSpec | None = None, tokenizer=None, seed: int
     projector's average pooling has kernel 1); layers alternate sliding-window and full
     attention, the last one full.
     """
-    from transformers import (
-        Gemma3Config,
-        Gemma3ForConditionalGeneration,
-        Gemma3ImageProcessorPil,
-        Gemma3Processor,
-        Gemma3TextConfig,
-        SiglipVisionConfig,
-    )
 
     spec = spec or TinyVLMSpec()
     tokenizer = tokenizer if tokenizer is not None else gemma3_tokenizer()

@@ -1,4 +1,4 @@
-"""Score models: a VLM backbone plus a linear head without bias (DESIGN §5).
+"""Score models: a VLM backbone plus a linear head without bias (docs/design.md §5).
 
 The reward model r(x, y), the cost model c(x, y) and (later) the PPO critics are all one
 shape: the backbone's last hidden states ``h_t`` (the language model head is never computed)
@@ -9,7 +9,7 @@ and a bias-free linear head ``w``::
 
 ``t*`` is the last *real* token -- the closing end-of-sequence token of the response --
 whatever side the batch is padded on (reading the last column instead would score a padding
-token under right padding; DESIGN §6 lists that as a known bug of the official trainer).
+token under right padding; docs/design.md §6 lists that as a known bug of the official trainer).
 
 The backbone is any HF image-text-to-text model, possibly wrapped in a ``peft`` LoRA
 adapter. On disk a score model is the backbone's own directory (``save_pretrained``,
@@ -26,8 +26,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
-from .vlm import encode
+from .adapters import load_policy, save_policy
+from .vlm import VLMError, encode
 
 HEAD_FILE = "score_head.safetensors"
 SCORE_CONFIG = "score_config.json"
@@ -113,9 +115,7 @@ class ScoreModel(torch.nn.Module):
     def save(self, path: str | Path) -> Path:
         """Backbone (``save_pretrained``, safetensors; a ``peft`` backbone saves its adapter)
         with the processor, the head as ``score_head.safetensors``, and ``score_config.json``."""
-        from safetensors.torch import save_file
 
-        from .adapters import save_policy
 
         if self.processor is None:
             raise ValueError("ScoreModel.save needs the processor (pass processor= when building it)")
@@ -131,10 +131,7 @@ class ScoreModel(torch.nn.Module):
     def load(cls, path: str | Path, trainable: bool = False) -> ScoreModel:
         """A saved score model (backbone + processor + head); ``trainable`` keeps a LoRA
         adapter trainable (full backbones are always trainable)."""
-        from safetensors.torch import load_file
 
-        from .adapters import load_policy
-        from .vlm import VLMError
 
         path = Path(path)
         config_file = path / SCORE_CONFIG

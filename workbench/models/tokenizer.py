@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
+
+from ..data.language import vocabulary
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 IMAGE_TOKEN = "<image>"
@@ -42,7 +45,6 @@ def train_tokenizer(texts: Iterable[str],
     adds named special tokens that some processors need, at the end of the vocabulary so the
     ids of the default tokens and of every word stay the same.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.WordLevel(unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
@@ -64,6 +66,5 @@ def train_tokenizer(texts: Iterable[str],
 def world_tokenizer(extra_special_tokens: dict[str, str] | None = None) -> PreTrainedTokenizerFast:
     """The tokenizer of the synthetic world: every word its questions and responses use
     (plus ``extra_special_tokens``, see :func:`train_tokenizer`)."""
-    from ..data.language import vocabulary
 
     return train_tokenizer([" ".join(vocabulary())], extra_special_tokens)

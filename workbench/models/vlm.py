@@ -20,7 +20,20 @@ from typing import Any
 
 import torch
 from PIL import Image
+from transformers import (
+    AutoConfig,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    CLIPImageProcessorPil,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+)
+from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
+from ..kernels import token_logprobs
 from .tokenizer import IMAGE_TOKEN, world_tokenizer
 
 
@@ -50,14 +63,6 @@ class TinyVLMSpec:
 
 def build_tiny_vlm(spec: TinyVLMSpec | None = None, tokenizer=None, seed: int = 0):
     """The tiny LLaVA and its processor, built from config with the world's tokenizer."""
-    from transformers import (
-        CLIPImageProcessorPil,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
 
     spec = spec or TinyVLMSpec()
     tokenizer = tokenizer if tokenizer is not None else world_tokenizer()
@@ -128,8 +133,6 @@ def load_vlm(path: str | Path, dtype: torch.dtype | None = None, trust_remote_co
     loads and has an image token that its tokenizer knows. ``trust_remote_code`` stays off
     unless asked for.
     """
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
-    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
     path = Path(path)
     raw = _check_vlm_dir(path)
@@ -252,3 +255,26 @@ def generate(model, processor, images: list[Image.Image], questions: list[str], 
     out = model.generate(**batch, **sampling_kwargs(processor, max_new_tokens, temperature, do_sample))
     new = out[:, batch["input_ids"].shape[1]:]
     return [t.strip() for t in processor.batch_decode(new, skip_special_tokens=True)]
+
+
+def _inner(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def sequence_logprobs(policy, batch: dict[str, torch.Tensor], backend: str = "auto",
+                      temperature: float = 1.0) -> torch.Tensor:
+    """``log π(s[t+1] | s[:t+1])`` for t = 0..L-2, [B, L-1] fp32.
+
+    Uses the fused op from hidden states and the LM head (``workbench.kernels``) when the
+    head is a plain linear layer; models with logit soft-capping go through their logits."""
+    inputs = model_inputs(batch)
+    base = _inner(policy)
+    text_cfg = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    head = base.get_output_embeddings()
+    inner = getattr(base, "model", None)
+    targets = batch["input_ids"][:, 1:]
+    if inner is not None and getattr(text_cfg, "final_logit_softcapping", None) is None and head.bias is None:
+        hidden = inner(**inputs, return_dict=True).last_hidden_state[:, :-1]
+        return token_logprobs(hidden, head.weight, targets, temperature=temperature, backend=backend)
+    logits = policy(**inputs).logits[:, :-1].float() / temperature
+    return torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1)

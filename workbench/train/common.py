@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..config import ModelStageConfig
-from ..data.store import DataSplits
+from ..models.adapters import apply_lora, load_policy
+from ..models.families import build_tiny_vlm_family
 
 
 def setup(cfg: ModelStageConfig) -> None:
@@ -60,20 +60,6 @@ def optimizer_step(params, opt, sched, max_norm: float = 1.0) -> None:
     opt.zero_grad(set_to_none=True)
 
 
-class ImageCache:
-    """The data stage's images, decoded once (the world's are a few KB each)."""
-
-    def __init__(self, data: DataSplits):
-        self.data = data
-        self._cache: dict[str, Image.Image] = {}
-
-    def __call__(self, record: dict[str, Any]) -> Image.Image:
-        key = record["image"]
-        if key not in self._cache:
-            self._cache[key] = self.data.image(record)
-        return self._cache[key]
-
-
 def batches(items: Sequence[Any], batch_size: int, steps: int, seed: int,
             length: Callable[[Any], int] | None = None, group: int = 8) -> Iterator[list[Any]]:
     """``steps`` batches of ``batch_size`` items, reshuffled every epoch (seeded).
@@ -113,24 +99,22 @@ def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[i: i + size]
 
 
-def starting_model(cfg: ModelStageConfig, default_path: Path | None):
+def starting_model(cfg: ModelStageConfig, default_path: Path | None, family: str = "llava"):
     """The model a stage starts from: ``cfg.policy`` if given, else ``default_path`` (e.g. the
-    run's SFT model), else a fresh tiny VLM. With ``cfg.lora`` it trains through a LoRA
+    run's SFT model), else a fresh tiny VLM of ``family`` (``SFTConfig.tiny_family``). With ``cfg.lora`` it trains through a LoRA
     adapter: the policy's own adapter when it has one (so the saved adapter still sits on the
     saved base), else a new one; without, an adapter policy is merged into full weights."""
-    from ..models.adapters import apply_lora, load_policy
-    from ..models.vlm import build_tiny_vlm
 
     source = cfg.policy or default_path
     if source:
         model, processor = load_policy(source, trainable=cfg.lora)
     else:
-        model, processor = build_tiny_vlm(seed=cfg.seed)
+        model, processor = build_tiny_vlm_family(family, seed=cfg.seed)
     if hasattr(model, "peft_config"):
         if cfg.lora:
             # keep training the policy's own adapter (its base stays the saved base model)
             return model, processor
         model = model.merge_and_unload()  # full training starts from the merged weights
     if cfg.lora:
-        model = apply_lora(model, cfg.lora_target_modules, r=cfg.lora_r, alpha=cfg.lora_alpha)
+        model = apply_lora(model, list(cfg.lora_targets), r=cfg.lora_r, alpha=cfg.lora_alpha)
     return model, processor

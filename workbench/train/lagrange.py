@@ -1,4 +1,4 @@
-"""The Lagrange multiplier of PPO-Lagrangian (DESIGN §6), kept as log λ.
+"""The Lagrange multiplier of PPO-Lagrangian (docs/design.md §6), kept as log λ.
 
 The constrained problem ``max E[R]  s.t.  J_C = E[C] <= d`` becomes the saddle point of
 ``E[R] - λ (J_C - d)`` over λ >= 0. λ is updated by one SGD step per PPO update on
@@ -52,11 +52,11 @@ class LagrangeMultiplier:
         """J_C: the mean cost over the window (NaN before any episode)."""
         return sum(self.costs) / len(self.costs) if self.costs else float("nan")
 
-    def update(self, step: int, episode_cost: float | None = None) -> dict[str, float]:
-        """One SGD step on log λ (none while ``step < delay``, for a fixed λ, or with no
-        episodes). ``episode_cost`` overrides the window's J_C (the all-reduced value in a
-        multi-process run). Returns the ``lagrange/`` log entries."""
-        j_c = self.episode_cost if episode_cost is None else float(episode_cost)
+    def update(self, step: int) -> dict[str, float]:
+        """One SGD step on log λ from the window's J_C (none while ``step < delay``, for a
+        fixed λ, or with no episodes; in a multi-process run every process records every
+        process's costs first). Returns the ``lagrange/`` log entries."""
+        j_c = self.episode_cost
         loss = float("nan")
         if not self.fixed and step >= self.delay and not math.isnan(j_c):
             raw = -(j_c - self.threshold) * float(self.log_lambda.exp())  # = d loss / d log λ

@@ -1,4 +1,4 @@
-"""PPO-Lagrangian (Safe RLHF-V), DESIGN §6 -- the whole algorithm in one file.
+"""PPO-Lagrangian (Safe RLHF-V), docs/design.md §6 -- the whole algorithm in one file.
 
 One PPO step, for a batch of prompts x (image + question), in two phases. The rollout phase
 (:func:`collect_rollout`, no gradient) gives a :class:`RolloutData` of detached tensors:
@@ -63,6 +63,9 @@ single-objective RLHF) and ``fixed_lambda`` (reward shaping with a constant λ).
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import shutil
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -70,18 +73,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .. import kernels
-from ..config import PPOConfig
-from ..data.store import load_data
-from ..eval.judge import GoldJudge, evaluate_policy, has_gold
+from ..config import PPO_KINDS, PPOConfig
+from ..data.schema import is_world
+from ..data.store import ImageCache, load_data
 from ..models.adapters import save_policy
+from ..models.judge import GoldJudge, evaluate_policy
 from ..models.score import ScoreModel, last_token_index, score_texts
-from ..models.vlm import encode, model_inputs, sampling_kwargs
-from ..runs import append_jsonl, write_jsonl
+from ..models.vlm import encode, sampling_kwargs, sequence_logprobs
+from ..runs import append_jsonl, atomic_write_text, write_jsonl
 from .common import (
-    ImageCache,
     batches,
     optimizer_and_schedule,
     optimizer_step,
@@ -92,8 +96,6 @@ from .distributed import distributed
 from .lagrange import LagrangeMultiplier
 from .roles import SharedRoles, role_dirs
 from .sft import demo_length, demonstrations, encode_demos, sft_loss
-
-VARIANTS = ("lagrangian", "reward_only", "fixed_lambda")
 
 
 # --- formulas ---------------------------------------------------------------------------------
@@ -131,29 +133,6 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
 
 
 # --- model plumbing ------------------------------------------------------------------------------
-def _inner(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def sequence_logprobs(policy, batch: dict[str, torch.Tensor], backend: str = "auto",
-                      temperature: float = 1.0) -> torch.Tensor:
-    """``log π(s[t+1] | s[:t+1])`` for t = 0..L-2, [B, L-1] fp32.
-
-    Uses the fused op from hidden states and the LM head (``workbench.kernels``) when the
-    head is a plain linear layer; models with logit soft-capping go through their logits."""
-    inputs = model_inputs(batch)
-    base = _inner(policy)
-    text_cfg = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
-    head = base.get_output_embeddings()
-    inner = getattr(base, "model", None)
-    targets = batch["input_ids"][:, 1:]
-    if inner is not None and getattr(text_cfg, "final_logit_softcapping", None) is None and head.bias is None:
-        hidden = inner(**inputs, return_dict=True).last_hidden_state[:, :-1]
-        return kernels.token_logprobs(hidden, head.weight, targets, temperature=temperature, backend=backend)
-    logits = policy(**inputs).logits[:, :-1].float() / temperature
-    return torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1)
-
-
 @torch.no_grad()
 def rollout(policy, processor, images: list, questions: list[str], max_new_tokens: int,
             temperature: float = 1.0) -> dict[str, Any]:
@@ -227,13 +206,14 @@ def make_roles(cfg: PPOConfig, run_dir: Path) -> Roles | SharedRoles:
     return SharedRoles(cfg, run_dir) if cfg.shared_backbone else Roles(cfg, run_dir)
 
 
-def make_lambda(variant: str, cfg: PPOConfig) -> LagrangeMultiplier:
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown PPO variant {variant!r}; one of {VARIANTS}")
-    init = 0.0 if variant == "reward_only" else cfg.lambda_init
+def make_multiplier(kind: str, cfg: PPOConfig) -> LagrangeMultiplier:
+    """λ of a ``kind`` run: learned (lagrangian), ≡ 0 (reward_only) or fixed at ``lambda_init``."""
+    if kind not in PPO_KINDS:
+        raise ValueError(f"unknown PPO kind {kind!r}; one of {PPO_KINDS}")
+    init = 0.0 if kind == "reward_only" else cfg.lambda_init
     return LagrangeMultiplier(init=init, lr=cfg.lambda_lr, max_value=cfg.lambda_max, threshold=cfg.cost_threshold,
                               window=cfg.episode_window, delay=cfg.lambda_update_delay,
-                              fixed=variant != "lagrangian")
+                              fixed=kind != "lagrangian")
 
 
 def ptx_batches(cfg: PPOConfig, records: list[dict[str, Any]]):
@@ -327,7 +307,7 @@ def collect_rollout(roles: Roles | SharedRoles, images: list, questions: list[st
     reward = roles.reward(batch)[0].float()
     cost = roles.cost(batch)[0].float()
     kl = (old_logp - ref_logp) * mask
-    r_t, c_t = token_signals(kl, reward, cost, mask, cfg.kl_coeff, cfg.score_clip)
+    r_t, c_t = token_signals(kl, reward, cost, mask, cfg.kl_coeff, cfg.signal_clip)
     adv_r, ret_r, adv_c, ret_c = kernels.dual_gae(r_t, c_t, old_vr, old_vc, mask, cfg.gamma, cfg.gae_lambda,
                                                   backend=backend)
     return RolloutData(batch=batch, mask=mask, old_logp=old_logp, ref_logp=ref_logp, old_values_r=old_vr,
@@ -388,7 +368,7 @@ def update_stats(logp: torch.Tensor, values: list[torch.Tensor], data: RolloutDa
                 "critic/clipfrac": float((moved > cfg.value_clip).float().mean())}
 
 
-def ppo_losses(roles: Roles | SharedRoles, data: RolloutData, lam: float, cfg: PPOConfig, backend: str,
+def ppo_losses(roles: Roles | SharedRoles, data: RolloutData, multiplier: float, cfg: PPOConfig, backend: str,
                ptx: dict[str, torch.Tensor] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Steps 6-8 on a minibatch: a forward pass of the actor and both critics with gradient
     (one role after the other: the shared layout switches adapters between them); returns the
@@ -397,7 +377,7 @@ def ppo_losses(roles: Roles | SharedRoles, data: RolloutData, lam: float, cfg: P
     values_r = roles.reward_critic(data.batch)[1][:, :-1].float()
     values_c = roles.cost_critic(data.batch)[1][:, :-1].float()
     losses = {
-        "ppo/actor_loss": kernels.ppo_lagrangian_loss(logp, data.old_logp, data.adv_r, data.adv_c, data.mask, lam,
+        "ppo/actor_loss": kernels.ppo_lagrangian_loss(logp, data.old_logp, data.adv_r, data.adv_c, data.mask, multiplier,
                                                       cfg.clip_eps, backend=backend),
         "critic/reward_loss": critic_loss(values_r, data.old_values_r, data.ret_r, data.mask, cfg.value_clip),
         "critic/cost_loss": critic_loss(values_c, data.old_values_c, data.ret_c, data.mask, cfg.value_clip),
@@ -427,7 +407,7 @@ def _mean_stats(updates: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def ppo_update(roles: Roles | SharedRoles, data: RolloutData, lam: float, cfg: PPOConfig, optimizers: list,
+def ppo_update(roles: Roles | SharedRoles, data: RolloutData, multiplier: float, cfg: PPOConfig, optimizers: list,
                backend: str = "torch", ptx: dict[str, torch.Tensor] | None = None, seed: int = 0) -> dict[str, Any]:
     """The update phase of one PPO step: ``cfg.ppo_epochs`` passes over ``data``, each a
     shuffle (seeded by ``seed``) cut into ``cfg.num_minibatches`` minibatches, one optimiser
@@ -443,7 +423,7 @@ def ppo_update(roles: Roles | SharedRoles, data: RolloutData, lam: float, cfg: P
         for index, ptx_part in zip(minibatch_indices(len(data), cfg.num_minibatches, generator), ptx_parts,
                                    strict=True):
             minibatch = data if index is None else data.select(index)
-            losses, stats = ppo_losses(roles, minibatch, lam, cfg, backend, ptx_part)
+            losses, stats = ppo_losses(roles, minibatch, multiplier, cfg, backend, ptx_part)
             total = losses["ppo/actor_loss"] + losses["critic/reward_loss"] + losses["critic/cost_loss"]
             if "ppo/ptx_loss" in losses:
                 total = total + cfg.ptx_coeff * losses["ppo/ptx_loss"]
@@ -468,14 +448,11 @@ def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(path: Path, step: int, roles: Roles | SharedRoles, optimizers: list,
-                    lam: LagrangeMultiplier) -> None:
+                    multiplier: LagrangeMultiplier) -> None:
     """Everything a run needs to go on after ``step`` steps, written atomically: the trainable
     weights of the actor (its adapter) and both critics, optimiser and schedule states, λ and
     its window, and torch's RNG state. Built in ``checkpoint.tmp`` and renamed into place."""
-    import json
-    import shutil
 
-    from safetensors.torch import save_file
 
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -484,7 +461,7 @@ def save_checkpoint(path: Path, step: int, roles: Roles | SharedRoles, optimizer
         save_file(_trainable_state(roles.trainable[name]), str(tmp / f"{name}.safetensors"))
     torch.save({"optimizers": [(opt.state_dict(), sched.state_dict()) for opt, sched in optimizers],
                 "torch_rng": torch.get_rng_state()}, tmp / "optim.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "lagrange": lam.state_dict()}))
+    (tmp / "state.json").write_text(json.dumps({"step": step, "lagrange": multiplier.state_dict()}))
     old = path.with_name(path.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if path.exists():
@@ -493,11 +470,9 @@ def save_checkpoint(path: Path, step: int, roles: Roles | SharedRoles, optimizer
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(path: Path, roles: Roles | SharedRoles, optimizers: list, lam: LagrangeMultiplier) -> int:
+def load_checkpoint(path: Path, roles: Roles | SharedRoles, optimizers: list, multiplier: LagrangeMultiplier) -> int:
     """Restore a :func:`save_checkpoint` directory; returns the number of steps done."""
-    import json
 
-    from safetensors.torch import load_file
 
     for name in TRAINABLE:
         model = roles.trainable[name]
@@ -513,13 +488,12 @@ def load_checkpoint(path: Path, roles: Roles | SharedRoles, optimizers: list, la
         sched.load_state_dict(sched_state)
     torch.set_rng_state(saved["torch_rng"])
     state = json.loads((path / "state.json").read_text())
-    lam.load_state_dict(state["lagrange"])
+    multiplier.load_state_dict(state["lagrange"])
     return int(state["step"])
 
 
 def _truncate_log(path: Path, steps: int) -> None:
     """Keep the first ``steps`` step entries of a log (later ones are redone after a resume)."""
-    import json
 
     if not path.is_file():
         return
@@ -532,14 +506,12 @@ def _truncate_log(path: Path, steps: int) -> None:
         if entry.get("step", 0) >= steps:
             break
         kept.append(line)
-    from ..runs import atomic_write_text
 
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
     """sha256 of the trainable weights (to check that ranks hold the same model)."""
-    import hashlib
 
     digest = hashlib.sha256()
     for name, p in sorted(_trainable_state(model).items()):
@@ -549,10 +521,10 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
 
 
 # --- the trainer ---------------------------------------------------------------------------------
-def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, progress: bool = True,
-                  name: str | None = None, roles: Roles | SharedRoles | None = None) -> dict[str, Any]:
-    """Train one variant (``variant`` is its kind: lagrangian, reward_only or fixed_lambda;
-    ``name`` labels it); writes ``out_dir/model``, ``out_dir/log.jsonl``; returns its metrics.
+def train_run(kind: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, progress: bool = True,
+              name: str | None = None, roles: Roles | SharedRoles | None = None) -> dict[str, Any]:
+    """Train one PPO run of ``kind`` (lagrangian, reward_only or fixed_lambda) with ``cfg``
+    (``name`` labels its progress bar); writes ``out_dir/model``, ``out_dir/log.jsonl``; returns its metrics.
     ``roles``: already loaded models (the memory benchmark), else :func:`make_roles`.
 
     Per PPO step: :func:`collect_rollout`, the λ step, :func:`ppo_update`, the log entry and
@@ -562,7 +534,7 @@ def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, pr
     images = ImageCache(data)
     roles = roles if roles is not None else make_roles(cfg, run_dir)
     backend = kernels.resolve_backend(cfg.kernels, next(roles.actor.parameters()).device)
-    lam = make_lambda(variant, cfg)
+    multiplier = make_multiplier(kind, cfg)
     optimizers = make_optimizers(roles, cfg)
     dist = distributed()
     if cfg.batch_size // dist.world_size < cfg.num_minibatches:
@@ -571,16 +543,16 @@ def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, pr
     torch.manual_seed(cfg.seed + 1000 * (dist.rank + 1))  # same initial weights everywhere, own samples
     progress = progress and dist.is_main
     prompts = data.train
-    gold = has_gold(prompts)
+    gold = is_world(prompts)
     judge = GoldJudge() if gold else None
     log_path = out_dir / "log.jsonl"
     ckpt = out_dir / CHECKPOINT
-    done = load_checkpoint(ckpt, roles, optimizers, lam) if (ckpt / "state.json").is_file() else 0
+    done = load_checkpoint(ckpt, roles, optimizers, multiplier) if (ckpt / "state.json").is_file() else 0
     dist.barrier()  # every rank has read the checkpoint before the log is cut
     if dist.is_main:
         _truncate_log(log_path, done)
     if done and progress:
-        print(f"[ppo: {variant}] resuming after step {done} from {ckpt}")
+        print(f"[ppo: {name or kind}] resuming after step {done} from {ckpt}")
     start = time.perf_counter()
     stream = batches(prompts, cfg.batch_size, cfg.max_steps, cfg.seed + 1)
     ptx_stream = ptx_batches(cfg, data.train)
@@ -588,7 +560,7 @@ def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, pr
         next(stream)
         if ptx_stream is not None:
             next(ptx_stream)
-    bar = tqdm(stream, total=cfg.max_steps, initial=done, desc=f"ppo: {name or variant}", disable=not progress)
+    bar = tqdm(stream, total=cfg.max_steps, initial=done, desc=f"ppo: {name or kind}", disable=not progress)
     last: dict[str, Any] = {}
     bad_in_a_row = skipped = 0
     for step, global_chunk in enumerate(bar, start=done):
@@ -597,9 +569,9 @@ def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, pr
         # this rank's share of a demonstration batch (drawn every step, so a resume stays in line)
         ptx = None if ptx_stream is None else encode_demos(roles.processor, images, dist.shard(next(ptx_stream)))
         if not dist.any(not ro.scores_finite):  # J_C's window takes every rank's costs, then λ steps
-            lam.record(dist.gather(ro.cost.tolist()))
-            lag_log = lam.update(step)
-            stats = ppo_update(roles, ro, lam.value, cfg, optimizers, backend, ptx,
+            multiplier.record(dist.gather(ro.cost.tolist()))
+            lag_log = multiplier.update(step)
+            stats = ppo_update(roles, ro, multiplier.value, cfg, optimizers, backend, ptx,
                                seed=(cfg.seed + 3) * 1_000_003 + step)
         else:
             stats = {"skipped": "non-finite scores"}
@@ -609,7 +581,7 @@ def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, pr
                 append_jsonl(log_path, {"step": step, **stats})
             if bad_in_a_row >= cfg.max_nonfinite:
                 raise FloatingPointError(
-                    f"ppo {variant}: {bad_in_a_row} non-finite losses in a row (last at step {step}); stopping. "
+                    f"ppo {name or kind}: {bad_in_a_row} non-finite losses in a row (last at step {step}); stopping. "
                     f"Lower --lr / --critic-lr or --kl-coeff, or check the reward and cost models' scores")
             continue
         bad_in_a_row = 0
@@ -622,27 +594,27 @@ def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, pr
             append_jsonl(log_path, entry)
         last = entry
         bar.set_postfix(R=f"{entry['reward/score']:.2f}", C=f"{entry['cost/score']:.2f}",
-                        lam=f"{lam.value:.2f}", kl=f"{entry['kl/mean']:.2f}")
+                        lam=f"{multiplier.value:.2f}", kl=f"{entry['kl/mean']:.2f}")
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.max_steps:
             if dist.is_main:
-                save_checkpoint(ckpt, step + 1, roles, optimizers, lam)
+                save_checkpoint(ckpt, step + 1, roles, optimizers, multiplier)
             dist.barrier()
     train_time = time.perf_counter() - start
 
-    fingerprints = dist.gather_objects({"rank": dist.rank, "lambda": lam.value,
+    fingerprints = dist.gather_objects({"rank": dist.rank, "lambda": multiplier.value,
                                         "actor_sha256": weights_fingerprint(roles.trainable["actor"])})
     if not dist.is_main:
         return {"rank": dist.rank}
     roles.save_actor(out_dir / "model")
     test = data.test[: cfg.n_eval_prompts]
-    metrics: dict[str, Any] = {"steps": cfg.max_steps, "lambda_final": lam.value, "train_time_s": round(train_time, 2),
-                               "J_C_final": lam.episode_cost, "resumed_from_step": done,
+    metrics: dict[str, Any] = {"steps": cfg.max_steps, "lambda_final": multiplier.value, "train_time_s": round(train_time, 2),
+                               "J_C_final": multiplier.episode_cost, "resumed_from_step": done,
                                "skipped_steps": skipped, "last": last}
     if dist.enabled:
         metrics["distributed"] = {"world_size": dist.world_size, "ranks": fingerprints}
     if test:
         summary, rows = evaluate_policy(roles.actor, roles.processor, test, images, batch_size=cfg.eval_batch_size,
-                                        max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, desc=f"ppo: {name or variant} eval")
+                                        max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, desc=f"ppo: {name or kind} eval")
         costs = score_texts(roles.cost, [images(p) for p in test], [p["question"] for p in test],
                             [r["response"] for r in rows], cfg.eval_batch_size)
         for row, c in zip(rows, costs, strict=True):
@@ -654,43 +626,10 @@ def train_variant(variant: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, pr
     return metrics
 
 
-def run_ppo_stage(cfg: PPOConfig, out_dir: Path, run_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """``python -m workbench ppo``: every variant of ``cfg.variants``, under ``ppo/<variant>/``.
-
-    Resumable: rerunning a killed stage with the same config skips finished variants and
-    continues the unfinished one from its last checkpoint."""
-    import json
-    import shutil
-
-    from ..runs import atomic_write_json
-
-    dist = distributed()
-    variants = {}
-    for variant, (kind, vcfg) in cfg.variant_configs().items():
-        vdir = out_dir / variant
-        done = vdir / "metrics.json"
-        if done.is_file():
-            variants[variant] = json.loads(done.read_text())
-            continue
-        vdir.mkdir(parents=True, exist_ok=True)
-        variants[variant] = train_variant(kind, vcfg, run_dir, vdir, progress, name=variant)
-        variants[variant]["kind"] = kind
-        if dist.is_main:
-            atomic_write_json(done, variants[variant])
-            shutil.rmtree(vdir / CHECKPOINT, ignore_errors=True)
-        dist.barrier()
-    base = {}
-    sft_metrics = run_dir / "sft" / "metrics.json"
-    if sft_metrics.is_file():
-        m = json.loads(sft_metrics.read_text())
-        base = {"helpfulness": m.get("base_helpfulness"), "safety_rate": m.get("base_safety_rate")}
-    return {"variants": variants, "base": base}
 
 
-run_ppo_stage.resumable = True  # type: ignore[attr-defined]
-run_ppo_stage.distributed = True  # type: ignore[attr-defined]
 
 
-__all__ = ["token_signals", "critic_loss", "sequence_logprobs", "rollout", "Roles", "make_roles", "make_lambda",
-           "RolloutData", "collect_rollout", "make_optimizers", "ppo_update", "ppo_losses", "train_variant",
-           "run_ppo_stage", "save_checkpoint", "load_checkpoint", "VARIANTS"]
+__all__ = ["token_signals", "critic_loss", "sequence_logprobs", "rollout", "Roles", "make_roles",
+           "make_multiplier", "RolloutData", "collect_rollout", "make_optimizers", "ppo_update", "ppo_losses",
+           "train_run", "save_checkpoint", "load_checkpoint"]

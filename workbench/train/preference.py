@@ -1,4 +1,4 @@
-"""Reward and cost models from preference pairs (DESIGN §6) -- one trainer, a ``kind`` switch.
+"""Reward and cost models from preference pairs (docs/design.md §6) -- one trainer, a ``kind`` switch.
 
 Notation: R = r(x, y), C = c(x, y) are sequence scores of a :class:`~workbench.models.score.ScoreModel`
 read at the last real token; cost > 0 means unsafe. Over a batch of pairs:
@@ -27,7 +27,7 @@ accuracy of a perfect gold ranker against the same noisy labels (gold ties count
 the scores' Pearson / Spearman correlation with the gold judge. Real data has no gold
 fields; those entries are then left out.
 
-**Grounding** (DESIGN §5): a score model must tell a tip about the object in the image from
+**Grounding** (docs/design.md §5): a score model must tell a tip about the object in the image from
 the same tip about another object, or RL learns to name any object. On the world, the reward
 model trains on *contrast pairs* beside the preference pairs: for a risky training prompt, the
 safe-and-helpful answer about the target against the very same answer about another object
@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -65,14 +66,13 @@ from ..config import CostConfig, RewardConfig
 from ..data import language as L
 from ..data.oracle import answer_objects
 from ..data.render import KINDS as OBJECT_KINDS
-from ..data.schema import SEVERITY_LEVELS, severity_of_harmless_rate
-from ..data.store import load_data
+from ..data.schema import SEVERITY_LEVELS, is_world, severity_of_harmless_rate
+from ..data.store import ImageCache, load_data
 from ..data.world import other_object, safe_helpful_sentences
 from ..models.score import ScoreModel, score_texts
 from ..models.vlm import count_parameters, encode, pooled_image_features
 from ..runs import write_jsonl
 from .common import (
-    ImageCache,
     batches,
     chunks,
     optimizer_and_schedule,
@@ -332,12 +332,6 @@ def ranking_accuracy(high: np.ndarray, low: np.ndarray) -> float:
     return float(np.mean((high > low) + 0.5 * (high == low)))
 
 
-def has_gold(records: Sequence[dict[str, Any]]) -> bool:
-    """True when every record carries the world's gold judgments (never for real data)."""
-    keys = [f"response_{i}_gold_{g}" for i in (1, 2) for g in ("helpfulness", "harmlessness")]
-    return bool(records) and all(all(k in r for k in keys) for r in records)
-
-
 def gold_value(record: dict[str, Any], response: int, kind: str) -> float:
     """What the perfect ``kind`` model would score: gold helpfulness (reward) or minus the
     gold harmlessness (cost: higher = less safe)."""
@@ -363,8 +357,6 @@ def sign_ceiling(records: Sequence[dict[str, Any]]) -> float:
 
 def correlations(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
     """Pearson and Spearman (Pearson of average ranks) correlation of ``x`` and ``y``."""
-    import pandas as pd
-
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if x.size < 2 or x.std() == 0 or y.std() == 0:
         return {"pearson": float("nan"), "spearman": float("nan")}
@@ -383,7 +375,7 @@ def evaluate(kind: str, scores: np.ndarray, records: Sequence[dict[str, Any]],
     metrics: dict[str, Any] = {"eval_accuracy": ranking_accuracy(high, low), "eval_loss": float(loss),
                                "n_eval_pairs": len(records), "eval_score_mean": float(scores.mean()),
                                "eval_score_std": float(scores.std())}
-    gold = has_gold(records)
+    gold = is_world(records)
     if gold:
         metrics["eval_accuracy_ceiling"] = ranking_ceiling(records, kind)
     levels = [[severity_of_harmless_rate(int(r[f"response_{i}_harmless_rate"])) for i in (1, 2)] for r in records]
@@ -556,16 +548,10 @@ def train_preference(kind: str, cfg: RewardConfig, out_dir: Path, run_dir: Path,
     return metrics
 
 
-def run_reward_stage(cfg: RewardConfig, out_dir: Path, run_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """``python -m workbench reward``: the reward model on the more-helpful pairs."""
-    return train_preference("reward", cfg, out_dir, run_dir, progress)
 
 
-def run_cost_stage(cfg: CostConfig, out_dir: Path, run_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """``python -m workbench cost``: the cost model on the safer pairs with sign terms."""
-    return train_preference("cost", cfg, out_dir, run_dir, progress)
 
 
 __all__ = ["grounding_prompts", "contrast_pair", "mention_labels", "mention_loss", "grounding_loss", "grounding_rate", "reward_loss", "cost_loss", "sign_weights", "high_low", "pair_loss",
            "encode_pairs", "score_responses", "ranking_accuracy", "ranking_ceiling", "sign_ceiling",
-           "correlations", "evaluate", "train_preference", "run_reward_stage", "run_cost_stage"]
+           "correlations", "evaluate", "train_preference"]

@@ -1,4 +1,4 @@
-"""The shared-backbone memory layout of PPO (DESIGN §5): six roles on one frozen backbone.
+"""The shared-backbone memory layout of PPO (docs/design.md §5): six roles on one frozen backbone.
 
 The separate layout (:class:`workbench.train.ppo_lagrangian.Roles`) holds the actor (a LoRA
 adapter over the SFT model, whose disabled form is the reference) beside four more full
@@ -38,10 +38,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from ..config import PPOConfig
 from ..models.adapters import ADAPTER_CONFIG, BASE_DIR, is_adapter_dir
 from ..models.score import HEAD_FILE, ScoreModel, hidden_size_of
+from ..models.vlm import sequence_logprobs
+from .common import starting_model
 
 ACTOR = "default"
 """The actor's adapter name (peft's default: it saves at the top of a policy directory)."""
@@ -119,7 +122,6 @@ class AdapterScoreModel(ScoreModel):
 
 
 def _load_head(model_dir: Path, hidden: int) -> torch.Tensor:
-    from safetensors.torch import load_file
 
     weight = load_file(str(model_dir / HEAD_FILE))["weight"]
     if tuple(weight.shape) != (1, hidden):
@@ -135,8 +137,6 @@ class SharedRoles:
     ``save_actor``."""
 
     def __init__(self, cfg: PPOConfig, run_dir: Path):
-        from .common import starting_model
-
         if not cfg.lora:
             raise SharedBackboneError("PPOConfig.shared_backbone needs lora = true (the actor is an adapter)")
         sft, reward_dir, cost_dir = role_dirs(cfg, run_dir)
@@ -189,8 +189,6 @@ class SharedRoles:
     @torch.no_grad()
     def reference_logprobs(self, batch, backend: str, temperature: float = 1.0) -> torch.Tensor:
         """``log π_ref`` at ``temperature``: the backbone with every adapter disabled."""
-        from .ppo_lagrangian import sequence_logprobs
-
         try:
             with self.model.disable_adapter():
                 return sequence_logprobs(self.model, batch, backend, temperature)

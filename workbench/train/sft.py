@@ -18,7 +18,6 @@ rate on the test prompts (the number later stages must improve).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,19 +25,15 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..config import SFTConfig
-from ..data.store import load_data
-from ..eval.judge import evaluate_policy
-from ..models.adapters import save_policy
-from ..models.vlm import count_parameters, encode, model_inputs, pooled_image_features
-from ..runs import write_jsonl
+from ..data.language import describe_sentence, join_sentences
+from ..data.render import KINDS
+from ..data.store import ImageCache
+from ..models.vlm import encode, model_inputs, pooled_image_features
 from .common import (
-    ImageCache,
     batches,
     chunks,
     optimizer_and_schedule,
     optimizer_step,
-    setup,
-    starting_model,
 )
 
 
@@ -69,7 +64,6 @@ def captions(records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
     """Image-alignment demonstrations, one per scene: an empty question answered with the
     scene's true description (the feature-alignment stage of LLaVA, on the world's scenes).
     The empty question is no template, so no held-out object-template combination leaks."""
-    from ..data.language import describe_sentence, join_sentences
 
     seen: dict[str, tuple[dict[str, Any], str]] = {}
     for r in records:
@@ -82,7 +76,6 @@ def captions(records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
 def scene_objects(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], torch.Tensor]:
     """One record per scene image (world data only) and ``[n, kinds]`` multi-hot labels of
     the object kinds in it (columns: ``sorted(KINDS)``)."""
-    from ..data.render import KINDS
 
     kinds = sorted(KINDS)
     scenes: dict[str, dict[str, Any]] = {}
@@ -220,39 +213,3 @@ def fit(model, processor, images: ImageCache, demos, cfg: SFTConfig, desc: str, 
     return losses
 
 
-def run_sft_stage(cfg: SFTConfig, out_dir: Path, run_dir: Path, progress: bool = True) -> dict[str, Any]:
-    setup(cfg)
-    data = load_data(run_dir)
-    images = ImageCache(data)
-    model, processor = starting_model(cfg, default_path=None)
-    model.train()
-    train_demos, eval_demos = demonstrations(data.train), demonstrations(data.eval)
-    caption_demos = captions(data.train)
-    vision_metrics: dict[str, float] = {}
-    if caption_demos and cfg.vision_steps:
-        vision_metrics = pretrain_vision(model, processor, images, data.train, data.eval, cfg, progress)
-    if caption_demos and cfg.caption_steps:
-        fit(model, processor, images, caption_demos, cfg.replace(max_steps=cfg.caption_steps),
-            "sft: image alignment", progress)
-    losses = fit(model, processor, images, train_demos, cfg, "sft", progress)
-    save_policy(model, processor, out_dir / "model")
-
-    metrics: dict[str, Any] = {
-        "eval_loss": eval_loss(model, processor, images, eval_demos, cfg.eval_batch_size),
-        "steps": cfg.max_steps,
-        "train_loss_first": sum(losses[:10]) / len(losses[:10]),
-        "train_loss_last": sum(losses[-10:]) / len(losses[-10:]),
-        "parameters": count_parameters(model),
-        "trainable_parameters": count_parameters(model, trainable_only=True),
-        **vision_metrics,
-    }
-    prompts = data.test[: cfg.n_eval_prompts]
-    summary, rows = evaluate_policy(model, processor, prompts, images, batch_size=cfg.eval_batch_size,
-                                    max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, progress=progress,
-                                    desc="sft: base policy on test prompts")
-    write_jsonl(out_dir / "samples.jsonl", rows)
-    if summary:
-        metrics["base_helpfulness"] = summary["helpfulness"]
-        metrics["base_safety_rate"] = summary["safety_rate"]
-        metrics["base_policy"] = summary
-    return metrics

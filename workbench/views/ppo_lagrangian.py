@@ -18,6 +18,12 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ..data import language as L
+from ..data.oracle import gold_score
+from ..data.store import load_data
+from ..eval.tradeoff import VARIANT_COLOURS, logs
+from ..models.judge import forms_of
+from ..pipeline import resolve_config, run_stage
 from ..runs import link_stages, read_jsonl
 
 #: (log key, panel title) of the training-curve panels.
@@ -32,30 +38,6 @@ PANELS: tuple[tuple[str, str], ...] = (
     ("ppo/clipfrac", "clip fraction (actor; dotted: critics)"),
     ("ppo/approx_kl", "approx. KL(π_old ‖ π_θ) per update"),
 )
-VARIANT_COLOURS = {"lagrangian": "#1f77b4", "reward_only": "#d62728", "fixed_lambda": "#9467bd"}
-
-
-def smoke_ppo_run(root: str | Path, threads: int = 1, progress: bool = False) -> Path:
-    """Smoke data, SFT, reward and cost models, then the smoke PPO stage, under ``root``."""
-    from ..pipeline import resolve_config, run_stage
-    from .views import hf_progress_bars, smoke_runs
-
-    run_dir, _ = smoke_runs(root, threads=threads, progress=progress)
-    with hf_progress_bars(progress):
-        run_stage("ppo", run_dir, resolve_config("ppo", smoke=True, threads=threads), progress=progress)
-    return run_dir
-
-
-def logs(run_dir: str | Path, stage_dir: str = "ppo") -> dict[str, pd.DataFrame]:
-    """The training log of each variant, one row per step (skipped steps left out)."""
-    out = {}
-    root = Path(run_dir) / stage_dir
-    for path in sorted(root.glob("*/log.jsonl")):
-        frame = pd.DataFrame(read_jsonl(path))
-        if "skipped" in frame:
-            frame = frame[frame["skipped"].isna()]
-        out[path.parent.name] = frame.reset_index(drop=True)
-    return out
 
 
 def curves_figure(variant_logs: Mapping[str, pd.DataFrame], smooth: int = 5) -> go.Figure:
@@ -134,7 +116,6 @@ def before_after(run_dir: str | Path, n: int = 8, variants: Sequence[str] | None
 def _answer_sets(run_dir: Path) -> tuple[dict[str, dict], dict[str, list[dict]]]:
     """Test prompts by id, and the saved answers of the base and of each PPO variant (seeds
     are separate columns)."""
-    from ..data.store import load_data
 
     prompts = {p["id"]: p for p in load_data(run_dir).test}
     answers = {"SFT base": read_jsonl(run_dir / "sft" / "samples.jsonl")}
@@ -146,7 +127,6 @@ def _answer_sets(run_dir: Path) -> tuple[dict[str, dict], dict[str, list[dict]]]
 def right_object(prompt: Mapping[str, Any], response: str) -> str:
     """``response`` with the object of every tip and risk sentence replaced by the prompt's
     target (the answer the policy would give if it named the object in the image)."""
-    from ..data import language as L
 
     out = []
     for sentence in L.split_sentences(response):
@@ -161,10 +141,8 @@ def answer_forms(run_dir: str | Path) -> pd.DataFrame:
     """What each system says to the *risky* test prompts: the share of answers that comply
     (unsafe), give the full safe-and-helpful form, talk about the wrong object, or only refuse
     (a refusal or redirection and nothing else); and the refusal rate on the benign prompts.
-    The forms are the gold oracle's (:func:`workbench.eval.judge.gold_forms`, the same fields
+    The forms are the gold oracle's (:func:`workbench.models.judge.gold_forms`, the same fields
     the analysis stage counts)."""
-    from ..data.oracle import gold_score
-    from .judge import forms_of
 
     prompts, answers = _answer_sets(Path(run_dir))
     rows = {}
@@ -191,7 +169,6 @@ def world_strengths(run_dir: str | Path, strengths: Sequence[float] = (1.5, 2.5)
     the safe-and-helpful answer (``DataConfig.safe_helpful_score``; 1.5 is the first world, where
     no safe answer to a risky prompt beats a redirection). The answers do not change, only
     what the judge pays for them."""
-    from ..data.oracle import gold_score
 
     prompts, answers = _answer_sets(Path(run_dir))
     rows = {}
@@ -214,10 +191,9 @@ def threshold_run(run_dir: str | Path, scratch: str | Path, threshold: float, st
                   smoke: bool = True) -> tuple[Path, dict[str, Any]]:
     """A short ``lagrangian`` run with cost threshold d = ``threshold`` in ``scratch/d<d>``, a
     run directory whose data and models are links to ``run_dir``'s. Returns (run dir, metrics)."""
-    from ..pipeline import resolve_config, run_stage
 
     run = link_stages(run_dir, Path(scratch) / f"d{threshold:g}")
-    cfg = resolve_config("ppo", smoke=smoke, variants="lagrangian", cost_threshold=threshold, max_steps=steps)
+    cfg = resolve_config("ppo", smoke=smoke, kinds=("lagrangian",), cost_threshold=threshold, max_steps=steps)
     return run, run_stage("ppo", run, cfg, progress=False)
 
 
@@ -244,5 +220,5 @@ def threshold_slider(run_dir: str | Path, scratch: str | Path, steps: int = 20,
     return widgets.VBox([widgets.HBox([slider, button]), status, output])
 
 
-__all__ = ["smoke_ppo_run", "logs", "curves_figure", "variants_table", "before_after", "answer_forms", "right_object", "world_strengths", "threshold_run", "threshold_slider",
+__all__ = ["logs", "curves_figure", "variants_table", "before_after", "answer_forms", "right_object", "world_strengths", "threshold_run", "threshold_slider",
            "PANELS"]

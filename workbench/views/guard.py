@@ -8,6 +8,7 @@ Everything reads a finished run directory (``<run>/guard``; the slider also load
 
 from __future__ import annotations
 
+import dataclasses
 import html
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,24 +18,20 @@ import ipywidgets as widgets
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+import torch
 
-from ..data.schema import SEVERITY_LEVELS
+from ..config import GuardConfig
+from ..data.schema import SEVERITY_COLOURS, SEVERITY_LEVELS
+from ..data.store import ImageCache, load_data
+from ..guard.guard import GuardModel
+from ..guard.regenerate import filter_and_regenerate
+from ..models.adapters import load_policy
+from ..models.vlm import generate
 from ..runs import read_jsonl
+from ..train.guard import rounds_curve
 
 #: The paper's headline for Beaver-Guard-V: five rounds raise average safety by 40.9% (relative).
 PAPER_RELATIVE_GAIN = 0.409
-LEVEL_COLOURS = {"safe": "#2ca02c", "minor": "#bcbd22", "moderate": "#ff7f0e", "severe": "#d62728"}
-
-
-def smoke_guard_run(root: str | Path, threads: int = 1, progress: bool = False) -> Path:
-    """Smoke data, SFT, reward and cost models, then the smoke guard, under ``root``."""
-    from ..eval.views import hf_progress_bars, smoke_runs
-    from ..pipeline import resolve_config, run_stage
-
-    run_dir, _ = smoke_runs(root, threads=threads, progress=progress)
-    with hf_progress_bars(progress):
-        run_stage("guard", run_dir, resolve_config("guard", smoke=True, threads=threads), progress=progress)
-    return run_dir
 
 
 def summary_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
@@ -140,7 +137,7 @@ def traces_table(run_dir: str | Path, n: int = 8, outcome: str | None = "regener
 def trace_html(trace: Mapping[str, Any]) -> str:
     """One trace as coloured badges, for a person to read."""
     def badge(level: str, text: str) -> str:
-        colour = LEVEL_COLOURS.get(level, "#7f7f7f")
+        colour = SEVERITY_COLOURS.get(level, "#7f7f7f")
         return (f"<span style='background:{colour};color:white;border-radius:4px;padding:1px 6px;"
                 f"font-size:85%'>{html.escape(text)}</span>")
 
@@ -161,16 +158,7 @@ def rounds_for_level(run_dir: str | Path, blocking_level: str, n_prompts: int = 
                      models: dict[str, Any] | None = None) -> dict[str, list[float]]:
     """Rerun filter-and-regenerate on ``n_prompts`` test prompts with another blocking level
     and return the gold-judged curve (``models`` caches the loaded policy and guard)."""
-    import torch
 
-    from ..config import GuardConfig
-    from ..data.store import load_data
-    from ..models.adapters import load_policy
-    from ..models.vlm import generate
-    from ..train.common import ImageCache
-    from .guard import GuardModel
-    from .regenerate import filter_and_regenerate
-    from .stage import rounds_curve
 
     run_dir = Path(run_dir)
     models = models if models is not None else {}
@@ -190,10 +178,8 @@ def rounds_for_level(run_dir: str | Path, blocking_level: str, n_prompts: int = 
         return generate(policy, processor, imgs, qs, max_new_tokens=cfg.max_new_tokens)
 
     base = sample(pics, questions)
-    traces = filter_and_regenerate(sample, guard.judge, pics, questions, rounds=cfg.rounds,
-                                   blocking_level=blocking_level, query_blocking_level=cfg.query_blocking_level,
-                                   safe_query_blocking_level=cfg.safe_query_blocking_level or None, initial=base)
-    return rounds_curve(traces, prompts, cfg.rounds)
+    traces = filter_and_regenerate(sample, guard.judge, pics, questions, policy=dataclasses.replace(cfg.blocking, level=blocking_level), initial=base)
+    return rounds_curve(traces, prompts, cfg.blocking.rounds)
 
 
 def blocking_level_slider(run_dir: str | Path, n_prompts: int = 200) -> widgets.Widget:
@@ -222,5 +208,5 @@ def blocking_level_slider(run_dir: str | Path, n_prompts: int = 200) -> widgets.
     return widgets.VBox([slider, status, output])
 
 
-__all__ = ["smoke_guard_run", "summary_table", "confusion_heatmap", "category_recall_bar", "rounds_figure",
+__all__ = ["summary_table", "confusion_heatmap", "category_recall_bar", "rounds_figure",
            "traces_table", "trace_html", "rounds_for_level", "blocking_level_slider", "PAPER_RELATIVE_GAIN"]

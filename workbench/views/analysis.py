@@ -17,22 +17,9 @@ import pandas as pd
 from IPython.display import display
 
 from ..config import AnalyzeConfig
+from ..eval import tradeoff
+from ..eval.analyze import summarise_scores
 from ..runs import read_json, read_jsonl
-from . import tradeoff
-from .analyze import seed_index, summarise_scores
-
-
-def smoke_analysis_run(root: str | Path, threads: int = 1, progress: bool = False) -> Path:
-    """The smoke pipeline up to PPO (:func:`~workbench.eval.ppo_views.smoke_ppo_run`), then
-    the smoke analysis, under ``root``."""
-    from ..pipeline import resolve_config, run_stage
-    from .ppo_views import smoke_ppo_run
-    from .views import hf_progress_bars
-
-    run_dir = smoke_ppo_run(root, threads=threads, progress=progress)
-    with hf_progress_bars(progress):
-        run_stage("analyze", run_dir, resolve_config("analyze", smoke=True, threads=threads), progress=progress)
-    return run_dir
 
 
 def scores(run_dir: str | Path) -> pd.DataFrame:
@@ -60,14 +47,14 @@ def recompute(run_dir: str | Path, seeds: Sequence[int] | None = None) -> dict[s
 
 def seed_offsets(metrics: dict[str, Any]) -> list[int]:
     """The training seed offsets present in a run's PPO variants."""
-    return sorted({seed_index(run) for v in metrics["variants"].values() for run in v.get("runs", [])}) or [0]
+    return sorted({k for v in metrics["variants"].values() for k in v.get("seed_offsets", [])}) or [0]
 
 
 def answers(run_dir: str | Path, n: int = 5, category: str | None = None, seed_offset: int = 0) -> pd.DataFrame:
     """The first ``n`` prompts (of ``category``) with every system's answer and gold scores side
     by side (one training seed per system)."""
     frame = scores(run_dir)
-    frame = frame[frame["run"].map(seed_index) == seed_offset]
+    frame = frame[frame["seed_offset"] == seed_offset]
     if category:
         frame = frame[frame["category"] == category]
     ids = list(dict.fromkeys(frame["id"]))[:n]
@@ -112,4 +99,4 @@ def explorer(run_dir: str | Path) -> widgets.Widget:
     return widgets.VBox([widgets.HBox([pick_systems, pick_seeds, pick_cats]), value, output])
 
 
-__all__ = ["smoke_analysis_run", "scores", "recompute", "seed_offsets", "answers", "explorer"]
+__all__ = ["scores", "recompute", "seed_offsets", "answers", "explorer"]

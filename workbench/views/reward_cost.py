@@ -19,11 +19,10 @@ Everything reads a finished run directory (``<run>/sft``, ``<run>/reward``, ``<r
 
 from __future__ import annotations
 
-import contextlib
 import html
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,43 +34,28 @@ import torch
 from PIL import Image
 
 from ..data import language
-from ..data.explore import SEVERITY_COLOURS, png_bytes, scaled_image, severity_name
 from ..data.oracle import gold_score
-from ..data.schema import SEVERITY_LEVELS
+from ..data.overview import harmful_example, severity_name
+from ..data.schema import SEVERITY_COLOURS, SEVERITY_LEVELS, is_world
 from ..data.store import load_data
 from ..models.score import ScoreModel
 from ..models.vlm import encode
+from ..pipeline import hf_progress_bars, resolve_config, run_stage
 from ..runs import load_metrics, read_jsonl
+from ..train.preference import correlations
+from .data import png_bytes, scaled_image
 
 #: The stages a binary-cost run borrows from the graded run (symlinked, not retrained).
 SHARED_STAGES: tuple[str, ...] = ("data", "sft")
 #: Fields a prompt needs for the gold oracle (world prompts only).
-GOLD_PROMPT_FIELDS: tuple[str, ...] = ("objects", "intent", "prompt_severity")
+#: The columns of score rows that hold the gold oracle's judgments (world data only).
+GOLD_COLUMNS: frozenset[str] = frozenset({"gold_helpfulness", "gold_harmlessness"})
 SAFE_COLOUR, UNSAFE_COLOUR = "#2ca02c", "#d62728"
 MODE_COLOURS = {"graded": "#1f77b4", "binary": "#ff7f0e"}
 SIGN_MODE_LABELS = {"graded": "graded: s = -harmless rate", "binary": "binary: s = ±1 from is_safe"}
 
 
 # --- building the runs ---------------------------------------------------------------------
-@contextlib.contextmanager
-def hf_progress_bars(enabled: bool) -> Iterator[None]:
-    """Switch transformers' own progress bars ("Loading weights", "Writing model shards") on
-    or off inside the block; a stage's ``progress=False`` silences only the workbench's bars,
-    and in a notebook each of those bars would be one more output widget."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    if was_enabled and not enabled:
-        hf_logging.disable_progress_bar()
-    elif enabled and not was_enabled:
-        hf_logging.enable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled != hf_logging.is_progress_bar_enabled():
-            (hf_logging.enable_progress_bar if was_enabled else hf_logging.disable_progress_bar)()
-
-
 def variant_run(run_dir: str | Path, out_dir: str | Path, stage: str, smoke: bool = False,
                 progress: bool = False, **overrides: Any) -> Path:
     """Train ``stage`` (``reward`` or ``cost``) again with some config fields changed, into a
@@ -82,8 +66,6 @@ def variant_run(run_dir: str | Path, out_dir: str | Path, stage: str, smoke: boo
     smoke or default preset when there is none) with ``overrides`` on top. The stage is
     skipped when it already finished with the same config. Returns ``out_dir``.
     """
-    from ..pipeline import resolve_config, run_stage
-
     run_dir, out_dir = Path(run_dir).resolve(), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for shared in SHARED_STAGES:
@@ -111,27 +93,6 @@ def binary_cost_run(run_dir: str | Path, binary_dir: str | Path, smoke: bool = F
                        **{**overrides, "sign_mode": "binary"})
 
 
-def smoke_runs(root: str | Path, threads: int = 1, progress: bool = False) -> tuple[Path, Path]:
-    """The smoke pipeline up to the cost model, twice: ``root/graded`` (data, sft, reward,
-    cost with graded sign weights) and ``root/binary`` (a binary cost model on the same data
-    and SFT model, :func:`binary_cost_run`). Returns ``(graded_dir, binary_dir)``.
-
-    ``threads`` sets torch's CPU threads for the training stages. One thread is the default
-    on purpose: on a small machine shared with other work, torch's spinning intra-op threads
-    made the smoke stages about 20x slower with 2 threads than with 1.
-    """
-    from ..pipeline import resolve_config, run_stage
-
-    root = Path(root)
-    graded = root / "graded"
-    with hf_progress_bars(progress):
-        run_stage("data", graded, smoke=True, progress=progress)
-        for stage in ("sft", "reward", "cost"):
-            run_stage(stage, graded, resolve_config(stage, smoke=True, threads=threads), progress=progress)
-    binary = binary_cost_run(graded, root / "binary", smoke=True, progress=progress, threads=threads)
-    return graded, binary
-
-
 # --- reading a run -------------------------------------------------------------------------
 def eval_scores(run_dir: str | Path, stage: str) -> pd.DataFrame:
     """``<run>/<stage>/eval_scores.jsonl`` (stage ``reward`` or ``cost``) as a table: one row
@@ -150,11 +111,6 @@ def eval_scores(run_dir: str | Path, stage: str) -> pd.DataFrame:
         frame["question"] = [records.get(i, {}).get("question", "") for i in frame["id"]]
         frame["text"] = [records.get(i, {}).get(f"response_{k}", "") for i, k in zip(frame["id"], frame["response"], strict=True)]
     return frame
-
-
-def has_gold_scores(frame: pd.DataFrame) -> bool:
-    """True when the eval rows carry gold scores (the synthetic world; never real data)."""
-    return not frame.empty and {"gold_helpfulness", "gold_harmlessness"} <= set(frame.columns)
 
 
 def samples_table(run_dir: str | Path, n: int = 10) -> pd.DataFrame:
@@ -254,7 +210,7 @@ def reward_vs_gold(run_dir: str | Path, jitter: float = 0.12, seed: int = 0) -> 
     reward at each gold value. ``fig.layout.meta`` holds ``n`` (points) and the Pearson /
     Spearman correlations from the reward stage's metrics."""
     frame = eval_scores(run_dir, "reward")
-    if not has_gold_scores(frame):
+    if not GOLD_COLUMNS <= set(frame.columns):
         raise ValueError("reward vs gold needs the synthetic world's gold scores "
                          "(real BeaverTails-V records have none)")
     rng = np.random.default_rng(seed)
@@ -331,13 +287,6 @@ def cost_by_level_box(run_dir: str | Path) -> go.Figure:
     return fig
 
 
-def _spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    x, y = pd.Series(list(x), dtype=float), pd.Series(list(y), dtype=float)
-    if len(x) < 2 or x.nunique() < 2 or y.nunique() < 2:
-        return math.nan
-    return float(np.corrcoef(x.rank(), y.rank())[0, 1])
-
-
 def graded_vs_binary_table(run_graded: str | Path, run_binary: str | Path) -> pd.DataFrame:
     """The two cost models side by side: held-out pair and sign accuracy, Spearman
     correlation of C with gold *harm* (-gold harmlessness) over all eval responses and over
@@ -351,10 +300,10 @@ def graded_vs_binary_table(run_graded: str | Path, run_binary: str | Path) -> pd
         frame = eval_scores(run, "cost")
         col: dict[str, float] = {
             "pair accuracy": metrics["eval_accuracy"], "sign accuracy": metrics["eval_sign_accuracy"]}
-        if has_gold_scores(frame):
+        if GOLD_COLUMNS <= set(frame.columns):
             unsafe = frame[~frame["is_safe"]]
-            col["spearman with gold harm"] = _spearman(frame["score"], -frame["gold_harmlessness"])
-            col["spearman with gold harm, unsafe only"] = _spearman(unsafe["score"], -unsafe["gold_harmlessness"])
+            col["spearman with gold harm"] = correlations(frame["score"], -frame["gold_harmlessness"])["spearman"]
+            col["spearman with gold harm, unsafe only"] = correlations(unsafe["score"], -unsafe["gold_harmlessness"])["spearman"]
         for lvl in SEVERITY_LEVELS:
             col[f"mean C: {lvl}"] = float(frame.loc[frame["level"] == lvl, "score"].mean())
         columns[name] = col
@@ -405,11 +354,6 @@ def unknown_words(processor, text: str) -> list[str]:
     return [w for w in text.split() if tokenizer.tokenize(w) == [unk]]
 
 
-def has_world_metadata(prompt: Mapping[str, Any] | None) -> bool:
-    """True when the gold oracle can judge answers to ``prompt`` (a world record)."""
-    return prompt is not None and all(k in prompt for k in GOLD_PROMPT_FIELDS)
-
-
 @torch.no_grad()
 def score_response(reward_model: ScoreModel, cost_model: ScoreModel, processor, image: Image.Image,
                    question: str, response: str, prompt: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -417,7 +361,7 @@ def score_response(reward_model: ScoreModel, cost_model: ScoreModel, processor, 
     (C > 0: the cost model calls it unsafe, ``cost_says_unsafe``). ``processor`` encodes the
     (image, question, response) once for both; ``None`` takes the reward model's.
 
-    When ``prompt`` is a world record (:func:`has_world_metadata`) the gold oracle's
+    When ``prompt`` is a world record (:func:`~workbench.data.schema.is_world`) the gold oracle's
     ``gold_helpfulness`` (0..3), ``gold_harmlessness`` (-3..+3) and ``gold_safe`` are added.
     """
     processor = processor if processor is not None else reward_model.processor
@@ -431,7 +375,7 @@ def score_response(reward_model: ScoreModel, cost_model: ScoreModel, processor, 
         model.train(was_training)
         out[name] = float(scores[0])
     out["cost_says_unsafe"] = out["cost"] > 0
-    if has_world_metadata(prompt):
+    if is_world(prompt):
         gold = gold_score(dict(prompt, question=question), response)
         out.update(gold_helpfulness=float(gold.helpfulness), gold_harmlessness=float(gold.harmlessness),
                    gold_safe=float(gold.harmlessness) > 0)
@@ -574,7 +518,7 @@ class ScoreWidget(widgets.VBox):
                         f"{severity_name(int(prompt['prompt_severity']))}")
         if isinstance(prompt.get("objects"), list):
             bits.append("scene: " + html.escape(", ".join(f"{o['colour']} {o['kind']}" for o in prompt["objects"])))
-        if not has_world_metadata(prompt):
+        if not is_world(prompt):
             bits.append("<i>no world metadata: no gold verdict</i>")
         self.prompt_info.value = "<br>".join(bits)
         examples = example_responses(prompt)
@@ -620,9 +564,11 @@ def score_widget(run_dir: str | Path, reward_model: ScoreModel | None = None,
 
 
 __all__ = [
+    "harmful_example",
+    "is_world",
     "SHARED_STAGES", "ScoreWidget", "variant_run", "accuracy_frame", "accuracy_vs_ceiling", "base_policy_table",
     "binary_cost_run", "cost_by_level_box", "eval_scores", "example_responses", "graded_vs_binary",
-    "graded_vs_binary_table", "has_gold_scores", "hf_progress_bars", "has_world_metadata", "load_score_model",
+    "graded_vs_binary_table", "load_score_model",
     "reward_vs_gold", "samples_table", "score_response", "score_widget", "scores_html",
-    "smoke_runs", "unknown_words", "world_text",
+    "unknown_words", "world_text",
 ]

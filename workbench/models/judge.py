@@ -1,4 +1,4 @@
-"""The ``Judge`` protocol (DESIGN §8) and policy evaluation on test prompts.
+"""The ``Judge`` protocol (docs/design.md §8) and policy evaluation on test prompts.
 
 A judge maps (prompt record, response) to (helpfulness 0..3, harmlessness -3..+3). The world's
 gold oracle implements it; a model-based judge for real data can be plugged in later.
@@ -21,7 +21,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.oracle import GoldScore, gold_score
-from ..data.schema import SEVERITY_LEVELS
+from ..data.schema import SEVERITY_LEVELS, is_world
+from .score import ScoreModel, score_texts
+from .vlm import generate
 
 
 class Judge(Protocol):
@@ -60,14 +62,12 @@ class ModelJudge:
 
     def __init__(self, reward_dir: str | Path, cost_dir: str | Path, image_of: Callable[[dict], Any],
                  batch_size: int = 64):
-        from ..models.score import ScoreModel
 
         self.reward = ScoreModel.load(reward_dir).eval()
         self.cost = ScoreModel.load(cost_dir).eval()
         self.image_of, self.batch_size = image_of, batch_size
 
     def batch(self, prompts: Sequence[dict[str, Any]], responses: Sequence[str]) -> list[tuple[float, float]]:
-        from ..models.score import score_texts
 
         images = [self.image_of(p) for p in prompts]
         questions = [p["question"] for p in prompts]
@@ -88,11 +88,6 @@ def judge_all(judge: Judge, prompts: Sequence[dict[str, Any]], responses: Sequen
     else:
         scores = [judge(p, r) for p, r in zip(prompts, responses, strict=True)]
     return np.asarray(scores, dtype=float).reshape(len(prompts), 2)
-
-
-def has_gold(prompts: Sequence[dict[str, Any]]) -> bool:
-    """World prompts carry the metadata the gold oracle needs; real records do not."""
-    return bool(prompts) and all(k in prompts[0] for k in ("objects", "intent", "prompt_severity"))
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -128,9 +123,8 @@ def evaluate_policy(model, processor, prompts: Sequence[dict[str, Any]], image_o
     and on the world the gold answer form (:func:`gold_forms`). With no judge and no gold
     metadata, responses are returned without scores.
     """
-    from ..models.vlm import generate
 
-    gold = has_gold(prompts)
+    gold = is_world(prompts)
     judge = judge if judge is not None else (GoldJudge() if gold else None)
     torch.manual_seed(seed)
     was_training = model.training
