@@ -53,8 +53,14 @@ def test_bootstrap_ci_constant_values_and_seed_spread():
 
 
 def test_summarise_system_by_hand():
-    base = {"helpfulness": np.array([1.0, 2.0, 0.0, 3.0]), "harmlessness": np.array([1.0, -2.0, 2.0, -1.0])}
-    other = {"helpfulness": np.array([2.0, 2.0, 0.0, 1.0]), "harmlessness": np.array([2.0, 1.0, 2.0, -3.0])}
+    base = {
+        "helpfulness": np.array([1.0, 2.0, 0.0, 3.0]),
+        "harmlessness": np.array([1.0, -2.0, 2.0, -1.0]),
+    }
+    other = {
+        "helpfulness": np.array([2.0, 2.0, 0.0, 1.0]),
+        "harmlessness": np.array([2.0, 1.0, 2.0, -3.0]),
+    }
     s = summarise_system([other], base, n_boot=200)
     assert s["helpfulness"] == pytest.approx(1.25)
     assert s["safety_rate"] == pytest.approx(0.75)
@@ -67,8 +73,10 @@ def test_summarise_system_by_hand():
 
 
 def test_breakdown_pools_seeds_per_group():
-    seeds = [{"helpfulness": np.array([1.0, 3.0, 2.0]), "harmlessness": np.array([1.0, -1.0, 1.0])},
-             {"helpfulness": np.array([3.0, 1.0, 2.0]), "harmlessness": np.array([-1.0, -1.0, 1.0])}]
+    seeds = [
+        {"helpfulness": np.array([1.0, 3.0, 2.0]), "harmlessness": np.array([1.0, -1.0, 1.0])},
+        {"helpfulness": np.array([3.0, 1.0, 2.0]), "harmlessness": np.array([-1.0, -1.0, 1.0])},
+    ]
     out = breakdown(seeds, ["a", "b", "a"])
     assert out["a"] == {"helpfulness": 2.0, "safety_rate": 0.75, "n": 2}
     assert out["b"] == {"helpfulness": 2.0, "safety_rate": 0.0, "n": 1}
@@ -76,24 +84,44 @@ def test_breakdown_pools_seeds_per_group():
 
 def test_pareto_frontier_by_hand():
     points = [(1, 1), (2, 0.5), (0.5, 2), (0.9, 0.9), (1, 1), (2, 0.4)]
-    assert pareto_frontier(points) == [2, 0, 1]  # ordered by the first axis; duplicates and dominated out
+    assert pareto_frontier(points) == [
+        2,
+        0,
+        1,
+    ]  # ordered by the first axis; duplicates and dominated out
     assert pareto_frontier([(0, 0)]) == [0]
 
 
 def test_ppo_seeds_add_runs_with_their_own_seed():
-    cfg = PPOConfig(kinds=("lagrangian", "reward_only"), thresholds=(-1,), fixed_lambdas=(2,), seeds=3, seed=5)
+    cfg = PPOConfig(
+        kinds=("lagrangian", "reward_only"), thresholds=(-1,), fixed_lambdas=(2,), seeds=3, seed=5
+    )
     runs = {run.name: run for run in cfg.runs()}
-    assert list(runs) == ["lagrangian", "reward_only", "lagrangian_d-1", "fixed_lambda_2",
-                          "lagrangian_seed1", "lagrangian_seed2", "reward_only_seed1", "reward_only_seed2",
-                          "lagrangian_d-1_seed1", "lagrangian_d-1_seed2", "fixed_lambda_2_seed1",
-                          "fixed_lambda_2_seed2"]
+    assert list(runs) == [
+        "lagrangian",
+        "reward_only",
+        "lagrangian_d-1",
+        "fixed_lambda_2",
+        "lagrangian_seed1",
+        "lagrangian_seed2",
+        "reward_only_seed1",
+        "reward_only_seed2",
+        "lagrangian_d-1_seed1",
+        "lagrangian_d-1_seed2",
+        "fixed_lambda_2_seed1",
+        "fixed_lambda_2_seed2",
+    ]
     run = runs["lagrangian_d-1_seed2"]
-    assert run == PPORun("lagrangian", threshold=-1.0, seed_offset=2) and run.point == "lagrangian_d-1"
+    assert (
+        run == PPORun("lagrangian", threshold=-1.0, seed_offset=2) and run.point == "lagrangian_d-1"
+    )
     c = cfg.run_config(run)
     assert (c.seed, c.cost_threshold) == (7, -1.0)
     assert cfg.run_config(runs["fixed_lambda_2_seed1"]).lambda_init == 2.0
     assert cfg.run_config(runs["reward_only"]) == cfg  # a kind at the config's own settings
-    assert PPORun.from_dict(run.to_dict()) == run  # stored in the stage's metrics, read back as such
+    assert (
+        PPORun.from_dict(run.to_dict()) == run
+    )  # stored in the stage's metrics, read back as such
     with pytest.raises(ConfigError, match="seeds"):
         PPOConfig(seeds=0)
     with pytest.raises(ConfigError, match="threshold"):
@@ -132,27 +160,64 @@ PROMPTS = [("safe", "describe"), ("safe", "ambiguous"), ("minor", "harmful"), ("
 def score_rows(system, run, helpfulness, harmlessness, refused=None, safe_helpful=None, wrong=None):
     rows = []
     for i, (level, intent) in enumerate(PROMPTS):
-        row = {"system": system, "run": run, "id": f"p{i}", "question": "q", "response": "a", "category": "c",
-               "severity": level, "intent": intent, "helpfulness": helpfulness[i], "harmlessness": harmlessness[i]}
+        row = {
+            "system": system,
+            "run": run,
+            "id": f"p{i}",
+            "question": "q",
+            "response": "a",
+            "category": "c",
+            "severity": level,
+            "intent": intent,
+            "helpfulness": helpfulness[i],
+            "harmlessness": harmlessness[i],
+        }
         if refused is not None:
-            row.update(refused=bool(refused[i]), safe_helpful=bool(safe_helpful[i]), n_wrong_object=wrong[i])
+            row.update(
+                refused=bool(refused[i]),
+                safe_helpful=bool(safe_helpful[i]),
+                n_wrong_object=wrong[i],
+            )
         rows.append(row)
     return rows
 
 
-FORM_META = {"base": {"family": "base", "setting": None, "label": "base"},
-             "lagrangian": {"family": "lagrangian", "setting": -2.0, "label": "lagrangian d=-2"}}
+FORM_META = {
+    "base": {"family": "base", "setting": None, "label": "base"},
+    "lagrangian": {"family": "lagrangian", "setting": -2.0, "label": "lagrangian d=-2"},
+}
 
 
 def form_rows():
     """base: the ambiguous benign request refused, the minor risky prompt answered in the full
     safe-helpful form, the severe one with a wrong-object tip; lagrangian over two seeds."""
-    base = score_rows("base", "base", [3.0, 0.0, 2.5, 1.0], [3, 3, 3, 2], refused=[0, 1, 0, 0],
-                      safe_helpful=[0, 0, 1, 0], wrong=[0, 0, 0, 1])
-    seed0 = score_rows("lagrangian", "lagrangian", [3.0, 2.0, 2.5, 2.5], [3, 3, 3, 3], refused=[0, 0, 0, 0],
-                       safe_helpful=[0, 0, 1, 1], wrong=[0, 0, 0, 0])
-    seed1 = score_rows("lagrangian", "lagrangian_seed1", [0.0, 0.0, 1.0, 0.5], [3, 3, 2, 3], refused=[1, 1, 0, 0],
-                       safe_helpful=[0, 0, 0, 0], wrong=[0, 0, 2, 0])
+    base = score_rows(
+        "base",
+        "base",
+        [3.0, 0.0, 2.5, 1.0],
+        [3, 3, 3, 2],
+        refused=[0, 1, 0, 0],
+        safe_helpful=[0, 0, 1, 0],
+        wrong=[0, 0, 0, 1],
+    )
+    seed0 = score_rows(
+        "lagrangian",
+        "lagrangian",
+        [3.0, 2.0, 2.5, 2.5],
+        [3, 3, 3, 3],
+        refused=[0, 0, 0, 0],
+        safe_helpful=[0, 0, 1, 1],
+        wrong=[0, 0, 0, 0],
+    )
+    seed1 = score_rows(
+        "lagrangian",
+        "lagrangian_seed1",
+        [0.0, 0.0, 1.0, 0.5],
+        [3, 3, 2, 3],
+        refused=[1, 1, 0, 0],
+        safe_helpful=[0, 0, 0, 0],
+        wrong=[0, 0, 2, 0],
+    )
     return base + seed0 + seed1
 
 
@@ -165,16 +230,31 @@ def test_answer_forms_by_hand():
     assert base["benign_helpfulness"] == pytest.approx(1.5)  # (3 + 0) / 2
     assert base["benign_refusal_rate"] == pytest.approx(0.5)  # 1 refused of 2 benign
     assert base["refusal_rate"] == pytest.approx(0.25)  # 1 of 4
-    assert base["safe_helpful_rate"] == pytest.approx(0.25) and base["risky_safe_helpful_rate"] == pytest.approx(0.5)
-    assert base["wrong_object_rate"] == pytest.approx(0.25) and base["risky_wrong_object_rate"] == pytest.approx(0.5)
+    assert base["safe_helpful_rate"] == pytest.approx(0.25) and base[
+        "risky_safe_helpful_rate"
+    ] == pytest.approx(0.5)
+    assert base["wrong_object_rate"] == pytest.approx(0.25) and base[
+        "risky_wrong_object_rate"
+    ] == pytest.approx(0.5)
     assert base["benign_helpfulness"] == base["by_severity"]["safe"]["helpfulness"]
     assert base["benign_refusal_rate"] == base["by_severity"]["safe"]["refusal_rate"]
-    assert base["by_intent"]["ambiguous"] == {"helpfulness": 0.0, "safety_rate": 1.0, "refusal_rate": 1.0,
-                                              "safe_helpful_rate": 0.0, "wrong_object_rate": 0.0, "n": 1}
+    assert base["by_intent"]["ambiguous"] == {
+        "helpfulness": 0.0,
+        "safety_rate": 1.0,
+        "refusal_rate": 1.0,
+        "safe_helpful_rate": 0.0,
+        "wrong_object_rate": 0.0,
+        "n": 1,
+    }
     assert base["by_intent"]["harmful"]["safe_helpful_rate"] == pytest.approx(0.5)
     assert base["by_intent"]["harmful"]["n"] == 2
     assert base["by_severity"]["severe"]["wrong_object_rate"] == 1.0
-    for key in ("benign_helpfulness", "benign_refusal_rate", "refusal_rate", "risky_safe_helpful_rate"):
+    for key in (
+        "benign_helpfulness",
+        "benign_refusal_rate",
+        "refusal_rate",
+        "risky_safe_helpful_rate",
+    ):
         lo, hi = base[f"{key}_ci"]
         assert lo <= base[key] <= hi, key
     # two seeds pooled: the mean of each seed's rate
@@ -184,7 +264,9 @@ def test_answer_forms_by_hand():
     assert lag["refusal_rate"] == pytest.approx((0.0 + 0.5) / 2)
     assert lag["benign_helpfulness"] == pytest.approx((2.5 + 0.0) / 2)
     assert lag["risky_safe_helpful_rate"] == pytest.approx((1.0 + 0.0) / 2)
-    assert lag["risky_wrong_object_rate"] == pytest.approx((0.0 + 0.5) / 2)  # n_wrong_object 2 counts once
+    assert lag["risky_wrong_object_rate"] == pytest.approx(
+        (0.0 + 0.5) / 2
+    )  # n_wrong_object 2 counts once
     assert lag["by_intent"]["describe"]["refusal_rate"] == pytest.approx(0.5)
 
 
@@ -195,7 +277,9 @@ def test_benign_refusal_rate_is_the_first_refusal_key():
     for s in (m["base"], *m["variants"].values()):
         assert first_key_containing(s, "refusal") == "benign_refusal_rate"
         keys = list(s)
-        assert keys.index("benign_refusal_rate") < min(keys.index(k) for k in keys if isinstance(s[k], dict))
+        assert keys.index("benign_refusal_rate") < min(
+            keys.index(k) for k in keys if isinstance(s[k], dict)
+        )
 
 
 def test_no_answer_forms_without_gold_fields():
@@ -217,20 +301,60 @@ def test_judge_summarise_refusal_rate():
     from workbench.data.language import REDIRECTS, REFUSAL, join_sentences
     from workbench.models.judge import gold_forms, summarise
 
-    prompt = {"objects": [{"kind": "knife", "colour": "grey"}], "intent": "harmful", "target": "knife",
-              "prompt_severity": 2}
+    prompt = {
+        "objects": [{"kind": "knife", "colour": "grey"}],
+        "intent": "harmful",
+        "target": "knife",
+        "prompt_severity": 2,
+    }
     assert gold_forms(prompt, join_sentences([REFUSAL, REDIRECTS[1]])) == {
-        "refused": True, "safe_helpful": False, "n_wrong_object": 0}
-    rows = [{"helpfulness": 3.0, "harmlessness": 3.0, "intent": "describe", "prompt_severity": 0, "refused": False},
-            {"helpfulness": 0.0, "harmlessness": 3.0, "intent": "describe", "prompt_severity": 0, "refused": True},
-            {"helpfulness": 0.5, "harmlessness": 3.0, "intent": "harmful", "prompt_severity": 2, "refused": True},
-            {"helpfulness": 0.0, "harmlessness": -2.0, "intent": "harmful", "prompt_severity": 2, "refused": False}]
+        "refused": True,
+        "safe_helpful": False,
+        "n_wrong_object": 0,
+    }
+    rows = [
+        {
+            "helpfulness": 3.0,
+            "harmlessness": 3.0,
+            "intent": "describe",
+            "prompt_severity": 0,
+            "refused": False,
+        },
+        {
+            "helpfulness": 0.0,
+            "harmlessness": 3.0,
+            "intent": "describe",
+            "prompt_severity": 0,
+            "refused": True,
+        },
+        {
+            "helpfulness": 0.5,
+            "harmlessness": 3.0,
+            "intent": "harmful",
+            "prompt_severity": 2,
+            "refused": True,
+        },
+        {
+            "helpfulness": 0.0,
+            "harmlessness": -2.0,
+            "intent": "harmful",
+            "prompt_severity": 2,
+            "refused": False,
+        },
+    ]
     out = summarise(rows)
     assert out["refusal_rate"] == 0.5 and out["n"] == 4
     assert out["by_intent"]["describe"]["refusal_rate"] == 0.5
     assert out["by_severity"]["safe"]["refusal_rate"] == 0.5
-    assert out["by_severity"]["moderate"] == {"helpfulness": 0.25, "safety_rate": 0.5, "refusal_rate": 0.5, "n": 2}
-    assert "refusal_rate" not in summarise([{k: v for k, v in r.items() if k != "refused"} for r in rows])
+    assert out["by_severity"]["moderate"] == {
+        "helpfulness": 0.25,
+        "safety_rate": 0.5,
+        "refusal_rate": 0.5,
+        "n": 2,
+    }
+    assert "refusal_rate" not in summarise(
+        [{k: v for k, v in r.items() if k != "refused"} for r in rows]
+    )
 
 
 # --- the stage -----------------------------------------------------------------------------------
@@ -241,8 +365,9 @@ def analyzed(smoke_score_runs, tmp_path_factory):
     from workbench.runs import link_stages
 
     run = link_stages(smoke_score_runs[0], tmp_path_factory.mktemp("analyze") / "run")
-    ppo = wb.resolve_config("ppo", smoke=True, kinds=("lagrangian",), fixed_lambdas=(1,), seeds=2,
-                            max_steps=2)
+    ppo = wb.resolve_config(
+        "ppo", smoke=True, kinds=("lagrangian",), fixed_lambdas=(1,), seeds=2, max_steps=2
+    )
     wb.run_stage("ppo", run, ppo, progress=False)
     metrics = wb.run_stage("analyze", run, smoke=True, progress=False)
     return run, metrics
@@ -253,28 +378,46 @@ def test_analyze_metrics_contract(analyzed):
     assert m["judge"] == "gold" and m["n_prompts"] == AnalyzeConfig.smoke().n_prompts
     assert set(m["variants"]) == {"lagrangian", "fixed_lambda_1"}
     for name, s in {"base": m["base"], **m["variants"]}.items():
-        for key in ("helpfulness", "safety_rate", "win_rate_helpful_vs_base", "win_rate_safe_vs_base",
-                    "by_category", "by_severity"):
+        for key in (
+            "helpfulness",
+            "safety_rate",
+            "win_rate_helpful_vs_base",
+            "win_rate_safe_vs_base",
+            "by_category",
+            "by_severity",
+        ):
             assert key in s, (name, key)
         assert s["helpfulness_ci"][0] <= s["helpfulness"] <= s["helpfulness_ci"][1]
     lag = m["variants"]["lagrangian"]
     assert lag["seeds"] == 2 and lag["runs"] == ["lagrangian", "lagrangian_seed1"]
     assert lag["family"] == "lagrangian" and lag["setting"] == PPOConfig().cost_threshold
     assert m["variants"]["fixed_lambda_1"]["setting"] == 1.0
-    assert any("guard" in note for note in m["notes"])  # no guard stage in this run: said, not hidden
+    assert any(
+        "guard" in note for note in m["notes"]
+    )  # no guard stage in this run: said, not hidden
     assert m["headline"]["system"] == "lagrangian"
     assert m["prompts"] == "test"
     # the answer forms, in metrics.json as written (insertion order kept)
     saved = json.loads((run / "analyze" / "metrics.json").read_text())
     for name, s in {"base": saved["base"], **saved["variants"]}.items():
         assert first_key_containing(s, "refusal") == "benign_refusal_rate", name
-        for key in ("benign_helpfulness", "benign_refusal_rate", "refusal_rate", "safe_helpful_rate",
-                    "wrong_object_rate", "risky_safe_helpful_rate", "risky_wrong_object_rate", "by_intent"):
+        for key in (
+            "benign_helpfulness",
+            "benign_refusal_rate",
+            "refusal_rate",
+            "safe_helpful_rate",
+            "wrong_object_rate",
+            "risky_safe_helpful_rate",
+            "risky_wrong_object_rate",
+            "by_intent",
+        ):
             assert key in s, (name, key)
         assert s["benign_helpfulness"] == pytest.approx(s["by_severity"]["safe"]["helpfulness"])
         assert s["benign_refusal_rate"] == pytest.approx(s["by_severity"]["safe"]["refusal_rate"])
         assert 0.0 <= s["benign_refusal_rate"] <= 1.0
-    rows = [json.loads(line) for line in (run / "analyze" / "scores.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (run / "analyze" / "scores.jsonl").read_text().splitlines()
+    ]
     assert all({"refused", "safe_helpful", "n_wrong_object", "intent"} <= set(r) for r in rows)
 
 
@@ -282,10 +425,16 @@ def test_analyze_scores_agree_with_the_ppo_stage(analyzed):
     """The analysis re-judges the answers PPO saved: the same gold numbers."""
     run, m = analyzed
     for variant in ("lagrangian", "lagrangian_seed1"):
-        rows = [json.loads(line) for line in (run / "ppo" / variant / "samples.jsonl").read_text().splitlines()]
+        rows = [
+            json.loads(line)
+            for line in (run / "ppo" / variant / "samples.jsonl").read_text().splitlines()
+        ]
         rows = rows[: m["n_prompts"]]
-        ours = [json.loads(line) for line in (run / "analyze" / "scores.jsonl").read_text().splitlines()
-                if json.loads(line)["run"] == variant]
+        ours = [
+            json.loads(line)
+            for line in (run / "analyze" / "scores.jsonl").read_text().splitlines()
+            if json.loads(line)["run"] == variant
+        ]
         assert [r["response"] for r in ours] == [r["response"] for r in rows]
         assert [r["helpfulness"] for r in ours] == [r["helpfulness"] for r in rows]
     per_seed = m["variants"]["lagrangian"]["helpfulness_per_seed"]
@@ -297,14 +446,27 @@ def test_report_and_figures_open_offline(analyzed):
     report = run / "analyze" / m["report"]
     text = report.read_text()
     assert "Safe RLHF-V" in text and "Headline" in text
-    assert not re.search(r"<script[^>]*\bsrc=[\"']?(https?:)?//", text)  # no script from the network
+    assert not re.search(
+        r"<script[^>]*\bsrc=[\"']?(https?:)?//", text
+    )  # no script from the network
     assert "cdn.plot.ly" not in text and "https://cdn" not in text
     sources = re.findall(r"<script[^>]*\bsrc='([^']+)'", text)
-    assert sources == ["figures/plotly.min.js"] and (report.parent / sources[0]).stat().st_size > 1_000_000
+    assert (
+        sources == ["figures/plotly.min.js"]
+        and (report.parent / sources[0]).stat().st_size > 1_000_000
+    )
     assert "Plotly.newPlot" in text
     assert "Answer forms" in text
-    for name in ("tradeoff", "win_rates", "safety_by_category", "safety_by_severity", "lambda", "overoptimisation",
-                 "answer_forms", "refusal_by_intent"):
+    for name in (
+        "tradeoff",
+        "win_rates",
+        "safety_by_category",
+        "safety_by_severity",
+        "lambda",
+        "overoptimisation",
+        "answer_forms",
+        "refusal_by_intent",
+    ):
         fig = pio.from_json((run / "analyze" / "figures" / f"{name}.json").read_text())
         assert fig.data, name
         assert (run / "analyze" / "figures" / f"{name}.html").is_file()
@@ -316,13 +478,20 @@ def test_model_judge_for_data_without_gold(analyzed, tmp_path):
     from workbench.runs import link_stages
 
     run = link_stages(analyzed[0], tmp_path / "run", ("data", "sft", "reward", "cost", "ppo"))
-    m = wb.run_stage("analyze", run, wb.resolve_config("analyze", smoke=True, judge="models"), progress=False)
+    m = wb.run_stage(
+        "analyze", run, wb.resolve_config("analyze", smoke=True, judge="models"), progress=False
+    )
     assert m["judge"] == "models"
-    assert first_key_containing(m["base"], "refusal") is None  # the answer forms are the gold oracle's
+    assert (
+        first_key_containing(m["base"], "refusal") is None
+    )  # the answer forms are the gold oracle's
     # the model judge's harmlessness is minus the cost model's score: its safety rate is the share
     # of answers the cost model scores below zero
     assert 0.0 <= m["base"]["safety_rate"] <= 1.0
-    assert m["variants"]["lagrangian"]["win_rate_safe_vs_base_ci"][0] <= m["variants"]["lagrangian"]["win_rate_safe_vs_base"]
+    assert (
+        m["variants"]["lagrangian"]["win_rate_safe_vs_base_ci"][0]
+        <= m["variants"]["lagrangian"]["win_rate_safe_vs_base"]
+    )
 
 
 def test_analyze_views(analyzed):
@@ -341,17 +510,26 @@ def test_recompute_keeps_chosen_seeds(analyzed):
 
     run, m = analyzed
     again = analysis_views.recompute(run)
-    assert again["variants"]["lagrangian"]["helpfulness"] == pytest.approx(m["variants"]["lagrangian"]["helpfulness"])
+    assert again["variants"]["lagrangian"]["helpfulness"] == pytest.approx(
+        m["variants"]["lagrangian"]["helpfulness"]
+    )
     assert again["variants"]["lagrangian"]["benign_refusal_rate"] == pytest.approx(
-        m["variants"]["lagrangian"]["benign_refusal_rate"])
+        m["variants"]["lagrangian"]["benign_refusal_rate"]
+    )
     first = analysis_views.recompute(run, seeds=[0])
     lag = first["variants"]["lagrangian"]
     assert lag["runs"] == ["lagrangian"] and lag["seeds"] == 1
-    assert lag["helpfulness"] == pytest.approx(m["variants"]["lagrangian"]["helpfulness_per_seed"][0])
-    assert first["base"]["helpfulness"] == pytest.approx(m["base"]["helpfulness"])  # the base has no training seeds
+    assert lag["helpfulness"] == pytest.approx(
+        m["variants"]["lagrangian"]["helpfulness_per_seed"][0]
+    )
+    assert first["base"]["helpfulness"] == pytest.approx(
+        m["base"]["helpfulness"]
+    )  # the base has no training seeds
     assert analysis_views.seed_offsets(m) == [0, 1]
     table = analysis_views.answers(run, n=3)
-    assert len(table) == 3 and {"base", "lagrangian", "fixed_lambda_1", "question"} <= set(table.columns)
+    assert len(table) == 3 and {"base", "lagrangian", "fixed_lambda_1", "question"} <= set(
+        table.columns
+    )
     box = analysis_views.explorer(run)
     box.children[0].children[1].value = (1,)  # seed offset 1 only: redraws without error
 
@@ -373,19 +551,27 @@ def _fake_guard_stage(run):
 
 def _snapshot(run):
     d = run / "analyze"
-    return d.is_symlink(), sorted(p.name for p in d.iterdir()), (d / "metrics.json").read_bytes(), \
-        (d / "scores.jsonl").read_bytes()
+    return (
+        d.is_symlink(),
+        sorted(p.name for p in d.iterdir()),
+        (d / "metrics.json").read_bytes(),
+        (d / "scores.jsonl").read_bytes(),
+    )
 
 
 def test_analyze_on_eval_prompts(analyzed, tmp_path):
     import workbench as wb
     from workbench.runs import link_stages
 
-    run = link_stages(analyzed[0], tmp_path / "run", ("data", "sft", "reward", "cost", "ppo", "analyze"))
+    run = link_stages(
+        analyzed[0], tmp_path / "run", ("data", "sft", "reward", "cost", "ppo", "analyze")
+    )
     _fake_guard_stage(run)
     before = _snapshot(run)
     cfg = wb.resolve_config("analyze", smoke=True, prompts="eval")
-    m = wb.run_stage("analyze", run, cfg, progress=False)  # routed to analyze_eval/ by the stage's folder rule
+    m = wb.run_stage(
+        "analyze", run, cfg, progress=False
+    )  # routed to analyze_eval/ by the stage's folder rule
     assert m["prompts"] == "eval" and m["n_prompts"] == cfg.n_prompts
     out = run / "analyze_eval"
     assert json.loads((out / "metrics.json").read_text())["prompts"] == "eval"
@@ -401,7 +587,10 @@ def test_analyze_on_eval_prompts(analyzed, tmp_path):
     assert f"{cfg.n_prompts} eval prompts" in (out / "report.html").read_text()
     assert _snapshot(run) == before  # the test analysis is untouched
     # again with the same config: skipped, the same metrics
-    assert wb.run_stage("analyze", run, cfg, progress=False)["base"]["helpfulness"] == m["base"]["helpfulness"]
+    assert (
+        wb.run_stage("analyze", run, cfg, progress=False)["base"]["helpfulness"]
+        == m["base"]["helpfulness"]
+    )
     # built directly into the test analysis's folder, eval mode is refused
     from workbench.runs import partial_dir
     from workbench.stages.analyze import run_analyze_stage

@@ -64,7 +64,10 @@ def valid_record(i: int, **over: Any) -> dict[str, Any]:
 def corrupt_records(start: int) -> list[tuple[dict[str, Any], str]]:
     """(record, field that must be reported) for each kind of corruption."""
     return [
-        (valid_record(start, image={"bytes": random.Random(1).randbytes(64), "path": None}), "image"),
+        (
+            valid_record(start, image={"bytes": random.Random(1).randbytes(64), "path": None}),
+            "image",
+        ),
         (valid_record(start + 1, safer_response_id=None), "safer_response_id"),
         (valid_record(start + 2, response_1_harmless_rate=5), "response_1_harmless_rate"),
         (valid_record(start + 3, response_2_helpful_rate=-1), "response_2_helpful_rate"),
@@ -78,11 +81,19 @@ def corrupt_records(start: int) -> list[tuple[dict[str, Any], str]]:
 
 IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 SCHEMA = pa.schema(
-    [("question", pa.string()), ("image", IMAGE_TYPE), ("category", pa.string()),
-     ("image_severity", pa.int64())]
+    [
+        ("question", pa.string()),
+        ("image", IMAGE_TYPE),
+        ("category", pa.string()),
+        ("image_severity", pa.int64()),
+    ]
     + [(f"response_{i}{s}", pa.string()) for i in (1, 2) for s in ("", "_from")]
-    + [("more_helpful_response_id", pa.string()), ("is_response_1_safe", pa.string()),
-       ("is_response_2_safe", pa.string()), ("safer_response_id", pa.string())]
+    + [
+        ("more_helpful_response_id", pa.string()),
+        ("is_response_1_safe", pa.string()),
+        ("is_response_2_safe", pa.string()),
+        ("safer_response_id", pa.string()),
+    ]
     + [(f"response_{i}_{k}_rate", pa.int64()) for k in ("harmless", "helpful") for i in (1, 2)]
 )
 
@@ -116,9 +127,16 @@ def check_output(out: Path, metrics: dict[str, Any], n_valid: int, n_bad: int) -
     for r in data.pairs:
         assert r["split"] in ("train", "eval")
         assert r["more_helpful_response_id"] in (1, 2) and r["safer_response_id"] in (1, 2)
-        assert isinstance(r["is_response_1_safe"], bool) and isinstance(r["is_response_2_safe"], bool)
-        for k in ("response_1_harmless_rate", "response_2_harmless_rate", "response_1_helpful_rate",
-                  "response_2_helpful_rate", "image_severity"):
+        assert isinstance(r["is_response_1_safe"], bool) and isinstance(
+            r["is_response_2_safe"], bool
+        )
+        for k in (
+            "response_1_harmless_rate",
+            "response_2_harmless_rate",
+            "response_1_helpful_rate",
+            "response_2_helpful_rate",
+            "image_severity",
+        ):
             assert type(r[k]) is int
         assert r["image"] == f"{IMAGES_DIR}/{r['id']}.{r['image'].rsplit('.', 1)[1]}"
         with Image.open(out / r["image"]) as im:
@@ -169,8 +187,9 @@ def test_holdout_is_seeded(tmp_path: Path) -> None:
     def eval_questions(seed: int, name: str) -> list[str]:
         out = tmp_path / name
         out.mkdir()
-        m = import_beavertails(DataConfig(source=str(src), seed=seed, eval_fraction=0.2), out,
-                               progress=False)
+        m = import_beavertails(
+            DataConfig(source=str(src), seed=seed, eval_fraction=0.2), out, progress=False
+        )
         assert (m["n_train"], m["n_eval"]) == (16, 4)
         return sorted(r["question"] for r in read_jsonl(out / SPLIT_FILES["eval"]))
 
@@ -180,7 +199,9 @@ def test_holdout_is_seeded(tmp_path: Path) -> None:
 
 
 # -- jsonl ---------------------------------------------------------------------------------
-def write_jsonl_with_images(path: Path, records: list[dict[str, Any]], lines: list[str] | None = None) -> None:
+def write_jsonl_with_images(
+    path: Path, records: list[dict[str, Any]], lines: list[str] | None = None
+) -> None:
     """JSON lines whose images are paths relative to the file (the bytes go beside it)."""
     (path.parent / "imgs").mkdir(parents=True, exist_ok=True)
     out = []
@@ -221,8 +242,9 @@ def test_directory_with_train_and_eval_jsonl(tmp_path: Path) -> None:
     write_jsonl_with_images(root / "train.jsonl", [valid_record(i) for i in range(5)])
     # the same prompt twice in eval (two response pairs) -> one test prompt
     twin = valid_record(10, response_1="Another answer.")
-    write_jsonl_with_images(root / "eval.jsonl", [valid_record(10), twin, valid_record(11)],
-                            lines=["not json at all"])
+    write_jsonl_with_images(
+        root / "eval.jsonl", [valid_record(10), twin, valid_record(11)], lines=["not json at all"]
+    )
     (root / "notes.txt").write_text("ignored: not a record file")
 
     metrics, out = run_import(tmp_path, root)
@@ -230,8 +252,14 @@ def test_directory_with_train_and_eval_jsonl(tmp_path: Path) -> None:
     assert (metrics["n_train"], metrics["n_eval"], metrics["n_test"]) == (5, 3, 2)
     assert metrics["eval_from"] == "file"
     assert read_jsonl(out / REJECTS_FILE) == [
-        {"source": "eval.jsonl", "index": 3, "split": "eval", "field": "<json>",
-         "error": read_jsonl(out / REJECTS_FILE)[0]["error"]}]
+        {
+            "source": "eval.jsonl",
+            "index": 3,
+            "split": "eval",
+            "field": "<json>",
+            "error": read_jsonl(out / REJECTS_FILE)[0]["error"],
+        }
+    ]
     sources = {r["question"] for r in read_jsonl(out / SPLIT_FILES["eval"])}
     assert sources == {valid_record(10)["question"], valid_record(11)["question"]}
 
@@ -244,8 +272,10 @@ def test_datasets_save_to_disk_dict(tmp_path: Path) -> None:
         columns = {k: [r[k] for r in records] for k in records[0]}
         return datasets.Dataset.from_dict(columns).cast_column("image", datasets.Image())
 
-    train_bad = [valid_record(20, response_1_harmless_rate=5),
-                 valid_record(21, image={"bytes": b"not an image", "path": None})]
+    train_bad = [
+        valid_record(20, response_1_harmless_rate=5),
+        valid_record(21, image={"bytes": b"not an image", "path": None}),
+    ]
     train = [valid_record(i) for i in range(4)] + train_bad
     evaluation = [valid_record(30), valid_record(31, category="unknown_harm"), valid_record(32)]
     dd = datasets.DatasetDict({"train": build(train), "evaluation": build(evaluation)})
@@ -255,7 +285,8 @@ def test_datasets_save_to_disk_dict(tmp_path: Path) -> None:
 
     items = list(iter_raw_records(root))
     assert [(s, src) for s, src, *_ in items] == (
-        [("train", "bt_disk/train")] * 6 + [("eval", "bt_disk/evaluation")] * 3)
+        [("train", "bt_disk/train")] * 6 + [("eval", "bt_disk/evaluation")] * 3
+    )
     assert isinstance(items[0][3]["image"]["bytes"], bytes)  # not decoded to PIL
 
     metrics, out = run_import(tmp_path, root)
@@ -291,8 +322,9 @@ def test_hub_layout_category_directories(tmp_path: Path) -> None:
         train = [valid_record(40 + 10 * c + i, category=cat) for i in range(3)]
         train += [dict(r, category=cat) if f != "category" else r for r, f in bad]
         write_parquet(root / cat / "train-00000-of-00001.parquet", train)
-        write_parquet(root / cat / "evaluation-00000-of-00001.parquet",
-                      [valid_record(60 + c, category=cat)])
+        write_parquet(
+            root / cat / "evaluation-00000-of-00001.parquet", [valid_record(60 + c, category=cat)]
+        )
         for k, (_, field) in enumerate(bad):
             expected[(f"{cat}/train-00000-of-00001.parquet", 3 + k)] = field
         n_valid, n_bad = n_valid + 4, n_bad + len(bad)

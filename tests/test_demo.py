@@ -62,9 +62,14 @@ def test_load_image_accepts_paths_payloads_and_pil(cfg, example, tmp_path):
     from_path = logic.load_image(example["image_path"], cfg)
     from_payload = logic.load_image({"path": example["image_path"], "orig_name": "x.png"}, cfg)
     raw = Path(example["image_path"]).read_bytes()
-    from_url = logic.load_image({"url": "data:image/png;base64," + base64.b64encode(raw).decode()}, cfg)
+    from_url = logic.load_image(
+        {"url": "data:image/png;base64," + base64.b64encode(raw).decode()}, cfg
+    )
     rgba = Image.new("RGBA", (20, 10), (255, 0, 0, 128))
-    assert from_path.mode == "RGB" and from_path.tobytes() == from_payload.tobytes() == from_url.tobytes()
+    assert (
+        from_path.mode == "RGB"
+        and from_path.tobytes() == from_payload.tobytes() == from_url.tobytes()
+    )
     assert logic.load_image(rgba, cfg).mode == "RGB"
 
 
@@ -82,7 +87,9 @@ def test_image_errors_name_the_field_and_the_problem(cfg, tmp_path):
     }
     for needle, args in cases.items():
         err = _error(logic.load_image, *args, cfg)
-        assert err.field == "image" and needle in str(err) and str(err).startswith("image: "), str(err)
+        assert err.field == "image" and needle in str(err) and str(err).startswith("image: "), str(
+            err
+        )
     small = cfg.replace(max_image_bytes=100)
     big = tmp_path / "big.png"
     Image.effect_noise((64, 64), 50).convert("RGB").save(big)
@@ -92,8 +99,13 @@ def test_image_errors_name_the_field_and_the_problem(cfg, tmp_path):
 def test_question_and_answer_cleaning(cfg):
     assert logic.clean_question("How do I use THIS?", cfg) == "how do i use this ?"
     assert logic.clean_question("  what colour is the ball ?  ", cfg) == "what colour is the ball ?"
-    for bad, needle in (("", "empty"), ("   ", "empty"), (None, "empty"), ("x" * (cfg.max_question_chars + 1),
-                                                                        "the limit is"), (3, "expected text")):
+    for bad, needle in (
+        ("", "empty"),
+        ("   ", "empty"),
+        (None, "empty"),
+        ("x" * (cfg.max_question_chars + 1), "the limit is"),
+        (3, "expected text"),
+    ):
         err = _error(logic.clean_question, bad, cfg)
         assert err.field == "question" and needle in str(err)
     assert logic.clean_answer("", cfg) is None and logic.clean_answer(None, cfg) is None
@@ -122,10 +134,23 @@ def test_badges_colour_by_level_and_name_the_category():
 
 
 def test_side_html_escapes_the_answer():
-    side = {"policy": "base", "title": "Base (SFT)", "answer": "<script>x</script>", "reward": 1.0, "cost": -2.0,
-            "verdict": {"level": "safe", "category": "none", "p_unsafe": 0.0}, "gold": None, "trace": None}
+    side = {
+        "policy": "base",
+        "title": "Base (SFT)",
+        "answer": "<script>x</script>",
+        "reward": 1.0,
+        "cost": -2.0,
+        "verdict": {"level": "safe", "category": "none", "p_unsafe": 0.0},
+        "gold": None,
+        "trace": None,
+    }
     html = logic.side_html(side)
-    assert "<script>" not in html and "&lt;script&gt;" in html and "+1.000" in html and "-2.000" in html
+    assert (
+        "<script>" not in html
+        and "&lt;script&gt;" in html
+        and "+1.000" in html
+        and "-2.000" in html
+    )
 
 
 # --- compare and moderate on the shipped models ---------------------------------------------------
@@ -138,8 +163,15 @@ def test_compare_runs_every_column_through_one_function(shipped, cfg, example, m
         return real(models, policy, *args, **kwargs)
 
     monkeypatch.setattr(logic, "answer_side", spy)
-    result = logic.compare(shipped, example["image_path"], example["question"], cfg, reward_only=True, seed=7,
-                           gallery=logic.gallery_index(shipped))
+    result = logic.compare(
+        shipped,
+        example["image_path"],
+        example["question"],
+        cfg,
+        reward_only=True,
+        seed=7,
+        gallery=logic.gallery_index(shipped),
+    )
     assert calls == [("base", 7, False), ("aligned", 7, False), ("reward_only", 7, False)]
     assert [s["policy"] for s in result["sides"]] == ["base", "aligned", "reward_only"]
     assert result["gallery_example"] == example["id"]
@@ -147,7 +179,9 @@ def test_compare_runs_every_column_through_one_function(shipped, cfg, example, m
         assert isinstance(side["answer"], str) and side["answer"]
         assert side["verdict"]["level"] in SEVERITY_LEVELS
         assert math.isfinite(side["reward"]) and math.isfinite(side["cost"])
-        assert side["gold"] is not None and 0 <= side["gold"]["helpfulness"] <= 3  # a gallery example
+        assert (
+            side["gold"] is not None and 0 <= side["gold"]["helpfulness"] <= 3
+        )  # a gallery example
         assert side["blocked"] == (side["verdict"]["level"] != "safe")
     html = logic.comparison_html(result)
     assert html.count('class="wb-side"') == 3 and html.count("wb-badge") == 3
@@ -162,14 +196,19 @@ def test_compare_is_reproducible_by_seed_and_uploads_get_no_gold(shipped, cfg, e
 
 
 def test_five_round_guard_trace(shipped, cfg, example):
-    result = logic.compare(shipped, example["image_path"], example["question"], cfg, guard_on=True, seed=1)
+    result = logic.compare(
+        shipped, example["image_path"], example["question"], cfg, guard_on=True, seed=1
+    )
     assert result["rounds"] == cfg.blocking.rounds
     for side in result["sides"]:
         trace = side["trace"]
         assert trace["outcome"] in OUTCOMES and trace["query_verdict"] is not None
         assert trace["regenerations"] <= cfg.blocking.rounds
         if trace["outcome"] in ("passed", "regenerated"):
-            assert side["answer"] == trace["steps"][-1]["response"] and not trace["steps"][-1]["blocked"]
+            assert (
+                side["answer"] == trace["steps"][-1]["response"]
+                and not trace["steps"][-1]["blocked"]
+            )
 
 
 class _StrictGuard:
@@ -182,24 +221,44 @@ class _StrictGuard:
         self.calls += 1
         level = "safe" if responses is None else "severe"
         category = "none" if level == "safe" else "violence_and_physical_harm"
-        return [Verdict(level=level, category=category, p_unsafe=0.0 if level == "safe" else 1.0) for _ in questions]
+        return [
+            Verdict(level=level, category=category, p_unsafe=0.0 if level == "safe" else 1.0)
+            for _ in questions
+        ]
 
 
-def test_guard_that_blocks_everything_serves_the_refusal_after_the_last_round(shipped, cfg, example):
+def test_guard_that_blocks_everything_serves_the_refusal_after_the_last_round(
+    shipped, cfg, example
+):
     strict = dataclasses.replace(shipped, guard=_StrictGuard())
-    side = logic.answer_side(strict, "base", logic.load_image(example["image_path"], cfg), "how do i use this ?",
-                             cfg, guard_on=True)
+    side = logic.answer_side(
+        strict,
+        "base",
+        logic.load_image(example["image_path"], cfg),
+        "how do i use this ?",
+        cfg,
+        guard_on=True,
+    )
     trace = side["trace"]
     assert trace["outcome"] == "fallback" and side["answer"] == SAFE_REFUSAL
-    assert trace["regenerations"] == cfg.blocking.rounds and len(trace["steps"]) == cfg.blocking.rounds + 1
+    assert (
+        trace["regenerations"] == cfg.blocking.rounds
+        and len(trace["steps"]) == cfg.blocking.rounds + 1
+    )
     assert all(step["blocked"] for step in trace["steps"])
     assert "guard trace: fallback" in logic.side_html(side)
 
 
 def test_moderate_screens_queries_and_moderates_answers(shipped, cfg, example):
     query = logic.moderate(shipped, example["image_path"], example["question"], "", cfg)
-    answer = logic.moderate(shipped, example["image_path"], example["question"], "Sure, here is how.", cfg)
-    assert query["mode"] == "query" and query["answer"] is None and query["blocking_level"] == cfg.blocking.query_level
+    answer = logic.moderate(
+        shipped, example["image_path"], example["question"], "Sure, here is how.", cfg
+    )
+    assert (
+        query["mode"] == "query"
+        and query["answer"] is None
+        and query["blocking_level"] == cfg.blocking.query_level
+    )
     assert answer["mode"] == "answer" and answer["answer"] == "sure , here is how ."
     for r in (query, answer):
         rank = SEVERITY_LEVELS.index(r["verdict"]["level"])
@@ -209,7 +268,9 @@ def test_moderate_screens_queries_and_moderates_answers(shipped, cfg, example):
 
 
 def test_reward_only_column_needs_the_policy(shipped, cfg, example):
-    without = dataclasses.replace(shipped, policies={k: v for k, v in shipped.policies.items() if k != "reward_only"})
+    without = dataclasses.replace(
+        shipped, policies={k: v for k, v in shipped.policies.items() if k != "reward_only"}
+    )
     err = _error(logic.compare, without, example["image_path"], example["question"], cfg, True)
     assert err.field == "reward_only"
 
@@ -220,16 +281,24 @@ def test_tradeoff_prefers_the_analysis_figure_and_falls_back_to_ppo_metrics(tmp_
 
     assert logic.tradeoff_figure(tmp_path)[0] is None
     (tmp_path / "ppo").mkdir()
-    (tmp_path / "ppo" / "metrics.json").write_text(json.dumps({
-        "base": {"helpfulness": 1.5, "safety_rate": 0.6},
-        "variants": {"lagrangian": {"helpfulness": 1.2, "safety_rate": 0.95},
-                     "reward_only": {"helpfulness": 1.8, "safety_rate": 0.4}}}))
+    (tmp_path / "ppo" / "metrics.json").write_text(
+        json.dumps(
+            {
+                "base": {"helpfulness": 1.5, "safety_rate": 0.6},
+                "variants": {
+                    "lagrangian": {"helpfulness": 1.2, "safety_rate": 0.95},
+                    "reward_only": {"helpfulness": 1.8, "safety_rate": 0.4},
+                },
+            }
+        )
+    )
     fig, note = logic.tradeoff_figure(tmp_path)
     assert list(fig.data[0].text) == ["base (SFT)", "lagrangian", "reward_only"]
     assert list(fig.data[0].y) == [0.6, 0.95, 0.4] and "has not been run" in note
     (tmp_path / "analyze" / "figures").mkdir(parents=True)
     go.Figure(go.Scatter(x=[1], y=[2]), layout={"title": {"text": "from analyze"}}).write_json(
-        str(tmp_path / "analyze" / "figures" / "tradeoff.json"))
+        str(tmp_path / "analyze" / "figures" / "tradeoff.json")
+    )
     fig, note = logic.tradeoff_figure(tmp_path)
     assert fig.layout.title.text == "from analyze" and "analysis stage" in note
 
@@ -271,15 +340,24 @@ def test_shipped_assets_are_small_half_precision_and_complete(shipped):
     assert not missing_parts(SHIPPED) and len(shipped.gallery) >= 4
     with safe_open(str(SHIPPED / "sft" / "model" / "model.safetensors"), "pt") as f:
         assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
-    adapter = json.loads((SHIPPED / "ppo" / "lagrangian" / "model" / "adapter_config.json").read_text())
+    adapter = json.loads(
+        (SHIPPED / "ppo" / "lagrangian" / "model" / "adapter_config.json").read_text()
+    )
     assert not Path(adapter["base_model_name_or_path"]).is_absolute()
-    assert set(shipped.policies) == {"base", "aligned", "reward_only"} and shipped.source == "assets"
+    assert (
+        set(shipped.policies) == {"base", "aligned", "reward_only"} and shipped.source == "assets"
+    )
     # the aligned policy is the LoRA-merged SFT model: same shapes, different weights
     base, aligned = shipped.policies["base"][0], shipped.policies["aligned"][0]
-    changed = [n for (n, a), (_, b) in zip(base.named_parameters(), aligned.named_parameters(), strict=True)
-               if not torch.equal(a, b)]
+    changed = [
+        n
+        for (n, a), (_, b) in zip(base.named_parameters(), aligned.named_parameters(), strict=True)
+        if not torch.equal(a, b)
+    ]
     targets = set(adapter["target_modules"])
-    assert changed and all(n.split(".")[-2] in targets for n in changed)  # only the LoRA-wrapped layers
+    assert changed and all(
+        n.split(".")[-2] in targets for n in changed
+    )  # only the LoRA-wrapped layers
     assert all(p.dtype == torch.float32 for p in aligned.parameters())
 
 
@@ -290,14 +368,23 @@ def _tiny_run(root: Path) -> Path:
     from workbench.models.score import ScoreModel
     from workbench.models.vlm import TinyVLMSpec, build_tiny_vlm, save_vlm
 
-    spec = TinyVLMSpec(vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=48, text_layers=1,
-                       text_heads=2, text_intermediate=64)
+    spec = TinyVLMSpec(
+        vision_hidden=32,
+        vision_layers=1,
+        vision_heads=2,
+        text_hidden=48,
+        text_layers=1,
+        text_heads=2,
+        text_intermediate=64,
+    )
     run = root / "tiny"
     model, processor = build_tiny_vlm(spec, seed=0)
     save_vlm(model, processor, run / "sft" / "model")
     for seed, stage in enumerate(("reward", "cost"), start=1):
         torch.manual_seed(seed)
-        ScoreModel(build_tiny_vlm(spec, seed=seed)[0], processor, head_std=0.5).save(run / stage / "model")
+        ScoreModel(build_tiny_vlm(spec, seed=seed)[0], processor, head_std=0.5).save(
+            run / stage / "model"
+        )
     GuardModel(build_tiny_vlm(spec, seed=3)[0], processor).save(run / "guard" / "model")
     for seed, variant in ((4, "lagrangian"), (5, "reward_only")):
         policy = apply_lora(build_tiny_vlm(spec, seed=0)[0], ["q_proj", "v_proj"])
@@ -306,7 +393,9 @@ def _tiny_run(root: Path) -> Path:
             for name, p in policy.named_parameters():
                 if "lora_B" in name:
                     p.normal_(std=0.2)
-        save_policy(policy, processor, run / "ppo" / variant / "model", base_path=run / "sft" / "model")
+        save_policy(
+            policy, processor, run / "ppo" / variant / "model", base_path=run / "sft" / "model"
+        )
     shutil.copy2(SHIPPED / "ppo" / "metrics.json", run / "ppo" / "metrics.json")
     shutil.copytree(SHIPPED / "data", run / "data")
     return run
@@ -388,22 +477,32 @@ def client(app):
 
 def test_app_binds_loopback_and_names_its_endpoints(app, client):
     assert app.local_url.startswith("http://127.0.0.1:")
-    assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == {"/compare",
-                                                                                               "/moderate"}
+    assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == {
+        "/compare",
+        "/moderate",
+    }
 
 
 def test_app_compare_and_moderate(client, example):
     from gradio_client import handle_file
 
-    html, result = client.predict(handle_file(example["image_path"]), example["question"], True, True, 5,
-                                  api_name="/compare")
+    html, result = client.predict(
+        handle_file(example["image_path"]), example["question"], True, True, 5, api_name="/compare"
+    )
     assert [s["policy"] for s in result["sides"]] == ["base", "aligned", "reward_only"]
     assert result["guard_on"] and all(s["trace"] for s in result["sides"])
     assert html.count('class="wb-side"') == 3 and "wb-trace" in html
-    assert result["gallery_example"] == example["id"]  # the uploaded copy is recognised by its pixels
-    html, verdict = client.predict(handle_file(example["image_path"]), example["question"], "",
-                                   api_name="/moderate")
-    assert verdict["mode"] == "query" and verdict["verdict"]["level"] in SEVERITY_LEVELS and "wb-badge" in html
+    assert (
+        result["gallery_example"] == example["id"]
+    )  # the uploaded copy is recognised by its pixels
+    html, verdict = client.predict(
+        handle_file(example["image_path"]), example["question"], "", api_name="/moderate"
+    )
+    assert (
+        verdict["mode"] == "query"
+        and verdict["verdict"]["level"] in SEVERITY_LEVELS
+        and "wb-badge" in html
+    )
 
 
 def test_app_user_mistakes_are_clear_errors(client, example, tmp_path, cfg):
@@ -416,7 +515,10 @@ def test_app_user_mistakes_are_clear_errors(client, example, tmp_path, cfg):
     image = handle_file(example["image_path"])
     cases = [
         ((None, "how do i use this ?", False, False, 0), "image: no image"),
-        ((handle_file(str(not_image)), "how do i use this ?", False, False, 0), "'report.pdf' is not an image"),
+        (
+            (handle_file(str(not_image)), "how do i use this ?", False, False, 0),
+            "'report.pdf' is not an image",
+        ),
         ((handle_file(str(tall)), "how do i use this ?", False, False, 0), "pixels per side"),
         ((image, "   ", False, False, 0), "question: the question is empty"),
         ((image, "w" * (cfg.max_question_chars + 5), False, False, 0), "question: 305 characters"),
@@ -433,8 +535,23 @@ def test_app_user_mistakes_are_clear_errors(client, example, tmp_path, cfg):
 def test_bench_demo_smoke(tmp_path):
     from workbench.bench import main
 
-    assert main(["demo", "--smoke", "--clients", "4", "--requests", "8", "--run-dir", str(SHIPPED),
-                 "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--smoke",
+                "--clients",
+                "4",
+                "--requests",
+                "8",
+                "--run-dir",
+                str(SHIPPED),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "demo.json").read_text())
     assert report["load"]["errors"] == 0 and report["load"]["ok"] == 8
     assert 0 < report["start_time_s"] < 60
@@ -447,5 +564,9 @@ def test_data_url_that_is_not_base64_is_an_image_error(cfg):
     err = _error(logic.load_image, {"url": "data:image/png;base64,@@@"}, cfg)
     assert err.field == "image" and "base64" in str(err)
     buf = io.BytesIO(b"plain text")
-    err = _error(logic.load_image, {"url": "data:text/plain;base64," + base64.b64encode(buf.getvalue()).decode()}, cfg)
+    err = _error(
+        logic.load_image,
+        {"url": "data:text/plain;base64," + base64.b64encode(buf.getvalue()).decode()},
+        cfg,
+    )
     assert "is not an image" in str(err)

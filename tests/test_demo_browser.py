@@ -35,7 +35,9 @@ def app_url():
 def test_compare_in_chromium(app_url, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
-    assert Path(CHROMIUM).is_file(), f"{CHROMIUM} is missing: apt-get install -y chromium (make test does it)"
+    assert Path(CHROMIUM).is_file(), (
+        f"{CHROMIUM} is missing: apt-get install -y chromium (make test does it)"
+    )
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
         try:
@@ -60,7 +62,9 @@ def test_compare_in_chromium(app_url, tmp_path):
             assert titles == ["Base (SFT)", "Aligned (PPO-Lagrangian)", "Reward-only PPO"]
             for i in range(3):
                 side = sides.nth(i)
-                assert side.locator(".wb-answer").inner_text().strip(), f"column {titles[i]} has no answer"
+                assert side.locator(".wb-answer").inner_text().strip(), (
+                    f"column {titles[i]} has no answer"
+                )
                 badge = side.locator("p .wb-badge")  # the verdict on the served answer
                 expect(badge).to_have_count(1)
                 assert badge.get_attribute("data-level") in ("safe", "minor", "moderate", "severe")
@@ -68,7 +72,10 @@ def test_compare_in_chromium(app_url, tmp_path):
                 assert "reward" in side.locator(".wb-scores").inner_text()
             # side by side: the columns share one row
             boxes = [sides.nth(i).bounding_box() for i in range(3)]
-            assert boxes[0]["x"] < boxes[1]["x"] < boxes[2]["x"] and abs(boxes[0]["y"] - boxes[2]["y"]) < 2
+            assert (
+                boxes[0]["x"] < boxes[1]["x"] < boxes[2]["x"]
+                and abs(boxes[0]["y"] - boxes[2]["y"]) < 2
+            )
 
             shot = tmp_path / "demo_compare.png"
             page.screenshot(path=str(shot), full_page=True)
@@ -76,7 +83,9 @@ def test_compare_in_chromium(app_url, tmp_path):
             # a user mistake shows Gradio's error with our message
             page.locator("#wb-question textarea").fill("   ")
             page.locator("#wb-compare-button").click()
-            expect(page.get_by_text("question: the question is empty").first).to_be_visible(timeout=30_000)
+            expect(page.get_by_text("question: the question is empty").first).to_be_visible(
+                timeout=30_000
+            )
         finally:
             browser.close()
     assert shot.stat().st_size > 10_000

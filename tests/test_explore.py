@@ -30,15 +30,22 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> DataSplits:
 @pytest.fixture(scope="module")
 def real(world: DataSplits) -> DataSplits:
     """The same records stripped to the real dataset's fields (no gold, no intent)."""
+
     def strip(records: list[dict], fields: tuple[str, ...]) -> list[dict]:
         return [{k: r[k] for k in (*fields, "id", "split")} for r in records]
 
-    return DataSplits(root=Path(world.root), train=strip(world.train, PAIR_FIELDS),
-                      eval=strip(world.eval, PAIR_FIELDS), test=strip(world.test, PROMPT_FIELDS))
+    return DataSplits(
+        root=Path(world.root),
+        train=strip(world.train, PAIR_FIELDS),
+        eval=strip(world.eval, PAIR_FIELDS),
+        test=strip(world.test, PROMPT_FIELDS),
+    )
 
 
 def direct_disagreement(records: list[dict]) -> float:
-    return sum(r["more_helpful_response_id"] != r["safer_response_id"] for r in records) / len(records)
+    return sum(r["more_helpful_response_id"] != r["safer_response_id"] for r in records) / len(
+        records
+    )
 
 
 # -- tables -----------------------------------------------------------------------------------
@@ -110,7 +117,8 @@ def test_gold_tables(world: DataSplits, real: DataSplits) -> None:
     assert 0.5 < agreement.loc["more helpful", "agreement"] <= 1.0
     # Bradley-Terry annotators: the observed agreement is close to the model's prediction
     assert agreement.loc["more helpful", "agreement"] == pytest.approx(
-        agreement.loc["more helpful", "bradley_terry"], abs=0.05)
+        agreement.loc["more helpful", "bradley_terry"], abs=0.05
+    )
     for fn in (explore.gold_by_action_table, explore.annotator_agreement, explore.gold_by_action):
         with pytest.raises(ValueError, match="gold"):
             fn(real)
@@ -119,16 +127,23 @@ def test_gold_tables(world: DataSplits, real: DataSplits) -> None:
 def test_oracle_table_orders_responses() -> None:
     prompt = explore.harmful_example(None)
     assert prompt["prompt_severity"] >= 2
-    table = explore.oracle_table(prompt, {
-        "compliance": "sure , here is how . step one : method_a . step two : method_b .",
-        "refusal": "sorry , i cannot help with that .",
-        "redirect": "sorry , i cannot help with that . instead , please talk to a trusted professional .",
-        "gibberish": "knife method_a apple shows careful .",
-    })
+    table = explore.oracle_table(
+        prompt,
+        {
+            "compliance": "sure , here is how . step one : method_a . step two : method_b .",
+            "refusal": "sorry , i cannot help with that .",
+            "redirect": "sorry , i cannot help with that . instead , please talk to a trusted professional .",
+            "gibberish": "knife method_a apple shows careful .",
+        },
+    )
     assert list(table.index) == ["compliance", "refusal", "redirect", "gibberish"]
     assert not table.loc["compliance", "safe"] and table.loc["redirect", "safe"]
-    assert table.loc["compliance", "helpfulness"] > table.loc["redirect", "helpfulness"] > \
-        table.loc["refusal", "helpfulness"] >= table.loc["gibberish", "helpfulness"]
+    assert (
+        table.loc["compliance", "helpfulness"]
+        > table.loc["redirect", "helpfulness"]
+        > table.loc["refusal", "helpfulness"]
+        >= table.loc["gibberish", "helpfulness"]
+    )
     assert table.loc["gibberish", "gibberish"] == 1
 
 
@@ -147,7 +162,9 @@ def test_heatmap_counts(world: DataSplits) -> None:
     assert sum(sum(row) for row in heat.z) == len(world.pairs)
     cats = list(heat.y)
     animal = cats.index("animal_abuse")
-    expected = sum(1 for r in world.pairs if r["category"] == "animal_abuse" and r["image_severity"] == 2)
+    expected = sum(
+        1 for r in world.pairs if r["category"] == "animal_abuse" and r["image_severity"] == 2
+    )
     assert heat.z[animal][2] == expected
     assert fig.layout.xaxis.title.text and fig.layout.yaxis.title.text
 
@@ -159,8 +176,12 @@ def test_rate_distributions_counts(world: DataSplits) -> None:
     assert sum(sum(t.y) for t in helpful) == 2 * len(world.pairs)
     assert list(bars["harmless rate"].x) == list(range(-3, 4))
     assert sum(bars["harmless rate"].y) == 2 * len(world.pairs)
-    unsafe_top = sum(1 for r in world.pairs for i in (1, 2)
-                     if not r[f"is_response_{i}_safe"] and r[f"response_{i}_helpful_rate"] == 3)
+    unsafe_top = sum(
+        1
+        for r in world.pairs
+        for i in (1, 2)
+        if not r[f"is_response_{i}_safe"] and r[f"response_{i}_helpful_rate"] == 3
+    )
     assert bars["unsafe responses"].y[3] == unsafe_top
     assert bars["harmless rate"].y[3] == 0  # a harmless rate is never 0 in the world
 

@@ -36,11 +36,18 @@ def _sig(x):
 
 # --- the ordinal model ---------------------------------------------------------------------------
 def test_ordinal_targets_and_hand_computed_loss():
-    assert ordinal_targets(torch.tensor([0, 1, 2, 3])).tolist() == [[0, 0, 0], [1, 0, 0], [1, 1, 0], [1, 1, 1]]
+    assert ordinal_targets(torch.tensor([0, 1, 2, 3])).tolist() == [
+        [0, 0, 0],
+        [1, 0, 0],
+        [1, 1, 0],
+        [1, 1, 1],
+    ]
     theta = torch.tensor([-1.0, 0.0, 1.0])
     # s = 0, y = moderate: -log σ(1) - log σ(0) - log(1 - σ(-1))
     want = -math.log(_sig(1)) - math.log(0.5) - math.log(1 - _sig(-1))
-    assert float(ordinal_loss(torch.tensor([0.0]), theta, torch.tensor([2]))) == pytest.approx(want, rel=1e-6)
+    assert float(ordinal_loss(torch.tensor([0.0]), theta, torch.tensor([2]))) == pytest.approx(
+        want, rel=1e-6
+    )
     # batch mean: s = 2, y = safe: -log(1-σ(3)) - log(1-σ(2)) - log(1-σ(1))
     safe = -sum(math.log(1 - _sig(z)) for z in (3, 2, 1))
     got = float(ordinal_loss(torch.tensor([0.0, 2.0]), theta, torch.tensor([2, 0])))
@@ -54,14 +61,20 @@ def test_thresholds_are_ordered_and_probabilities_sum_to_one():
     probs = level_probabilities(torch.tensor([-5.0, 0.0, 5.0]), torch.tensor([-1.0, 0.0, 1.0]))
     assert torch.allclose(probs.sum(1), torch.ones(3))
     # s = 0: P(safe) = 1 - σ(1), P(minor) = σ(1) - σ(0), P(moderate) = σ(0) - σ(-1), P(severe) = σ(-1)
-    assert probs[1].tolist() == pytest.approx([1 - _sig(1), _sig(1) - 0.5, 0.5 - _sig(-1), _sig(-1)], rel=1e-5)
+    assert probs[1].tolist() == pytest.approx(
+        [1 - _sig(1), _sig(1) - 0.5, 0.5 - _sig(-1), _sig(-1)], rel=1e-5
+    )
 
 
 def test_decide_levels_uses_the_severe_cutoff():
-    probs = torch.tensor([[0.7, 0.2, 0.05, 0.05],   # safe
-                          [0.1, 0.6, 0.2, 0.1],     # P(>= minor) .9, P(>= moderate) .3 -> minor
-                          [0.1, 0.2, 0.3, 0.4],     # P(>= moderate) .7, P(severe) .4
-                          [0.0, 0.0, 0.0, 1.0]])
+    probs = torch.tensor(
+        [
+            [0.7, 0.2, 0.05, 0.05],  # safe
+            [0.1, 0.6, 0.2, 0.1],  # P(>= minor) .9, P(>= moderate) .3 -> minor
+            [0.1, 0.2, 0.3, 0.4],  # P(>= moderate) .7, P(severe) .4
+            [0.0, 0.0, 0.0, 1.0],
+        ]
+    )
     assert decide_levels(probs).tolist() == [0, 1, 2, 3]
     assert decide_levels(probs, severe_cutoff=0.35).tolist() == [0, 1, 3, 3]
     # one cut-off per row (answers and queries in one batch)
@@ -75,15 +88,21 @@ def test_calibrated_severe_cutoff_reaches_the_target_recall():
     for target, recall in ((1.0, 1.0), (0.95, 1.0), (0.9, 0.9), (0.8, 0.8), (0.5, 0.5)):
         cut = calibrate_severe_cutoff(p, target)
         assert np.mean(np.array(p) > cut) == pytest.approx(recall), target
-    assert 0.1 < calibrate_severe_cutoff(p, 0.8) < 0.2 + 1e-12  # just below the 3rd smallest: 2 of 10 missed
+    assert (
+        0.1 < calibrate_severe_cutoff(p, 0.8) < 0.2 + 1e-12
+    )  # just below the 3rd smallest: 2 of 10 missed
     with pytest.raises(ValueError):
         calibrate_severe_cutoff([], 0.9)
 
 
 # --- labels --------------------------------------------------------------------------------------
 def test_labels_from_rates_and_prompts():
-    rec = {"category": "animal_abuse", "response_1_harmless_rate": -2, "response_2_harmless_rate": 3,
-           "image_severity": 1}
+    rec = {
+        "category": "animal_abuse",
+        "response_1_harmless_rate": -2,
+        "response_2_harmless_rate": 3,
+        "image_severity": 1,
+    }
     assert answer_label(rec, 1) == (2, LABELS.index("animal_abuse"))
     assert answer_label(rec, 2) == (0, LABELS.index("none"))
     assert answer_label({**rec, "response_1_harmless_rate": -3}, 1)[0] == 3
@@ -91,7 +110,9 @@ def test_labels_from_rates_and_prompts():
     world = {**rec, "prompt_severity": 0, "prompt_category": "none"}
     assert query_label(world) == (0, 0)
     assert gold_answer_level({"response_1_gold_harmlessness": -2.6}, 1) == 3
-    assert gold_answer_level({"response_1_gold_harmlessness": -2.5}, 1) == 2  # rounds half up, as annotators do
+    assert (
+        gold_answer_level({"response_1_gold_harmlessness": -2.5}, 1) == 2
+    )  # rounds half up, as annotators do
     assert gold_answer_level({"response_1_gold_harmlessness": -0.2}, 1) == 1
     assert gold_answer_level({"response_1_gold_harmlessness": 0.4}, 1) == 0
 
@@ -100,7 +121,10 @@ def test_classification_metrics_by_hand():
     m = classification_metrics([0, 0, 1, 1, 2], [0, 1, 1, 1, 0], ("a", "b", "c"))
     assert m["accuracy"] == pytest.approx(3 / 5)
     assert m["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
-    assert m["per_level"]["b"]["precision"] == pytest.approx(2 / 3) and m["per_level"]["b"]["recall"] == 1.0
+    assert (
+        m["per_level"]["b"]["precision"] == pytest.approx(2 / 3)
+        and m["per_level"]["b"]["recall"] == 1.0
+    )
     # F1: a = .5, b = .8, c = 0 -> macro .4333
     assert m["macro_f1"] == pytest.approx((0.5 + 0.8 + 0.0) / 3)
 
@@ -133,9 +157,14 @@ class ScriptedGenerator:
 
 def fake_guard(images, questions, responses):
     if responses is None:  # queries: "bomb" questions are severe
-        return [Verdict("severe", "terrorism_or_extremism") if "bomb" in q else Verdict("safe") for q in questions]
-    return [Verdict("safe") if r.startswith("ok") else Verdict("moderate", "violence_and_physical_harm")
-            for r in responses]
+        return [
+            Verdict("severe", "terrorism_or_extremism") if "bomb" in q else Verdict("safe")
+            for q in questions
+        ]
+    return [
+        Verdict("safe") if r.startswith("ok") else Verdict("moderate", "violence_and_physical_harm")
+        for r in responses
+    ]
 
 
 def test_stops_at_the_first_safe_answer():
@@ -143,8 +172,17 @@ def test_stops_at_the_first_safe_answer():
     t1, t2 = filter_and_regenerate(gen, fake_guard, [None, None], ["q1", "q2"], ONE_LEVEL)
     assert (t1.final, t1.outcome, t1.regenerations) == ("ok third", "regenerated", 2)
     assert [s.blocked for s in t1.steps] == [True, True, False] and gen.calls["q1"] == 3
-    assert (t2.final, t2.outcome, t2.regenerations) == ("ok first", "passed", 0) and gen.calls["q2"] == 1
-    assert [t1.served(r) for r in range(6)] == ["bad", "bad", "ok third", "ok third", "ok third", "ok third"]
+    assert (t2.final, t2.outcome, t2.regenerations) == ("ok first", "passed", 0) and gen.calls[
+        "q2"
+    ] == 1
+    assert [t1.served(r) for r in range(6)] == [
+        "bad",
+        "bad",
+        "ok third",
+        "ok third",
+        "ok third",
+        "ok third",
+    ]
 
 
 def test_never_exceeds_the_rounds_and_falls_back_to_a_refusal():
@@ -152,7 +190,11 @@ def test_never_exceeds_the_rounds_and_falls_back_to_a_refusal():
     (t,) = filter_and_regenerate(gen, fake_guard, [None], ["q"], ONE_LEVEL)
     assert gen.calls["q"] == 6 and t.regenerations == 5  # the first answer + five regenerations
     assert t.outcome == "fallback" and t.final == SAFE_REFUSAL and "after 5 rounds" in t.reason
-    assert all(s.blocked for s in t.steps) and t.served(4) == "unsafe again" and t.served(5) == SAFE_REFUSAL
+    assert (
+        all(s.blocked for s in t.steps)
+        and t.served(4) == "unsafe again"
+        and t.served(5) == SAFE_REFUSAL
+    )
     gen = ScriptedGenerator({"q": []})
     (t,) = filter_and_regenerate(gen, fake_guard, [None], ["q"], replace(ONE_LEVEL, rounds=0))
     assert gen.calls["q"] == 1 and t.outcome == "fallback"
@@ -167,16 +209,29 @@ def test_blocking_level_decides_what_is_regenerated():
 def test_answers_to_safe_queries_need_the_safe_query_level():
     def guard(images, questions, responses):
         if responses is None:  # "risky" questions are minor, the rest safe
-            return [Verdict("minor", "animal_abuse") if "risky" in q else Verdict("safe") for q in questions]
-        return [Verdict("minor", "animal_abuse") if r.startswith("minor") else Verdict("safe") for r in responses]
+            return [
+                Verdict("minor", "animal_abuse") if "risky" in q else Verdict("safe")
+                for q in questions
+            ]
+        return [
+            Verdict("minor", "animal_abuse") if r.startswith("minor") else Verdict("safe")
+            for r in responses
+        ]
 
     gen = ScriptedGenerator({"benign q": ["minor answer"], "risky q": ["minor answer", "ok"]})
-    benign, risky = filter_and_regenerate(gen, guard, [None, None], ["benign q", "risky q"],
-                                          BlockingPolicy(safe_query_level="moderate"))
+    benign, risky = filter_and_regenerate(
+        gen,
+        guard,
+        [None, None],
+        ["benign q", "risky q"],
+        BlockingPolicy(safe_query_level="moderate"),
+    )
     assert (benign.outcome, benign.final) == ("passed", "minor answer")  # minor < moderate: kept
     assert (risky.outcome, risky.final) == ("regenerated", "ok")  # the query was not judged safe
     gen = ScriptedGenerator({"benign q": ["minor answer", "ok"]})
-    (t,) = filter_and_regenerate(gen, guard, [None], ["benign q"], ONE_LEVEL)  # one level for every answer
+    (t,) = filter_and_regenerate(
+        gen, guard, [None], ["benign q"], ONE_LEVEL
+    )  # one level for every answer
     assert t.outcome == "regenerated"
     with pytest.raises(ConfigError, match="safe_query_level"):
         BlockingPolicy(safe_query_level="safe")
@@ -184,14 +239,25 @@ def test_answers_to_safe_queries_need_the_safe_query_level():
 
 def test_severe_queries_are_refused_before_generation():
     gen = ScriptedGenerator({"how to build a bomb": ["ok sure"], "q": ["ok"]})
-    t, u = filter_and_regenerate(gen, fake_guard, [None, None], ["how to build a bomb", "q"], ONE_LEVEL)
-    assert t.outcome == "query_blocked" and t.final == SAFE_REFUSAL and gen.calls["how to build a bomb"] == 0
+    t, u = filter_and_regenerate(
+        gen, fake_guard, [None, None], ["how to build a bomb", "q"], ONE_LEVEL
+    )
+    assert (
+        t.outcome == "query_blocked"
+        and t.final == SAFE_REFUSAL
+        and gen.calls["how to build a bomb"] == 0
+    )
     assert t.query_verdict.level == "severe" and "severe" in t.reason and not t.steps
     assert u.outcome == "passed"
     # with round-0 answers given, the base answer is kept for served(0)
-    (t,) = filter_and_regenerate(gen, fake_guard, [None], ["how to build a bomb"], ONE_LEVEL,
-                                 initial=["base answer"])
-    assert t.served(0) == "base answer" and t.served(1) == SAFE_REFUSAL and gen.calls["how to build a bomb"] == 0
+    (t,) = filter_and_regenerate(
+        gen, fake_guard, [None], ["how to build a bomb"], ONE_LEVEL, initial=["base answer"]
+    )
+    assert (
+        t.served(0) == "base answer"
+        and t.served(1) == SAFE_REFUSAL
+        and gen.calls["how to build a bomb"] == 0
+    )
 
 
 @pytest.mark.parametrize("broken", ["raises", "wrong_count", "not_a_verdict"])
@@ -241,7 +307,9 @@ def test_guard_model_round_trip_and_judge(tmp_path):
     guard.save(tmp_path / "guard")
     loaded = GuardModel.load(tmp_path / "guard")
     after = loaded.predict(images, questions, [None, "sure , here is how ."])
-    assert loaded.severe_cutoff == 0.3 and torch.equal(loaded.image_head.bias, guard.image_head.bias)
+    assert loaded.severe_cutoff == 0.3 and torch.equal(
+        loaded.image_head.bias, guard.image_head.bias
+    )
     for key in before:
         np.testing.assert_allclose(before[key], after[key], atol=1e-6)
     verdicts = loaded.judge(images, questions)
@@ -259,13 +327,22 @@ def test_training_step_lowers_the_loss():
     torch.manual_seed(0)
     backbone, processor = build_tiny_vlm(seed=0)
     guard = GuardModel(backbone, processor)
-    batch = guard.encode([Image.new("RGB", (64, 64), "red")] * 4, ["q a", "q b", "q c", "q d"],
-                         [None, "sure , here is how .", "sorry , i cannot help with that .", None])
-    levels, cats, image_levels = torch.tensor([0, 3, 0, 2]), torch.tensor([0, 5, 0, 7]), torch.tensor([0, 3, 0, 2])
+    batch = guard.encode(
+        [Image.new("RGB", (64, 64), "red")] * 4,
+        ["q a", "q b", "q c", "q d"],
+        [None, "sure , here is how .", "sorry , i cannot help with that .", None],
+    )
+    levels, cats, image_levels = (
+        torch.tensor([0, 3, 0, 2]),
+        torch.tensor([0, 5, 0, 7]),
+        torch.tensor([0, 3, 0, 2]),
+    )
     opt = torch.optim.Adam(guard.parameters(), lr=1e-3)
     without_image = float(guard.loss(batch, levels, cats, 0.5)[0].detach())
     first = float(guard.loss(batch, levels, cats, 0.5, image_levels, 0.5)[0].detach())
-    image_ce = torch.nn.functional.cross_entropy(guard.image_logits(batch["pixel_values"]), image_levels)
+    image_ce = torch.nn.functional.cross_entropy(
+        guard.image_logits(batch["pixel_values"]), image_levels
+    )
     assert first == pytest.approx(without_image + 0.5 * float(image_ce.detach()), rel=1e-5)
     head = guard.category_head.weight.detach().clone()
     for _ in range(5):
@@ -289,14 +366,28 @@ def guard_run(smoke_score_runs):
 
 def test_smoke_guard_stage(guard_run):
     m = json.loads((guard_run / "guard" / "metrics.json").read_text())
-    for key in ("accuracy", "macro_f1", "per_level", "rounds_safety_rate", "rounds_helpfulness",
-                "macro_f1_ceiling", "regenerations", "relative_safety_gain", "query"):
+    for key in (
+        "accuracy",
+        "macro_f1",
+        "per_level",
+        "rounds_safety_rate",
+        "rounds_helpfulness",
+        "macro_f1_ceiling",
+        "regenerations",
+        "relative_safety_gain",
+        "query",
+    ):
         assert key in m, key
     assert set(m["per_level"]) == {"safe", "minor", "moderate", "severe"}
     assert len(m["rounds_safety_rate"]) == 6 and len(m["rounds_helpfulness"]) == 6
     assert 0.0 <= m["accuracy"] <= 1.0 and m["steps"] == GuardConfig.smoke().max_steps
-    traces = [json.loads(line) for line in (guard_run / "guard" / "traces.jsonl").read_text().splitlines()]
-    assert len(traces) == m["n_prompts"] and sum(t["regenerations"] for t in traces) == m["regenerations"]
+    traces = [
+        json.loads(line) for line in (guard_run / "guard" / "traces.jsonl").read_text().splitlines()
+    ]
+    assert (
+        len(traces) == m["n_prompts"]
+        and sum(t["regenerations"] for t in traces) == m["regenerations"]
+    )
     assert all(t["regenerations"] <= 5 for t in traces)
     guard = GuardModel.load(guard_run / "guard" / "model")
     assert len(guard.category_head.weight) == len(LABELS)
@@ -304,7 +395,11 @@ def test_smoke_guard_stage(guard_run):
     cal = m["calibration"]
     if cal["n_severe"]:
         assert cal["recall"] >= GuardConfig.smoke().severe_recall_target
-        assert guard.severe_cutoff == pytest.approx(cal["cutoff"]) == pytest.approx(m["answer_severe_cutoff"])
+        assert (
+            guard.severe_cutoff
+            == pytest.approx(cal["cutoff"])
+            == pytest.approx(m["answer_severe_cutoff"])
+        )
     assert guard.query_severe_cutoff == GuardConfig.smoke().severe_cutoff
 
 
@@ -318,10 +413,14 @@ def test_guard_views(guard_run):
     heat = views.confusion_heatmap(m)
     assert np.asarray(heat.data[0].z).shape == (4, 4)
     assert views.category_recall_bar(m).data[0].type == "bar"
-    fig = views.rounds_figure({"minor": {k: m[k] for k in ("rounds_safety_rate", "rounds_helpfulness")}})
+    fig = views.rounds_figure(
+        {"minor": {k: m[k] for k in ("rounds_safety_rate", "rounds_helpfulness")}}
+    )
     assert list(fig.data[0].y) == m["rounds_safety_rate"] and "40.9%" in fig.data[-1].name
     html = views.trace_html(read_jsonl(guard_run / "guard" / "traces.jsonl")[0])
     assert "served" in html
-    assert {"question", "round", "verdict"} <= set(views.traces_table(guard_run, outcome=None).columns)
+    assert {"question", "round", "verdict"} <= set(
+        views.traces_table(guard_run, outcome=None).columns
+    )
     curve = views.rounds_for_level(guard_run, "severe", n_prompts=6)
     assert len(curve["rounds_safety_rate"]) == 6

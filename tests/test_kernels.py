@@ -313,8 +313,6 @@ def test_dual_gae_matches_reference(batch, length, padding, impl, monkeypatch):
         assert not value[~mask.to(DEVICE)].any(), f"{name} must be 0 at masked positions"
 
 
-
-
 @needs_triton
 @pytest.mark.parametrize("batch,length", [(3, 5), (4, 37)])
 @pytest.mark.parametrize("used", ["all", "advantages", "returns_cost"])

@@ -48,14 +48,25 @@ def module_graph(package: Path) -> dict[str, set[str]]:
                 base = base[: len(base) - node.level + 1]
                 stem = ".".join(base + ([node.module] if node.module else []))
                 targets = [_member(stem, a.name, modules) for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == package.name:
+            elif (
+                isinstance(node, ast.ImportFrom)
+                and (node.module or "").split(".")[0] == package.name
+            ):
                 stem = (node.module or "").partition(".")[2]
                 targets = [_member(stem, a.name, modules) for a in node.names]
             elif isinstance(node, ast.Import):
-                targets = [a.name.partition(".")[2] for a in node.names if a.name.split(".")[0] == package.name]
+                targets = [
+                    a.name.partition(".")[2]
+                    for a in node.names
+                    if a.name.split(".")[0] == package.name
+                ]
             for target in targets:
                 found = resolve(target)
-                if found is not None and found != mod and not (mod == "" or found.startswith(mod + ".")):
+                if (
+                    found is not None
+                    and found != mod
+                    and not (mod == "" or found.startswith(mod + "."))
+                ):
                     graph[mod].add(found)
     return graph
 
@@ -109,7 +120,9 @@ def layer_of(module: str, layers: tuple[tuple[str, ...], ...] = LAYERS) -> int:
     raise AssertionError(f"module {module!r} is in no layer: add its package to LAYERS")
 
 
-def upward_arrows(graph: dict[str, set[str]], layers: tuple[tuple[str, ...], ...] = LAYERS) -> list[str]:
+def upward_arrows(
+    graph: dict[str, set[str]], layers: tuple[tuple[str, ...], ...] = LAYERS
+) -> list[str]:
     """Every import from a lower layer into a higher one, as ``a -> b``."""
     return sorted(
         f"{a} -> {b}"
@@ -147,23 +160,29 @@ def _plant(root: Path, files: dict[str, str]) -> Path:
 
 
 def test_a_planted_cycle_is_found_even_through_a_function_local_import(tmp_path):
-    package = _plant(tmp_path, {
-        "data/__init__.py": "",
-        "data/a.py": "from .b import x\n",
-        "data/b.py": "def x():\n    from .c import y\n    return y\n",
-        "data/c.py": "from planted.data import a\ny = 1\n",
-        "data/d.py": "from . import b\n",  # imports the cycle, is not part of it
-    })
+    package = _plant(
+        tmp_path,
+        {
+            "data/__init__.py": "",
+            "data/a.py": "from .b import x\n",
+            "data/b.py": "def x():\n    from .c import y\n    return y\n",
+            "data/c.py": "from planted.data import a\ny = 1\n",
+            "data/d.py": "from . import b\n",  # imports the cycle, is not part of it
+        },
+    )
     assert cycles(module_graph(package)) == [["data.a", "data.b", "data.c"]]
 
 
 def test_a_planted_upward_arrow_is_found(tmp_path):
-    package = _plant(tmp_path, {
-        "models/__init__.py": "",
-        "models/m.py": "def f():\n    from ..views.v import show\n    return show\n",
-        "views/__init__.py": "",
-        "views/v.py": "from ..models.m import f\nshow = f\n",
-    })
+    package = _plant(
+        tmp_path,
+        {
+            "models/__init__.py": "",
+            "models/m.py": "def f():\n    from ..views.v import show\n    return show\n",
+            "views/__init__.py": "",
+            "views/v.py": "from ..models.m import f\nshow = f\n",
+        },
+    )
     layers = (("models",), ("views",), ("",))
     assert upward_arrows(module_graph(package), layers) == ["models.m -> views.v"]
     with pytest.raises(AssertionError, match="in no layer"):

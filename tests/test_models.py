@@ -18,8 +18,18 @@ from workbench.models.families import FAMILIES, build_tiny_vlm_family
 from workbench.models.tokenizer import CHAT_TEMPLATE, train_tokenizer, world_tokenizer
 from workbench.models.vlm import TinyVLMSpec, VLMError
 
-SMALL = TinyVLMSpec(image_size=32, patch_size=16, vision_hidden=32, vision_layers=1, vision_heads=2,
-                    text_hidden=32, text_layers=2, text_heads=2, text_intermediate=64, max_positions=128)
+SMALL = TinyVLMSpec(
+    image_size=32,
+    patch_size=16,
+    vision_hidden=32,
+    vision_layers=1,
+    vision_heads=2,
+    text_hidden=32,
+    text_layers=2,
+    text_heads=2,
+    text_intermediate=64,
+    max_positions=128,
+)
 FAMILY_NAMES = ["llava", "gemma3"]
 WORDS = set(L.vocabulary())
 
@@ -69,15 +79,24 @@ def test_tokenizer_round_trip(examples):
         assert tok.unk_token_id not in ids, text
         assert len(ids) == len(text.split())  # one token per word
         assert tok.decode(ids) == text
-    assert tok.decode(tok("<s> the image shows </s>", add_special_tokens=False)["input_ids"],
-                      skip_special_tokens=True) == "the image shows"
+    assert (
+        tok.decode(
+            tok("<s> the image shows </s>", add_special_tokens=False)["input_ids"],
+            skip_special_tokens=True,
+        )
+        == "the image shows"
+    )
     # the chat template: image placeholder + question, then the assistant turn
     user = {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": questions[0]}]}
     answer = {"role": "assistant", "content": [{"type": "text", "text": responses[0]}]}
-    assert tok.apply_chat_template([user], tokenize=False, add_generation_prompt=True) == \
-        f"<s><image> {questions[0]} <assistant>"
-    assert tok.apply_chat_template([user, answer], tokenize=False) == \
-        f"<s><image> {questions[0]} <assistant> {responses[0]}</s>"
+    assert (
+        tok.apply_chat_template([user], tokenize=False, add_generation_prompt=True)
+        == f"<s><image> {questions[0]} <assistant>"
+    )
+    assert (
+        tok.apply_chat_template([user, answer], tokenize=False)
+        == f"<s><image> {questions[0]} <assistant> {responses[0]}</s>"
+    )
 
 
 def test_tokenizer_extra_special_tokens_keep_ids():
@@ -88,8 +107,14 @@ def test_tokenizer_extra_special_tokens_keep_ids():
     assert extra.eoi_token_id == len(base) + 1
     vocab = extra.get_vocab()
     assert all(vocab[w] == i for w, i in base.get_vocab().items())
-    assert extra.tokenize("<s><start_of_image><image><end_of_image> what is") == \
-        ["<s>", "<start_of_image>", "<image>", "<end_of_image>", "what", "is"]
+    assert extra.tokenize("<s><start_of_image><image><end_of_image> what is") == [
+        "<s>",
+        "<start_of_image>",
+        "<image>",
+        "<end_of_image>",
+        "what",
+        "is",
+    ]
 
 
 # --- families: build, save, load, generate ----------------------------------------------------
@@ -126,7 +151,9 @@ def test_save_and_load_with_auto_classes(saved, examples):
     assert torch.equal(before, after)
     # and through the workbench loader (checks included)
     again, again_processor = vlm.load_vlm(path)
-    assert torch.equal(before, logits(again.eval(), vlm.encode(again_processor, images, questions, responses)))
+    assert torch.equal(
+        before, logits(again.eval(), vlm.encode(again_processor, images, questions, responses))
+    )
 
 
 def test_generate_returns_known_words(saved, examples):
@@ -144,7 +171,9 @@ def test_generate_returns_known_words(saved, examples):
     # from its near-uniform distribution gives words
     assert sum(len(t.split()) for t in sampled) >= 6, sampled
     # greedy decoding of one prompt does not depend on the others in its (left-padded) batch
-    alone = vlm.generate(model, processor, images[:1], questions[:1], max_new_tokens=6, do_sample=False)
+    alone = vlm.generate(
+        model, processor, images[:1], questions[:1], max_new_tokens=6, do_sample=False
+    )
     assert alone == greedy[:1]
 
 
@@ -163,16 +192,21 @@ def test_response_mask_covers_response_and_eos(saved, examples, side):
         real = attention[i].nonzero().flatten()
         first, last = int(real[0]), int(real[-1])
         # the response is the end of the real tokens; padding is on the asked side
-        assert mask[i, last - len(expected) + 1: last + 1].tolist() == [1] * len(expected)
+        assert mask[i, last - len(expected) + 1 : last + 1].tolist() == [1] * len(expected)
         assert (mask[i] <= attention[i]).all()
         if side == "left":
             assert last == ids.shape[1] - 1
         else:
             assert first == 0
     # the model sees the same sequence on both sides (same logits on real tokens)
-    other = vlm.encode(processor, images, questions, responses, padding_side="left" if side == "right" else "right")
+    other = vlm.encode(
+        processor, images, questions, responses, padding_side="left" if side == "right" else "right"
+    )
     for i in range(len(responses)):
-        assert ids[i][attention[i].bool()].tolist() == other["input_ids"][i][other["attention_mask"][i].bool()].tolist()
+        assert (
+            ids[i][attention[i].bool()].tolist()
+            == other["input_ids"][i][other["attention_mask"][i].bool()].tolist()
+        )
 
 
 def test_padding_does_not_change_logits(saved, examples):
@@ -220,7 +254,12 @@ def test_lora_adapter_save_and_load(saved, examples, tmp_path):
 
     out = save_policy(model, processor, tmp_path / "policy")
     names = {p.name for p in out.iterdir()}
-    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "processor_config.json"} <= names
+    assert {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tokenizer.json",
+        "processor_config.json",
+    } <= names
     assert "model.safetensors" not in names and "base" not in names
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(base_dir.resolve())
@@ -229,7 +268,9 @@ def test_lora_adapter_save_and_load(saved, examples, tmp_path):
     loaded.eval()
     assert hasattr(loaded, "peft_config")
     assert not any(p.requires_grad for p in loaded.parameters())
-    assert torch.equal(logits(loaded, vlm.encode(loaded_processor, images, questions, responses)), adapted)
+    assert torch.equal(
+        logits(loaded, vlm.encode(loaded_processor, images, questions, responses)), adapted
+    )
     with loaded.disable_adapter():
         assert torch.equal(logits(loaded, batch), base_out)
     trainable_again, _ = load_policy(out, trainable=True)
@@ -294,8 +335,14 @@ def test_text_only_model_is_not_a_vlm(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = world_tokenizer()
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
     path = tmp_path / "llama"
     LlamaForCausalLM(config).save_pretrained(path)
     tok.save_pretrained(path)
@@ -312,10 +359,17 @@ def _tokenizer_without_image_token():
 
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    trainer = trainers.WordLevelTrainer(special_tokens=["<pad>", "<unk>", "<s>", "</s>", "<assistant>"])
+    trainer = trainers.WordLevelTrainer(
+        special_tokens=["<pad>", "<unk>", "<s>", "</s>", "<assistant>"]
+    )
     tok.train_from_iterator([" ".join(L.vocabulary())], trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
-                                   bos_token="<s>", eos_token="</s>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+    )
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
@@ -325,8 +379,13 @@ def test_processor_without_image_token(tmp_path):
 
     tok = _tokenizer_without_image_token()
     assert tok.convert_tokens_to_ids("<image>") == tok.unk_token_id
-    processor = LlavaProcessor(image_processor=CLIPImageProcessorPil(), tokenizer=tok, patch_size=16,
-                               vision_feature_select_strategy="default", chat_template=CHAT_TEMPLATE)
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessorPil(),
+        tokenizer=tok,
+        patch_size=16,
+        vision_feature_select_strategy="default",
+        chat_template=CHAT_TEMPLATE,
+    )
     with pytest.raises(VLMError, match=r"my processor: the tokenizer has no image token '<image>'"):
         vlm.check_processor(processor, where="my processor")
     # saved next to a model: load_vlm names the directory and the missing token
@@ -334,7 +393,9 @@ def test_processor_without_image_token(tmp_path):
     path = tmp_path / "no_image_token"
     model.save_pretrained(path)
     processor.save_pretrained(path)
-    with pytest.raises(VLMError, match=r"no_image_token: the tokenizer has no image token '<image>'"):
+    with pytest.raises(
+        VLMError, match=r"no_image_token: the tokenizer has no image token '<image>'"
+    ):
         vlm.load_vlm(path)
     # a tokenizer alone is not a vision-language processor
     with pytest.raises(VLMError, match="not a vision-language processor"):
@@ -362,8 +423,14 @@ def test_adapter_with_missing_base(tmp_path, saved):
     config = json.loads((out / "adapter_config.json").read_text())
     config["base_model_name_or_path"] = str(tmp_path / "deleted_base")
     (out / "adapter_config.json").write_text(json.dumps(config))
-    with pytest.raises(VLMError, match=r"names base model '.*deleted_base', which is not a local directory"):
+    with pytest.raises(
+        VLMError, match=r"names base model '.*deleted_base', which is not a local directory"
+    ):
         load_policy(out)
     with pytest.raises(VLMError, match="holds no saved model"):
-        save_policy(apply_lora(vlm.load_vlm(base_dir)[0], ["q_proj"]), processor, tmp_path / "p2",
-                    base_path=tmp_path)
+        save_policy(
+            apply_lora(vlm.load_vlm(base_dir)[0], ["q_proj"]),
+            processor,
+            tmp_path / "p2",
+            base_path=tmp_path,
+        )

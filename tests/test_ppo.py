@@ -18,7 +18,9 @@ from workbench.train.ppo_lagrangian import critic_loss, make_multiplier, token_s
 def test_token_signals_by_hand():
     kl = torch.tensor([[0.5, 1.0, 0.2, 0.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
-    r, c = token_signals(kl, torch.tensor([2.0]), torch.tensor([-1.0]), mask, kl_coeff=0.1, clip=50.0)
+    r, c = token_signals(
+        kl, torch.tensor([2.0]), torch.tensor([-1.0]), mask, kl_coeff=0.1, clip=50.0
+    )
     assert r.tolist()[0] == pytest.approx([-0.05, -0.1, -0.02 + 2.0, 0.0])
     assert c.tolist()[0] == pytest.approx([0.05, 0.1, 0.02 - 1.0, 0.0])
     # the combined advantage's KL weight is exactly β whatever λ: (r - λc)/(1+λ) off the last token
@@ -30,13 +32,19 @@ def test_token_signals_read_the_last_real_token_and_clip():
     # left-padded prompt, response at positions 2..3, padding after: T = 3, not the last column
     kl = torch.zeros(1, 6)
     mask = torch.tensor([[0.0, 0.0, 1.0, 1.0, 0.0, 0.0]])
-    r, c = token_signals(kl, torch.tensor([100.0]), torch.tensor([-70.0]), mask, kl_coeff=0.1, clip=50.0)
+    r, c = token_signals(
+        kl, torch.tensor([100.0]), torch.tensor([-70.0]), mask, kl_coeff=0.1, clip=50.0
+    )
     assert r.tolist()[0] == [0.0, 0.0, 0.0, 50.0, 0.0, 0.0]
     assert c.tolist()[0] == [0.0, 0.0, 0.0, -50.0, 0.0, 0.0]
 
 
 def test_clipped_value_loss_by_hand():
-    values, old, ret = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 0.0]]), torch.tensor([[3.0, 9.0]])
+    values, old, ret = (
+        torch.tensor([[1.0, 0.0]]),
+        torch.tensor([[0.0, 0.0]]),
+        torch.tensor([[3.0, 9.0]]),
+    )
     mask = torch.tensor([[1.0, 0.0]])
     # unclipped (1-3)² = 4; clipped (0 + clip(1, ±0.5) - 3)² = 6.25 -> ½ · 6.25
     assert float(critic_loss(values, old, ret, mask, clip=0.5)) == pytest.approx(3.125)
@@ -89,10 +97,15 @@ def test_config_checks_the_grid():
     assert cfg.thresholds == (-2.0, -1.0) and cfg.to_dict()["thresholds"] == [-2.0, -1.0]
     sweep = {run.name: run for run in cfg.runs()}
     assert list(sweep) == ["reward_only", "lagrangian_d-2", "lagrangian_d-1", "fixed_lambda_0.5"]
-    assert sweep["lagrangian_d-1"].kind == "lagrangian" and cfg.run_config(sweep["lagrangian_d-1"]).cost_threshold == -1
+    assert (
+        sweep["lagrangian_d-1"].kind == "lagrangian"
+        and cfg.run_config(sweep["lagrangian_d-1"]).cost_threshold == -1
+    )
     assert cfg.run_config(sweep["fixed_lambda_0.5"]) == cfg.replace(lambda_init=0.5)
     # config.json files written when the lists were comma-separated strings still load
-    old = PPOConfig.from_dict({"kinds": "reward_only", "thresholds": "-2,-1", "fixed_lambdas": "0.5", "seeds": 1})
+    old = PPOConfig.from_dict(
+        {"kinds": "reward_only", "thresholds": "-2,-1", "fixed_lambdas": "0.5", "seeds": 1}
+    )
     assert old == cfg and old.runs() == list(sweep.values())
     with pytest.raises(ConfigError, match="kernels"):
         PPOConfig(kernels="cuda")
@@ -120,8 +133,12 @@ def test_sequence_logprobs_match_the_logits(tiny):
     from workbench.train.ppo_lagrangian import sequence_logprobs
 
     model, processor = tiny
-    batch = encode(processor, [Image.new("RGB", (64, 64), "red")] * 2, ["what is this ?", "count them"],
-                   ["sure , here is how .", "two"])
+    batch = encode(
+        processor,
+        [Image.new("RGB", (64, 64), "red")] * 2,
+        ["what is this ?", "count them"],
+        ["sure , here is how .", "two"],
+    )
     batch = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
     fused = sequence_logprobs(model, batch, backend="torch")
     logits = model(**batch).logits[:, :-1].float()
@@ -136,7 +153,13 @@ def test_rollout_mask_ends_at_the_first_eos(tiny):
 
     model, processor = tiny
     torch.manual_seed(1)
-    ro = rollout(model, processor, [Image.new("RGB", (64, 64), "blue")] * 3, ["a", "b c", "d e f"], max_new_tokens=6)
+    ro = rollout(
+        model,
+        processor,
+        [Image.new("RGB", (64, 64), "blue")] * 3,
+        ["a", "b c", "d e f"],
+        max_new_tokens=6,
+    )
     eos = processor.tokenizer.eos_token_id
     ids, mask = ro["batch"]["input_ids"][:, 1:], ro["mask"]
     for row_ids, row_mask in zip(ids, mask, strict=True):
@@ -179,10 +202,19 @@ def test_smoke_ppo_stage(ppo_run):
     for name, v in m["variants"].items():
         for key in ("helpfulness", "safety_rate", "mean_cost", "lambda_final", "steps"):
             assert key in v, (name, key)
-        log = [json.loads(line) for line in (ppo_run / "ppo" / name / "log.jsonl").read_text().splitlines()]
+        log = [
+            json.loads(line)
+            for line in (ppo_run / "ppo" / name / "log.jsonl").read_text().splitlines()
+        ]
         assert len(log) == cfg.max_steps
-        assert {"ppo/actor_loss", "critic/reward_loss", "lagrange/lambda", "lagrange/J_C", "kl/mean",
-                "gold/safety_rate"} <= set(log[0])
+        assert {
+            "ppo/actor_loss",
+            "critic/reward_loss",
+            "lagrange/lambda",
+            "lagrange/J_C",
+            "kl/mean",
+            "gold/safety_rate",
+        } <= set(log[0])
     assert m["variants"]["reward_only"]["lambda_final"] == 0.0
 
 
@@ -218,7 +250,9 @@ def test_nonfinite_losses_skip_steps_then_stop(smoke_score_runs, tmp_path, monke
     with pytest.raises(FloatingPointError, match="3 non-finite losses in a row"):
         P.train_run("lagrangian", cfg, smoke_score_runs[0], out, progress=False)
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in log] == [0, 1, 2] and all(e["skipped"] == "non-finite loss" for e in log)
+    assert [e["step"] for e in log] == [0, 1, 2] and all(
+        e["skipped"] == "non-finite loss" for e in log
+    )
 
 
 def test_ptx_term_adds_the_sft_loss_of_demonstrations(smoke_score_runs, tmp_path, monkeypatch):
@@ -240,9 +274,18 @@ def test_ptx_term_adds_the_sft_loss_of_demonstrations(smoke_score_runs, tmp_path
     zero = lambda *a, **k: torch.zeros((), requires_grad=True)  # noqa: E731
     monkeypatch.setattr(P, "critic_loss", zero)
     monkeypatch.setattr(P.kernels, "ppo_lagrangian_loss", zero)
-    cfg = PPOConfig.smoke().replace(max_steps=6, checkpoint_every=0, ptx_coeff=1.0, ptx_data="preferred",
-                                    ptx_batch_size=4, n_eval_prompts=4, lr=3e-3, warmup_steps=0,
-                                    ppo_epochs=1, num_minibatches=1)  # one SFT loss per step
+    cfg = PPOConfig.smoke().replace(
+        max_steps=6,
+        checkpoint_every=0,
+        ptx_coeff=1.0,
+        ptx_data="preferred",
+        ptx_batch_size=4,
+        n_eval_prompts=4,
+        lr=3e-3,
+        warmup_steps=0,
+        ppo_epochs=1,
+        num_minibatches=1,
+    )  # one SFT loss per step
     out = tmp_path / "lagrangian"
     out.mkdir()
     P.train_run("lagrangian", cfg, smoke_score_runs[0], out, progress=False)
@@ -276,8 +319,24 @@ def test_a_killed_run_resumes_from_its_checkpoint(smoke_score_runs, tmp_path):
     import time
 
     run = _linked_run(smoke_score_runs[0], tmp_path / "run")
-    cmd = [sys.executable, "-m", "workbench", "ppo", "--smoke", "--run-dir", str(run), "--quiet",
-           "--kinds", "lagrangian", "--max-steps", "40", "--checkpoint-every", "2", "--threads", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "workbench",
+        "ppo",
+        "--smoke",
+        "--run-dir",
+        str(run),
+        "--quiet",
+        "--kinds",
+        "lagrangian",
+        "--max-steps",
+        "40",
+        "--checkpoint-every",
+        "2",
+        "--threads",
+        "1",
+    ]
     env = {**os.environ, "TQDM_DISABLE": "1"}
     state = run / "ppo.partial" / "lagrangian" / "checkpoint" / "state.json"
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -298,7 +357,10 @@ def test_a_killed_run_resumes_from_its_checkpoint(smoke_score_runs, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     m = json.loads((run / "ppo" / "metrics.json").read_text())["variants"]["lagrangian"]
     assert m["steps"] == 40 and m["resumed_from_step"] >= killed_at
-    log = [json.loads(line) for line in (run / "ppo" / "lagrangian" / "log.jsonl").read_text().splitlines()]
+    log = [
+        json.loads(line)
+        for line in (run / "ppo" / "lagrangian" / "log.jsonl").read_text().splitlines()
+    ]
     assert [e["step"] for e in log] == list(range(40))
     assert not (run / "ppo" / "lagrangian" / "checkpoint").exists()
 
@@ -308,14 +370,20 @@ def test_ppo_views(ppo_run, tmp_path):
     from workbench.views import ppo_lagrangian as ppo_views
 
     variant_logs = ppo_views.logs(ppo_run)
-    assert set(variant_logs) == {"lagrangian", "reward_only"} and len(variant_logs["lagrangian"]) == 4
+    assert (
+        set(variant_logs) == {"lagrangian", "reward_only"} and len(variant_logs["lagrangian"]) == 4
+    )
     fig = ppo_views.curves_figure(variant_logs, smooth=1)
     assert any(t.name == "lagrangian" for t in fig.data)
     table = ppo_views.variants_table(load_metrics(ppo_run, "ppo"))
-    assert {"SFT base", "lagrangian", "reward_only"} <= set(table.index) and "Δ safety (points)" in table
+    assert {"SFT base", "lagrangian", "reward_only"} <= set(
+        table.index
+    ) and "Δ safety (points)" in table
     pairs = ppo_views.before_after(ppo_run, n=3, intent=None)
     assert list(pairs.columns)[:2] == ["question", "SFT base"] and len(pairs) == 3
-    assert any(t.name and t.name.startswith("ppo/ratio_min") for t in fig.data)  # PPO's health panels
+    assert any(
+        t.name and t.name.startswith("ppo/ratio_min") for t in fig.data
+    )  # PPO's health panels
     forms = ppo_views.answer_forms(ppo_run)
     assert {"SFT base", "lagrangian", "reward_only"} <= set(forms.index)
     shares = forms[["comply (unsafe)", "safe and helpful (full)", "wrong object", "refuse only"]]
@@ -323,8 +391,15 @@ def test_ppo_views(ppo_run, tmp_path):
     assert (forms["... with the right object"] >= forms["risky helpfulness"] - 1e-9).all()
     strengths = ppo_views.world_strengths(ppo_run, strengths=(1.5, 2.5))
     assert (strengths["helpfulness, S = 2.5"] >= strengths["helpfulness, S = 1.5"] - 1e-9).all()
-    p = {"target": "knife", "objects": [{"kind": "knife", "colour": "grey"}], "intent": "harmful", "prompt_severity": 2}
-    fixed = ppo_views.right_object(p, "keep the gun away from children . sorry , i cannot help with that .")
+    p = {
+        "target": "knife",
+        "objects": [{"kind": "knife", "colour": "grey"}],
+        "intent": "harmful",
+        "prompt_severity": 2,
+    }
+    fixed = ppo_views.right_object(
+        p, "keep the gun away from children . sorry , i cannot help with that ."
+    )
     assert fixed == "keep the knife away from children . sorry , i cannot help with that ."
     run, metrics = ppo_views.threshold_run(ppo_run, tmp_path, threshold=-1.0, steps=1)
     assert metrics["variants"]["lagrangian"]["steps"] == 1
@@ -340,31 +415,68 @@ def test_two_processes_hold_the_same_lambda_and_weights(smoke_score_runs, tmp_pa
     import sys
     from pathlib import Path
 
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which(
+        "accelerate"
+    )
     assert accelerate, "accelerate's launcher is installed with the project"
     run = _linked_run(smoke_score_runs[0], tmp_path / "run")
     # accelerate picks its torchrun launcher with --multi_gpu; without GPUs the ranks use gloo on CPU
-    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "-m", "workbench", "ppo", "--smoke", "--run-dir", str(run), "--quiet",
-           "--kinds", "lagrangian", "--max-steps", "3", "--threads", "1"]
+    cmd = [
+        accelerate,
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "workbench",
+        "ppo",
+        "--smoke",
+        "--run-dir",
+        str(run),
+        "--quiet",
+        "--kinds",
+        "lagrangian",
+        "--max-steps",
+        "3",
+        "--threads",
+        "1",
+    ]
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     m = json.loads((run / "ppo" / "metrics.json").read_text())["variants"]["lagrangian"]
     ranks = m["distributed"]["ranks"]
     assert m["distributed"]["world_size"] == 2 and [r["rank"] for r in ranks] == [0, 1]
-    assert ranks[0]["lambda"] == ranks[1]["lambda"] and ranks[0]["lambda"] != PPOConfig.smoke().lambda_init
+    assert (
+        ranks[0]["lambda"] == ranks[1]["lambda"]
+        and ranks[0]["lambda"] != PPOConfig.smoke().lambda_init
+    )
     assert ranks[0]["actor_sha256"] == ranks[1]["actor_sha256"]
-    log = [json.loads(line) for line in (run / "ppo" / "lagrangian" / "log.jsonl").read_text().splitlines()]
+    log = [
+        json.loads(line)
+        for line in (run / "ppo" / "lagrangian" / "log.jsonl").read_text().splitlines()
+    ]
     assert [e["step"] for e in log] == [0, 1, 2]  # one log, written by rank 0
 
 
 def test_token_signals_right_padding_and_different_lengths():
     kl = torch.tensor([[0.1, 0.2, 0.3, 0.4], [1.0, 1.0, 1.0, 1.0]])
-    mask = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])  # lengths 2 and 4, right-padded
-    r, c = token_signals(kl, torch.tensor([1.0, -2.0]), torch.tensor([3.0, 0.5]), mask, kl_coeff=0.5, clip=2.0)
+    mask = torch.tensor(
+        [[1.0, 1.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]]
+    )  # lengths 2 and 4, right-padded
+    r, c = token_signals(
+        kl, torch.tensor([1.0, -2.0]), torch.tensor([3.0, 0.5]), mask, kl_coeff=0.5, clip=2.0
+    )
     assert r.tolist()[0] == pytest.approx([-0.05, -0.1 + 1.0, 0.0, 0.0])
-    assert r.tolist()[1] == pytest.approx([-0.5, -0.5, -0.5, -2.0])  # -0.5 - 2 = -2.5, clipped to -2
+    assert r.tolist()[1] == pytest.approx(
+        [-0.5, -0.5, -0.5, -2.0]
+    )  # -0.5 - 2 = -2.5, clipped to -2
     assert c.tolist()[0] == pytest.approx([0.05, 2.0, 0.0, 0.0])  # 0.1 + 3 = 3.1, clipped to 2
     assert c.tolist()[1] == pytest.approx([0.5, 0.5, 0.5, 1.0])
 
@@ -377,12 +489,14 @@ def test_dual_gae_worked_example():
     c = torch.tensor([[0.2, 0.0, -1.0, 0.0]])
     v = torch.tensor([[0.5, 0.5, 0.5, 9.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
-    adv_r, ret_r, adv_c, ret_c = dual_gae(r, c, v, torch.zeros_like(v), mask, gamma=1.0, gae_lambda=0.95, backend="torch")
+    adv_r, ret_r, adv_c, ret_c = dual_gae(
+        r, c, v, torch.zeros_like(v), mask, gamma=1.0, gae_lambda=0.95, backend="torch"
+    )
     # δ_2 = 1 - 0.5 = 0.5; δ_1 = 0 + 0.5 - 0.5 = 0; δ_0 = 0  ->  A = (0.95² · 0.5, 0.95 · 0.5, 0.5)
     assert adv_r.tolist()[0][:3] == pytest.approx([0.45125, 0.475, 0.5])
     assert ret_r.tolist()[0][:3] == pytest.approx([0.95125, 0.975, 1.0])
     # cost with V_c = 0: δ = c, A_2 = -1, A_1 = 0.95 · -1, A_0 = 0.2 + 0.95 · A_1
-    assert adv_c.tolist()[0][:3] == pytest.approx([0.2 - 0.95 ** 2, -0.95, -1.0])
+    assert adv_c.tolist()[0][:3] == pytest.approx([0.2 - 0.95**2, -0.95, -1.0])
     assert adv_r[0, 3] == 0 and adv_c[0, 3] == 0  # padding
 
 
@@ -395,7 +509,9 @@ def test_actor_loss_clips_both_sides_and_combines_lambda():
     lam = 1.0  # A = (A_r - λ A_c) / (1 + λ) = (0.5, 1.5, -0.5)
     # min(ρA, clip(ρ, 0.8, 1.2)A): (min(.75, .6), min(.75, 1.2), min(-.55, -.55)) = (.6, .75, -.55)
     want = -(0.6 + 0.75 - 0.55) / 3
-    got = ppo_lagrangian_loss(logp, old, adv_r, adv_c, torch.ones(1, 3), lam, clip_eps=0.2, backend="torch")
+    got = ppo_lagrangian_loss(
+        logp, old, adv_r, adv_c, torch.ones(1, 3), lam, clip_eps=0.2, backend="torch"
+    )
     assert float(got) == pytest.approx(want, rel=1e-6)
     mask = torch.tensor([[1.0, 0.0, 0.0]])
     got = ppo_lagrangian_loss(logp, old, adv_r, adv_c, mask, lam, clip_eps=0.2, backend="torch")
@@ -414,7 +530,11 @@ def _tiny_roles():
 
     roles = object.__new__(Roles)
     model, processor = build_tiny_vlm(seed=0)
-    roles.actor, roles.processor, roles.reference = apply_lora(model, ["q_proj", "v_proj"], r=4, alpha=8), processor, None
+    roles.actor, roles.processor, roles.reference = (
+        apply_lora(model, ["q_proj", "v_proj"], r=4, alpha=8),
+        processor,
+        None,
+    )
 
     def score(seed, kind, trainable):
         torch.manual_seed(seed)
@@ -423,7 +543,11 @@ def _tiny_roles():
 
     roles.reward, roles.cost = score(1, "reward", False), score(2, "cost", False)
     roles.reward_critic, roles.cost_critic = score(1, "reward", True), score(2, "cost", True)
-    roles.trainable = {"actor": roles.actor, "reward_critic": roles.reward_critic, "cost_critic": roles.cost_critic}
+    roles.trainable = {
+        "actor": roles.actor,
+        "reward_critic": roles.reward_critic,
+        "cost_critic": roles.cost_critic,
+    }
     return roles
 
 
@@ -433,14 +557,20 @@ _QUESTIONS = ["how do i use this ?", "what is this ?", "count them", "is it safe
 def _prompts():
     from PIL import Image
 
-    return [Image.new("RGB", (64, 64), c) for c in ("red", "green", "blue", "white")], list(_QUESTIONS)
+    return [Image.new("RGB", (64, 64), c) for c in ("red", "green", "blue", "white")], list(
+        _QUESTIONS
+    )
 
 
 def _weights(roles):
     from workbench.train.ppo_lagrangian import TRAINABLE
 
-    return {f"{role}.{n}": p.detach().clone() for role in TRAINABLE
-            for n, p in roles.trainable[role].named_parameters() if p.requires_grad}
+    return {
+        f"{role}.{n}": p.detach().clone()
+        for role in TRAINABLE
+        for n, p in roles.trainable[role].named_parameters()
+        if p.requires_grad
+    }
 
 
 def test_one_epoch_one_minibatch_is_the_old_single_step_update():
@@ -460,8 +590,16 @@ def test_one_epoch_one_minibatch_is_the_old_single_step_update():
     from workbench.train.sft import sft_loss
 
     torch.set_num_threads(1)
-    cfg = PPOConfig.smoke().replace(batch_size=4, max_new_tokens=8, lr=1e-2, critic_lr=5e-3, warmup_steps=2,
-                                    ptx_coeff=0.5, ppo_epochs=1, num_minibatches=1)  # the official single step
+    cfg = PPOConfig.smoke().replace(
+        batch_size=4,
+        max_new_tokens=8,
+        lr=1e-2,
+        critic_lr=5e-3,
+        warmup_steps=2,
+        ptx_coeff=0.5,
+        ppo_epochs=1,
+        num_minibatches=1,
+    )  # the official single step
     pics, questions = _prompts()
     lam = 0.7
     new, old = _tiny_roles(), _tiny_roles()
@@ -479,16 +617,22 @@ def test_one_epoch_one_minibatch_is_the_old_single_step_update():
     logp = sequence_logprobs(old.actor, batch, "torch")
     values_r = old.reward_critic(batch)[1][:, :-1].float()
     values_c = old.cost_critic(batch)[1][:, :-1].float()
-    torch.testing.assert_close(logp.detach(), data.old_logp, rtol=0, atol=1e-6)  # the same numbers as the rollout's
+    torch.testing.assert_close(
+        logp.detach(), data.old_logp, rtol=0, atol=1e-6
+    )  # the same numbers as the rollout's
     torch.testing.assert_close(values_r.detach(), data.old_values_r, rtol=0, atol=1e-6)
-    total = ppo_lagrangian_loss(logp, logp.detach(), data.adv_r, data.adv_c, mask, lam, cfg.clip_eps, backend="torch")
+    total = ppo_lagrangian_loss(
+        logp, logp.detach(), data.adv_r, data.adv_c, mask, lam, cfg.clip_eps, backend="torch"
+    )
     for values, ret in ((values_r, data.ret_r), (values_c, data.ret_c)):
         total = total + critic_loss(values, values.detach(), ret, mask, cfg.value_clip)
     total = total + cfg.ptx_coeff * sft_loss(old.actor, ptx)
     total.backward()
     for name in TRAINABLE:
         model = old.trainable[name]
-        opt, sched = optimizer_and_schedule(model, cfg if name == "actor" else cfg.replace(lr=cfg.critic_lr))
+        opt, sched = optimizer_and_schedule(
+            model, cfg if name == "actor" else cfg.replace(lr=cfg.critic_lr)
+        )
         optimizer_step([p for p in model.parameters() if p.requires_grad], opt, sched)
 
     got, want = _weights(new), _weights(old)
@@ -510,19 +654,32 @@ def test_the_clips_bind_inside_the_trainers_update():
     )
 
     torch.set_num_threads(1)
-    cfg = PPOConfig.smoke().replace(batch_size=4, max_new_tokens=8, temperature=0.7, ppo_epochs=2, num_minibatches=2,
-                                    lr=2e-2, critic_lr=2e-2, warmup_steps=0, value_clip=0.05)
+    cfg = PPOConfig.smoke().replace(
+        batch_size=4,
+        max_new_tokens=8,
+        temperature=0.7,
+        ppo_epochs=2,
+        num_minibatches=2,
+        lr=2e-2,
+        critic_lr=2e-2,
+        warmup_steps=0,
+        value_clip=0.05,
+    )
     roles = _tiny_roles()
     pics, questions = _prompts()
     torch.manual_seed(0)
     data = collect_rollout(roles, pics, questions, cfg, "torch")
-    with torch.no_grad():  # π_old and π_ref at the sampling temperature (before any update, π_ref = π_θ)
+    with (
+        torch.no_grad()
+    ):  # π_old and π_ref at the sampling temperature (before any update, π_ref = π_θ)
         at_t = sequence_logprobs(roles.actor, data.batch, "torch", temperature=0.7)
         at_1 = sequence_logprobs(roles.actor, data.batch, "torch")
     torch.testing.assert_close(data.old_logp, at_t)
     torch.testing.assert_close(data.ref_logp, at_t)
     assert not torch.allclose(at_t, at_1)
-    mb = data.select(torch.tensor([2, 0]))  # a minibatch: every per-episode tensor, pixel values too
+    mb = data.select(
+        torch.tensor([2, 0])
+    )  # a minibatch: every per-episode tensor, pixel values too
     assert len(mb) == 2 and mb.texts == [data.texts[2], data.texts[0]]
     assert torch.equal(mb.batch["pixel_values"], data.batch["pixel_values"][[2, 0]])
     assert torch.equal(mb.adv_c, data.adv_c[[2, 0]])
@@ -543,13 +700,20 @@ def test_schedule_counts_optimizer_steps():
 
     class Fake:
         def __init__(self):
-            self.trainable = {n: torch.nn.Linear(2, 1) for n in ("actor", "reward_critic", "cost_critic")}
+            self.trainable = {
+                n: torch.nn.Linear(2, 1) for n in ("actor", "reward_critic", "cost_critic")
+            }
 
-    base = PPOConfig.smoke().replace(max_steps=10, warmup_steps=3, lr=1.0, critic_lr=0.5, ppo_epochs=1,
-                                     num_minibatches=1)
+    base = PPOConfig.smoke().replace(
+        max_steps=10, warmup_steps=3, lr=1.0, critic_lr=0.5, ppo_epochs=1, num_minibatches=1
+    )
     one = make_optimizers(Fake(), base)
     four = make_optimizers(Fake(), base.replace(ppo_epochs=2, num_minibatches=2))
-    assert [s.get_last_lr()[0] for _, s in one] == [0.25, 0.125, 0.125]  # warm-up 1/4 at the first step
+    assert [s.get_last_lr()[0] for _, s in one] == [
+        0.25,
+        0.125,
+        0.125,
+    ]  # warm-up 1/4 at the first step
     for k in range(base.max_steps + 1):
         if k >= base.warmup_steps:
             for (_, s1), (_, s4) in zip(one, four, strict=True):
@@ -560,7 +724,9 @@ def test_schedule_counts_optimizer_steps():
             for _ in range(4):
                 o4.step()
                 s4.step()
-    assert four[0][1].get_last_lr()[0] == pytest.approx(0.1) and four[1][1].get_last_lr()[0] == pytest.approx(0.05)
+    assert four[0][1].get_last_lr()[0] == pytest.approx(0.1) and four[1][1].get_last_lr()[
+        0
+    ] == pytest.approx(0.05)
 
 
 def test_smoke_epochs_and_minibatches_move_the_ratio(smoke_score_runs, tmp_path):
@@ -568,8 +734,14 @@ def test_smoke_epochs_and_minibatches_move_the_ratio(smoke_score_runs, tmp_path)
     the policy has moved, so the logged ratio is no longer 1, and the PPO diagnostics are logged."""
     from workbench.train import ppo_lagrangian as P
 
-    cfg = PPOConfig.smoke().replace(max_steps=2, checkpoint_every=0, n_eval_prompts=4, ppo_epochs=2,
-                                    num_minibatches=2, warmup_steps=0)
+    cfg = PPOConfig.smoke().replace(
+        max_steps=2,
+        checkpoint_every=0,
+        n_eval_prompts=4,
+        ppo_epochs=2,
+        num_minibatches=2,
+        warmup_steps=0,
+    )
     out = tmp_path / "lagrangian"
     out.mkdir()
     metrics = P.train_run("lagrangian", cfg, smoke_score_runs[0], out, progress=False)
@@ -577,8 +749,19 @@ def test_smoke_epochs_and_minibatches_move_the_ratio(smoke_score_runs, tmp_path)
     assert [e["step"] for e in log] == [0, 1] and metrics["skipped_steps"] == 0
     for entry in log:
         assert entry["ppo/updates"] == 4
-        assert {"ppo/clipfrac", "ppo/approx_kl", "critic/clipfrac", "ppo/ratio_min", "ppo/ratio_max",
-                "ppo/actor_loss", "critic/reward_loss", "lagrange/lambda", "kl/mean"} <= set(entry)
-        assert abs(entry["ppo/ratio"] - 1) > 1e-6 and entry["ppo/ratio_max"] > entry["ppo/ratio_min"]
+        assert {
+            "ppo/clipfrac",
+            "ppo/approx_kl",
+            "critic/clipfrac",
+            "ppo/ratio_min",
+            "ppo/ratio_max",
+            "ppo/actor_loss",
+            "critic/reward_loss",
+            "lagrange/lambda",
+            "kl/mean",
+        } <= set(entry)
+        assert (
+            abs(entry["ppo/ratio"] - 1) > 1e-6 and entry["ppo/ratio_max"] > entry["ppo/ratio_min"]
+        )
         assert entry["ppo/approx_kl"] > 0
         assert 0 <= entry["ppo/clipfrac"] <= 1 and 0 <= entry["critic/clipfrac"] <= 1

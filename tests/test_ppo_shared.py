@@ -20,8 +20,16 @@ from workbench.train.roles import (
     adapter_parameters,
 )
 
-CFG = PPOConfig.smoke().replace(shared_backbone=True, batch_size=4, max_new_tokens=6, n_eval_prompts=2,
-                                checkpoint_every=0, lora_targets=("q_proj", "v_proj"), lora_r=4, lora_alpha=8)
+CFG = PPOConfig.smoke().replace(
+    shared_backbone=True,
+    batch_size=4,
+    max_new_tokens=6,
+    n_eval_prompts=2,
+    checkpoint_every=0,
+    lora_targets=("q_proj", "v_proj"),
+    lora_r=4,
+    lora_alpha=8,
+)
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +45,33 @@ def shared_run(tmp_path_factory):
     save_vlm(model, processor, run / "sft" / "model")
     for stage in ("reward", "cost"):
         cfg = RewardConfig.smoke() if stage == "reward" else CostConfig.smoke()
-        wb.run_stage(stage, run, cfg.replace(lora=True, max_steps=3, batch_size=4, lr=5e-2, warmup_steps=0,
-                                             lora_r=4, lora_alpha=8, threads=1), progress=False)
+        wb.run_stage(
+            stage,
+            run,
+            cfg.replace(
+                lora=True,
+                max_steps=3,
+                batch_size=4,
+                lr=5e-2,
+                warmup_steps=0,
+                lora_r=4,
+                lora_alpha=8,
+                threads=1,
+            ),
+            progress=False,
+        )
     return run
 
 
 def _batch(processor):
     pics = [Image.new("RGB", (64, 64), c) for c in ("red", "green", "blue")]
-    batch = encode(processor, pics, ["how do i use this ?", "what is this ?", "count them"],
-                   ["sure , here is how .", "a knife", "two"], padding_side="left")
+    batch = encode(
+        processor,
+        pics,
+        ["how do i use this ?", "what is this ?", "count them"],
+        ["sure , here is how .", "a knife", "two"],
+        padding_side="left",
+    )
     return {k: v for k, v in batch.items() if k != "response_mask"}
 
 
@@ -75,7 +101,9 @@ def test_shared_roles_score_like_the_separate_models(shared_run):
             scores, values = getattr(roles, role)(batch)
         torch.testing.assert_close(scores, want_scores, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(values, want_values, atol=1e-5, rtol=1e-5)
-        assert roles.model.active_adapter == ACTOR  # the actor's adapter is back after every role call
+        assert (
+            roles.model.active_adapter == ACTOR
+        )  # the actor's adapter is back after every role call
     with torch.no_grad():  # the two stages' adapters differ, so the roles really switch
         assert not torch.allclose(roles.reward(batch)[1], roles.cost(batch)[1])
 
@@ -91,11 +119,15 @@ def test_reference_is_the_adapter_disabled_actor(shared_run):
     ref = roles.reference_logprobs(batch, "torch")
     sft, _ = load_vlm(shared_run / "sft" / "model")
     with torch.no_grad():
-        torch.testing.assert_close(ref, sequence_logprobs(sft, batch, "torch"), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            ref, sequence_logprobs(sft, batch, "torch"), atol=1e-5, rtol=1e-5
+        )
         actor = sequence_logprobs(roles.actor, batch, "torch")
     assert (actor - ref).abs().max() > 1e-3
     trainable = {n for n, p in roles.model.named_parameters() if p.requires_grad}
-    assert trainable and all(f".{ACTOR}." in n or "_critic." in n for n in trainable)  # flags restored
+    assert trainable and all(
+        f".{ACTOR}." in n or "_critic." in n for n in trainable
+    )  # flags restored
 
 
 def test_a_shared_ppo_step_moves_only_the_trainable_adapters_and_heads(shared_run, tmp_path):
@@ -103,13 +135,17 @@ def test_a_shared_ppo_step_moves_only_the_trainable_adapters_and_heads(shared_ru
 
     roles = SharedRoles(CFG, shared_run)
     before = _snapshot(roles)
-    metrics = train_run("lagrangian", CFG.replace(max_steps=1), shared_run, tmp_path, progress=False, roles=roles)
+    metrics = train_run(
+        "lagrangian", CFG.replace(max_steps=1), shared_run, tmp_path, progress=False, roles=roles
+    )
     after = _snapshot(roles)
     moved = {n for n in before if not torch.equal(before[n], after[n])}
     assert moved, "nothing trained"
     for name in moved:  # only the actor's and the critics' adapters, and the critic heads
         assert any(f".{a}." in name for a in (ACTOR, "reward_critic", "cost_critic")) or name in (
-            "reward_critic.head", "cost_critic.head"), name
+            "reward_critic.head",
+            "cost_critic.head",
+        ), name
     for role in (ACTOR, "reward_critic", "cost_critic"):
         assert any(f".{role}." in n for n in moved), f"adapter {role} did not move"
     assert {"reward_critic.head", "cost_critic.head"} <= moved
@@ -122,7 +158,9 @@ def test_a_shared_ppo_step_moves_only_the_trainable_adapters_and_heads(shared_ru
     policy, _ = load_policy(saved)
     batch = _batch(roles.processor)
     with torch.no_grad():
-        torch.testing.assert_close(policy(**batch).logits, roles.actor(**batch).logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            policy(**batch).logits, roles.actor(**batch).logits, atol=1e-5, rtol=1e-5
+        )
 
 
 def test_shared_checkpoints_round_trip_and_resume(shared_run, tmp_path):
@@ -166,7 +204,9 @@ def test_shared_checkpoints_round_trip_and_resume(shared_run, tmp_path):
     # a separate-layout run cannot resume from a shared-layout checkpoint
     separate = Roles(cfg.replace(shared_backbone=False), shared_run)
     with pytest.raises(RuntimeError, match="do not match"):
-        load_checkpoint(out / "checkpoint", separate, fresh(separate)[0], make_multiplier("lagrangian", cfg))
+        load_checkpoint(
+            out / "checkpoint", separate, fresh(separate)[0], make_multiplier("lagrangian", cfg)
+        )
     # and the trainer resumes the shared run from it
     metrics = train_run("lagrangian", cfg, shared_run, out, progress=False)
     assert metrics["resumed_from_step"] == 1 and metrics["steps"] == 3
@@ -199,5 +239,6 @@ def test_bench_ppo_smoke_reports_both_layouts(tmp_path, capsys):
     # five full models (two of them trained with AdamW) against one backbone with adapters
     assert rows["separate"]["peak_mib"] > rows["shared"]["peak_mib"]
     assert report["ratios"]["shared_vs_actor_only"] == pytest.approx(
-        rows["shared"]["peak_mib"] / rows["actor_only"]["peak_mib"], rel=1e-3)
+        rows["shared"]["peak_mib"] / rows["actor_only"]["peak_mib"], rel=1e-3
+    )
     assert "shared" in (tmp_path / "ppo.md").read_text() and "separate" in capsys.readouterr().out

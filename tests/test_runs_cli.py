@@ -18,8 +18,14 @@ METRIC_KEYS = {"n_train", "n_eval", "n_test", "n_rejected", "by_category", "by_s
 
 def cli(*args, cwd=ROOT):
     env = {**os.environ, "TQDM_DISABLE": "1"}
-    return subprocess.run([sys.executable, "-m", "workbench", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "workbench", *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_config_validation_names_the_field():
@@ -133,16 +139,42 @@ def test_pipeline_reruns_what_follows_a_stage_that_ran_again(monkeypatch, tmp_pa
     """``run`` skips finished stages, but once one runs again every later stage follows."""
     from workbench import pipeline
 
-    done = {"data": True, "sft": True, "reward": True, "cost": False, "guard": True, "ppo": True, "analyze": True}
+    done = {
+        "data": True,
+        "sft": True,
+        "reward": True,
+        "cost": False,
+        "guard": True,
+        "ppo": True,
+        "analyze": True,
+    }
     calls = []
     monkeypatch.setattr(pipeline, "is_complete", lambda run_dir, stage, cfg=None: done[stage])
-    monkeypatch.setattr(pipeline, "run_stage", lambda stage, run_dir, cfg, force, progress: calls.append((stage, force)))
+    monkeypatch.setattr(
+        pipeline,
+        "run_stage",
+        lambda stage, run_dir, cfg, force, progress: calls.append((stage, force)),
+    )
     pipeline.run_pipeline(tmp_path, smoke=True, progress=False)
     # cost runs (not finished); guard, ppo and analyze read it, reward does not
-    assert calls == [("data", False), ("sft", False), ("reward", False), ("cost", False), ("guard", True),
-                     ("ppo", True), ("analyze", True)]
+    assert calls == [
+        ("data", False),
+        ("sft", False),
+        ("reward", False),
+        ("cost", False),
+        ("guard", True),
+        ("ppo", True),
+        ("analyze", True),
+    ]
     calls.clear()
     done.update(cost=True, guard=False)  # only the guard changed: only the analysis reads it
     pipeline.run_pipeline(tmp_path, smoke=True, progress=False)
-    assert calls == [("data", False), ("sft", False), ("reward", False), ("cost", False), ("guard", False),
-                     ("ppo", False), ("analyze", True)]
+    assert calls == [
+        ("data", False),
+        ("sft", False),
+        ("reward", False),
+        ("cost", False),
+        ("guard", False),
+        ("ppo", False),
+        ("analyze", True),
+    ]

@@ -21,13 +21,22 @@ def png_bytes(colour=(10, 200, 30)) -> bytes:
 
 def record(**changes):
     rec = {
-        "question": "how do i use this ?", "image": {"bytes": png_bytes(), "path": None},
-        "category": "violence_and_physical_harm", "image_severity": 2,
-        "response_1": "sorry , i cannot help with that .", "response_2": "sure , here is how .",
-        "response_1_from": "model_a", "response_2_from": "model_b",
-        "more_helpful_response_id": "2", "response_1_helpful_rate": 1, "response_2_helpful_rate": 3,
-        "is_response_1_safe": "True", "is_response_2_safe": "False", "safer_response_id": "1",
-        "response_1_harmless_rate": 2, "response_2_harmless_rate": -2,
+        "question": "how do i use this ?",
+        "image": {"bytes": png_bytes(), "path": None},
+        "category": "violence_and_physical_harm",
+        "image_severity": 2,
+        "response_1": "sorry , i cannot help with that .",
+        "response_2": "sure , here is how .",
+        "response_1_from": "model_a",
+        "response_2_from": "model_b",
+        "more_helpful_response_id": "2",
+        "response_1_helpful_rate": 1,
+        "response_2_helpful_rate": 3,
+        "is_response_1_safe": "True",
+        "is_response_2_safe": "False",
+        "safer_response_id": "1",
+        "response_1_harmless_rate": 2,
+        "response_2_harmless_rate": -2,
     }
     rec.update(changes)
     return rec
@@ -38,7 +47,9 @@ def test_coercions_of_the_real_dataset_types():
     assert rec["more_helpful_response_id"] == 2 and rec["safer_response_id"] == 1
     assert rec["is_response_1_safe"] is True and rec["is_response_2_safe"] is False
     assert ref.data is not None
-    rec, _ = validate_record(record(image_severity="moderate", category="Violence And Physical Harm"), 0)
+    rec, _ = validate_record(
+        record(image_severity="moderate", category="Violence And Physical Harm"), 0
+    )
     assert rec["image_severity"] == 2 and rec["category"] == "violence_and_physical_harm"
     rec, _ = validate_record(record(response_1_helpful_rate=2.0), 0)
     assert rec["response_1_helpful_rate"] == 2 and isinstance(rec["response_1_helpful_rate"], int)
@@ -91,8 +102,17 @@ def test_truncated_image_is_rejected(tmp_path):
 
 
 def test_prompt_only_records_and_severity_levels():
-    rec, _ = validate_record({"question": "q ?", "image": png_bytes(), "category": "none",
-                              "image_severity": 0}, 0, prompt_only=True)
+    rec, _ = validate_record(
+        {"question": "q ?", "image": png_bytes(), "category": "none", "image_severity": 0},
+        0,
+        prompt_only=True,
+    )
     assert rec["category"] == "none"
-    assert [severity_of_harmless_rate(r) for r in (3, 1, 0, -1, -2, -3)] == \
-        ["safe", "safe", "safe", "minor", "moderate", "severe"]
+    assert [severity_of_harmless_rate(r) for r in (3, 1, 0, -1, -2, -3)] == [
+        "safe",
+        "safe",
+        "safe",
+        "minor",
+        "moderate",
+        "severe",
+    ]

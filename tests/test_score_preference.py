@@ -31,8 +31,18 @@ from workbench.train.preference import (
     sign_weights,
 )
 
-SMALL = TinyVLMSpec(image_size=32, patch_size=16, vision_hidden=32, vision_layers=1, vision_heads=2,
-                    text_hidden=32, text_layers=2, text_heads=2, text_intermediate=64, max_positions=256)
+SMALL = TinyVLMSpec(
+    image_size=32,
+    patch_size=16,
+    vision_hidden=32,
+    vision_layers=1,
+    vision_heads=2,
+    text_hidden=32,
+    text_layers=2,
+    text_heads=2,
+    text_intermediate=64,
+    max_positions=256,
+)
 
 
 def nls(x: float) -> float:
@@ -50,11 +60,17 @@ def small_vlm():
 
 
 def sample_batch(processor, padding_side="right"):
-    images = [Image.new("RGB", (32, 32), (200, 30, 30)), Image.new("RGB", (32, 32), (30, 30, 200)),
-              Image.new("RGB", (32, 32), (30, 200, 30))]
+    images = [
+        Image.new("RGB", (32, 32), (200, 30, 30)),
+        Image.new("RGB", (32, 32), (30, 30, 200)),
+        Image.new("RGB", (32, 32), (30, 200, 30)),
+    ]
     questions = ["how do i use this ?", "what colour is the cup ?", "describe the image ."]
-    responses = ["sure , here is how . step one : method_f . step two : method_b .", "the cup is red .",
-                 "i can not help with that ."]
+    responses = [
+        "sure , here is how . step one : method_f . step two : method_b .",
+        "the cup is red .",
+        "i can not help with that .",
+    ]
     return encode(processor, images, questions, responses, padding_side=padding_side)
 
 
@@ -91,8 +107,12 @@ def test_cost_sign_terms_push_unsafe_up_and_safe_down():
 
 
 def test_sign_weights_graded_and_binary():
-    rec = {"response_1_harmless_rate": -2, "response_2_harmless_rate": 3,
-           "is_response_1_safe": False, "is_response_2_safe": True}
+    rec = {
+        "response_1_harmless_rate": -2,
+        "response_2_harmless_rate": 3,
+        "is_response_1_safe": False,
+        "is_response_2_safe": True,
+    }
     assert sign_weights(rec, "graded") == (2.0, -3.0)
     assert sign_weights(rec, "binary") == (1.0, -1.0)
     assert sign_weights({**rec, "response_1_harmless_rate": 0}, "graded") == (0.0, -3.0)
@@ -148,7 +168,9 @@ def test_save_load_round_trip(small_vlm, tmp_path):
         after, _ = loaded(sample_batch(loaded.processor))
     assert torch.allclose(before, after, atol=1e-6)
     backbone, _ = load_vlm(path)  # the directory is also a plain VLM
-    assert sum(p.numel() for p in backbone.parameters()) == sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for p in backbone.parameters()) == sum(
+        p.numel() for p in model.parameters()
+    )
     with pytest.raises(VLMError, match="not a score model"):
         ScoreModel.load(tmp_path / "nothing")
 
@@ -156,8 +178,9 @@ def test_save_load_round_trip(small_vlm, tmp_path):
 def test_lora_score_model_round_trip(tmp_path):
     base_dir = save_vlm(*build_tiny_vlm(SMALL, seed=1), tmp_path / "base")
     backbone, processor = load_policy(base_dir)
-    score_model = ScoreModel(apply_lora(backbone, ["q_proj", "v_proj"], r=4, alpha=8), processor,
-                             head_std=1.0).eval()
+    score_model = ScoreModel(
+        apply_lora(backbone, ["q_proj", "v_proj"], r=4, alpha=8), processor, head_std=1.0
+    ).eval()
     trainable = {n for n, p in score_model.named_parameters() if p.requires_grad}
     assert "head.weight" in trainable and all("lora" in n or n == "head.weight" for n in trainable)
     with torch.no_grad():
@@ -174,7 +197,9 @@ def test_training_steps_move_weights_and_lower_loss():
     model, processor = build_tiny_vlm(SMALL, seed=2)
     score_model = ScoreModel(model, processor)
     batch = sample_batch(processor)
-    batch = {k: torch.cat([v, v]) for k, v in batch.items()}  # 3 pairs: (i, i) with different labels
+    batch = {
+        k: torch.cat([v, v]) for k, v in batch.items()
+    }  # 3 pairs: (i, i) with different labels
     opt = torch.optim.AdamW(score_model.parameters(), lr=3e-3)
     head0 = score_model.head.weight.detach().clone()
     layer0 = model.model.language_model.layers[0].self_attn.q_proj.weight.detach().clone()
@@ -193,34 +218,59 @@ def test_training_steps_move_weights_and_lower_loss():
 
 
 # --- metrics and batches --------------------------------------------------------------------
-def pair(help_id, safer_id, gold_help=(1.0, 1.0), gold_harm=(1.0, 1.0), safe=(True, True), rates=(2, 2)):
-    return {"more_helpful_response_id": help_id, "safer_response_id": safer_id,
-            "response_1_gold_helpfulness": gold_help[0], "response_2_gold_helpfulness": gold_help[1],
-            "response_1_gold_harmlessness": gold_harm[0], "response_2_gold_harmlessness": gold_harm[1],
-            "is_response_1_safe": safe[0], "is_response_2_safe": safe[1],
-            "response_1_harmless_rate": rates[0], "response_2_harmless_rate": rates[1],
-            "response_1_helpful_rate": 1, "response_2_helpful_rate": 2, "category": "none",
-            "response_1": "a", "response_2": "b", "objects": [], "intent": "harmful", "prompt_severity": 1}
+def pair(
+    help_id, safer_id, gold_help=(1.0, 1.0), gold_harm=(1.0, 1.0), safe=(True, True), rates=(2, 2)
+):
+    return {
+        "more_helpful_response_id": help_id,
+        "safer_response_id": safer_id,
+        "response_1_gold_helpfulness": gold_help[0],
+        "response_2_gold_helpfulness": gold_help[1],
+        "response_1_gold_harmlessness": gold_harm[0],
+        "response_2_gold_harmlessness": gold_harm[1],
+        "is_response_1_safe": safe[0],
+        "is_response_2_safe": safe[1],
+        "response_1_harmless_rate": rates[0],
+        "response_2_harmless_rate": rates[1],
+        "response_1_helpful_rate": 1,
+        "response_2_helpful_rate": 2,
+        "category": "none",
+        "response_1": "a",
+        "response_2": "b",
+        "objects": [],
+        "intent": "harmful",
+        "prompt_severity": 1,
+    }
 
 
 def test_noise_ceilings_count_gold_ties_as_half():
-    records = [pair(1, 1, gold_help=(3, 1), gold_harm=(2, -1)),   # gold agrees with both labels
-               pair(2, 1, gold_help=(3, 1), gold_harm=(-1, 2)),   # gold disagrees with both
-               pair(1, 2, gold_help=(2, 2), gold_harm=(1, 1))]    # gold ties
+    records = [
+        pair(1, 1, gold_help=(3, 1), gold_harm=(2, -1)),  # gold agrees with both labels
+        pair(2, 1, gold_help=(3, 1), gold_harm=(-1, 2)),  # gold disagrees with both
+        pair(1, 2, gold_help=(2, 2), gold_harm=(1, 1)),
+    ]  # gold ties
     assert ranking_ceiling(records, "reward") == pytest.approx((1 + 0 + 0.5) / 3)
     assert ranking_ceiling(records, "cost") == pytest.approx((1 + 0 + 0.5) / 3)
-    noisy = [pair(1, 1, gold_harm=(2, -1), safe=(True, True))]  # response 2 labelled safe, gold unsafe
+    noisy = [
+        pair(1, 1, gold_harm=(2, -1), safe=(True, True))
+    ]  # response 2 labelled safe, gold unsafe
     assert sign_ceiling(noisy) == pytest.approx(0.5)
 
 
 def test_evaluate_without_gold_omits_ceilings_and_correlations():
-    records = [pair(2, 2, gold_harm=(-2, 1), safe=(False, True), rates=(-2, 1)),
-               pair(2, 1, gold_harm=(3, -3), safe=(True, False), rates=(3, -3))]
+    records = [
+        pair(2, 2, gold_harm=(-2, 1), safe=(False, True), rates=(-2, 1)),
+        pair(2, 1, gold_harm=(3, -3), safe=(True, False), rates=(3, -3)),
+    ]
     scores = np.array([[1.0, -1.0], [-0.5, 2.0]])
     cfg = CostConfig()
     with_gold, rows = evaluate("cost", scores, records, cfg)
     assert with_gold["eval_accuracy"] == 1.0 and with_gold["eval_sign_accuracy"] == 1.0
-    assert {"eval_accuracy_ceiling", "eval_sign_accuracy_ceiling", "gold_pearson_harmlessness"} <= set(with_gold)
+    assert {
+        "eval_accuracy_ceiling",
+        "eval_sign_accuracy_ceiling",
+        "gold_pearson_harmlessness",
+    } <= set(with_gold)
     assert with_gold["cost_by_level"] == {"safe": -0.75, "moderate": 1.0, "severe": 2.0}
     assert len(rows) == 4 and "gold_harmlessness" in rows[0]
     real = [{k: v for k, v in r.items() if "gold" not in k} for r in records]
@@ -238,7 +288,9 @@ def test_length_grouped_batches_cover_an_epoch_with_similar_lengths():
     assert len(got) == 8 and all(len(b) == 8 for b in got)
     assert sorted(r["n"] for b in got for r in b) == list(range(64))
     assert all(max(r["n"] for r in b) - min(r["n"] for r in b) == 7 for b in got)
-    assert len(list(batches(items[:5], batch_size=8, steps=3, seed=0, length=lambda r: r["n"]))) == 3
+    assert (
+        len(list(batches(items[:5], batch_size=8, steps=3, seed=0, length=lambda r: r["n"]))) == 3
+    )
     plain = list(batches(items, batch_size=8, steps=8, seed=0))
     assert sorted(r["n"] for b in plain for r in b) == list(range(64))
     assert any(max(r["n"] for r in b) - min(r["n"] for r in b) > 7 for b in plain)
@@ -259,17 +311,37 @@ def run_with_sft(smoke_run, tmp_path_factory):
 @pytest.mark.parametrize("stage", ["reward", "cost"])
 def test_smoke_stage_end_to_end(run_with_sft, stage):
     metrics = wb.run_stage(stage, run_with_sft, smoke=True, progress=False)
-    keys = {"eval_accuracy", "eval_accuracy_ceiling", "steps", "train_loss_first", "train_loss_last",
-            "wall_time_s"}
+    keys = {
+        "eval_accuracy",
+        "eval_accuracy_ceiling",
+        "steps",
+        "train_loss_first",
+        "train_loss_last",
+        "wall_time_s",
+    }
     if stage == "cost":
-        keys |= {"eval_sign_accuracy", "eval_sign_accuracy_ceiling", "cost_by_level",
-                 "gold_pearson_harmlessness", "gold_spearman_harmlessness"}
+        keys |= {
+            "eval_sign_accuracy",
+            "eval_sign_accuracy_ceiling",
+            "cost_by_level",
+            "gold_pearson_harmlessness",
+            "gold_spearman_harmlessness",
+        }
     else:
-        keys |= {"gold_pearson_helpfulness", "gold_spearman_helpfulness", "grounding_right_object_rate",
-                 "grounding_right_object_rate_in_scene", "ground_loss_first", "ground_loss_last"}
+        keys |= {
+            "gold_pearson_helpfulness",
+            "gold_spearman_helpfulness",
+            "grounding_right_object_rate",
+            "grounding_right_object_rate_in_scene",
+            "ground_loss_first",
+            "ground_loss_last",
+        }
         assert 0 <= metrics["grounding_right_object_rate"] <= 1
         # the first metric naming grounding is the right-object rate (readers take the first)
-        assert next(k for k in metrics if "ground" in k or "right_object" in k) == "grounding_right_object_rate"
+        assert (
+            next(k for k in metrics if "ground" in k or "right_object" in k)
+            == "grounding_right_object_rate"
+        )
     assert keys <= set(metrics), keys - set(metrics)
     assert 0 <= metrics["eval_accuracy"] <= 1 and 0.5 <= metrics["eval_accuracy_ceiling"] <= 1
     assert metrics["steps"] == (RewardConfig if stage == "reward" else CostConfig).smoke().max_steps
@@ -283,7 +355,9 @@ def test_smoke_stage_end_to_end(run_with_sft, stage):
     model = ScoreModel.load(out / "model").eval()
     first = data.eval[0]
     images = [data.image(first)] * 2
-    batch = encode(model.processor, images, [first["question"]] * 2, [first["response_1"], first["response_2"]])
+    batch = encode(
+        model.processor, images, [first["question"]] * 2, [first["response_1"], first["response_2"]]
+    )
     with torch.no_grad():
         scores, _ = model(batch)
     assert scores.tolist() == pytest.approx([rows[0]["score"], rows[1]["score"]], abs=1e-4)
@@ -308,7 +382,9 @@ def test_head_learning_rate_multiplier(small_vlm):
     model, processor = small_vlm
     score_model = ScoreModel(model, processor)
     cfg = RewardConfig(lr=1e-3, head_lr_multiplier=20.0, warmup_steps=0)
-    opt, _ = optimizer_and_schedule(score_model, cfg, lr_multipliers={"head.": cfg.head_lr_multiplier})
+    opt, _ = optimizer_and_schedule(
+        score_model, cfg, lr_multipliers={"head.": cfg.head_lr_multiplier}
+    )
     by_lr = {group["lr"]: group["params"] for group in opt.param_groups}
     assert sorted(by_lr) == pytest.approx([1e-3, 2e-2])
     head_group = by_lr[max(by_lr)]
@@ -320,14 +396,19 @@ def test_head_learning_rate_multiplier(small_vlm):
 
 # --- grounding -------------------------------------------------------------------------------
 def test_grounding_loss_by_hand():
-    assert float(grounding_loss(t(2.0, 0.0), t(0.0, 0.0))) == pytest.approx((nls(2.0) + nls(0.0)) / 2)
+    assert float(grounding_loss(t(2.0, 0.0), t(0.0, 0.0))) == pytest.approx(
+        (nls(2.0) + nls(0.0)) / 2
+    )
 
 
 def test_contrast_pairs_differ_only_in_the_object(smoke_run):
     data = wb.load_data(smoke_run)
     prompts = grounding_prompts(data.train)
     assert prompts and all(p["prompt_severity"] > 0 for p in prompts)
-    assert grounding_prompts([{k: v for k, v in r.items() if k != "objects"} for r in data.train]) == []
+    assert (
+        grounding_prompts([{k: v for k, v in r.items() if k != "objects"} for r in data.train])
+        == []
+    )
     rng = np.random.default_rng(0)
     for p in prompts[:50]:
         for absent in (True, False):
@@ -356,13 +437,23 @@ def test_contrast_pairs_differ_only_in_the_object(smoke_run):
 
 def test_mention_labels_mark_target_and_other_objects(small_vlm):
     _, processor = small_vlm
-    responses = ["the knife can be dangerous . handle the gun with care .", "sorry , i cannot help with that ."]
+    responses = [
+        "the knife can be dangerous . handle the gun with care .",
+        "sorry , i cannot help with that .",
+    ]
     images = [Image.new("RGB", (32, 32))] * 2
     batch = encode(processor, images, ["how do i use the knife ?"] * 2, responses)
-    labels = mention_labels(processor.tokenizer, batch["input_ids"], batch["response_mask"], ["knife", "knife"],
-                            ["knife", "gun", "apple"])
+    labels = mention_labels(
+        processor.tokenizer,
+        batch["input_ids"],
+        batch["response_mask"],
+        ["knife", "knife"],
+        ["knife", "gun", "apple"],
+    )
     tokens = [processor.tokenizer.convert_ids_to_tokens(int(i)) for i in batch["input_ids"][0]]
-    marked = {tokens[t].lstrip("Ġ▁"): float(labels[0, t]) for t in range(len(tokens)) if labels[0, t] >= 0}
+    marked = {
+        tokens[t].lstrip("Ġ▁"): float(labels[0, t]) for t in range(len(tokens)) if labels[0, t] >= 0
+    }
     assert marked == {"knife": 1.0, "gun": 0.0}  # the question's "knife" is not part of the answer
     assert bool((labels[1] < 0).all())
     logits = torch.zeros_like(labels)

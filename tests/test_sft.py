@@ -14,7 +14,9 @@ from workbench.models.families import build_tiny_vlm_family
 from workbench.models.vlm import TinyVLMSpec, build_tiny_vlm, encode, save_vlm
 from workbench.train.sft import captions, demonstrations, sft_loss
 
-SMALL = TinyVLMSpec(vision_hidden=64, vision_layers=1, text_hidden=64, text_layers=2, text_intermediate=128)
+SMALL = TinyVLMSpec(
+    vision_hidden=64, vision_layers=1, text_hidden=64, text_layers=2, text_intermediate=128
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +48,17 @@ def test_demonstrations_and_captions(data_run):
     safe = demonstrations(data.train, "safe")
     assert len(safe) == sum(r[f"is_response_{i}_safe"] for r in data.train for i in (1, 2))
     preferred = demonstrations(data.train, "preferred")
-    assert len(preferred) == sum(r["is_response_1_safe"] or r["is_response_2_safe"] for r in data.train)
+    assert len(preferred) == sum(
+        r["is_response_1_safe"] or r["is_response_2_safe"] for r in data.train
+    )
     both = next(r for r in data.train if r["is_response_1_safe"] and r["is_response_2_safe"])
     one = next(r for r in data.train if r["is_response_1_safe"] != r["is_response_2_safe"])
-    assert demonstrations([both], "preferred") == [(both, both[f"response_{both['more_helpful_response_id']}"])]
-    assert demonstrations([one], "preferred") == [(one, one["response_1" if one["is_response_1_safe"] else "response_2"])]
+    assert demonstrations([both], "preferred") == [
+        (both, both[f"response_{both['more_helpful_response_id']}"])
+    ]
+    assert demonstrations([one], "preferred") == [
+        (one, one["response_1" if one["is_response_1_safe"] else "response_2"])
+    ]
     with pytest.raises(ValueError, match="unknown set 'best'"):
         demonstrations(data.train, "best")
     caps = captions(data.train)
@@ -71,14 +79,21 @@ def test_vision_pretraining_makes_image_features_tell_scenes_apart(data_run):
 
     data = wb.load_data(data_run)
     scenes, labels = scene_objects(data.train)
-    assert len(scenes) == len({r["image"] for r in data.train}) and labels.shape == (len(scenes), len(KINDS))
+    assert len(scenes) == len({r["image"] for r in data.train}) and labels.shape == (
+        len(scenes),
+        len(KINDS),
+    )
     for r, y in zip(scenes, labels, strict=True):
-        assert {sorted(KINDS)[i] for i in y.nonzero().flatten().tolist()} == {o["kind"] for o in r["objects"]}
+        assert {sorted(KINDS)[i] for i in y.nonzero().flatten().tolist()} == {
+            o["kind"] for o in r["objects"]
+        }
     p = labels.mean(0).clamp(1e-6, 1 - 1e-6)
     constant_guess = float((-(p * p.log() + (1 - p) * (1 - p).log())).mean())
     model, processor = build_tiny_vlm(seed=0)
     cfg = SFTConfig.smoke().replace(vision_steps=200, vision_batch_size=32)
-    metrics = pretrain_vision(model, processor, ImageCache(data), data.train, data.eval, cfg, progress=False)
+    metrics = pretrain_vision(
+        model, processor, ImageCache(data), data.train, data.eval, cfg, progress=False
+    )
     assert metrics["vision_loss_first"] > constant_guess
     assert metrics["vision_loss_last"] < 0.85 * constant_guess
     assert 0.0 <= metrics["vision_presence_accuracy"] <= 1.0
@@ -86,15 +101,24 @@ def test_vision_pretraining_makes_image_features_tell_scenes_apart(data_run):
 
 def test_sft_smoke_stage(data_run):
     metrics = wb.run_stage("sft", data_run, smoke=True, progress=False)
-    for key in ("eval_loss", "steps", "base_helpfulness", "base_safety_rate", "parameters",
-                "vision_presence_accuracy"):
+    for key in (
+        "eval_loss",
+        "steps",
+        "base_helpfulness",
+        "base_safety_rate",
+        "parameters",
+        "vision_presence_accuracy",
+    ):
         assert key in metrics
     assert metrics["train_loss_last"] < metrics["train_loss_first"]
     assert 0.0 <= metrics["base_safety_rate"] <= 1.0
     model_dir = data_run / "sft" / "model"
     model = AutoModelForImageTextToText.from_pretrained(model_dir)
     fresh, _ = build_tiny_vlm(seed=SFTConfig.smoke().seed)
-    changed = [not torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True)]
+    changed = [
+        not torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True)
+    ]
     assert any(changed)
     samples = [json.loads(line) for line in open(data_run / "sft" / "samples.jsonl")]
     assert len(samples) == SFTConfig.smoke().n_eval_prompts and "helpfulness" in samples[0]
@@ -104,8 +128,15 @@ def test_sft_smoke_stage(data_run):
 def test_sft_on_a_second_family_with_lora(data_run, tmp_path, family):
     model, processor = build_tiny_vlm_family(family, spec=SMALL)
     base = save_vlm(model, processor, tmp_path / family)
-    cfg = SFTConfig.smoke().replace(policy=str(base), lora=True, lora_targets=("q_proj", "v_proj"),
-                                    max_steps=6, caption_steps=2, n_eval_prompts=8, lr=1e-2)
+    cfg = SFTConfig.smoke().replace(
+        policy=str(base),
+        lora=True,
+        lora_targets=("q_proj", "v_proj"),
+        max_steps=6,
+        caption_steps=2,
+        n_eval_prompts=8,
+        lr=1e-2,
+    )
     run = tmp_path / "run"
     run.mkdir()
     (run / "data").symlink_to(data_run / "data")

@@ -27,8 +27,10 @@ def graded(runs):
 
 @pytest.fixture(scope="module")
 def score_models(graded):
-    return (views.load_score_model(graded / "reward" / "model"),
-            views.load_score_model(graded / "cost" / "model"))
+    return (
+        views.load_score_model(graded / "reward" / "model"),
+        views.load_score_model(graded / "cost" / "model"),
+    )
 
 
 def n_eval_responses(run_dir):
@@ -60,7 +62,13 @@ def test_samples_table_has_gold_scores(graded):
     samples = read_jsonl(graded / "sft" / "samples.jsonl")
     table = views.samples_table(graded, n=5)
     assert len(table) == min(5, len(samples))
-    assert {"question", "base-policy answer", "gold helpfulness", "gold harmlessness", "safe"} <= set(table.columns)
+    assert {
+        "question",
+        "base-policy answer",
+        "gold helpfulness",
+        "gold harmlessness",
+        "safe",
+    } <= set(table.columns)
     assert table["base-policy answer"].tolist() == [s["response"] for s in samples[:5]]
     assert table["gold helpfulness"].between(0, 3).all()
     assert table["gold harmlessness"].between(-3, 3).all()
@@ -92,9 +100,15 @@ def test_accuracy_vs_ceiling(graded):
     reward, cost = wb.runs.load_metrics(graded, "reward"), wb.runs.load_metrics(graded, "cost")
     table = views.accuracy_frame(reward, cost)
     assert table["accuracy"].tolist() == pytest.approx(
-        [reward["eval_accuracy"], cost["eval_accuracy"], cost["eval_sign_accuracy"]])
+        [reward["eval_accuracy"], cost["eval_accuracy"], cost["eval_sign_accuracy"]]
+    )
     assert table["ceiling"].tolist() == pytest.approx(
-        [reward["eval_accuracy_ceiling"], cost["eval_accuracy_ceiling"], cost["eval_sign_accuracy_ceiling"]])
+        [
+            reward["eval_accuracy_ceiling"],
+            cost["eval_accuracy_ceiling"],
+            cost["eval_sign_accuracy_ceiling"],
+        ]
+    )
     fig = views.accuracy_vs_ceiling(reward, cost)
     bars = [t for t in fig.data if isinstance(t, go.Bar)]
     marks = [t for t in fig.data if isinstance(t, go.Scatter)]
@@ -135,9 +149,21 @@ def test_reward_vs_gold(graded):
 
 def test_reward_vs_gold_needs_gold(tmp_path):
     (tmp_path / "reward").mkdir()
-    rows = [{"id": "e-0", "response": i, "score": 0.1 * i, "level": "safe", "is_safe": True,
-             "helpful_rate": 2, "harmless_rate": 1} for i in (1, 2)]
-    (tmp_path / "reward" / "eval_scores.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rows = [
+        {
+            "id": "e-0",
+            "response": i,
+            "score": 0.1 * i,
+            "level": "safe",
+            "is_safe": True,
+            "helpful_rate": 2,
+            "harmless_rate": 1,
+        }
+        for i in (1, 2)
+    ]
+    (tmp_path / "reward" / "eval_scores.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows)
+    )
     with pytest.raises(ValueError, match="gold"):
         views.reward_vs_gold(tmp_path)
 
@@ -152,7 +178,9 @@ def test_cost_by_level_box(graded):
     for trace, lvl in zip(fig.data, present, strict=True):
         assert isinstance(trace, go.Box) and trace.name.startswith(lvl)
         assert len(trace.y) == counts[lvl]
-        assert float(np.mean(trace.y)) == pytest.approx(wb.runs.load_metrics(graded, "cost")["cost_by_level"][lvl])
+        assert float(np.mean(trace.y)) == pytest.approx(
+            wb.runs.load_metrics(graded, "cost")["cost_by_level"][lvl]
+        )
     assert sum(len(t.y) for t in fig.data) == len(frame)
     assert any(shape.y0 == 0 and shape.y1 == 0 for shape in fig.layout.shapes)
 
@@ -181,8 +209,15 @@ def test_score_response_matches_the_eval_scores(graded, score_models):
     reward_model, cost_model = score_models
     data = wb.load_data(graded)
     record = data.eval[0]
-    out = views.score_response(reward_model, cost_model, reward_model.processor, data.image(record),
-                               record["question"], record["response_1"], prompt=record)
+    out = views.score_response(
+        reward_model,
+        cost_model,
+        reward_model.processor,
+        data.image(record),
+        record["question"],
+        record["response_1"],
+        prompt=record,
+    )
     assert math.isfinite(out["reward"]) and math.isfinite(out["cost"])
     for stage in ("reward", "cost"):
         frame = views.eval_scores(graded, stage)
@@ -199,18 +234,26 @@ def test_score_response_on_a_typed_answer(graded, score_models):
     data = wb.load_data(graded)
     prompt = data.test[0]
     text = "sorry , i cannot help with that ."
-    out = views.score_response(reward_model, cost_model, None, data.image(prompt), prompt["question"], text,
-                               prompt=prompt)
+    out = views.score_response(
+        reward_model, cost_model, None, data.image(prompt), prompt["question"], text, prompt=prompt
+    )
     gold = gold_score(prompt, text)
-    assert (out["gold_helpfulness"], out["gold_harmlessness"]) == (gold.helpfulness, gold.harmlessness)
+    assert (out["gold_helpfulness"], out["gold_harmlessness"]) == (
+        gold.helpfulness,
+        gold.harmlessness,
+    )
     assert math.isfinite(out["reward"]) and math.isfinite(out["cost"])
-    bare = views.score_response(reward_model, cost_model, None, data.image(prompt), prompt["question"], text)
+    bare = views.score_response(
+        reward_model, cost_model, None, data.image(prompt), prompt["question"], text
+    )
     assert "gold_helpfulness" not in bare  # no world metadata given: no gold verdict
     assert bare["reward"] == pytest.approx(out["reward"])
 
 
 def test_world_text_and_unknown_words(score_models):
-    assert views.world_text("Sorry, I cannot help with that.") == "sorry , i cannot help with that ."
+    assert (
+        views.world_text("Sorry, I cannot help with that.") == "sorry , i cannot help with that ."
+    )
     processor = score_models[0].processor
     assert views.unknown_words(processor, "sorry , i cannot help with that .") == []
     assert views.unknown_words(processor, "sorry xyzzy") == ["xyzzy"]
@@ -235,13 +278,17 @@ def test_score_widget(graded, score_models):
     assert widget.prompt_slider.max == len(data.eval) - 1
     assert widget.image.value[:4] == b"\x89PNG"
     assert data.eval[0]["question"] in widget.prompt_info.value
-    assert widget.response_box.value == data.eval[0]["response_1"]  # the first example fills the box
+    assert (
+        widget.response_box.value == data.eval[0]["response_1"]
+    )  # the first example fills the box
 
     widget.response_box.value = "Sorry, I cannot help with that."
     widget.score_button.click()
     assert len(widget.history) == 1
     scores = widget.history[0]
-    assert widget.response_box.value == "sorry , i cannot help with that ."  # written the world's way
+    assert (
+        widget.response_box.value == "sorry , i cannot help with that ."
+    )  # written the world's way
     assert math.isfinite(scores["reward"]) and math.isfinite(scores["cost"])
     assert "gold_helpfulness" in scores and f"{scores['reward']:+.3f}" in widget.result.value
 
@@ -260,8 +307,10 @@ def test_score_widget(graded, score_models):
 
 
 def test_scores_html_escapes_and_orders():
-    rows = [{"response": "<b>first</b>", "reward": 1.0, "cost": -1.0, "cost_says_unsafe": False},
-            {"response": "second", "reward": 0.5, "cost": 2.0, "cost_says_unsafe": True}]
+    rows = [
+        {"response": "<b>first</b>", "reward": 1.0, "cost": -1.0, "cost_says_unsafe": False},
+        {"response": "second", "reward": 0.5, "cost": 2.0, "cost_says_unsafe": True},
+    ]
     page = views.scores_html(rows)
     assert "&lt;b&gt;first&lt;/b&gt;" in page and "<b>first</b>" not in page
     assert page.index("second") < page.index("first")  # latest first
@@ -273,5 +322,7 @@ def test_variant_run_changes_only_the_overrides(graded, tmp_path):
     mine = json.loads((variant / "reward" / "config.json").read_text())
     theirs = json.loads((graded / "reward" / "config.json").read_text())
     assert mine["max_steps"] == 2
-    assert {k: v for k, v in mine.items() if k != "max_steps"} == {k: v for k, v in theirs.items() if k != "max_steps"}
+    assert {k: v for k, v in mine.items() if k != "max_steps"} == {
+        k: v for k, v in theirs.items() if k != "max_steps"
+    }
     assert wb.runs.load_metrics(variant, "reward")["steps"] == 2

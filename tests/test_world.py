@@ -76,16 +76,17 @@ def _gold_by_action(records, harmful: bool):
         for i in (1, 2):
             action = r[f"response_{i}_from"].split("/")[1]
             table.setdefault(action, []).append(
-                (r[f"response_{i}_gold_helpfulness"], r[f"response_{i}_gold_harmlessness"]))
+                (r[f"response_{i}_gold_helpfulness"], r[f"response_{i}_gold_harmlessness"])
+            )
     return {a: np.array(v).mean(0) for a, v in table.items()}
 
 
 def test_tension_of_the_paper_holds_on_generated_pairs(smoke_world):
     means = _gold_by_action(smoke_world["train"], harmful=True)
     comply, refuse, redirect = means["comply"], means["refuse"], means["redirect"]
-    assert comply[0] > refuse[0]            # compliance is more helpful than a bare refusal
-    assert comply[1] < refuse[1] and comply[1] < 0   # ... and less harmless (unsafe)
-    assert redirect[1] > 0                  # refuse-and-redirect is safe
+    assert comply[0] > refuse[0]  # compliance is more helpful than a bare refusal
+    assert comply[1] < refuse[1] and comply[1] < 0  # ... and less harmless (unsafe)
+    assert redirect[1] > 0  # refuse-and-redirect is safe
     assert refuse[0] < redirect[0] < comply[0]  # ... with moderate helpfulness
     # the precursor is useful on benign prompts
     benign = _gold_by_action(smoke_world["train"], harmful=False)
@@ -99,7 +100,9 @@ def test_world_v2_safe_and_helpful_answer_exists_and_is_rare(smoke_world):
     means = _gold_by_action(smoke_world["train"], harmful=True)
     full, comply, wrong = means["safe_helpful"], means["comply"], means["wrong_object"]
     assert full[1] > 0 and full[0] >= comply[0] - 0.5 and full[0] >= 2.5
-    assert comply[0] == max(m[0] for m in means.values()) and comply[1] == min(m[1] for m in means.values())
+    assert comply[0] == max(m[0] for m in means.values()) and comply[1] == min(
+        m[1] for m in means.values()
+    )
     assert wrong[0] < 1.0 and wrong[1] > 0
     harmful = [r for r in smoke_world["train"] if r["prompt_severity"] > 0]
     forms = [r[f"response_{i}_from"] for r in harmful for i in (1, 2)]
@@ -110,8 +113,12 @@ def test_first_world_is_one_field_away():
     old = generate_world(DataConfig.smoke().replace(safe_helpful_score=1.5))
     risky = [r for r in old["train"] if r["prompt_severity"] > 0]
     assert all(r["safe_helpful_score"] == 1.5 for r in old["train"] + old["test"])
-    best_safe = max(r[f"response_{i}_gold_helpfulness"] for r in risky for i in (1, 2)
-                    if r[f"response_{i}_gold_harmlessness"] > 0)
+    best_safe = max(
+        r[f"response_{i}_gold_helpfulness"]
+        for r in risky
+        for i in (1, 2)
+        if r[f"response_{i}_gold_harmlessness"] > 0
+    )
     assert best_safe == 1.5  # no safe answer to a risky prompt beats 1.5
 
 
@@ -120,7 +127,9 @@ def test_dual_preferences_disagree_substantially(smoke_world):
     share = np.mean([r["more_helpful_response_id"] != r["safer_response_id"] for r in pairs])
     assert 0.40 <= share <= 0.8, share  # world v2 target: disagree on at least 40% of pairs
     harmful = [r for r in pairs if r["prompt_severity"] > 0]
-    share_harmful = np.mean([r["more_helpful_response_id"] != r["safer_response_id"] for r in harmful])
+    share_harmful = np.mean(
+        [r["more_helpful_response_id"] != r["safer_response_id"] for r in harmful]
+    )
     assert share_harmful > share * 0.9
 
 
@@ -152,7 +161,9 @@ def test_splits_hold_out_object_template_combinations(smoke_world):
 def test_default_sizes_and_coverage():
     cfg = DataConfig()
     world = generate_world(cfg)
-    assert len(world["train"]) >= 20_000 and len(world["eval"]) >= 1_000 and len(world["test"]) >= 500
+    assert (
+        len(world["train"]) >= 20_000 and len(world["eval"]) >= 1_000 and len(world["test"]) >= 500
+    )
     pairs = world["train"] + world["eval"]
     assert len({r["category"] for r in pairs} - {"none"}) >= 10
     levels = Counter(r["image_severity"] for r in pairs)

@@ -10,5 +10,16 @@ from .data import load_data
 from .pipeline import available_stages, resolve_config, run_pipeline, run_stage, smoke_run
 
 __version__ = "0.1.0"
-__all__ = ["config", "data", "runs", "ConfigError", "DataConfig", "load_data", "available_stages",
-           "resolve_config", "run_pipeline", "run_stage", "smoke_run"]
+__all__ = [
+    "config",
+    "data",
+    "runs",
+    "ConfigError",
+    "DataConfig",
+    "load_data",
+    "available_stages",
+    "resolve_config",
+    "run_pipeline",
+    "run_stage",
+    "smoke_run",
+]

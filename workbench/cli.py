@@ -30,7 +30,12 @@ COMMANDS = (*STAGE_NAMES, "run", "demo", "bench")
 def _common_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--smoke", action="store_true", help="small preset that finishes in seconds")
-    p.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR, help="run directory (default: runs/default)")
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        default=DEFAULT_RUN_DIR,
+        help="run directory (default: runs/default)",
+    )
     p.add_argument("--config", type=Path, default=None, help="JSON file with config fields")
     p.add_argument("--seed", type=int, default=None, help="seed (overrides the config)")
     p.add_argument("--force", action="store_true", help="rerun a stage that already finished")
@@ -59,16 +64,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command == "run":
             if rest:
-                raise ConfigError(f"'run' takes only the common flags; unexpected: {' '.join(rest)}")
-            results = run_pipeline(common.run_dir, smoke=common.smoke, force=common.force,
-                                   progress=not common.quiet, seed=common.seed)
+                raise ConfigError(
+                    f"'run' takes only the common flags; unexpected: {' '.join(rest)}"
+                )
+            results = run_pipeline(
+                common.run_dir,
+                smoke=common.smoke,
+                force=common.force,
+                progress=not common.quiet,
+                seed=common.seed,
+            )
             _print_summary(common.run_dir, results)
             return 0
         if command == "bench":
-
             return bench_main(argv[1:])
         if command == "demo":
-
             return demo_main(argv[1:])
         cfg = _stage_config(command, common, rest)
         run_stage(command, common.run_dir, cfg, force=common.force, progress=not common.quiet)
@@ -86,9 +96,13 @@ def _stage_config(stage: str, common: argparse.Namespace, rest: list[str]):
         return base
 
     cls = config_class(stage)
-    description = (f"python -m workbench {stage} [--smoke] [--run-dir DIR] [--config FILE] [--seed N] "
-                   f"[--force] [--quiet] plus the {cls.__name__} fields below. {cls.__doc__ or ''}")
-    return tyro.cli(cls, args=rest, default=base, prog=f"python -m workbench {stage}", description=description)
+    description = (
+        f"python -m workbench {stage} [--smoke] [--run-dir DIR] [--config FILE] [--seed N] "
+        f"[--force] [--quiet] plus the {cls.__name__} fields below. {cls.__doc__ or ''}"
+    )
+    return tyro.cli(
+        cls, args=rest, default=base, prog=f"python -m workbench {stage}", description=description
+    )
 
 
 def _n_rejected(stage_dir: Path) -> int:
@@ -105,14 +119,20 @@ def _print_summary(run_dir: Path, results: dict) -> None:
         print(f"  {stage:8s} {d}/  (metrics: {d / 'metrics.json'})")
         rejects = _n_rejected(d)
         if rejects:
-            print(f"  {'':8s} WARNING: {rejects} input record(s) rejected; each is listed with its field "
-                  f"in {d / 'rejects.jsonl'}")
+            print(
+                f"  {'':8s} WARNING: {rejects} input record(s) rejected; each is listed with its field "
+                f"in {d / 'rejects.jsonl'}"
+            )
         if (d / "overview.html").is_file():
             print(f"  {'':8s} plots: {d / 'overview.html'} (open in a browser)")
     if "data" in results:
         print(f"  browse the data: make lab -> notebooks/01_data.ipynb (run dir {run_dir})")
-    analysis = next((s for s in results if s.startswith("analyze")), "analyze")  # analyze_eval: eval prompts
+    analysis = next(
+        (s for s in results if s.startswith("analyze")), "analyze"
+    )  # analyze_eval: eval prompts
     report = run_dir / analysis / "report.html"
     if analysis in results and report.is_file():
-        print(f"\nReport (helpfulness-safety trade-off, win rates, categories, λ): {report.resolve()}\n"
-              f"  plots one by one: {report.parent / 'figures'}/*.html · notebook: notebooks/05_analysis.ipynb")
+        print(
+            f"\nReport (helpfulness-safety trade-off, win rates, categories, λ): {report.resolve()}\n"
+            f"  plots one by one: {report.parent / 'figures'}/*.html · notebook: notebooks/05_analysis.ipynb"
+        )

@@ -29,7 +29,6 @@ class ConfigError(ValueError):
 class StageConfig:
     """Base class: seed, JSON round trip and the validation helpers."""
 
-
     seed: int = 0
     """Seed for every random choice of the stage."""
 
@@ -39,7 +38,9 @@ class StageConfig:
         return cls()
 
     def __post_init__(self) -> None:
-        self._check(isinstance(self.seed, int) and self.seed >= 0, "seed", "must be an integer >= 0")
+        self._check(
+            isinstance(self.seed, int) and self.seed >= 0, "seed", "must be an integer >= 0"
+        )
 
     # -- validation helpers -------------------------------------------------------------
     def _check(self, ok: bool, name: str, why: str) -> None:
@@ -49,14 +50,22 @@ class StageConfig:
     def _positive(self, *names: str) -> None:
         for name in names:
             v = getattr(self, name)
-            self._check(isinstance(v, int) and not isinstance(v, bool) and v > 0, name, "must be a positive integer")
+            self._check(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0,
+                name,
+                "must be a positive integer",
+            )
 
     def _fraction(self, *names: str, open_right: bool = True) -> None:
         for name in names:
             v = getattr(self, name)
             in_range = (0.0 <= v < 1.0) if open_right else (0.0 <= v <= 1.0)
             ok = isinstance(v, int | float) and not isinstance(v, bool) and in_range
-            self._check(ok, name, "must be a fraction in [0, 1)" if open_right else "must be a fraction in [0, 1]")
+            self._check(
+                ok,
+                name,
+                "must be a fraction in [0, 1)" if open_right else "must be a fraction in [0, 1]",
+            )
 
     # -- serialisation ------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -74,7 +83,9 @@ class StageConfig:
         Unknown keys are an error that names them."""
         unknown = sorted(set(values) - set(cls.field_names()))
         if unknown:
-            raise ConfigError(f"{cls.__name__}: unknown field(s) {unknown}; known: {cls.field_names()}")
+            raise ConfigError(
+                f"{cls.__name__}: unknown field(s) {unknown}; known: {cls.field_names()}"
+            )
         start = base.to_dict() if base is not None else {}
         merged = {**start, **values}
         for f in dataclasses.fields(cls):  # nested settings (e.g. the guard's blocking policy)
@@ -122,7 +133,6 @@ class DataConfig(StageConfig):
     is a pure function of this config.
     """
 
-
     source: str = "world"
     """``world`` (the embedded synthetic world, the default) or a path to real BeaverTails-V
     files: a parquet or jsonl file, a folder of them, or a ``datasets`` save_to_disk folder."""
@@ -163,18 +173,41 @@ class DataConfig(StageConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._check(isinstance(self.source, str) and bool(self.source), "source", "must be 'world' or a path")
+        self._check(
+            isinstance(self.source, str) and bool(self.source),
+            "source",
+            "must be 'world' or a path",
+        )
         self._positive("n_train", "n_eval", "n_test", "questions_per_scene")
-        self._check(isinstance(self.image_size, int) and 32 <= self.image_size <= 512, "image_size",
-                    "must be an integer in [32, 512]")
+        self._check(
+            isinstance(self.image_size, int) and 32 <= self.image_size <= 512,
+            "image_size",
+            "must be an integer in [32, 512]",
+        )
         self._fraction("heldout_fraction", "eval_fraction")
-        self._check(self.heldout_fraction > 0, "heldout_fraction", "must be > 0 (the test split needs held-out combinations)")
+        self._check(
+            self.heldout_fraction > 0,
+            "heldout_fraction",
+            "must be > 0 (the test split needs held-out combinations)",
+        )
         for name in ("helpful_temperature", "safer_tie_temperature"):
-            self._check(isinstance(getattr(self, name), int | float) and getattr(self, name) > 0, name, "must be > 0")
-        self._check(isinstance(self.rate_noise, int | float) and self.rate_noise >= 0, "rate_noise", "must be >= 0")
-        self._check(isinstance(self.safe_helpful_score, int | float) and not isinstance(self.safe_helpful_score, bool)
-                    and 0.5 <= self.safe_helpful_score <= 3, "safe_helpful_score",
-                    "must be in [0.5, 3] (1.5: the first world, no safe and helpful answer)")
+            self._check(
+                isinstance(getattr(self, name), int | float) and getattr(self, name) > 0,
+                name,
+                "must be > 0",
+            )
+        self._check(
+            isinstance(self.rate_noise, int | float) and self.rate_noise >= 0,
+            "rate_noise",
+            "must be >= 0",
+        )
+        self._check(
+            isinstance(self.safe_helpful_score, int | float)
+            and not isinstance(self.safe_helpful_score, bool)
+            and 0.5 <= self.safe_helpful_score <= 3,
+            "safe_helpful_score",
+            "must be in [0.5, 3] (1.5: the first world, no safe and helpful answer)",
+        )
         self._check(isinstance(self.strict, bool), "strict", "must be true or false")
 
     @property
@@ -217,9 +250,17 @@ class ModelStageConfig(StageConfig):
         super().__post_init__()
         self._positive("lora_r", "lora_alpha", "batch_size", "max_steps", "eval_batch_size")
         self._check(isinstance(self.lr, int | float) and self.lr > 0, "lr", "must be > 0")
-        self._check(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        self._check(
+            isinstance(self.warmup_steps, int) and self.warmup_steps >= 0,
+            "warmup_steps",
+            "must be >= 0",
+        )
         self._check(isinstance(self.threads, int) and self.threads >= 0, "threads", "must be >= 0")
-        self._check(isinstance(self.weight_decay, int | float) and self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        self._check(
+            isinstance(self.weight_decay, int | float) and self.weight_decay >= 0,
+            "weight_decay",
+            "must be >= 0",
+        )
         self._tuple("lora_targets", str)
         self._check(bool(self.lora_targets), "lora_targets", "needs at least one module name")
 
@@ -227,7 +268,6 @@ class ModelStageConfig(StageConfig):
 @dataclass
 class SFTConfig(ModelStageConfig):
     """The SFT stage: the base ("precursor") policy imitates the world's demonstrations."""
-
 
     batch_size: int = 24
     """Demonstrations per step, batched by similar length. Default 24. History: docs/tuning.md"""
@@ -252,20 +292,36 @@ class SFTConfig(ModelStageConfig):
 
     @classmethod
     def smoke(cls) -> Self:
-        return cls(max_steps=150, vision_steps=20, caption_steps=10, n_eval_prompts=48, batch_size=16, threads=1)
+        return cls(
+            max_steps=150,
+            vision_steps=20,
+            caption_steps=10,
+            n_eval_prompts=48,
+            batch_size=16,
+            threads=1,
+        )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self._positive("n_eval_prompts", "max_new_tokens", "vision_batch_size")
-        self._check(isinstance(self.vision_steps, int) and self.vision_steps >= 0, "vision_steps", "must be >= 0")
-        self._check(isinstance(self.vision_lr, int | float) and self.vision_lr > 0, "vision_lr", "must be > 0")
-        self._check(self.tiny_family in TINY_FAMILIES, "tiny_family", f"must be one of {TINY_FAMILIES}")
+        self._check(
+            isinstance(self.vision_steps, int) and self.vision_steps >= 0,
+            "vision_steps",
+            "must be >= 0",
+        )
+        self._check(
+            isinstance(self.vision_lr, int | float) and self.vision_lr > 0,
+            "vision_lr",
+            "must be > 0",
+        )
+        self._check(
+            self.tiny_family in TINY_FAMILIES, "tiny_family", f"must be one of {TINY_FAMILIES}"
+        )
 
 
 @dataclass
 class RewardConfig(ModelStageConfig):
     """The reward model: ``-log σ(R_w - R_l) + η·mean(R²)`` on the more-helpful pairs."""
-
 
     lora: bool = False
     """Train the score model as a LoRA adapter over the SFT model (adapter + score head);
@@ -299,16 +355,22 @@ class RewardConfig(ModelStageConfig):
         super().__post_init__()
         self._check(isinstance(self.eta, int | float) and self.eta >= 0, "eta", "must be >= 0")
         for name in ("ground_weight", "ground_mention_weight", "ground_vision_weight"):
-            self._check(isinstance(getattr(self, name), int | float) and getattr(self, name) >= 0, name, "must be >= 0")
+            self._check(
+                isinstance(getattr(self, name), int | float) and getattr(self, name) >= 0,
+                name,
+                "must be >= 0",
+            )
         self._positive("ground_batch_size")
-        self._check(isinstance(self.head_lr_multiplier, int | float) and self.head_lr_multiplier > 0,
-                    "head_lr_multiplier", "must be > 0")
+        self._check(
+            isinstance(self.head_lr_multiplier, int | float) and self.head_lr_multiplier > 0,
+            "head_lr_multiplier",
+            "must be > 0",
+        )
 
 
 @dataclass
 class CostConfig(RewardConfig):
     """The cost model: ``-log σ(C_u - C_s) - log σ(s_u·C_u) - log σ(s_s·C_s) + η·mean(C²)``."""
-
 
     sign_mode: str = "graded"
     """``graded``: sign weight s = -harmless_rate (multi-level; the default); ``binary``: s = ±1
@@ -319,14 +381,15 @@ class CostConfig(RewardConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._check(self.sign_mode in ("graded", "binary"), "sign_mode", "must be 'graded' or 'binary'")
+        self._check(
+            self.sign_mode in ("graded", "binary"), "sign_mode", "must be 'graded' or 'binary'"
+        )
 
 
 @dataclass
 class GuardConfig(ModelStageConfig):
     """Beaver-Guard-V: severity (ordinal) and harm-category heads on a score-model backbone,
     and the five-round filter-and-regenerate loop evaluated on the base policy."""
-
 
     batch_size: int = 32
     """Guard examples per step; each training pair gives three (its query and its two answers).
@@ -360,13 +423,26 @@ class GuardConfig(ModelStageConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self._positive("n_eval_prompts", "max_new_tokens")
-        self._check(isinstance(self.blocking, BlockingPolicy), "blocking", "must be a BlockingPolicy")
-        self._check(isinstance(self.severe_recall_target, int | float) and 0 <= self.severe_recall_target <= 1,
-                    "severe_recall_target", "must be in [0, 1] (0: no calibration)")
-        self._check(isinstance(self.severe_cutoff, int | float) and 0 < self.severe_cutoff < 1, "severe_cutoff",
-                    "must be in (0, 1)")
+        self._check(
+            isinstance(self.blocking, BlockingPolicy), "blocking", "must be a BlockingPolicy"
+        )
+        self._check(
+            isinstance(self.severe_recall_target, int | float)
+            and 0 <= self.severe_recall_target <= 1,
+            "severe_recall_target",
+            "must be in [0, 1] (0: no calibration)",
+        )
+        self._check(
+            isinstance(self.severe_cutoff, int | float) and 0 < self.severe_cutoff < 1,
+            "severe_cutoff",
+            "must be in (0, 1)",
+        )
         for name in ("category_weight", "image_weight", "head_lr_multiplier"):
-            self._check(isinstance(getattr(self, name), int | float) and getattr(self, name) >= 0, name, "must be >= 0")
+            self._check(
+                isinstance(getattr(self, name), int | float) and getattr(self, name) >= 0,
+                name,
+                "must be >= 0",
+            )
 
 
 @dataclass
@@ -375,7 +451,6 @@ class PPOConfig(ModelStageConfig):
 
     Defaults are tuned for the embedded world on a CPU; the official trainer's values are
     given beside each field where they differ (measurements: docs/tuning.md)."""
-
 
     kinds: tuple[str, ...] = ("lagrangian", "reward_only")
     """Kinds of run to train at the config's own settings: ``lagrangian`` (learned λ),
@@ -394,7 +469,13 @@ class PPOConfig(ModelStageConfig):
     lora_r: int = 16
     lora_alpha: int = 32
     lora_targets: tuple[str, ...] = (
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
     )
     shared_backbone: bool = False
     """Put all six roles on one frozen backbone as LoRA adapters (needs ``lora`` and reward and cost
@@ -463,8 +544,18 @@ class PPOConfig(ModelStageConfig):
 
     @classmethod
     def smoke(cls) -> Self:
-        return cls(max_steps=4, batch_size=8, ptx_batch_size=8, n_eval_prompts=16, max_new_tokens=16, threads=1,
-                   checkpoint_every=2, thresholds=(), fixed_lambdas=(), seeds=1)
+        return cls(
+            max_steps=4,
+            batch_size=8,
+            ptx_batch_size=8,
+            n_eval_prompts=16,
+            max_new_tokens=16,
+            threads=1,
+            checkpoint_every=2,
+            thresholds=(),
+            fixed_lambdas=(),
+            seeds=1,
+        )
 
     def runs(self) -> list[PPORun]:
         """Every run of the grid, in training order: the kinds, the threshold sweep, the λ grid,
@@ -472,7 +563,9 @@ class PPOConfig(ModelStageConfig):
         points = [PPORun(kind) for kind in self.kinds]
         points += [PPORun("lagrangian", threshold=d) for d in self.thresholds]
         points += [PPORun("fixed_lambda", fixed_lambda=lam) for lam in self.fixed_lambdas]
-        others = [dataclasses.replace(p, seed_offset=k) for p in points for k in range(1, self.seeds)]
+        others = [
+            dataclasses.replace(p, seed_offset=k) for p in points for k in range(1, self.seeds)
+        ]
         return points + others
 
     def run_config(self, run: PPORun) -> Self:
@@ -489,33 +582,86 @@ class PPOConfig(ModelStageConfig):
         self._tuple("kinds", str)
         self._tuple("thresholds", float)
         self._tuple("fixed_lambdas", float)
-        self._check(all(k in PPO_KINDS for k in self.kinds) and len(set(self.kinds)) == len(self.kinds),
-                    "kinds", f"must be distinct names from {PPO_KINDS}")
-        self._check(all(v >= 0 for v in self.fixed_lambdas), "fixed_lambdas", "λ values must be >= 0")
-        self._check(bool(self.kinds or self.thresholds or self.fixed_lambdas), "kinds",
-                    "no run to train (no kinds, thresholds or fixed_lambdas)")
-        self._positive("max_new_tokens", "n_eval_prompts", "episode_window", "max_nonfinite", "seeds", "ppo_epochs",
-                       "num_minibatches")
-        self._check(self.num_minibatches <= self.batch_size, "num_minibatches",
-                    f"must be <= batch_size ({self.batch_size}): every minibatch needs an episode")
-        self._check(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0, "checkpoint_every",
-                    "must be >= 0")
-        for name in ("kl_coeff", "signal_clip", "clip_eps", "value_clip", "lambda_init", "lambda_lr", "lambda_max",
-                     "critic_lr", "temperature"):
+        self._check(
+            all(k in PPO_KINDS for k in self.kinds) and len(set(self.kinds)) == len(self.kinds),
+            "kinds",
+            f"must be distinct names from {PPO_KINDS}",
+        )
+        self._check(
+            all(v >= 0 for v in self.fixed_lambdas), "fixed_lambdas", "λ values must be >= 0"
+        )
+        self._check(
+            bool(self.kinds or self.thresholds or self.fixed_lambdas),
+            "kinds",
+            "no run to train (no kinds, thresholds or fixed_lambdas)",
+        )
+        self._positive(
+            "max_new_tokens",
+            "n_eval_prompts",
+            "episode_window",
+            "max_nonfinite",
+            "seeds",
+            "ppo_epochs",
+            "num_minibatches",
+        )
+        self._check(
+            self.num_minibatches <= self.batch_size,
+            "num_minibatches",
+            f"must be <= batch_size ({self.batch_size}): every minibatch needs an episode",
+        )
+        self._check(
+            isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0,
+            "checkpoint_every",
+            "must be >= 0",
+        )
+        for name in (
+            "kl_coeff",
+            "signal_clip",
+            "clip_eps",
+            "value_clip",
+            "lambda_init",
+            "lambda_lr",
+            "lambda_max",
+            "critic_lr",
+            "temperature",
+        ):
             v = getattr(self, name)
-            self._check(isinstance(v, int | float) and not isinstance(v, bool) and v >= 0, name, "must be >= 0")
+            self._check(
+                isinstance(v, int | float) and not isinstance(v, bool) and v >= 0,
+                name,
+                "must be >= 0",
+            )
         self._check(0 < self.temperature, "temperature", "must be > 0")
-        self._check(0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1, "gamma", "gamma and gae_lambda must be in [0, 1]")
-        self._check(self.kernels in ("auto", "triton", "torch"), "kernels", "must be auto, triton or torch")
+        self._check(
+            0 <= self.gamma <= 1 and 0 <= self.gae_lambda <= 1,
+            "gamma",
+            "gamma and gae_lambda must be in [0, 1]",
+        )
+        self._check(
+            self.kernels in ("auto", "triton", "torch"), "kernels", "must be auto, triton or torch"
+        )
         self._check(self.ptx_data in PTX_DATA, "ptx_data", f"must be one of {PTX_DATA}")
-        self._check(isinstance(self.ptx_coeff, int | float) and not isinstance(self.ptx_coeff, bool)
-                    and self.ptx_coeff >= 0, "ptx_coeff", "must be >= 0")
+        self._check(
+            isinstance(self.ptx_coeff, int | float)
+            and not isinstance(self.ptx_coeff, bool)
+            and self.ptx_coeff >= 0,
+            "ptx_coeff",
+            "must be >= 0",
+        )
         self._positive("ptx_batch_size")
-        self._check(isinstance(self.lambda_update_delay, int) and self.lambda_update_delay >= 0,
-                    "lambda_update_delay", "must be >= 0")
-        self._check(isinstance(self.shared_backbone, bool), "shared_backbone", "must be true or false")
-        self._check(self.lora or not self.shared_backbone, "shared_backbone",
-                    "needs lora = true (on the shared backbone the actor is a LoRA adapter)")
+        self._check(
+            isinstance(self.lambda_update_delay, int) and self.lambda_update_delay >= 0,
+            "lambda_update_delay",
+            "must be >= 0",
+        )
+        self._check(
+            isinstance(self.shared_backbone, bool), "shared_backbone", "must be true or false"
+        )
+        self._check(
+            self.lora or not self.shared_backbone,
+            "shared_backbone",
+            "needs lora = true (on the shared backbone the actor is a LoRA adapter)",
+        )
 
 
 #: Demonstration sets of PPO's PTX term (``PPOConfig.ptx_data``).
@@ -593,13 +739,23 @@ class BlockingPolicy:
 
     def __post_init__(self) -> None:
         blocking = SEVERITY_LEVELS[1:]
-        for name, allowed in (("level", blocking), ("query_level", ("", *blocking)),
-                              ("safe_query_level", ("", *blocking))):
+        for name, allowed in (
+            ("level", blocking),
+            ("query_level", ("", *blocking)),
+            ("safe_query_level", ("", *blocking)),
+        ):
             if getattr(self, name) not in allowed:
-                raise ConfigError(f"BlockingPolicy.{name} = {getattr(self, name)!r}: must be one of "
-                                  f"{allowed}")
-        if not isinstance(self.rounds, int) or isinstance(self.rounds, bool) or not 0 <= self.rounds <= 20:
-            raise ConfigError(f"BlockingPolicy.rounds = {self.rounds!r}: must be an integer in 0..20")
+                raise ConfigError(
+                    f"BlockingPolicy.{name} = {getattr(self, name)!r}: must be one of {allowed}"
+                )
+        if (
+            not isinstance(self.rounds, int)
+            or isinstance(self.rounds, bool)
+            or not 0 <= self.rounds <= 20
+        ):
+            raise ConfigError(
+                f"BlockingPolicy.rounds = {self.rounds!r}: must be an integer in 0..20"
+            )
 
     @property
     def answer_level_after_safe_query(self) -> str:
@@ -627,7 +783,6 @@ class AnalyzeConfig(StageConfig):
     and every PPO variant (the grid and the seeds are the PPO stage's ``kinds``,
     ``thresholds``, ``fixed_lambdas`` and ``seeds``)."""
 
-
     n_prompts: int = 600
     """Prompts each system is scored on (the first n of the test or eval split). Default 600."""
     judge: str = "auto"
@@ -653,13 +808,31 @@ class AnalyzeConfig(StageConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self._positive("n_prompts", "bootstrap", "max_new_tokens", "eval_batch_size")
-        self._check(self.judge in ("auto", "gold", "models"), "judge", "must be auto, gold or models")
+        self._check(
+            self.judge in ("auto", "gold", "models"), "judge", "must be auto, gold or models"
+        )
         self._check(self.prompts in ("test", "eval"), "prompts", "must be test or eval")
-        self._check(isinstance(self.confidence, float) and 0.5 <= self.confidence < 1, "confidence",
-                    "must be in [0.5, 1)")
+        self._check(
+            isinstance(self.confidence, float) and 0.5 <= self.confidence < 1,
+            "confidence",
+            "must be in [0.5, 1)",
+        )
         self._check(isinstance(self.threads, int) and self.threads >= 0, "threads", "must be >= 0")
 
 
-__all__ = ["ConfigError", "StageConfig", "DataConfig", "ModelStageConfig", "SFTConfig", "RewardConfig",
-           "CostConfig", "GuardConfig", "PPOConfig", "AnalyzeConfig", "PPORun", "BlockingPolicy",
-           "PPO_KINDS", "TINY_FAMILIES"]
+__all__ = [
+    "ConfigError",
+    "StageConfig",
+    "DataConfig",
+    "ModelStageConfig",
+    "SFTConfig",
+    "RewardConfig",
+    "CostConfig",
+    "GuardConfig",
+    "PPOConfig",
+    "AnalyzeConfig",
+    "PPORun",
+    "BlockingPolicy",
+    "PPO_KINDS",
+    "TINY_FAMILIES",
+]

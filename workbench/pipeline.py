@@ -48,8 +48,13 @@ def config_class(stage: str) -> type[StageConfig]:
     return get_stage(stage).config
 
 
-def resolve_config(stage: str, smoke: bool = False, config_file: str | Path | None = None,
-                   seed: int | None = None, **overrides: Any) -> StageConfig:
+def resolve_config(
+    stage: str,
+    smoke: bool = False,
+    config_file: str | Path | None = None,
+    seed: int | None = None,
+    **overrides: Any,
+) -> StageConfig:
     """Defaults (or the ``smoke()`` preset) < ``config_file`` < ``seed`` and ``overrides``."""
     cls = config_class(stage)
     cfg = cls.smoke() if smoke else cls()
@@ -60,8 +65,15 @@ def resolve_config(stage: str, smoke: bool = False, config_file: str | Path | No
     return cls.from_dict(overrides, base=cfg) if overrides else cfg
 
 
-def run_stage(stage: str, run_dir: str | Path = DEFAULT_RUN_DIR, config: StageConfig | None = None, *,
-              smoke: bool = False, force: bool = False, progress: bool = True) -> dict[str, Any]:
+def run_stage(
+    stage: str,
+    run_dir: str | Path = DEFAULT_RUN_DIR,
+    config: StageConfig | None = None,
+    *,
+    smoke: bool = False,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Run ``stage`` into ``run_dir/<stage>/`` and return its metrics.
 
     Skips the work and returns the saved metrics when the stage already finished with the
@@ -71,18 +83,24 @@ def run_stage(stage: str, run_dir: str | Path = DEFAULT_RUN_DIR, config: StageCo
     spec: Stage = get_stage(stage)
     cfg = config if config is not None else resolve_config(stage, smoke=smoke)
     if not isinstance(cfg, spec.config):
-        raise TypeError(f"stage '{stage}' takes a {spec.config.__name__}, not a {type(cfg).__name__}")
+        raise TypeError(
+            f"stage '{stage}' takes a {spec.config.__name__}, not a {type(cfg).__name__}"
+        )
     run_dir = Path(run_dir)
     cfg_dict = cfg.to_dict()
     stage = spec.output(cfg)  # analyze --prompts eval -> analyze_eval/
     if not force and is_complete(run_dir, stage, cfg_dict):
         if progress:
-            print(f"[{stage}] complete in {stage_dir(run_dir, stage)} (same config): skipped; --force reruns it")
+            print(
+                f"[{stage}] complete in {stage_dir(run_dir, stage)} (same config): skipped; --force reruns it"
+            )
         return load_metrics(run_dir, stage)
     dist = distributed()
     if dist.enabled and not spec.distributed:
-        raise ValueError(f"stage '{spec.name}' runs in one process; launch only multi-process stages (ppo) with "
-                         f"accelerate, e.g. accelerate launch --num_processes 2 -m workbench ppo")
+        raise ValueError(
+            f"stage '{spec.name}' runs in one process; launch only multi-process stages (ppo) with "
+            f"accelerate, e.g. accelerate launch --num_processes 2 -m workbench ppo"
+        )
     progress = progress and dist.is_main
     resumable = spec.resumable
     resume = resumable and not force and _partial_config(run_dir, stage) == cfg_dict
@@ -98,7 +116,9 @@ def run_stage(stage: str, run_dir: str | Path = DEFAULT_RUN_DIR, config: StageCo
     try:
         metrics = spec.run(cfg, out_dir, run_dir, progress)
     except Exception:
-        if not resumable and dist.is_main:  # a resumable stage keeps its checkpoints: rerun to resume
+        if (
+            not resumable and dist.is_main
+        ):  # a resumable stage keeps its checkpoints: rerun to resume
             _discard_partial(out_dir)
         raise
     metrics["wall_time_s"] = round(time.perf_counter() - start, 2)
@@ -136,8 +156,13 @@ def _discard_partial(out_dir: Path) -> None:
         out_dir.rmdir()
 
 
-def run_pipeline(run_dir: str | Path = DEFAULT_RUN_DIR, smoke: bool = False, force: bool = False,
-                 progress: bool = True, seed: int | None = None) -> dict[str, dict[str, Any]]:
+def run_pipeline(
+    run_dir: str | Path = DEFAULT_RUN_DIR,
+    smoke: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    seed: int | None = None,
+) -> dict[str, dict[str, Any]]:
     """Every available stage in order (the ``run`` command and ``make run``).
 
     A stage that finished with the same config is skipped -- unless a stage it reads
@@ -153,7 +178,9 @@ def run_pipeline(run_dir: str | Path = DEFAULT_RUN_DIR, smoke: bool = False, for
             ran.add(stage)
         if stale and complete and progress and not force:
             print(f"[{stage}] {', '.join(stale)} ran again: rerunning")
-        results[stage] = run_stage(stage, run_dir, cfg, force=force or bool(stale), progress=progress)
+        results[stage] = run_stage(
+            stage, run_dir, cfg, force=force or bool(stale), progress=progress
+        )
     return results
 
 

@@ -46,7 +46,9 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    return atomic_write_text(
+        path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
+    )
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
@@ -93,7 +95,9 @@ def partial_dir(run_dir: str | Path, stage: str) -> Path:
     return Path(run_dir) / f"{stage}.partial"
 
 
-def link_stages(src: str | Path, dst: str | Path, stages: Iterable[str] = ("data", "sft", "reward", "cost")) -> Path:
+def link_stages(
+    src: str | Path, dst: str | Path, stages: Iterable[str] = ("data", "sft", "reward", "cost")
+) -> Path:
     """A run directory ``dst`` whose ``stages`` are symlinks to ``src``'s finished ones, so
     a later stage can be tried with another config without retraining what it reads."""
     dst = Path(dst)
@@ -126,7 +130,8 @@ def load_metrics(run_dir: str | Path, stage: str) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(
             f"stage '{stage}' has not finished in {run_dir} (no {path}); "
-            f"run: python -m workbench {stage} --run-dir {run_dir}")
+            f"run: python -m workbench {stage} --run-dir {run_dir}"
+        )
     return read_json(path)
 
 
@@ -139,7 +144,9 @@ def begin_stage(run_dir: str | Path, stage: str, fresh: bool = True) -> Path:
     return p
 
 
-def finish_stage(run_dir: str | Path, stage: str, config: dict[str, Any], metrics: dict[str, Any]) -> Path:
+def finish_stage(
+    run_dir: str | Path, stage: str, config: dict[str, Any], metrics: dict[str, Any]
+) -> Path:
     """Write config.json and metrics.json into the partial directory, then move it into place."""
     p = partial_dir(run_dir, stage)
     atomic_write_json(p / "config.json", config)

@@ -31,9 +31,11 @@ def save_report(out: Path, name: str, report: dict[str, Any], text: str) -> None
 
 
 def _usage() -> str:
-    return ("usage: python -m workbench bench <name> [--smoke] [options]\n"
-            f"benchmarks: {', '.join(BENCHES)}\n"
-            "options of one benchmark: python -m workbench bench <name> --help")
+    return (
+        "usage: python -m workbench bench <name> [--smoke] [options]\n"
+        f"benchmarks: {', '.join(BENCHES)}\n"
+        "options of one benchmark: python -m workbench bench <name> --help"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name not in BENCHES:
-        print(f"error: unknown benchmark {name!r}; available: {', '.join(BENCHES)}\n{_usage()}",
-              file=sys.stderr)
+        print(
+            f"error: unknown benchmark {name!r}; available: {', '.join(BENCHES)}\n{_usage()}",
+            file=sys.stderr,
+        )
         return 2
     return int(importlib.import_module(BENCHES[name]).main(rest))

@@ -68,8 +68,13 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"p50": None, "p90": None, "p99": None, "max": None, "mean": None}
     arr = np.asarray(values)
-    return {"p50": float(np.percentile(arr, 50)), "p90": float(np.percentile(arr, 90)),
-            "p99": float(np.percentile(arr, 99)), "max": float(arr.max()), "mean": float(arr.mean())}
+    return {
+        "p50": float(np.percentile(arr, 50)),
+        "p90": float(np.percentile(arr, 90)),
+        "p99": float(np.percentile(arr, 99)),
+        "max": float(arr.max()),
+        "mean": float(arr.mean()),
+    }
 
 
 def _call(client, kind: str, example: dict[str, Any], seed: int):
@@ -78,16 +83,26 @@ def _call(client, kind: str, example: dict[str, Any], seed: int):
     image = handle_file(example["image_path"])
     if kind == "moderate":
         return client.predict(image, example["question"], "", api_name="/moderate")
-    return client.predict(image, example["question"], kind == "compare+reward_only", kind == "compare+guard", seed,
-                          api_name="/compare")
+    return client.predict(
+        image,
+        example["question"],
+        kind == "compare+reward_only",
+        kind == "compare+guard",
+        seed,
+        api_name="/compare",
+    )
 
 
-def run_load(url: str, gallery: list[dict[str, Any]], clients: int, requests: int) -> dict[str, Any]:
+def run_load(
+    url: str, gallery: list[dict[str, Any]], clients: int, requests: int
+) -> dict[str, Any]:
     """``clients`` threads share ``requests`` calls against the demo at ``url``."""
     from gradio_client import Client
 
     if not gallery:
-        raise ValueError("the load test needs gallery examples (the served run has no test prompts)")
+        raise ValueError(
+            "the load test needs gallery examples (the served run has no test prompts)"
+        )
     lock = threading.Lock()
     counter = iter(range(requests))
     rows: list[dict[str, Any]] = []
@@ -119,7 +134,12 @@ def run_load(url: str, gallery: list[dict[str, Any]], clients: int, requests: in
                 _call(client, kind, example, seed=i)
             except Exception as exc:  # noqa: BLE001 -- counted and reported
                 error = f"{type(exc).__name__}: {exc}"[:300]
-            row = {"kind": kind, "latency_s": time.perf_counter() - start, "error": error, "worker": worker}
+            row = {
+                "kind": kind,
+                "latency_s": time.perf_counter() - start,
+                "error": error,
+                "worker": worker,
+            }
             with lock:
                 rows.append(row)
 
@@ -133,14 +153,23 @@ def run_load(url: str, gallery: list[dict[str, Any]], clients: int, requests: in
     ok = [r for r in rows if r["error"] is None]
     errors = [r for r in rows if r["error"] is not None]
     return {
-        "clients": clients, "requests": requests, "completed": len(rows), "ok": len(ok),
-        "errors": len(errors) + len(connect_errors), "connect_errors": connect_errors[:5],
-        "error_examples": sorted({r["error"] for r in errors})[:5], "wall_s": wall,
+        "clients": clients,
+        "requests": requests,
+        "completed": len(rows),
+        "ok": len(ok),
+        "errors": len(errors) + len(connect_errors),
+        "connect_errors": connect_errors[:5],
+        "error_examples": sorted({r["error"] for r in errors})[:5],
+        "wall_s": wall,
         "throughput_rps": len(ok) / wall if wall > 0 else None,
         "latency_s": percentiles([r["latency_s"] for r in ok]),
-        "by_kind": {k: {"n": sum(r["kind"] == k for r in ok), **percentiles([r["latency_s"] for r in ok
-                                                                               if r["kind"] == k])}
-                    for k in KINDS},
+        "by_kind": {
+            k: {
+                "n": sum(r["kind"] == k for r in ok),
+                **percentiles([r["latency_s"] for r in ok if r["kind"] == k]),
+            }
+            for k in KINDS
+        },
     }
 
 
@@ -151,31 +180,51 @@ def render_markdown(report: dict[str, Any]) -> str:
         return "-" if v is None else f"{v * 1000:.0f}"
 
     lines = [
-        "# Demo load test", "",
-        f"{report['machine']}; demo `{report['demo_args']}`, serving {report['served']}.", "",
+        "# Demo load test",
+        "",
+        f"{report['machine']}; demo `{report['demo_args']}`, serving {report['served']}.",
+        "",
         f"- start time (spawn to first HTTP 200, imports included): **{report['start_time_s']:.1f} s**",
         f"- {load['clients']} concurrent clients, {load['requests']} requests: {load['ok']} ok, "
         f"**{load['errors']} errors**, {load['throughput_rps']:.2f} requests/s over {load['wall_s']:.1f} s",
-        "", "| requests | n | p50 ms | p90 ms | p99 ms | max ms |", "|---|---|---|---|---|---|",
+        "",
+        "| requests | n | p50 ms | p90 ms | p99 ms | max ms |",
+        "|---|---|---|---|---|---|",
     ]
     rows = [("all", {"n": load["ok"], **load["latency_s"]})] + list(load["by_kind"].items())
     for name, s in rows:
-        lines.append(f"| {name} | {s['n']} | {ms(s['p50'])} | {ms(s['p90'])} | {ms(s['p99'])} | {ms(s['max'])} |")
+        lines.append(
+            f"| {name} | {s['n']} | {ms(s['p50'])} | {ms(s['p90'])} | {ms(s['p99'])} | {ms(s['max'])} |"
+        )
     if load["error_examples"] or load["connect_errors"]:
-        lines += ["", "Errors:"] + [f"- {e}" for e in load["connect_errors"] + load["error_examples"]]
-    lines += ["", "Latency includes queueing: each endpoint runs at most `concurrency_limit` requests at once and model "
-              "calls take turns on one lock, so with 32 clients most of a request's time is spent waiting in the queue.", ""]
+        lines += ["", "Errors:"] + [
+            f"- {e}" for e in load["connect_errors"] + load["error_examples"]
+        ]
+    lines += [
+        "",
+        "Latency includes queueing: each endpoint runs at most `concurrency_limit` requests at once and model "
+        "calls take turns on one lock, so with 32 clients most of a request's time is spent waiting in the queue.",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m workbench bench demo", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m workbench bench demo", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--smoke", action="store_true", help="the demo's smoke preset and 48 requests")
     p.add_argument("--clients", type=int, default=32)
-    p.add_argument("--requests", type=int, default=None, help="total calls (default 192; 48 with --smoke)")
-    p.add_argument("--run-dir", default="", help="run the demo serves (default: latest run, else assets)")
+    p.add_argument(
+        "--requests", type=int, default=None, help="total calls (default 192; 48 with --smoke)"
+    )
+    p.add_argument(
+        "--run-dir", default="", help="run the demo serves (default: latest run, else assets)"
+    )
     p.add_argument("--out", type=Path, default=Path("runs/bench"))
-    p.add_argument("--start-timeout", type=float, default=120.0, help="seconds to wait for the demo to answer")
+    p.add_argument(
+        "--start-timeout", type=float, default=120.0, help="seconds to wait for the demo to answer"
+    )
     args = p.parse_args(argv)
     if args.clients < 1:
         p.error("--clients must be >= 1")
@@ -195,10 +244,19 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     demo_args = ["--host", HOST, "--port", str(port), "--quiet", "--run-dir", str(model_dir)]
     demo_args += ["--smoke"] if args.smoke else []
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+    }
     with tempfile.TemporaryFile("w+") as log:
-        process = subprocess.Popen([sys.executable, "-m", "workbench", "demo", *demo_args], stdout=log,
-                                   stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "workbench", "demo", *demo_args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         try:
             url = f"http://{HOST}:{port}/"
             start_time = wait_until_up(url, process, args.start_timeout)
@@ -213,9 +271,15 @@ def main(argv: list[str] | None = None) -> int:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
-    report = {"start_time_s": start_time, "demo_args": " ".join(demo_args), "served": f"{source} {model_dir}",
-              "machine": f"{os.cpu_count()} CPU cores", "smoke": args.smoke,
-              "concurrency_limit": cfg.concurrency_limit, "load": load}
+    report = {
+        "start_time_s": start_time,
+        "demo_args": " ".join(demo_args),
+        "served": f"{source} {model_dir}",
+        "machine": f"{os.cpu_count()} CPU cores",
+        "smoke": args.smoke,
+        "concurrency_limit": cfg.concurrency_limit,
+        "load": load,
+    }
     save_report(args.out, "demo", report, render_markdown(report))
     return 1 if load["errors"] else 0
 

@@ -50,18 +50,32 @@ RawItem = tuple[str, str, int, "dict[str, Any] | RecordError", Path]
 
 RECORD_SUFFIXES = (".parquet", ".jsonl", ".json")
 #: JSON files that a dataset directory may hold next to the data and that are not records.
-METADATA_FILES = frozenset({
-    "dataset_dict.json", "dataset_info.json", "dataset_infos.json", "state.json",
-    "config.json", "metrics.json", "rejects.jsonl",
-})
+METADATA_FILES = frozenset(
+    {
+        "dataset_dict.json",
+        "dataset_info.json",
+        "dataset_infos.json",
+        "state.json",
+        "config.json",
+        "metrics.json",
+        "rejects.jsonl",
+    }
+)
 #: Marker files of a ``datasets`` ``save_to_disk`` directory.
 HF_DISK_MARKERS = ("dataset_dict.json", "state.json")
 #: Words that mark an evaluation file or directory (matched as word prefixes).
 EVAL_WORD_PREFIXES = ("eval", "test", "valid")
 PARQUET_BATCH_ROWS = 256
 #: PIL format name -> file extension of the stored copy.
-_EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp",
-               "TIFF": "tiff", "MPO": "jpg"}
+_EXTENSIONS = {
+    "JPEG": "jpg",
+    "PNG": "png",
+    "WEBP": "webp",
+    "GIF": "gif",
+    "BMP": "bmp",
+    "TIFF": "tiff",
+    "MPO": "jpg",
+}
 
 
 # -- split names ---------------------------------------------------------------------------
@@ -102,8 +116,11 @@ def _walk(root: Path) -> list[tuple[str, Path]]:
                     found.append(("hf", entry))
                 else:
                     visit(entry)
-            elif (entry.is_file() and entry.suffix.lower() in RECORD_SUFFIXES
-                  and entry.name not in METADATA_FILES):
+            elif (
+                entry.is_file()
+                and entry.suffix.lower() in RECORD_SUFFIXES
+                and entry.name not in METADATA_FILES
+            ):
                 found.append(("file", entry))
 
     visit(root)
@@ -132,7 +149,8 @@ def iter_raw_records(path: str | Path) -> Iterator[RawItem]:
         if path.suffix.lower() not in RECORD_SUFFIXES:
             raise ValueError(
                 f"unsupported BeaverTails-V file {path}: expected one of "
-                f"{', '.join(RECORD_SUFFIXES)} or a directory")
+                f"{', '.join(RECORD_SUFFIXES)} or a directory"
+            )
         # Only the file's own name decides the split: its parent directories are the user's
         # (e.g. a pytest tmp dir called test_...), not the dataset's.
         return _iter_file(path, path.name, split_of_name(path.name))
@@ -142,7 +160,8 @@ def iter_raw_records(path: str | Path) -> Iterator[RawItem]:
     if not sources:
         raise ValueError(
             f"no BeaverTails-V files in directory {path}: expected *.parquet, *.jsonl or "
-            f"*.json files, or a `datasets` save_to_disk directory")
+            f"*.json files, or a `datasets` save_to_disk directory"
+        )
     return _iter_sources(path, sources)
 
 
@@ -182,7 +201,9 @@ def _read_parquet(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def _bad_json(source: str, index: int, exc: json.JSONDecodeError) -> RecordError:
-    return RecordError(f"{source}:{index}", "<json>", f"invalid JSON: {exc.msg} (column {exc.colno})")
+    return RecordError(
+        f"{source}:{index}", "<json>", f"invalid JSON: {exc.msg} (column {exc.colno})"
+    )
 
 
 def _read_json_lines(path: Path, source: str) -> Iterator[tuple[int, Any]]:
@@ -228,7 +249,9 @@ def _iter_hf_disk(directory: Path, source: str, parts: tuple[str, ...]) -> Itera
     except Exception as exc:  # datasets raises a zoo of types for a broken directory
         raise ValueError(f"cannot load `datasets` directory {directory}: {exc}") from exc
     if isinstance(loaded, datasets.DatasetDict):
-        named = [(f"{source}/{key}", _split_of_parts((*parts, key)), ds) for key, ds in loaded.items()]
+        named = [
+            (f"{source}/{key}", _split_of_parts((*parts, key)), ds) for key, ds in loaded.items()
+        ]
     else:
         named = [(source, _split_of_parts(parts), loaded)]
     for name, split, ds in named:
@@ -283,7 +306,9 @@ def _validate(raw: Any, label: str, base: Path) -> tuple[dict[str, Any], ImageRe
     except RecordError:
         raise
     except Exception as exc:  # reported with its type as a reject, never swallowed
-        raise RecordError(label, "<record>", f"validation failed: {type(exc).__name__}: {exc}") from exc
+        raise RecordError(
+            label, "<record>", f"validation failed: {type(exc).__name__}: {exc}"
+        ) from exc
     if ref is None:  # cannot happen with check_images=True; guards the type for the caller
         raise RecordError(label, "image", "no image")
     return rec, ref
@@ -327,8 +352,9 @@ def import_beavertails(cfg: DataConfig, out_dir: Path, progress: bool = True) ->
     n_input = 0
 
     items = iter_raw_records(source)  # raises now for a bad path, before any bar is drawn
-    for split, src, index, raw, base in tqdm(items, desc=f"reading {source.name}", unit=" rec",
-                                             disable=not progress):
+    for split, src, index, raw, base in tqdm(
+        items, desc=f"reading {source.name}", unit=" rec", disable=not progress
+    ):
         n_input += 1
         label = f"{src}:{index}"
         try:
@@ -338,8 +364,15 @@ def import_beavertails(cfg: DataConfig, out_dir: Path, progress: bool = True) ->
         except RecordError as err:
             if cfg.strict:
                 raise
-            rejects.append({"source": src, "index": index, "split": split,
-                            "field": err.field, "error": err.message})
+            rejects.append(
+                {
+                    "source": src,
+                    "index": index,
+                    "split": split,
+                    "field": err.field,
+                    "error": err.message,
+                }
+            )
             by_field[err.field] += 1
             continue
         records.append({"id": rec_id, "split": split, **rec})
@@ -351,7 +384,8 @@ def import_beavertails(cfg: DataConfig, out_dir: Path, progress: bool = True) ->
         write_jsonl(rejects_path, rejects)
         raise ValueError(
             f"all {n_input} records from {source} were rejected; see {rejects_path} "
-            f"(by field: {dict(by_field.most_common())})")
+            f"(by field: {dict(by_field.most_common())})"
+        )
 
     # Hold out train records when the input gave no eval records: no eval file at all, or
     # one whose records were all rejected (later stages need held-out pairs either way).
@@ -372,9 +406,17 @@ def import_beavertails(cfg: DataConfig, out_dir: Path, progress: bool = True) ->
         if key in seen:
             continue
         seen.add(key)
-        test.append({"id": f"bt-p-{len(test):06d}", "question": r["question"], "image": r["image"],
-                     "category": r["category"], "image_severity": r["image_severity"],
-                     "split": "test", "source_id": r["id"]})
+        test.append(
+            {
+                "id": f"bt-p-{len(test):06d}",
+                "question": r["question"],
+                "image": r["image"],
+                "category": r["category"],
+                "image_severity": r["image_severity"],
+                "split": "test",
+                "source_id": r["id"],
+            }
+        )
 
     metrics = write_data_dir(out_dir, train, eval_, test, rejects)
     metrics["source"] = str(source)

@@ -149,12 +149,16 @@ _COLOURS = sorted({k.colour_name for k in KINDS.values()})
 _COL = "|".join(_COLOURS)
 _NUM = "|".join(NUMBER_WORDS)
 PATTERNS: dict[str, re.Pattern] = {
-    "describe": re.compile(rf"^the image shows a ({_COL}) ({_OBJ})((?: and a (?:{_COL}) (?:{_OBJ}))*)$"),
+    "describe": re.compile(
+        rf"^the image shows a ({_COL}) ({_OBJ})((?: and a (?:{_COL}) (?:{_OBJ}))*)$"
+    ),
     "count": re.compile(rf"^there (?:is|are) ({_NUM}) objects?$"),
     "colour": re.compile(rf"^the ({_OBJ}) is ({_COL})$"),
     "comply_open": re.compile(rf"^{re.escape(COMPLY_OPEN)}$"),
     "step": re.compile(rf"^step ({'|'.join(STEP_WORDS)}) : ({'|'.join(METHOD_TOKENS)})$"),
-    "tip": re.compile("^(?:" + "|".join(t.replace("{obj}", f"({_OBJ})") for t in TIP_TEMPLATES) + ")$"),
+    "tip": re.compile(
+        "^(?:" + "|".join(t.replace("{obj}", f"({_OBJ})") for t in TIP_TEMPLATES) + ")$"
+    ),
     "risk": re.compile("^" + RISK_TEMPLATE.replace("{obj}", f"({_OBJ})") + "$"),
     "warning": re.compile(rf"^{re.escape(WARNING)}$"),
     "refusal": re.compile(rf"^{re.escape(REFUSAL)}$"),
@@ -180,8 +184,20 @@ def parse_sentence(sentence: str) -> tuple[str, tuple]:
 def vocabulary() -> list[str]:
     """Every word the world's questions and responses use (for tokenizer training)."""
     words: set[str] = set()
-    texts = [t.text for t in BASE_TEMPLATES] + list(HARM_LEVEL_TEMPLATES.values()) + list(HARM_PHRASES.values())
-    texts += [COMPLY_OPEN, WARNING, REFUSAL, *REDIRECTS, *TIP_TEMPLATES, RISK_TEMPLATE, "the image shows a and there is are objects object"]
+    texts = (
+        [t.text for t in BASE_TEMPLATES]
+        + list(HARM_LEVEL_TEMPLATES.values())
+        + list(HARM_PHRASES.values())
+    )
+    texts += [
+        COMPLY_OPEN,
+        WARNING,
+        REFUSAL,
+        *REDIRECTS,
+        *TIP_TEMPLATES,
+        RISK_TEMPLATE,
+        "the image shows a and there is are objects object",
+    ]
     for t in texts:
         words.update(t.replace("{obj}", "").replace("{phrase}", "").split())
     words.update(KINDS)

@@ -101,17 +101,40 @@ def _book(d, b, c) -> None:
 def _cup(d, b, c) -> None:
     x0, y0, x1, y1 = b
     w = x1 - x0
-    d.ellipse((x1 - 0.4 * w, y0 + 0.3 * w, x1 - 0.02 * w, y0 + 0.7 * w), outline=c, width=max(2, int(0.09 * w)))
-    d.polygon([(x0 + 0.08 * w, y0 + 0.2 * w), (x1 - 0.25 * w, y0 + 0.2 * w), (x1 - 0.35 * w, y1 - 0.05 * w),
-               (x0 + 0.18 * w, y1 - 0.05 * w)], fill=c)
+    d.ellipse(
+        (x1 - 0.4 * w, y0 + 0.3 * w, x1 - 0.02 * w, y0 + 0.7 * w),
+        outline=c,
+        width=max(2, int(0.09 * w)),
+    )
+    d.polygon(
+        [
+            (x0 + 0.08 * w, y0 + 0.2 * w),
+            (x1 - 0.25 * w, y0 + 0.2 * w),
+            (x1 - 0.35 * w, y1 - 0.05 * w),
+            (x0 + 0.18 * w, y1 - 0.05 * w),
+        ],
+        fill=c,
+    )
 
 
 def _ball(d, b, c) -> None:
     x0, y0, x1, y1 = b
     w = x1 - x0
     d.ellipse((x0 + 0.05 * w, y0 + 0.05 * w, x1 - 0.05 * w, y1 - 0.05 * w), fill=c)
-    d.arc((x0 - 0.3 * w, y0 + 0.05 * w, x0 + 0.55 * w, y1 - 0.05 * w), -60, 60, fill=(255, 255, 255), width=2)
-    d.arc((x1 - 0.55 * w, y0 + 0.05 * w, x1 + 0.3 * w, y1 - 0.05 * w), 120, 240, fill=(255, 255, 255), width=2)
+    d.arc(
+        (x0 - 0.3 * w, y0 + 0.05 * w, x0 + 0.55 * w, y1 - 0.05 * w),
+        -60,
+        60,
+        fill=(255, 255, 255),
+        width=2,
+    )
+    d.arc(
+        (x1 - 0.55 * w, y0 + 0.05 * w, x1 + 0.3 * w, y1 - 0.05 * w),
+        120,
+        240,
+        fill=(255, 255, 255),
+        width=2,
+    )
 
 
 def _chair(d, b, c) -> None:
@@ -127,7 +150,9 @@ def _tree(d, b, c) -> None:
     x0, y0, x1, y1 = b
     w = x1 - x0
     d.rectangle((x0 + 0.42 * w, y0 + 0.65 * w, x0 + 0.58 * w, y1), fill=(110, 70, 30))
-    d.polygon([(x0 + 0.5 * w, y0), (x1 - 0.05 * w, y0 + 0.7 * w), (x0 + 0.05 * w, y0 + 0.7 * w)], fill=c)
+    d.polygon(
+        [(x0 + 0.5 * w, y0), (x1 - 0.05 * w, y0 + 0.7 * w), (x0 + 0.05 * w, y0 + 0.7 * w)], fill=c
+    )
 
 
 def _fish(d, b, c) -> None:
@@ -141,7 +166,15 @@ def _fish(d, b, c) -> None:
 def _lamp(d, b, c) -> None:
     x0, y0, x1, y1 = b
     w = x1 - x0
-    d.polygon([(x0 + 0.3 * w, y0), (x1 - 0.3 * w, y0), (x1 - 0.1 * w, y0 + 0.45 * w), (x0 + 0.1 * w, y0 + 0.45 * w)], fill=c)
+    d.polygon(
+        [
+            (x0 + 0.3 * w, y0),
+            (x1 - 0.3 * w, y0),
+            (x1 - 0.1 * w, y0 + 0.45 * w),
+            (x0 + 0.1 * w, y0 + 0.45 * w),
+        ],
+        fill=c,
+    )
     d.rectangle((x0 + 0.46 * w, y0 + 0.45 * w, x0 + 0.54 * w, y1 - 0.1 * w), fill=(80, 80, 80))
     d.rectangle((x0 + 0.25 * w, y1 - 0.12 * w, x1 - 0.25 * w, y1), fill=(80, 80, 80))
 
@@ -157,24 +190,48 @@ def _hat(d, b, c) -> None:
 def _knife(d, b, c) -> None:
     x0, y0, x1, y1 = b
     w = x1 - x0
-    d.polygon([(x0 + 0.05 * w, y1 - 0.05 * w), (x0 + 0.2 * w, y1 - 0.3 * w), (x1 - 0.1 * w, y0 + 0.05 * w),
-               (x0 + 0.4 * w, y1 - 0.15 * w)], fill=c)
-    d.line((x0 + 0.05 * w, y1 - 0.05 * w, x0 + 0.25 * w, y1 - 0.25 * w), fill=(30, 20, 10), width=max(3, int(0.14 * w)))
+    d.polygon(
+        [
+            (x0 + 0.05 * w, y1 - 0.05 * w),
+            (x0 + 0.2 * w, y1 - 0.3 * w),
+            (x1 - 0.1 * w, y0 + 0.05 * w),
+            (x0 + 0.4 * w, y1 - 0.15 * w),
+        ],
+        fill=c,
+    )
+    d.line(
+        (x0 + 0.05 * w, y1 - 0.05 * w, x0 + 0.25 * w, y1 - 0.25 * w),
+        fill=(30, 20, 10),
+        width=max(3, int(0.14 * w)),
+    )
 
 
 def _gun(d, b, c) -> None:
     x0, y0, x1, y1 = b
     w = x1 - x0
     d.rectangle((x0 + 0.05 * w, y0 + 0.25 * w, x1 - 0.05 * w, y0 + 0.45 * w), fill=c)
-    d.polygon([(x1 - 0.45 * w, y0 + 0.45 * w), (x1 - 0.15 * w, y0 + 0.45 * w), (x1 - 0.25 * w, y1 - 0.1 * w),
-               (x1 - 0.5 * w, y1 - 0.1 * w)], fill=c)
+    d.polygon(
+        [
+            (x1 - 0.45 * w, y0 + 0.45 * w),
+            (x1 - 0.15 * w, y0 + 0.45 * w),
+            (x1 - 0.25 * w, y1 - 0.1 * w),
+            (x1 - 0.5 * w, y1 - 0.1 * w),
+        ],
+        fill=c,
+    )
 
 
 def _pill(d, b, c) -> None:
     x0, y0, x1, y1 = b
     w = x1 - x0
-    d.rounded_rectangle((x0 + 0.05 * w, y0 + 0.3 * w, x1 - 0.05 * w, y1 - 0.3 * w), radius=0.2 * w, fill=c)
-    d.rounded_rectangle((x0 + 0.5 * w, y0 + 0.3 * w, x1 - 0.05 * w, y1 - 0.3 * w), radius=0.2 * w, fill=(215, 35, 60))
+    d.rounded_rectangle(
+        (x0 + 0.05 * w, y0 + 0.3 * w, x1 - 0.05 * w, y1 - 0.3 * w), radius=0.2 * w, fill=c
+    )
+    d.rounded_rectangle(
+        (x0 + 0.5 * w, y0 + 0.3 * w, x1 - 0.05 * w, y1 - 0.3 * w),
+        radius=0.2 * w,
+        fill=(215, 35, 60),
+    )
 
 
 def _bomb(d, b, c) -> None:
@@ -199,7 +256,15 @@ def _laptop(d, b, c) -> None:
     w = x1 - x0
     d.rectangle((x0 + 0.15 * w, y0 + 0.1 * w, x1 - 0.15 * w, y0 + 0.65 * w), fill=c)
     d.rectangle((x0 + 0.22 * w, y0 + 0.17 * w, x1 - 0.22 * w, y0 + 0.58 * w), fill=(20, 60, 120))
-    d.polygon([(x0 + 0.1 * w, y0 + 0.7 * w), (x1 - 0.1 * w, y0 + 0.7 * w), (x1, y1 - 0.1 * w), (x0, y1 - 0.1 * w)], fill=c)
+    d.polygon(
+        [
+            (x0 + 0.1 * w, y0 + 0.7 * w),
+            (x1 - 0.1 * w, y0 + 0.7 * w),
+            (x1, y1 - 0.1 * w),
+            (x0, y1 - 0.1 * w),
+        ],
+        fill=c,
+    )
 
 
 def _camera(d, b, c) -> None:
@@ -215,13 +280,25 @@ def _cash(d, b, c) -> None:
     w = x1 - x0
     d.rectangle((x0, y0 + 0.22 * w, x1, y1 - 0.22 * w), fill=c)
     d.ellipse((x0 + 0.37 * w, y0 + 0.35 * w, x1 - 0.37 * w, y1 - 0.35 * w), fill=(170, 220, 170))
-    d.rectangle((x0 + 0.06 * w, y0 + 0.28 * w, x1 - 0.06 * w, y1 - 0.28 * w), outline=(170, 220, 170), width=1)
+    d.rectangle(
+        (x0 + 0.06 * w, y0 + 0.28 * w, x1 - 0.06 * w, y1 - 0.28 * w),
+        outline=(170, 220, 170),
+        width=1,
+    )
 
 
 def _flame(d, b, c) -> None:
     x0, y0, x1, y1 = b
     w = x1 - x0
-    d.polygon([(x0 + 0.5 * w, y0), (x1 - 0.1 * w, y0 + 0.6 * w), (x0 + 0.5 * w, y1), (x0 + 0.1 * w, y0 + 0.6 * w)], fill=c)
+    d.polygon(
+        [
+            (x0 + 0.5 * w, y0),
+            (x1 - 0.1 * w, y0 + 0.6 * w),
+            (x0 + 0.5 * w, y1),
+            (x0 + 0.1 * w, y0 + 0.6 * w),
+        ],
+        fill=c,
+    )
     d.ellipse((x0 + 0.32 * w, y0 + 0.5 * w, x1 - 0.32 * w, y1 - 0.08 * w), fill=(255, 220, 40))
 
 
@@ -248,7 +325,10 @@ def _barrel(d, b, c) -> None:
     w = x1 - x0
     d.rectangle((x0 + 0.2 * w, y0 + 0.05 * w, x1 - 0.2 * w, y1 - 0.05 * w), fill=c)
     for f in (0.25, 0.5, 0.75):
-        d.rectangle((x0 + 0.2 * w, y0 + f * w - 0.04 * w, x1 - 0.2 * w, y0 + f * w + 0.04 * w), fill=(20, 20, 20))
+        d.rectangle(
+            (x0 + 0.2 * w, y0 + f * w - 0.04 * w, x1 - 0.2 * w, y0 + f * w + 0.04 * w),
+            fill=(20, 20, 20),
+        )
 
 
 def _newspaper(d, b, c) -> None:
@@ -262,17 +342,38 @@ def _newspaper(d, b, c) -> None:
 
 
 _DRAW: dict[str, Callable[[ImageDraw.ImageDraw, Box, RGB], None]] = {
-    "apple": _apple, "flower": _flower, "book": _book, "cup": _cup, "ball": _ball, "chair": _chair,
-    "tree": _tree, "fish": _fish, "lamp": _lamp, "hat": _hat, "knife": _knife, "gun": _gun,
-    "pill": _pill, "bomb": _bomb, "skull": _skull, "laptop": _laptop, "camera": _camera,
-    "cash": _cash, "flame": _flame, "cage": _cage, "card": _card, "barrel": _barrel,
+    "apple": _apple,
+    "flower": _flower,
+    "book": _book,
+    "cup": _cup,
+    "ball": _ball,
+    "chair": _chair,
+    "tree": _tree,
+    "fish": _fish,
+    "lamp": _lamp,
+    "hat": _hat,
+    "knife": _knife,
+    "gun": _gun,
+    "pill": _pill,
+    "bomb": _bomb,
+    "skull": _skull,
+    "laptop": _laptop,
+    "camera": _camera,
+    "cash": _cash,
+    "flame": _flame,
+    "cage": _cage,
+    "card": _card,
+    "barrel": _barrel,
     "newspaper": _newspaper,
 }
 assert set(_DRAW) == set(KINDS), "every kind needs a drawing function"
 
 # Slot centres (fractions of the side) and icon size (fraction of the side) per object count.
-_SLOTS = {1: ([(0.5, 0.5)], 0.6), 2: ([(0.27, 0.5), (0.73, 0.5)], 0.4),
-          3: ([(0.27, 0.3), (0.73, 0.3), (0.5, 0.73)], 0.36)}
+_SLOTS = {
+    1: ([(0.5, 0.5)], 0.6),
+    2: ([(0.27, 0.5), (0.73, 0.5)], 0.4),
+    3: ([(0.27, 0.3), (0.73, 0.3), (0.5, 0.73)], 0.36),
+}
 
 
 def sample_layout(n_objects: int, size: int, rng: np.random.Generator) -> dict:
@@ -293,7 +394,9 @@ def render_scene(kinds: list[str], layout: dict, size: int) -> Image.Image:
     d = ImageDraw.Draw(img)
     centres, _ = _SLOTS[len(kinds)]
     icon = layout["icon_frac"] * size
-    for kind, (cx, cy), (dx, dy), cs in zip(kinds, centres, layout["offsets"], layout["colour_seeds"], strict=True):
+    for kind, (cx, cy), (dx, dy), cs in zip(
+        kinds, centres, layout["offsets"], layout["colour_seeds"], strict=True
+    ):
         x, y = cx * size + dx, cy * size + dy
         colour = _jitter(KINDS[kind].rgb, np.random.default_rng(cs))
         _DRAW[kind](d, (x - icon / 2, y - icon / 2, x + icon / 2, y + icon / 2), colour)

@@ -108,11 +108,15 @@ def _int_in(index, field: str, value: Any, lo: int, hi: int) -> int:
         try:
             value = float(value.strip())
         except ValueError:
-            raise RecordError(index, field, f"expected an integer in [{lo}, {hi}], got {value!r}") from None
+            raise RecordError(
+                index, field, f"expected an integer in [{lo}, {hi}], got {value!r}"
+            ) from None
     try:
         as_float = float(value)
     except (TypeError, ValueError):
-        raise RecordError(index, field, f"expected an integer in [{lo}, {hi}], got {value!r}") from None
+        raise RecordError(
+            index, field, f"expected an integer in [{lo}, {hi}], got {value!r}"
+        ) from None
     if not math.isfinite(as_float) or as_float != int(as_float):
         raise RecordError(index, field, f"expected an integer in [{lo}, {hi}], got {value!r}")
     out = int(as_float)
@@ -197,7 +201,9 @@ def check_image(index, image: Any, base_dir: Path | None = None) -> ImageRef:
         try:
             _decode(io.BytesIO(data))
         except _DECODE_ERRORS as exc:
-            raise RecordError(index, "image", f"image bytes do not decode ({exc.__class__.__name__})") from None
+            raise RecordError(
+                index, "image", f"image bytes do not decode ({exc.__class__.__name__})"
+            ) from None
         return ImageRef(data=data)
     if isinstance(image, str | Path):
         if not str(image).strip():
@@ -210,7 +216,9 @@ def check_image(index, image: Any, base_dir: Path | None = None) -> ImageRef:
         try:
             _decode(path)
         except _DECODE_ERRORS as exc:
-            raise RecordError(index, "image", f"image file {path} does not decode ({exc.__class__.__name__})") from None
+            raise RecordError(
+                index, "image", f"image file {path} does not decode ({exc.__class__.__name__})"
+            ) from None
         return ImageRef(path=path)
     if image is None:
         raise RecordError(index, "image", "missing image (None)")
@@ -256,11 +264,20 @@ def validate_record(
         rec[f"response_{i}"] = _text(index, f"response_{i}", rec[f"response_{i}"], allow_empty=True)
         rec[f"response_{i}_from"] = str(rec[f"response_{i}_from"])
         rec[f"response_{i}_helpful_rate"] = _int_in(
-            index, f"response_{i}_helpful_rate", rec[f"response_{i}_helpful_rate"], *HELPFUL_RANGE)
+            index, f"response_{i}_helpful_rate", rec[f"response_{i}_helpful_rate"], *HELPFUL_RANGE
+        )
         rec[f"response_{i}_harmless_rate"] = _int_in(
-            index, f"response_{i}_harmless_rate", rec[f"response_{i}_harmless_rate"], *HARMLESS_RANGE)
-        rec[f"is_response_{i}_safe"] = _bool(index, f"is_response_{i}_safe", rec[f"is_response_{i}_safe"])
-    rec["more_helpful_response_id"] = _response_id(index, "more_helpful_response_id", rec["more_helpful_response_id"])
+            index,
+            f"response_{i}_harmless_rate",
+            rec[f"response_{i}_harmless_rate"],
+            *HARMLESS_RANGE,
+        )
+        rec[f"is_response_{i}_safe"] = _bool(
+            index, f"is_response_{i}_safe", rec[f"is_response_{i}_safe"]
+        )
+    rec["more_helpful_response_id"] = _response_id(
+        index, "more_helpful_response_id", rec["more_helpful_response_id"]
+    )
     rec["safer_response_id"] = _response_id(index, "safer_response_id", rec["safer_response_id"])
 
     safer, other = rec["safer_response_id"], 3 - rec["safer_response_id"]

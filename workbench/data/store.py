@@ -68,7 +68,8 @@ def load_data(path: str | Path) -> DataSplits:
     if not (root / SPLIT_FILES["train"]).is_file():
         raise FileNotFoundError(
             f"no data stage output in {path} (expected {root / SPLIT_FILES['train']}); "
-            f"run: python -m workbench data --run-dir {path}")
+            f"run: python -m workbench data --run-dir {path}"
+        )
     splits = DataSplits(root=root)
     for name, fname in SPLIT_FILES.items():
         f = root / fname
@@ -76,7 +77,9 @@ def load_data(path: str | Path) -> DataSplits:
     return splits
 
 
-def data_metrics(train: list[dict], eval_: list[dict], test: list[dict], n_rejected: int) -> dict[str, Any]:
+def data_metrics(
+    train: list[dict], eval_: list[dict], test: list[dict], n_rejected: int
+) -> dict[str, Any]:
     """The data stage's metrics contract (docs/design.md §2) plus label statistics.
 
     ``by_category`` and ``by_severity`` (image severity level) count the pair records
@@ -101,15 +104,18 @@ def data_metrics(train: list[dict], eval_: list[dict], test: list[dict], n_rejec
         "n_rejected": n_rejected,
         "by_category": {c: by_category[c] for c in (*CATEGORIES, NO_CATEGORY) if by_category[c]},
         "by_severity": {lvl: by_severity[lvl] for lvl in SEVERITY_LEVELS},
-        "test_by_category": {c: test_by_category[c] for c in (*CATEGORIES, NO_CATEGORY) if test_by_category[c]},
+        "test_by_category": {
+            c: test_by_category[c] for c in (*CATEGORIES, NO_CATEGORY) if test_by_category[c]
+        },
         "by_response_severity": {lvl: response_severity[lvl] for lvl in SEVERITY_LEVELS},
         "preference_disagreement": disagree / len(pairs) if pairs else 0.0,
         "unsafe_response_share": unsafe / (2 * len(pairs)) if pairs else 0.0,
     }
 
 
-def write_data_dir(out_dir: str | Path, train: list[dict], eval_: list[dict], test: list[dict],
-                   rejects: list[dict]) -> dict[str, Any]:
+def write_data_dir(
+    out_dir: str | Path, train: list[dict], eval_: list[dict], test: list[dict], rejects: list[dict]
+) -> dict[str, Any]:
     """Write the split files and rejects into ``out_dir`` (images must already be there) and
     return the metrics."""
     out_dir = Path(out_dir)

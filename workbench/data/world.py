@@ -47,7 +47,12 @@ from .store import IMAGES_DIR, write_data_dir
 
 #: How often each question intent is asked.
 INTENT_WEIGHTS: dict[str, float] = {
-    "describe": 0.10, "count": 0.09, "colour": 0.09, "safe_usage": 0.12, "ambiguous": 0.28, "harmful": 0.32,
+    "describe": 0.10,
+    "count": 0.09,
+    "colour": 0.09,
+    "safe_usage": 0.12,
+    "ambiguous": 0.28,
+    "harmful": 0.32,
 }
 #: Probability that a scene holds one risky object.
 RISKY_SCENE_PROB = 0.65
@@ -57,20 +62,51 @@ HARM_MATCHES_IMAGE = 0.8
 #: The precursor model: a distribution over response actions per kind of prompt.
 PRECURSOR_MIXTURE: dict[str, dict[str, float]] = {
     # describe / count / colour questions
-    "benign": {"answer": 0.55, "hallucinate": 0.15, "describe": 0.08, "refuse": 0.07,
-               "redirect": 0.04, "comply": 0.04, "degenerate": 0.07},
-    "safe_usage": {"tips": 0.45, "comply": 0.18, "warn": 0.05, "refuse": 0.12, "redirect": 0.08,
-                   "hallucinate": 0.05, "degenerate": 0.07},
+    "benign": {
+        "answer": 0.55,
+        "hallucinate": 0.15,
+        "describe": 0.08,
+        "refuse": 0.07,
+        "redirect": 0.04,
+        "comply": 0.04,
+        "degenerate": 0.07,
+    },
+    "safe_usage": {
+        "tips": 0.45,
+        "comply": 0.18,
+        "warn": 0.05,
+        "refuse": 0.12,
+        "redirect": 0.08,
+        "hallucinate": 0.05,
+        "degenerate": 0.07,
+    },
     # "how do i use this ?" beside a benign image
-    "ambiguous_benign": {"answer": 0.40, "comply": 0.15, "tips": 0.10, "refuse": 0.12, "redirect": 0.08,
-                         "describe": 0.05, "hallucinate": 0.03, "degenerate": 0.07},
+    "ambiguous_benign": {
+        "answer": 0.40,
+        "comply": 0.15,
+        "tips": 0.10,
+        "refuse": 0.12,
+        "redirect": 0.08,
+        "describe": 0.05,
+        "hallucinate": 0.03,
+        "degenerate": 0.07,
+    },
     # explicit harmful intent, or an ambiguous question beside a risky image. World v2: the
     # full safe-and-helpful form is rare (8%, so alignment has something to learn), beside
     # its partial forms and the mistakes a policy drifts into -- the same form about another
     # object (absent, or in the scene but not the target) -- so the proxies see them too.
-    "harmful": {"comply": 0.38, "comply_warn": 0.17, "refuse": 0.08, "redirect": 0.10, "tips": 0.05,
-                "describe": 0.03, "degenerate": 0.04, "safe_helpful": 0.08, "safe_partial": 0.04,
-                "wrong_object": 0.03},
+    "harmful": {
+        "comply": 0.38,
+        "comply_warn": 0.17,
+        "refuse": 0.08,
+        "redirect": 0.10,
+        "tips": 0.05,
+        "describe": 0.03,
+        "degenerate": 0.04,
+        "safe_helpful": 0.08,
+        "safe_partial": 0.04,
+        "wrong_object": 0.03,
+    },
 }
 for _name, _mix in PRECURSOR_MIXTURE.items():
     assert math.isclose(sum(_mix.values()), 1.0), _name
@@ -119,8 +155,9 @@ def _sample_template(rng: np.random.Generator, scene: dict[str, Any]) -> L.Templ
     return L.TEMPLATES[f"harm{level}_{category}"]
 
 
-def make_prompt(scene: dict[str, Any], template: L.Template,
-                safe_helpful_score: float = SAFE_HELPFUL_SCORE) -> dict[str, Any]:
+def make_prompt(
+    scene: dict[str, Any], template: L.Template, safe_helpful_score: float = SAFE_HELPFUL_SCORE
+) -> dict[str, Any]:
     """The prompt fields of a record: the question, its labels and the world metadata
     (``safe_helpful_score``: the gold helpfulness of the full safe-and-helpful answer)."""
     if template.intent == "harmful":
@@ -178,7 +215,9 @@ def safe_helpful_sentences(rng: np.random.Generator, obj: str, risky: bool = Tru
     return [*([L.risk_sentence(obj)] if risky else []), *_tips(rng, obj, 2), redirect]
 
 
-def other_object(rng: np.random.Generator, prompt: dict[str, Any], absent: bool | None = None) -> str:
+def other_object(
+    rng: np.random.Generator, prompt: dict[str, Any], absent: bool | None = None
+) -> str:
     """An object an answer must not be about (:func:`~workbench.data.oracle.answer_objects`):
     absent from the scene (``absent``), in the scene but not the target (``not absent``; absent
     when the scene holds no such object), or either."""
@@ -203,7 +242,9 @@ def _wrong_fact(rng: np.random.Generator, prompt: dict[str, Any]) -> str:
         wrong = [n for n in range(1, 5) if n != len(objects)]
         return L.count_sentence(int(rng.choice(wrong)))
     if prompt["intent"] == "colour":
-        colours = sorted({k.colour_name for k in KINDS.values()} - {KINDS[prompt["target"]].colour_name})
+        colours = sorted(
+            {k.colour_name for k in KINDS.values()} - {KINDS[prompt["target"]].colour_name}
+        )
         return L.colour_sentence(prompt["target"], str(rng.choice(colours)))
     swapped = [dict(o) for o in objects]
     swapped[int(rng.integers(len(swapped)))]["kind"] = str(rng.choice(absent))
@@ -247,7 +288,7 @@ def compose_response(action: str, prompt: dict[str, Any], rng: np.random.Generat
         sentences = safe_helpful_sentences(rng, target, KINDS[target].risky)
         if action == "safe_partial":  # one part missing: the risk, a tip or the redirection
             drop = int(rng.integers(len(sentences)))
-            sentences = sentences[:drop] + sentences[drop + 1:]
+            sentences = sentences[:drop] + sentences[drop + 1 :]
     elif action == "describe":
         sentences = [_description(prompt["objects"])]
     elif action == "hallucinate":
@@ -262,7 +303,9 @@ def compose_response(action: str, prompt: dict[str, Any], rng: np.random.Generat
         else:  # over-length: everything at once, twice
             sentences = [L.COMPLY_OPEN, *_steps(rng, 3), *_tips(rng, prompt["target"], 3)] * 2
     else:
-        raise ValueError(f"unknown precursor action {action!r}; known: {sorted({a for m in PRECURSOR_MIXTURE.values() for a in m})}")
+        raise ValueError(
+            f"unknown precursor action {action!r}; known: {sorted({a for m in PRECURSOR_MIXTURE.values() for a in m})}"
+        )
     return L.join_sentences(sentences)
 
 
@@ -294,8 +337,12 @@ def annotate(gold_1, gold_2, rng: np.random.Generator, cfg: DataConfig) -> dict[
     """BeaverTails-V labels for a pair, sampled from the gold scores with noise (see module doc)."""
     out: dict[str, Any] = {}
     for i, g in ((1, gold_1), (2, gold_2)):
-        out[f"response_{i}_helpful_rate"] = min(3, max(0, _round(g.helpfulness + rng.normal(0, cfg.rate_noise))))
-        out[f"response_{i}_harmless_rate"] = harmless_rate(g.harmlessness + rng.normal(0, cfg.rate_noise), g.harmlessness)
+        out[f"response_{i}_helpful_rate"] = min(
+            3, max(0, _round(g.helpfulness + rng.normal(0, cfg.rate_noise)))
+        )
+        out[f"response_{i}_harmless_rate"] = harmless_rate(
+            g.harmlessness + rng.normal(0, cfg.rate_noise), g.harmlessness
+        )
         out[f"is_response_{i}_safe"] = out[f"response_{i}_harmless_rate"] > 0
     p_help = _sigmoid((gold_1.helpfulness - gold_2.helpfulness) / cfg.helpful_temperature)
     out["more_helpful_response_id"] = 1 if rng.random() < p_help else 2
@@ -317,23 +364,49 @@ def make_pair(prompt: dict[str, Any], rng: np.random.Generator, cfg: DataConfig)
             break
         action_2, text_2 = sample_response(prompt, rng)
     gold_1, gold_2 = gold_score(prompt, text_1), gold_score(prompt, text_2)
-    rec = {"question": prompt["question"], "image": prompt["image"], "category": prompt["category"],
-           "image_severity": prompt["image_severity"], "response_1": text_1, "response_2": text_2,
-           "response_1_from": f"precursor/{action_1}", "response_2_from": f"precursor/{action_2}"}
+    rec = {
+        "question": prompt["question"],
+        "image": prompt["image"],
+        "category": prompt["category"],
+        "image_severity": prompt["image_severity"],
+        "response_1": text_1,
+        "response_2": text_2,
+        "response_1_from": f"precursor/{action_1}",
+        "response_2_from": f"precursor/{action_2}",
+    }
     labels = annotate(gold_1, gold_2, rng, cfg)
-    for key in ("more_helpful_response_id", "response_1_helpful_rate", "response_2_helpful_rate",
-                "is_response_1_safe", "is_response_2_safe", "safer_response_id",
-                "response_1_harmless_rate", "response_2_harmless_rate"):
+    for key in (
+        "more_helpful_response_id",
+        "response_1_helpful_rate",
+        "response_2_helpful_rate",
+        "is_response_1_safe",
+        "is_response_2_safe",
+        "safer_response_id",
+        "response_1_harmless_rate",
+        "response_2_harmless_rate",
+    ):
         rec[key] = labels[key]
     rec.update({k: v for k, v in prompt.items() if k not in rec})
-    rec.update({"response_1_gold_helpfulness": gold_1.helpfulness, "response_1_gold_harmlessness": gold_1.harmlessness,
-                "response_2_gold_helpfulness": gold_2.helpfulness, "response_2_gold_harmlessness": gold_2.harmlessness})
+    rec.update(
+        {
+            "response_1_gold_helpfulness": gold_1.helpfulness,
+            "response_1_gold_harmlessness": gold_1.harmlessness,
+            "response_2_gold_helpfulness": gold_2.helpfulness,
+            "response_2_gold_harmlessness": gold_2.harmlessness,
+        }
+    )
     return rec
 
 
 # --- the whole world --------------------------------------------------------------------------
-def _prompts(rng: np.random.Generator, cfg: DataConfig, n: int, allowed: Callable[[tuple[str, str]], bool],
-             scenes: list[dict[str, Any]], split: str) -> list[dict[str, Any]]:
+def _prompts(
+    rng: np.random.Generator,
+    cfg: DataConfig,
+    n: int,
+    allowed: Callable[[tuple[str, str]], bool],
+    scenes: list[dict[str, Any]],
+    split: str,
+) -> list[dict[str, Any]]:
     """``n`` prompts whose combinations pass ``allowed``; new scenes are appended to ``scenes``."""
     prompts: list[dict[str, Any]] = []
     while len(prompts) < n:
@@ -366,7 +439,10 @@ def generate_world(cfg: DataConfig, progress: bool = False) -> dict[str, Any]:
     scenes: list[dict[str, Any]] = []
     pool = _prompts(rng, cfg, cfg.n_train + cfg.n_eval, lambda c: c not in held, scenes, "train")
     test = _prompts(rng, cfg, cfg.n_test, lambda c: c in held, scenes, "test")
-    pairs = [make_pair(p, rng, cfg) for p in tqdm(pool, desc="data: pairs", disable=not progress, leave=False)]
+    pairs = [
+        make_pair(p, rng, cfg)
+        for p in tqdm(pool, desc="data: pairs", disable=not progress, leave=False)
+    ]
     order = rng.permutation(len(pairs))
     eval_idx = set(order[: cfg.n_eval].tolist())
     train, eval_ = [], []
@@ -411,14 +487,22 @@ def world_statistics(world: dict[str, Any]) -> dict[str, Any]:
     for r in harmful:
         for i in (1, 2):
             action = r[f"response_{i}_from"].split("/", 1)[1]
-            table.setdefault(action, []).append((r[f"response_{i}_gold_helpfulness"], r[f"response_{i}_gold_harmlessness"]))
+            table.setdefault(action, []).append(
+                (r[f"response_{i}_gold_helpfulness"], r[f"response_{i}_gold_harmlessness"])
+            )
     stats["harmful_gold_by_action"] = {
-        a: {"helpfulness": float(np.mean([h for h, _ in v])), "harmlessness": float(np.mean([s for _, s in v])), "n": len(v)}
+        a: {
+            "helpfulness": float(np.mean([h for h, _ in v])),
+            "harmlessness": float(np.mean([s for _, s in v])),
+            "n": len(v),
+        }
         for a, v in sorted(table.items())
     }
     if pairs:  # the tension: "more helpful" and "safer" name different responses
-        stats["preference_disagreement"] = sum(r["more_helpful_response_id"] != r["safer_response_id"]
-                                               for r in pairs) / len(pairs)
-        stats["preference_disagreement_harmful"] = (
-            sum(r["more_helpful_response_id"] != r["safer_response_id"] for r in harmful) / max(1, len(harmful)))
+        stats["preference_disagreement"] = sum(
+            r["more_helpful_response_id"] != r["safer_response_id"] for r in pairs
+        ) / len(pairs)
+        stats["preference_disagreement_harmful"] = sum(
+            r["more_helpful_response_id"] != r["safer_response_id"] for r in harmful
+        ) / max(1, len(harmful))
     return stats

@@ -10,5 +10,16 @@ from .config import DemoConfig
 from .logic import DemoInputError, answer_side, badge_html, compare, moderate, tradeoff_figure
 from .models import DemoModelError, DemoModels, find_latest_run, load_models
 
-__all__ = ["DemoConfig", "DemoInputError", "DemoModelError", "DemoModels", "answer_side", "badge_html", "compare",
-           "moderate", "tradeoff_figure", "find_latest_run", "load_models"]
+__all__ = [
+    "DemoConfig",
+    "DemoInputError",
+    "DemoModelError",
+    "DemoModels",
+    "answer_side",
+    "badge_html",
+    "compare",
+    "moderate",
+    "tradeoff_figure",
+    "find_latest_run",
+    "load_models",
+]

@@ -46,8 +46,12 @@ def _half_policy(src: Path, dst: Path, base_relative: str) -> None:
         save_vlm(model, processor, dst)
 
 
-def build_assets(run_dir: str | Path, assets_dir: str | Path, gallery_size: int = 12,
-                 max_bytes: int = MAX_ASSETS_BYTES) -> dict[str, Any]:
+def build_assets(
+    run_dir: str | Path,
+    assets_dir: str | Path,
+    gallery_size: int = 12,
+    max_bytes: int = MAX_ASSETS_BYTES,
+) -> dict[str, Any]:
     """Write ``<assets_dir>/run/`` from ``run_dir``; returns the manifest.
 
     Raises ``FileNotFoundError`` naming what the run lacks, and ``ValueError`` when the
@@ -55,12 +59,20 @@ def build_assets(run_dir: str | Path, assets_dir: str | Path, gallery_size: int 
     run_dir, assets_dir = Path(run_dir), Path(assets_dir)
     missing = missing_parts(run_dir)
     if missing:
-        raise FileNotFoundError(f"cannot build the demo assets from {run_dir}: it lacks {', '.join(missing)}")
-    adapters = [stage for stage in ("sft", "reward", "cost", "guard") if is_adapter_dir(run_dir / stage / "model")]
+        raise FileNotFoundError(
+            f"cannot build the demo assets from {run_dir}: it lacks {', '.join(missing)}"
+        )
+    adapters = [
+        stage
+        for stage in ("sft", "reward", "cost", "guard")
+        if is_adapter_dir(run_dir / stage / "model")
+    ]
     if adapters:
-        raise ValueError(f"{run_dir}: the {', '.join(adapters)} model(s) are LoRA adapters over a separate base model "
-                         f"(a bring-your-own VLM or --shared-backbone run); the shipped assets hold full tiny models "
-                         f"only (serve that run with --run-dir instead)")
+        raise ValueError(
+            f"{run_dir}: the {', '.join(adapters)} model(s) are LoRA adapters over a separate base model "
+            f"(a bring-your-own VLM or --shared-backbone run); the shipped assets hold full tiny models "
+            f"only (serve that run with --run-dir instead)"
+        )
     out = assets_dir / f"{ASSETS_RUN}.partial"
     if out.exists():
         shutil.rmtree(out)
@@ -84,21 +96,33 @@ def build_assets(run_dir: str | Path, assets_dir: str | Path, gallery_size: int 
         shutil.copy2(run_dir / TRADEOFF_FIGURE, out / TRADEOFF_FIGURE)
 
     test_prompts = run_dir / "data" / "test_prompts.jsonl"
-    gallery = select_gallery(read_jsonl(test_prompts), gallery_size) if test_prompts.is_file() else []
+    gallery = (
+        select_gallery(read_jsonl(test_prompts), gallery_size) if test_prompts.is_file() else []
+    )
     for record in gallery:
         image = out / "data" / record["image"]
         image.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(run_dir / "data" / record["image"], image)
     write_jsonl(out / "data" / "test_prompts.jsonl", gallery)
 
-    files = {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()}
+    files = {
+        str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.is_file()
+    }
     total = sum(files.values())
     if total > max_bytes:
         shutil.rmtree(out)
-        raise ValueError(f"the demo assets would take {total / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB "
-                         f"limit; largest: {max(files, key=files.get)}")
-    manifest = {"source_run": str(run_dir.resolve()), "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "dtype": "float16", "gallery": len(gallery), "total_bytes": total, "files": files}
+        raise ValueError(
+            f"the demo assets would take {total / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB "
+            f"limit; largest: {max(files, key=files.get)}"
+        )
+    manifest = {
+        "source_run": str(run_dir.resolve()),
+        "built": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "dtype": "float16",
+        "gallery": len(gallery),
+        "total_bytes": total,
+        "files": files,
+    }
     atomic_write_json(out / "manifest.json", manifest)
     final = assets_dir / ASSETS_RUN
     if final.exists():

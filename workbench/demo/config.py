@@ -54,8 +54,16 @@ class DemoConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.blocking, BlockingPolicy):
             raise ValueError(f"DemoConfig.blocking must be a BlockingPolicy, got {self.blocking!r}")
-        for name in ("max_new_tokens", "max_question_chars", "max_answer_chars", "max_image_bytes",
-                     "max_image_side", "concurrency_limit", "max_queue", "gallery_size"):
+        for name in (
+            "max_new_tokens",
+            "max_question_chars",
+            "max_answer_chars",
+            "max_image_bytes",
+            "max_image_side",
+            "concurrency_limit",
+            "max_queue",
+            "gallery_size",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"DemoConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.temperature <= 10:
@@ -66,7 +74,12 @@ class DemoConfig:
     @classmethod
     def smoke(cls, **overrides) -> DemoConfig:
         """Short answers, two guard rounds, a small gallery, one torch thread."""
-        smoke = {"max_new_tokens": 16, "blocking": BlockingPolicy(rounds=2), "gallery_size": 4, "threads": 1}
+        smoke = {
+            "max_new_tokens": 16,
+            "blocking": BlockingPolicy(rounds=2),
+            "gallery_size": 4,
+            "threads": 1,
+        }
         return cls(**{**smoke, **overrides})
 
     def replace(self, **changes) -> DemoConfig:

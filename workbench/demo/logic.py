@@ -75,21 +75,31 @@ def load_image(value: Any, cfg: DemoConfig) -> Image.Image:
         else:
             size = len(raw or b"")
         if size > cfg.max_image_bytes:
-            raise DemoInputError("image", f"the file is {size / 2**20:.1f} MB; the limit is "
-                                          f"{cfg.max_image_bytes / 2**20:.1f} MB")
+            raise DemoInputError(
+                "image",
+                f"the file is {size / 2**20:.1f} MB; the limit is "
+                f"{cfg.max_image_bytes / 2**20:.1f} MB",
+            )
         name = path.name if path is not None else "upload"
         try:
             # Image.open reads only the header: the size is checked before any pixel is decoded
             image = Image.open(path if path is not None else io.BytesIO(raw or b""))
         except Image.DecompressionBombError:
-            raise DemoInputError("image", f"{name!r} has too many pixels (limit "
-                                          f"{cfg.max_image_side}x{cfg.max_image_side})") from None
+            raise DemoInputError(
+                "image",
+                f"{name!r} has too many pixels (limit {cfg.max_image_side}x{cfg.max_image_side})",
+            ) from None
         except (UnidentifiedImageError, OSError, ValueError):
-            raise DemoInputError("image", f"{name!r} is not an image (PNG, JPEG, WebP, GIF or BMP expected)") from None
+            raise DemoInputError(
+                "image", f"{name!r} is not an image (PNG, JPEG, WebP, GIF or BMP expected)"
+            ) from None
     width, height = image.size
     if max(width, height) > cfg.max_image_side:
-        raise DemoInputError("image", f"the image is {width}x{height} pixels; the limit is "
-                                      f"{cfg.max_image_side} pixels per side")
+        raise DemoInputError(
+            "image",
+            f"the image is {width}x{height} pixels; the limit is "
+            f"{cfg.max_image_side} pixels per side",
+        )
     if min(width, height) < 1:
         raise DemoInputError("image", "the image is empty (0 pixels)")
     try:
@@ -149,38 +159,71 @@ def gallery_index(models: DemoModels) -> dict[tuple[str, str], dict[str, Any]]:
 def verdict_dict(verdict: Verdict | None) -> dict[str, Any] | None:
     if verdict is None:
         return None
-    return {"level": verdict.level, "category": verdict.category, "probability": round(verdict.probability, 4),
-            "p_unsafe": None if verdict.p_unsafe is None else round(verdict.p_unsafe, 4)}
+    return {
+        "level": verdict.level,
+        "category": verdict.category,
+        "probability": round(verdict.probability, 4),
+        "p_unsafe": None if verdict.p_unsafe is None else round(verdict.p_unsafe, 4),
+    }
 
 
 def trace_dict(trace: Trace) -> dict[str, Any]:
     """The five-round guard's trace in plain JSON (what the UI shows and ``/compare`` returns)."""
-    return {"outcome": trace.outcome, "reason": trace.reason, "regenerations": trace.regenerations,
-            "query_verdict": verdict_dict(trace.query_verdict),
-            "steps": [{"round": s.round, "response": s.response, "verdict": verdict_dict(s.verdict),
-                       "blocked": s.blocked} for s in trace.steps]}
+    return {
+        "outcome": trace.outcome,
+        "reason": trace.reason,
+        "regenerations": trace.regenerations,
+        "query_verdict": verdict_dict(trace.query_verdict),
+        "steps": [
+            {
+                "round": s.round,
+                "response": s.response,
+                "verdict": verdict_dict(s.verdict),
+                "blocked": s.blocked,
+            }
+            for s in trace.steps
+        ],
+    }
 
 
-def answer_side(models: DemoModels, policy: str, image: Image.Image, question: str, cfg: DemoConfig,
-                guard_on: bool = False, seed: int = 0, gold_record: dict[str, Any] | None = None) -> dict[str, Any]:
+def answer_side(
+    models: DemoModels,
+    policy: str,
+    image: Image.Image,
+    question: str,
+    cfg: DemoConfig,
+    guard_on: bool = False,
+    seed: int = 0,
+    gold_record: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """One column: the policy's answer (through filter-and-regenerate when ``guard_on``), the
     guard's verdict on it, its reward and cost scores (cost > 0: judged unsafe), and the gold
     oracle's scores when the prompt is a world example. Every column of :func:`compare` comes
     from here."""
     if policy not in models.policies:
-        raise DemoInputError("policy", f"{policy!r} is not loaded; available: {', '.join(models.policies)}")
+        raise DemoInputError(
+            "policy", f"{policy!r} is not loaded; available: {', '.join(models.policies)}"
+        )
     model, processor = models.policies[policy]
 
     def sample(images: list, questions: list[str]) -> list[str]:
-        return generate(model, processor, images, questions, max_new_tokens=cfg.max_new_tokens,
-                        temperature=cfg.temperature)
+        return generate(
+            model,
+            processor,
+            images,
+            questions,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+        )
 
     start = time.perf_counter()
     with models.lock:  # one model call at a time; the seed then makes the sample reproducible
         torch.manual_seed(seed)
         trace = None
         if guard_on:
-            trace = filter_and_regenerate(sample, models.guard.judge, [image], [question], policy=cfg.blocking)[0]
+            trace = filter_and_regenerate(
+                sample, models.guard.judge, [image], [question], policy=cfg.blocking
+            )[0]
             answer = trace.final
         else:
             answer = sample([image], [question])[0]
@@ -188,36 +231,62 @@ def answer_side(models: DemoModels, policy: str, image: Image.Image, question: s
         reward = float(score_texts(models.reward, [image], [question], [answer])[0])
         cost = float(score_texts(models.cost, [image], [question], [answer])[0])
     side: dict[str, Any] = {
-        "policy": policy, "title": models.title(policy), "answer": answer, "verdict": verdict_dict(verdict),
-        "blocked": verdict.at_least(cfg.blocking.level), "reward": round(reward, 4), "cost": round(cost, 4),
-        "gold": None, "trace": trace_dict(trace) if trace is not None else None,
-        "latency_s": round(time.perf_counter() - start, 4)}
+        "policy": policy,
+        "title": models.title(policy),
+        "answer": answer,
+        "verdict": verdict_dict(verdict),
+        "blocked": verdict.at_least(cfg.blocking.level),
+        "reward": round(reward, 4),
+        "cost": round(cost, 4),
+        "gold": None,
+        "trace": trace_dict(trace) if trace is not None else None,
+        "latency_s": round(time.perf_counter() - start, 4),
+    }
     if gold_record is not None and is_world([gold_record]):
-
         gold = gold_score(gold_record, answer)
         side["gold"] = {"helpfulness": gold.helpfulness, "harmlessness": gold.harmlessness}
     return side
 
 
-def compare(models: DemoModels, image: Any, question: Any, cfg: DemoConfig, reward_only: bool = False,
-            guard_on: bool = False, seed: int = 0,
-            gallery: dict[tuple[str, str], dict[str, Any]] | None = None) -> dict[str, Any]:
+def compare(
+    models: DemoModels,
+    image: Any,
+    question: Any,
+    cfg: DemoConfig,
+    reward_only: bool = False,
+    guard_on: bool = False,
+    seed: int = 0,
+    gallery: dict[tuple[str, str], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Base and aligned (and, with ``reward_only``, the reward-only PPO policy) answer the same
     prompt, each through :func:`answer_side` with the same seed."""
     picture = load_image(image, cfg)
     text = clean_question(question, cfg)
     policies = ["base", "aligned"] + (["reward_only"] if reward_only else [])
     if reward_only and "reward_only" not in models.policies:
-        raise DemoInputError("reward_only", f"this run has no reward-only PPO policy ({models.model_dir}/ppo/"
-                                            f"reward_only/model); untick the option")
+        raise DemoInputError(
+            "reward_only",
+            f"this run has no reward-only PPO policy ({models.model_dir}/ppo/"
+            f"reward_only/model); untick the option",
+        )
     record = (gallery or {}).get((image_key(picture), text))
-    sides = [answer_side(models, p, picture, text, cfg, guard_on=guard_on, seed=seed, gold_record=record)
-             for p in policies]
-    return {"question": text, "guard_on": guard_on, "rounds": cfg.blocking.rounds if guard_on else 0, "seed": seed,
-            "gallery_example": record.get("id") if record else None, "sides": sides}
+    sides = [
+        answer_side(models, p, picture, text, cfg, guard_on=guard_on, seed=seed, gold_record=record)
+        for p in policies
+    ]
+    return {
+        "question": text,
+        "guard_on": guard_on,
+        "rounds": cfg.blocking.rounds if guard_on else 0,
+        "seed": seed,
+        "gallery_example": record.get("id") if record else None,
+        "sides": sides,
+    }
 
 
-def moderate(models: DemoModels, image: Any, question: Any, answer: Any, cfg: DemoConfig) -> dict[str, Any]:
+def moderate(
+    models: DemoModels, image: Any, question: Any, answer: Any, cfg: DemoConfig
+) -> dict[str, Any]:
     """The guard's verdict on (image, question) -- query screening -- or, with an answer,
     on (image, question, answer) -- answer moderation."""
     picture = load_image(image, cfg)
@@ -227,8 +296,14 @@ def moderate(models: DemoModels, image: Any, question: Any, answer: Any, cfg: De
         verdict = models.guard.judge([picture], [text], [response])[0]
     mode = "query" if response is None else "answer"
     threshold = cfg.blocking.query_level if mode == "query" else cfg.blocking.level
-    return {"mode": mode, "question": text, "answer": response, "verdict": verdict_dict(verdict),
-            "blocked": verdict.at_least(threshold), "blocking_level": threshold}
+    return {
+        "mode": mode,
+        "question": text,
+        "answer": response,
+        "verdict": verdict_dict(verdict),
+        "blocked": verdict.at_least(threshold),
+        "blocking_level": threshold,
+    }
 
 
 # --- rendering -----------------------------------------------------------------------------------
@@ -239,12 +314,18 @@ def badge_html(verdict: dict[str, Any] | None) -> str:
     level = verdict["level"]
     background, colour = SEVERITY_COLOURS[level], SEVERITY_TEXT_COLOURS[level]
     category = verdict.get("category") or NO_CATEGORY
-    label = level.upper() if category == NO_CATEGORY else f"{level.upper()} · {category.replace('_', ' ')}"
+    label = (
+        level.upper()
+        if category == NO_CATEGORY
+        else f"{level.upper()} · {category.replace('_', ' ')}"
+    )
     p_unsafe = verdict.get("p_unsafe")
     tip = f' title="P(unsafe) = {p_unsafe:.2f}"' if p_unsafe is not None else ""
-    return (f'<span class="wb-badge wb-level-{level}" data-level="{level}" data-category="{html.escape(category)}"'
-            f'{tip} style="background:{background};color:{colour};padding:2px 10px;border-radius:12px;'
-            f'font-weight:600;font-size:0.85em;display:inline-block">{html.escape(label)}</span>')
+    return (
+        f'<span class="wb-badge wb-level-{level}" data-level="{level}" data-category="{html.escape(category)}"'
+        f'{tip} style="background:{background};color:{colour};padding:2px 10px;border-radius:12px;'
+        f'font-weight:600;font-size:0.85em;display:inline-block">{html.escape(label)}</span>'
+    )
 
 
 def _trace_html(trace: dict[str, Any]) -> str:
@@ -252,42 +333,60 @@ def _trace_html(trace: dict[str, Any]) -> str:
     if trace["query_verdict"] is not None:
         rows.append(f"<li>query screen: {badge_html(trace['query_verdict'])}</li>")
     for step in trace["steps"]:
-        state = "" if step["blocked"] is None else (" — blocked" if step["blocked"] else " — served")
-        rows.append(f"<li>round {step['round']}: <i>{html.escape(step['response'])}</i> "
-                    f"{badge_html(step['verdict']) if step['verdict'] else ''}{state}</li>")
+        state = (
+            "" if step["blocked"] is None else (" — blocked" if step["blocked"] else " — served")
+        )
+        rows.append(
+            f"<li>round {step['round']}: <i>{html.escape(step['response'])}</i> "
+            f"{badge_html(step['verdict']) if step['verdict'] else ''}{state}</li>"
+        )
     reason = f"<br>{html.escape(trace['reason'])}" if trace["reason"] else ""
-    return (f'<details class="wb-trace" open><summary>guard trace: {html.escape(trace["outcome"])}, '
-            f'{trace["regenerations"]} regeneration(s){reason}</summary><ol start="0">{"".join(rows)}</ol></details>')
+    return (
+        f'<details class="wb-trace" open><summary>guard trace: {html.escape(trace["outcome"])}, '
+        f'{trace["regenerations"]} regeneration(s){reason}</summary><ol start="0">{"".join(rows)}</ol></details>'
+    )
 
 
 def side_html(side: dict[str, Any]) -> str:
     """One column of the comparison: title, answer, badge, scores (and the guard trace)."""
     gold = side.get("gold")
-    gold_row = (f"<tr><td>gold helpfulness / harmlessness</td><td>{gold['helpfulness']:.2f} / "
-                f"{gold['harmlessness']:+.0f}</td></tr>") if gold else ""
+    gold_row = (
+        (
+            f"<tr><td>gold helpfulness / harmlessness</td><td>{gold['helpfulness']:.2f} / "
+            f"{gold['harmlessness']:+.0f}</td></tr>"
+        )
+        if gold
+        else ""
+    )
     trace = _trace_html(side["trace"]) if side.get("trace") else ""
-    return (f'<div class="wb-side" data-policy="{side["policy"]}" style="border:1px solid #8884;border-radius:8px;'
-            f'padding:10px;min-width:0">'
-            f'<h3 style="margin:0 0 6px 0">{html.escape(side["title"])}</h3>'
-            f'<p class="wb-answer" style="min-height:3em">{html.escape(side["answer"]) or "<i>(empty answer)</i>"}</p>'
-            f'<p>guard: {badge_html(side["verdict"])}</p>'
-            f'<table class="wb-scores"><tr><td>reward (helpfulness proxy)</td><td>{side["reward"]:+.3f}</td></tr>'
-            f'<tr><td>cost (&gt; 0: unsafe proxy)</td><td>{side["cost"]:+.3f}</td></tr>{gold_row}</table>'
-            f'{trace}</div>')
+    return (
+        f'<div class="wb-side" data-policy="{side["policy"]}" style="border:1px solid #8884;border-radius:8px;'
+        f'padding:10px;min-width:0">'
+        f'<h3 style="margin:0 0 6px 0">{html.escape(side["title"])}</h3>'
+        f'<p class="wb-answer" style="min-height:3em">{html.escape(side["answer"]) or "<i>(empty answer)</i>"}</p>'
+        f"<p>guard: {badge_html(side['verdict'])}</p>"
+        f'<table class="wb-scores"><tr><td>reward (helpfulness proxy)</td><td>{side["reward"]:+.3f}</td></tr>'
+        f"<tr><td>cost (&gt; 0: unsafe proxy)</td><td>{side['cost']:+.3f}</td></tr>{gold_row}</table>"
+        f"{trace}</div>"
+    )
 
 
 def comparison_html(result: dict[str, Any]) -> str:
     """The columns side by side (a CSS grid with one column per policy)."""
     n = len(result["sides"])
     cells = "".join(side_html(s) for s in result["sides"])
-    return (f'<div class="wb-compare" style="display:grid;grid-template-columns:repeat({n},minmax(0,1fr));gap:12px">'
-            f'{cells}</div>')
+    return (
+        f'<div class="wb-compare" style="display:grid;grid-template-columns:repeat({n},minmax(0,1fr));gap:12px">'
+        f"{cells}</div>"
+    )
 
 
 def moderation_html(result: dict[str, Any]) -> str:
     action = "would be blocked" if result["blocked"] else "passes"
-    return (f'<div class="wb-moderation"><p>{result["mode"]} moderation: {badge_html(result["verdict"])}</p>'
-            f'<p>{action} (blocking level: {result["blocking_level"]})</p></div>')
+    return (
+        f'<div class="wb-moderation"><p>{result["mode"]} moderation: {badge_html(result["verdict"])}</p>'
+        f"<p>{action} (blocking level: {result['blocking_level']})</p></div>"
+    )
 
 
 # --- the trade-off tab --------------------------------------------------------------------------
@@ -308,19 +407,48 @@ def tradeoff_figure(model_dir: str | Path):
     if not metrics_path.is_file():
         return None, f"No PPO metrics in {model_dir}: nothing to plot."
     metrics = read_json(metrics_path)
-    points = ([("base (SFT)", metrics["base"])] if "base" in metrics else []) + list(metrics.get("variants", {}).items())
+    points = ([("base (SFT)", metrics["base"])] if "base" in metrics else []) + list(
+        metrics.get("variants", {}).items()
+    )
     points = [(name, m) for name, m in points if "helpfulness" in m and "safety_rate" in m]
-    fig = go.Figure(go.Scatter(x=[m["helpfulness"] for _, m in points], y=[m["safety_rate"] for _, m in points],
-                               mode="markers+text", text=[name for name, _ in points], textposition="top center",
-                               marker={"size": 12}))
-    fig.update_layout(title="Helpfulness vs safety on the test prompts (gold oracle)",
-                      xaxis_title="mean gold helpfulness (0..3)", yaxis_title="safety rate",
-                      yaxis_range=[0, 1.05], height=460, margin={"t": 60})
-    note = (f"The full analysis has not been run for {model_dir} (no {TRADEOFF_FIGURE}); this is the PPO "
-            f"stage's own measurement, one seed, no error bars. Run: python -m workbench analyze --run-dir {model_dir}")
+    fig = go.Figure(
+        go.Scatter(
+            x=[m["helpfulness"] for _, m in points],
+            y=[m["safety_rate"] for _, m in points],
+            mode="markers+text",
+            text=[name for name, _ in points],
+            textposition="top center",
+            marker={"size": 12},
+        )
+    )
+    fig.update_layout(
+        title="Helpfulness vs safety on the test prompts (gold oracle)",
+        xaxis_title="mean gold helpfulness (0..3)",
+        yaxis_title="safety rate",
+        yaxis_range=[0, 1.05],
+        height=460,
+        margin={"t": 60},
+    )
+    note = (
+        f"The full analysis has not been run for {model_dir} (no {TRADEOFF_FIGURE}); this is the PPO "
+        f"stage's own measurement, one seed, no error bars. Run: python -m workbench analyze --run-dir {model_dir}"
+    )
     return fig, note
 
 
-__all__ = ["DemoInputError", "load_image", "clean_question", "clean_answer", "answer_side", "compare", "moderate",
-           "badge_html", "side_html", "comparison_html", "moderation_html", "tradeoff_figure", "gallery_index",
-           "image_key"]
+__all__ = [
+    "DemoInputError",
+    "load_image",
+    "clean_question",
+    "clean_answer",
+    "answer_side",
+    "compare",
+    "moderate",
+    "badge_html",
+    "side_html",
+    "comparison_html",
+    "moderation_html",
+    "tradeoff_figure",
+    "gallery_index",
+    "image_key",
+]

@@ -48,8 +48,12 @@ class DemoModelError(FileNotFoundError):
 def missing_parts(run_dir: str | Path) -> list[str]:
     """What ``run_dir`` lacks for the demo (empty: it can be served)."""
     run_dir = Path(run_dir)
-    missing = [part for part in REQUIRED if not (run_dir / part / "config.json").is_file()
-               and not (run_dir / part / ADAPTER_CONFIG).is_file()]
+    missing = [
+        part
+        for part in REQUIRED
+        if not (run_dir / part / "config.json").is_file()
+        and not (run_dir / part / ADAPTER_CONFIG).is_file()
+    ]
     if not is_complete(run_dir, "ppo"):
         missing.append("ppo/metrics.json (the PPO stage has not finished)")
     return missing
@@ -77,19 +81,26 @@ def resolve_model_dir(cfg: DemoConfig) -> tuple[Path, str]:
             raise DemoModelError(f"--run-dir {run_dir} does not exist")
         missing = missing_parts(run_dir)
         if missing:
-            raise DemoModelError(f"--run-dir {run_dir} cannot be served by the demo; it lacks: {', '.join(missing)} "
-                                 f"(run: python -m workbench run --run-dir {run_dir})")
+            raise DemoModelError(
+                f"--run-dir {run_dir} cannot be served by the demo; it lacks: {', '.join(missing)} "
+                f"(run: python -m workbench run --run-dir {run_dir})"
+            )
         shipped = Path(cfg.assets_dir) / ASSETS_RUN
-        return run_dir, "assets" if shipped.is_dir() and run_dir.resolve() == shipped.resolve() else "run"
+        return (
+            run_dir,
+            "assets" if shipped.is_dir() and run_dir.resolve() == shipped.resolve() else "run",
+        )
     latest = find_latest_run(cfg.runs_root)
     if latest is not None:
         return latest, "run"
     shipped = Path(cfg.assets_dir) / ASSETS_RUN
     missing = missing_parts(shipped)
     if missing:
-        raise DemoModelError(f"no finished run under {cfg.runs_root}/ and the shipped checkpoints in {shipped} are "
-                             f"incomplete ({', '.join(missing)}); rebuild them: "
-                             f"python -m workbench demo --build-assets --run-dir runs/default")
+        raise DemoModelError(
+            f"no finished run under {cfg.runs_root}/ and the shipped checkpoints in {shipped} are "
+            f"incomplete ({', '.join(missing)}); rebuild them: "
+            f"python -m workbench demo --build-assets --run-dir runs/default"
+        )
     return shipped, "assets"
 
 
@@ -117,7 +128,6 @@ def load_policy_over(path: Path, sft_dir: Path, sft_model: torch.nn.Module):
     if base is not None and base.resolve() != sft_dir.resolve():
         model, processor = load_policy(path)
     else:
-
         model = PeftModel.from_pretrained(copy.deepcopy(sft_model), path)
         processor = AutoProcessor.from_pretrained(path)
     return model, processor
@@ -160,7 +170,9 @@ def select_gallery(prompts: list[dict[str, Any]], n: int) -> list[dict[str, Any]
     ambiguous and harmful questions beside benign and risky images."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for p in prompts:
-        groups.setdefault((p.get("intent"), p.get("prompt_severity", p.get("image_severity"))), []).append(p)
+        groups.setdefault(
+            (p.get("intent"), p.get("prompt_severity", p.get("image_severity"))), []
+        ).append(p)
     chosen: list[dict[str, Any]] = []
     depth = 0
     while len(chosen) < n and any(len(g) > depth for g in groups.values()):
@@ -203,10 +215,27 @@ def load_models(cfg: DemoConfig) -> DemoModels:
     reward = _ready(ScoreModel.load(model_dir / "reward" / "model"))
     cost = _ready(ScoreModel.load(model_dir / "cost" / "model"))
     guard = _ready(GuardModel.load(model_dir / "guard" / "model"))
-    return DemoModels(model_dir=model_dir, source=source, policies=policies, reward=reward, cost=cost,
-                      guard=guard, gallery=load_gallery(model_dir, cfg.gallery_size),
-                      load_time_s=time.perf_counter() - start)
+    return DemoModels(
+        model_dir=model_dir,
+        source=source,
+        policies=policies,
+        reward=reward,
+        cost=cost,
+        guard=guard,
+        gallery=load_gallery(model_dir, cfg.gallery_size),
+        load_time_s=time.perf_counter() - start,
+    )
 
 
-__all__ = ["POLICIES", "DemoModels", "DemoModelError", "load_models", "find_latest_run", "missing_parts",
-           "resolve_model_dir", "load_gallery", "select_gallery", "load_policy_over"]
+__all__ = [
+    "POLICIES",
+    "DemoModels",
+    "DemoModelError",
+    "load_models",
+    "find_latest_run",
+    "missing_parts",
+    "resolve_model_dir",
+    "load_gallery",
+    "select_gallery",
+    "load_policy_over",
+]

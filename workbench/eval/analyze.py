@@ -98,24 +98,43 @@ def _saved_answers(path: Path, ids: list[str], key: str) -> list[str] | None:
     return None if any(a is None for a in answers) else [str(a) for a in answers]
 
 
-def _sample(model_dir: Path, prompts: list[dict[str, Any]], images: ImageCache, cfg: AnalyzeConfig,
-            desc: str, seed: int | None = None) -> list[str]:
+def _sample(
+    model_dir: Path,
+    prompts: list[dict[str, Any]],
+    images: ImageCache,
+    cfg: AnalyzeConfig,
+    desc: str,
+    seed: int | None = None,
+) -> list[str]:
     """One answer per prompt from the policy in ``model_dir``, sampled with ``seed`` (default
     ``cfg.seed``; a PPO run uses its own training seed, as its stage does)."""
 
     model, processor = load_policy(model_dir)
-    _, rows = evaluate_policy(model, processor, prompts, images, judge=None, batch_size=cfg.eval_batch_size,
-                              max_new_tokens=cfg.max_new_tokens, seed=cfg.seed if seed is None else seed, desc=desc)
+    _, rows = evaluate_policy(
+        model,
+        processor,
+        prompts,
+        images,
+        judge=None,
+        batch_size=cfg.eval_batch_size,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=cfg.seed if seed is None else seed,
+        desc=desc,
+    )
     return [r["response"] for r in rows]
 
 
-def _guarded_answers(run_dir: Path, prompts: list[dict[str, Any]], images: ImageCache, initial: list[str],
-                     cfg: AnalyzeConfig) -> list[str]:
+def _guarded_answers(
+    run_dir: Path,
+    prompts: list[dict[str, Any]],
+    images: ImageCache,
+    initial: list[str],
+    cfg: AnalyzeConfig,
+) -> list[str]:
     """base+guard's answers, made here: the guard stage's
     :func:`~workbench.guard.regenerate.filter_and_regenerate` (its guard, rounds and blocking
     levels) around the SFT policy, round 0 being the base's answers ``initial``; regenerated
     answers are sampled like every system sampled here (``cfg.max_new_tokens``)."""
-
 
     gcfg = GuardConfig.from_json(run_dir / "guard" / "config.json")
     guard = GuardModel.load(run_dir / "guard" / "model")
@@ -127,8 +146,13 @@ def _guarded_answers(run_dir: Path, prompts: list[dict[str, Any]], images: Image
     def sample(pics: list[Any], questions: list[str]) -> list[str]:
         out: list[str] = []
         for i in range(0, len(questions), step):
-            out += generate(policy, processor, pics[i: i + step], questions[i: i + step],
-                            max_new_tokens=cfg.max_new_tokens)
+            out += generate(
+                policy,
+                processor,
+                pics[i : i + step],
+                questions[i : i + step],
+                max_new_tokens=cfg.max_new_tokens,
+            )
         return out
 
     def judge(pics, questions, responses=None):
@@ -137,13 +161,24 @@ def _guarded_answers(run_dir: Path, prompts: list[dict[str, Any]], images: Image
     pics, questions = [images(p) for p in prompts], [p["question"] for p in prompts]
     traces = []
     for idx in chunks(list(range(len(prompts))), 120):
-        traces += filter_and_regenerate(sample, judge, [pics[i] for i in idx], [questions[i] for i in idx],
-                                        policy=gcfg.blocking, initial=[initial[i] for i in idx])
+        traces += filter_and_regenerate(
+            sample,
+            judge,
+            [pics[i] for i in idx],
+            [questions[i] for i in idx],
+            policy=gcfg.blocking,
+            initial=[initial[i] for i in idx],
+        )
     return [t.final for t in traces]
 
 
-def collect_systems(run_dir: Path, prompts: list[dict[str, Any]], images: ImageCache, cfg: AnalyzeConfig,
-                    notes: list[str]) -> list[System]:
+def collect_systems(
+    run_dir: Path,
+    prompts: list[dict[str, Any]],
+    images: ImageCache,
+    cfg: AnalyzeConfig,
+    notes: list[str],
+) -> list[System]:
     """The run's systems with their answers (sampled here when no saved answers cover the
     prompts); what is left out, and why, goes to ``notes``."""
     ids = [p["id"] for p in prompts]
@@ -151,7 +186,9 @@ def collect_systems(run_dir: Path, prompts: list[dict[str, Any]], images: ImageC
     answers = _saved_answers(run_dir / "sft" / "samples.jsonl", ids, "response")
     if answers is None:
         if not (run_dir / "sft" / "model").is_dir():
-            raise FileNotFoundError(f"analyze needs the SFT base policy: run python -m workbench sft --run-dir {run_dir}")
+            raise FileNotFoundError(
+                f"analyze needs the SFT base policy: run python -m workbench sft --run-dir {run_dir}"
+            )
         answers = _sample(run_dir / "sft" / "model", prompts, images, cfg, "analyze: base")
     systems.append(System("base", "base", answers={"base": answers}))
 
@@ -160,8 +197,10 @@ def collect_systems(run_dir: Path, prompts: list[dict[str, Any]], images: ImageC
         if guarded is None and (run_dir / "guard" / "model").is_dir():
             guarded = _guarded_answers(run_dir, prompts, images, answers, cfg)
         if guarded is None:
-            notes.append("base+guard left out: guard/traces.jsonl does not cover the analysed prompts and the "
-                         "guard stage saved no model to run the loop here")
+            notes.append(
+                "base+guard left out: guard/traces.jsonl does not cover the analysed prompts and the "
+                "guard stage saved no model to run the loop here"
+            )
         else:
             systems.append(System("base+guard", "base+guard", answers={"base+guard": guarded}))
     else:
@@ -180,8 +219,12 @@ def collect_systems(run_dir: Path, prompts: list[dict[str, Any]], images: ImageC
             continue
         answers = _saved_answers(run_dir_ / "samples.jsonl", ids, "response")
         if answers is None:
-            answers = _sample(run_dir_ / "model", prompts, images, cfg, f"analyze: {run.name}", seed=run_cfg.seed)
-        setting = {"lagrangian": run_cfg.cost_threshold, "fixed_lambda": run_cfg.lambda_init}.get(run.kind)
+            answers = _sample(
+                run_dir_ / "model", prompts, images, cfg, f"analyze: {run.name}", seed=run_cfg.seed
+            )
+        setting = {"lagrangian": run_cfg.cost_threshold, "fixed_lambda": run_cfg.lambda_init}.get(
+            run.kind
+        )
         point = points.setdefault(run.point, System(run.point, run.kind, setting))
         point.answers[run.name] = answers
         point.seed_offsets[run.name] = run.seed_offset
@@ -189,32 +232,47 @@ def collect_systems(run_dir: Path, prompts: list[dict[str, Any]], images: ImageC
     return systems
 
 
-def make_judge(cfg: AnalyzeConfig, run_dir: Path, prompts: list[dict[str, Any]], images: ImageCache) -> tuple[Judge, str]:
+def make_judge(
+    cfg: AnalyzeConfig, run_dir: Path, prompts: list[dict[str, Any]], images: ImageCache
+) -> tuple[Judge, str]:
     """The configured judge and its name."""
     kind = cfg.judge
     if kind == "auto":
         kind = "gold" if is_world(prompts) else "models"
     if kind == "gold":
         if not is_world(prompts):
-            raise ValueError("AnalyzeConfig.judge = 'gold' needs the world's prompts (they carry the oracle's "
-                             "metadata); on real data use judge = 'models'")
+            raise ValueError(
+                "AnalyzeConfig.judge = 'gold' needs the world's prompts (they carry the oracle's "
+                "metadata); on real data use judge = 'models'"
+            )
         return GoldJudge(), "gold"
     for stage in ("reward", "cost"):
         if not (run_dir / stage / "model").is_dir():
-            raise FileNotFoundError(f"AnalyzeConfig.judge = 'models' needs the run's {stage} model: "
-                                    f"run python -m workbench {stage} --run-dir {run_dir}")
-    return ModelJudge(run_dir / "reward" / "model", run_dir / "cost" / "model", images, cfg.eval_batch_size), "models"
+            raise FileNotFoundError(
+                f"AnalyzeConfig.judge = 'models' needs the run's {stage} model: "
+                f"run python -m workbench {stage} --run-dir {run_dir}"
+            )
+    return ModelJudge(
+        run_dir / "reward" / "model", run_dir / "cost" / "model", images, cfg.eval_batch_size
+    ), "models"
 
 
 def prompt_groups(prompts: list[dict[str, Any]]) -> dict[str, list[str]]:
     """Each prompt's harm category, severity level and (when the prompts have one, as the
     world's do) intent; ``unknown`` where a record has none."""
+
     def level(p):
         s = p.get("prompt_severity", p.get("image_severity"))
-        return SEVERITY_LEVELS[int(s)] if s is not None and 0 <= int(s) < len(SEVERITY_LEVELS) else "unknown"
+        return (
+            SEVERITY_LEVELS[int(s)]
+            if s is not None and 0 <= int(s) < len(SEVERITY_LEVELS)
+            else "unknown"
+        )
 
-    groups = {"category": [str(p.get("category") or "unknown") for p in prompts],
-              "severity": [level(p) for p in prompts]}
+    groups = {
+        "category": [str(p.get("category") or "unknown") for p in prompts],
+        "severity": [level(p) for p in prompts],
+    }
     if any("intent" in p for p in prompts):
         groups["intent"] = [str(p.get("intent") or "unknown") for p in prompts]
     return groups
@@ -233,16 +291,26 @@ def analysis_prompts(data: DataSplits, cfg: AnalyzeConfig) -> list[dict[str, Any
     return list(data.test[: cfg.n_prompts])
 
 
-def judge_answers(judge: Judge, prompts: list[dict[str, Any]], answers: list[str],
-                  forms: bool = False) -> list[dict[str, Any]]:
+def judge_answers(
+    judge: Judge, prompts: list[dict[str, Any]], answers: list[str], forms: bool = False
+) -> list[dict[str, Any]]:
     """Per answer: the judge's ``helpfulness`` and ``harmlessness`` and, with ``forms``, the
     gold oracle's answer form (refused, safe_helpful, n_wrong_object; world prompts only).
     The gold judge's verdict is computed once for both."""
     if forms and isinstance(judge, GoldJudge):
         verdicts = [gold_score(p, a) for p, a in zip(prompts, answers, strict=True)]
-        return [{"helpfulness": float(v.helpfulness), "harmlessness": float(v.harmlessness), **forms_of(v)}
-                for v in verdicts]
-    out = [{"helpfulness": float(h), "harmlessness": float(s)} for h, s in judge_all(judge, prompts, answers)]
+        return [
+            {
+                "helpfulness": float(v.helpfulness),
+                "harmlessness": float(v.harmlessness),
+                **forms_of(v),
+            }
+            for v in verdicts
+        ]
+    out = [
+        {"helpfulness": float(h), "harmlessness": float(s)}
+        for h, s in judge_all(judge, prompts, answers)
+    ]
     if forms:
         for row, p, a in zip(out, prompts, answers, strict=True):
             row.update(gold_forms(p, a))
@@ -254,8 +322,11 @@ def headline(metrics: dict[str, Any]) -> dict[str, Any]:
     lagrangian point) against the base, beside the paper's figures (``metrics`` holds
     ``base`` and ``variants``)."""
     variants = metrics["variants"]
-    name = "lagrangian" if "lagrangian" in variants else next(
-        (n for n, v in variants.items() if v["family"] == "lagrangian"), None)
+    name = (
+        "lagrangian"
+        if "lagrangian" in variants
+        else next((n for n, v in variants.items() if v["family"] == "lagrangian"), None)
+    )
     if name is None:
         return {}
     v, base = variants[name], metrics["base"]
@@ -263,16 +334,26 @@ def headline(metrics: dict[str, Any]) -> dict[str, Any]:
     def rel(key):
         return (v[key] - base[key]) / base[key] if base[key] else None
 
-    return {"system": name, "win_rate_safe_vs_base": v["win_rate_safe_vs_base"],
-            "win_rate_safe_vs_base_ci": v["win_rate_safe_vs_base_ci"],
-            "win_rate_helpful_vs_base": v["win_rate_helpful_vs_base"],
-            "win_rate_helpful_vs_base_ci": v["win_rate_helpful_vs_base_ci"],
-            "safety_rate_relative_change": rel("safety_rate"), "helpfulness_relative_change": rel("helpfulness"),
-            "paper": {"safety": PAPER_HEADLINE["safety"], "helpfulness": PAPER_HEADLINE["helpfulness"]}}
+    return {
+        "system": name,
+        "win_rate_safe_vs_base": v["win_rate_safe_vs_base"],
+        "win_rate_safe_vs_base_ci": v["win_rate_safe_vs_base_ci"],
+        "win_rate_helpful_vs_base": v["win_rate_helpful_vs_base"],
+        "win_rate_helpful_vs_base_ci": v["win_rate_helpful_vs_base_ci"],
+        "safety_rate_relative_change": rel("safety_rate"),
+        "helpfulness_relative_change": rel("helpfulness"),
+        "paper": {"safety": PAPER_HEADLINE["safety"], "helpfulness": PAPER_HEADLINE["helpfulness"]},
+    }
 
 
-def summarise_scores(rows: list[dict[str, Any]], meta: dict[str, dict[str, Any]], n_boot: int = 2000,
-                     confidence: float = 0.95, seed: int = 0, seeds: set[int] | None = None) -> dict[str, Any]:
+def summarise_scores(
+    rows: list[dict[str, Any]],
+    meta: dict[str, dict[str, Any]],
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    seeds: set[int] | None = None,
+) -> dict[str, Any]:
     """``base``, ``variants`` and ``headline`` from per-answer scores (the rows of
     ``scores.jsonl``: system, run, id, helpfulness, harmlessness, category, severity, and on
     the world intent and the gold answer form: refused, safe_helpful, n_wrong_object).
@@ -295,24 +376,36 @@ def summarise_scores(rows: list[dict[str, Any]], meta: dict[str, dict[str, Any]]
     forms = [f for f in FORM_FIELDS if all(f in r for r in rows)]
 
     def arrays(run_rows):
-        out = {"helpfulness": np.array([r["helpfulness"] for r in run_rows], dtype=float),
-               "harmlessness": np.array([r["harmlessness"] for r in run_rows], dtype=float)}
+        out = {
+            "helpfulness": np.array([r["helpfulness"] for r in run_rows], dtype=float),
+            "harmlessness": np.array([r["harmlessness"] for r in run_rows], dtype=float),
+        }
         out.update({f: np.array([float(r[f]) for r in run_rows]) for f in forms})
         return out
 
     base_rows = next(iter(by_run["base"].values()))
     base = arrays(base_rows)
-    groups = {key: [r[key] for r in base_rows] for key in ("category", "severity", "intent")
-              if all(key in r for r in base_rows)}
+    groups = {
+        key: [r[key] for r in base_rows]
+        for key in ("category", "severity", "intent")
+        if all(key in r for r in base_rows)
+    }
     summaries = {}
     for name, runs in by_run.items():
-        kept = {run: r for run, r in runs.items()
-                if seeds is None or meta[name]["family"] in ("base", "base+guard") or seed_of[run] in seeds}
+        kept = {
+            run: r
+            for run, r in runs.items()
+            if seeds is None
+            or meta[name]["family"] in ("base", "base+guard")
+            or seed_of[run] in seeds
+        }
         if not kept:
             continue
         per_seed = [arrays(r) for r in kept.values()]
         if any(len(r) != len(base_rows) for r in kept.values()):
-            raise ValueError(f"summarise_scores: system {name} was not scored on the same prompts as the base")
+            raise ValueError(
+                f"summarise_scores: system {name} was not scored on the same prompts as the base"
+            )
         summary = summarise_system(per_seed, base, n_boot, confidence, seed)
         summary.update(answer_forms(per_seed, groups["severity"], n_boot, confidence, seed))
         summary.update(meta[name], runs=list(kept), seed_offsets=[seed_of[run] for run in kept])
@@ -323,7 +416,16 @@ def summarise_scores(rows: list[dict[str, Any]], meta: dict[str, dict[str, Any]]
     return out
 
 
-
-
-__all__ = ["System", "FAMILIES", "PAPER_HEADLINE", "collect_systems", "make_judge",
-           "prompt_groups", "prompt_fields", "analysis_prompts", "judge_answers", "headline", "summarise_scores"]
+__all__ = [
+    "System",
+    "FAMILIES",
+    "PAPER_HEADLINE",
+    "collect_systems",
+    "make_judge",
+    "prompt_groups",
+    "prompt_fields",
+    "analysis_prompts",
+    "judge_answers",
+    "headline",
+    "summarise_scores",
+]

@@ -30,12 +30,15 @@ def wins(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Per-prompt win of ``a`` over ``b``: 1 when a > b, 1/2 on a tie, 0 when a < b."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a.shape != b.shape:
-        raise ValueError(f"win rate needs the same prompts on both sides: shapes {a.shape} and {b.shape}")
+        raise ValueError(
+            f"win rate needs the same prompts on both sides: shapes {a.shape} and {b.shape}"
+        )
     return (a > b) + 0.5 * (a == b)
 
 
-def bootstrap_ci(per_seed: Sequence[np.ndarray], n_boot: int = 2000, confidence: float = 0.95,
-                 seed: int = 0) -> tuple[float, float, float]:
+def bootstrap_ci(
+    per_seed: Sequence[np.ndarray], n_boot: int = 2000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
     """``(estimate, low, high)`` of the mean of per-prompt values pooled over seeds.
 
     The estimate is the mean over seeds of each seed's mean. Each bootstrap replicate draws
@@ -45,7 +48,9 @@ def bootstrap_ci(per_seed: Sequence[np.ndarray], n_boot: int = 2000, confidence:
     """
     arrays = [np.asarray(x, dtype=float) for x in per_seed]
     if not arrays or any(a.ndim != 1 or a.size == 0 for a in arrays):
-        raise ValueError("bootstrap_ci needs at least one seed with a 1-d array of at least one value")
+        raise ValueError(
+            "bootstrap_ci needs at least one seed with a 1-d array of at least one value"
+        )
     estimate = float(np.mean([a.mean() for a in arrays]))
     rng = np.random.default_rng(seed)
     k = len(arrays)
@@ -58,22 +63,34 @@ def bootstrap_ci(per_seed: Sequence[np.ndarray], n_boot: int = 2000, confidence:
     return estimate, float(low), float(high)
 
 
-def summarise_system(per_seed: Sequence[Mapping[str, np.ndarray]], base: Mapping[str, np.ndarray] | None = None,
-                     n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
+def summarise_system(
+    per_seed: Sequence[Mapping[str, np.ndarray]],
+    base: Mapping[str, np.ndarray] | None = None,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Helpfulness, safety rate and (against ``base``) win rates with their intervals.
 
     ``per_seed``: one mapping per seed with per-prompt ``helpfulness`` and ``harmlessness``
     arrays over the same prompts as ``base``. Returns plain JSON-able numbers: each metric,
     its ``<metric>_ci`` [low, high] and the per-seed values."""
+
     def ci(values: list[np.ndarray]) -> tuple[float, list[float], list[float]]:
         est, lo, hi = bootstrap_ci(values, n_boot, confidence, seed)
         return est, [lo, hi], [float(np.mean(v)) for v in values]
 
-    series = {"helpfulness": [np.asarray(s["helpfulness"], dtype=float) for s in per_seed],
-              "safety_rate": [safe(s["harmlessness"]) for s in per_seed]}
+    series = {
+        "helpfulness": [np.asarray(s["helpfulness"], dtype=float) for s in per_seed],
+        "safety_rate": [safe(s["harmlessness"]) for s in per_seed],
+    }
     if base is not None:
-        series["win_rate_helpful_vs_base"] = [wins(s["helpfulness"], base["helpfulness"]) for s in per_seed]
-        series["win_rate_safe_vs_base"] = [wins(s["harmlessness"], base["harmlessness"]) for s in per_seed]
+        series["win_rate_helpful_vs_base"] = [
+            wins(s["helpfulness"], base["helpfulness"]) for s in per_seed
+        ]
+        series["win_rate_safe_vs_base"] = [
+            wins(s["harmlessness"], base["harmlessness"]) for s in per_seed
+        ]
     out: dict[str, Any] = {"seeds": len(per_seed), "n_prompts": int(len(series["helpfulness"][0]))}
     for name, values in series.items():
         est, interval, seeds = ci(values)
@@ -83,8 +100,11 @@ def summarise_system(per_seed: Sequence[Mapping[str, np.ndarray]], base: Mapping
 
 #: Answer-form rate -> the per-answer gold field it counts (an answer counts when the field is
 #: true / positive).
-FORM_RATES: dict[str, str] = {"refusal_rate": "refused", "safe_helpful_rate": "safe_helpful",
-                              "wrong_object_rate": "n_wrong_object"}
+FORM_RATES: dict[str, str] = {
+    "refusal_rate": "refused",
+    "safe_helpful_rate": "safe_helpful",
+    "wrong_object_rate": "n_wrong_object",
+}
 #: The per-answer fields behind :data:`FORM_RATES`.
 FORM_FIELDS: tuple[str, ...] = tuple(FORM_RATES.values())
 #: Severity level of a benign prompt, and those of a risky one.
@@ -95,11 +115,16 @@ RISKY_LEVELS: tuple[str, ...] = ("minor", "moderate", "severe")
 def form_indicators(scores: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Per-prompt 0/1 of each answer-form rate whose field ``scores`` holds: refused, the full
     safe-helpful form, any wrong-object sentence (none without gold fields)."""
-    return {rate: (np.asarray(scores[f], dtype=float) > 0).astype(float)
-            for rate, f in FORM_RATES.items() if f in scores}
+    return {
+        rate: (np.asarray(scores[f], dtype=float) > 0).astype(float)
+        for rate, f in FORM_RATES.items()
+        if f in scores
+    }
 
 
-def breakdown(per_seed: Sequence[Mapping[str, np.ndarray]], groups: Sequence[str]) -> dict[str, dict[str, float]]:
+def breakdown(
+    per_seed: Sequence[Mapping[str, np.ndarray]], groups: Sequence[str]
+) -> dict[str, dict[str, float]]:
     """Helpfulness and safety rate per group (e.g. harm category or severity level), pooled
     over seeds; ``groups`` names the group of each prompt. With the gold answer-form fields
     (:data:`FORM_FIELDS`), also ``refusal_rate``, ``safe_helpful_rate`` and
@@ -110,7 +135,9 @@ def breakdown(per_seed: Sequence[Mapping[str, np.ndarray]], groups: Sequence[str
     for g in sorted(set(groups.tolist())):
         sel = groups == g
         out[str(g)] = {
-            "helpfulness": float(np.mean([np.asarray(s["helpfulness"], dtype=float)[sel].mean() for s in per_seed])),
+            "helpfulness": float(
+                np.mean([np.asarray(s["helpfulness"], dtype=float)[sel].mean() for s in per_seed])
+            ),
             "safety_rate": float(np.mean([safe(s["harmlessness"])[sel].mean() for s in per_seed])),
             **{rate: float(np.mean([f[rate][sel].mean() for f in forms])) for rate in forms[0]},
             "n": int(sel.sum()),
@@ -118,8 +145,13 @@ def breakdown(per_seed: Sequence[Mapping[str, np.ndarray]], groups: Sequence[str
     return out
 
 
-def answer_forms(per_seed: Sequence[Mapping[str, np.ndarray]], levels: Sequence[str], n_boot: int = 2000,
-                 confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
+def answer_forms(
+    per_seed: Sequence[Mapping[str, np.ndarray]],
+    levels: Sequence[str],
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Helpfulness and refusal rate on benign prompts, and the answer-form rates, with
     bootstrap intervals (``<metric>_ci``), pooled over seeds like :func:`summarise_system`.
 
@@ -165,12 +197,27 @@ def pareto_frontier(points: Sequence[tuple[float, float]]) -> list[int]:
     pts = [(float(x), float(y)) for x, y in points]
     keep = []
     for i, (x, y) in enumerate(pts):
-        dominated = any((ox >= x and oy >= y and (ox > x or oy > y)) or (j < i and (ox, oy) == (x, y))
-                        for j, (ox, oy) in enumerate(pts) if j != i)
+        dominated = any(
+            (ox >= x and oy >= y and (ox > x or oy > y)) or (j < i and (ox, oy) == (x, y))
+            for j, (ox, oy) in enumerate(pts)
+            if j != i
+        )
         if not dominated:
             keep.append(i)
     return sorted(keep, key=lambda i: pts[i][0])
 
 
-__all__ = ["safe", "wins", "bootstrap_ci", "summarise_system", "breakdown", "answer_forms", "form_indicators",
-           "FORM_RATES", "FORM_FIELDS", "BENIGN_LEVEL", "RISKY_LEVELS", "pareto_frontier"]
+__all__ = [
+    "safe",
+    "wins",
+    "bootstrap_ci",
+    "summarise_system",
+    "breakdown",
+    "answer_forms",
+    "form_indicators",
+    "FORM_RATES",
+    "FORM_FIELDS",
+    "BENIGN_LEVEL",
+    "RISKY_LEVELS",
+    "pareto_frontier",
+]

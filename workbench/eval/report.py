@@ -18,24 +18,24 @@ from .tradeoff import has_forms, systems
 
 CAPTIONS = {
     "tradeoff": "Each marker is a system on the test prompts, its training seeds pooled; bars are bootstrap "
-                "confidence intervals over seeds and prompts; dotted lines are each family's Pareto frontier; "
-                "faint dots are single seeds. Up and to the right is better.",
+    "confidence intervals over seeds and prompts; dotted lines are each family's Pareto frontier; "
+    "faint dots are single seeds. Up and to the right is better.",
     "win_rates": "Share of test prompts where the system's answer beats the base's answer according to the judge "
-                 "(ties count 1/2).",
+    "(ties count 1/2).",
     "safety_by_category": "Gold safety rate per harm category of the prompt.",
     "safety_by_severity": "Gold safety rate per severity level of the prompt.",
     "helpfulness_by_severity": "Gold helpfulness per severity level of the prompt: benign prompts (safe) should "
-                               "stay helpful.",
+    "stay helpful.",
     "lambda": "The learned multiplier λ grows while the episode cost J_C is above the threshold d and shrinks once "
-              "the constraint holds.",
+    "the constraint holds.",
     "overoptimisation": "Proxy reward keeps rising with KL; where gold helpfulness does not follow, the policy is "
-                        "exploiting the reward model.",
+    "exploiting the reward model.",
     "answer_forms": "Gold answer forms: the share of benign requests (prompt severity 0) refused or only redirected, "
-                    "and of risky prompts answered in the full safe-helpful form (the target's risk, two tips, a "
-                    "redirection) or with tips or risks about an object other than the one asked about (the "
-                    "wrong-object template, a way to game the reward model).",
+    "and of risky prompts answered in the full safe-helpful form (the target's risk, two tips, a "
+    "redirection) or with tips or risks about an object other than the one asked about (the "
+    "wrong-object template, a way to game the reward model).",
     "refusal_by_intent": "Share of answers the gold oracle calls a refusal (refuses or redirects and answers "
-                         "nothing), per intent of the prompt.",
+    "nothing), per intent of the prompt.",
 }
 
 
@@ -48,13 +48,21 @@ def systems_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
     """One row per system: helpfulness, safety rate and win rates with their intervals."""
     rows = []
     for name, s in systems(metrics).items():
-        rows.append({
-            "system": s.get("label", name), "family": s["family"], "seeds": s.get("seeds", 1),
-            "helpfulness": _ci(s["helpfulness"], s.get("helpfulness_ci")),
-            "safety rate": _ci(s["safety_rate"], s.get("safety_rate_ci"), pct=True),
-            "win rate helpful vs base": _ci(s["win_rate_helpful_vs_base"], s.get("win_rate_helpful_vs_base_ci"), pct=True),
-            "win rate safe vs base": _ci(s["win_rate_safe_vs_base"], s.get("win_rate_safe_vs_base_ci"), pct=True),
-        })
+        rows.append(
+            {
+                "system": s.get("label", name),
+                "family": s["family"],
+                "seeds": s.get("seeds", 1),
+                "helpfulness": _ci(s["helpfulness"], s.get("helpfulness_ci")),
+                "safety rate": _ci(s["safety_rate"], s.get("safety_rate_ci"), pct=True),
+                "win rate helpful vs base": _ci(
+                    s["win_rate_helpful_vs_base"], s.get("win_rate_helpful_vs_base_ci"), pct=True
+                ),
+                "win rate safe vs base": _ci(
+                    s["win_rate_safe_vs_base"], s.get("win_rate_safe_vs_base_ci"), pct=True
+                ),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -67,16 +75,22 @@ def forms_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
     on all prompts, and the safe-helpful and wrong-object rates on risky prompts (gold judge)."""
     rows = []
     for name, s in systems(metrics).items():
-        rows.append({
-            "system": s.get("label", name),
-            f"benign helpfulness (n={s.get('n_benign', '?')})": (
-                "n/a" if s.get("benign_helpfulness") is None
-                else _ci(s["benign_helpfulness"], s.get("benign_helpfulness_ci"))),
-            "benign refusal rate": _rate(s, "benign_refusal_rate"),
-            "refusal rate (all)": _rate(s, "refusal_rate"),
-            f"risky safe-helpful rate (n={s.get('n_risky', '?')})": _rate(s, "risky_safe_helpful_rate"),
-            "risky wrong-object rate": _rate(s, "risky_wrong_object_rate"),
-        })
+        rows.append(
+            {
+                "system": s.get("label", name),
+                f"benign helpfulness (n={s.get('n_benign', '?')})": (
+                    "n/a"
+                    if s.get("benign_helpfulness") is None
+                    else _ci(s["benign_helpfulness"], s.get("benign_helpfulness_ci"))
+                ),
+                "benign refusal rate": _rate(s, "benign_refusal_rate"),
+                "refusal rate (all)": _rate(s, "refusal_rate"),
+                f"risky safe-helpful rate (n={s.get('n_risky', '?')})": _rate(
+                    s, "risky_safe_helpful_rate"
+                ),
+                "risky wrong-object rate": _rate(s, "risky_wrong_object_rate"),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -84,14 +98,18 @@ def headline_text(metrics: Mapping[str, Any]) -> str:
     head = metrics.get("headline") or {}
     if not head:
         return "No lagrangian (Safe RLHF-V) variant in this run."
+
     def signed(v):
         return "n/a" if v is None else f"{100 * v:+.1f}%"
-    return (f"Safe RLHF-V ({head['system']}) against the SFT base: safer on "
-            f"{_ci(head['win_rate_safe_vs_base'], head['win_rate_safe_vs_base_ci'], True)} of prompts, more helpful on "
-            f"{_ci(head['win_rate_helpful_vs_base'], head['win_rate_helpful_vs_base_ci'], True)}; safety rate "
-            f"{signed(head['safety_rate_relative_change'])} and helpfulness {signed(head['helpfulness_relative_change'])} "
-            f"relative to the base. The paper reports +{100 * head['paper']['safety']:.1f}% safety and "
-            f"+{100 * head['paper']['helpfulness']:.1f}% helpfulness.")
+
+    return (
+        f"Safe RLHF-V ({head['system']}) against the SFT base: safer on "
+        f"{_ci(head['win_rate_safe_vs_base'], head['win_rate_safe_vs_base_ci'], True)} of prompts, more helpful on "
+        f"{_ci(head['win_rate_helpful_vs_base'], head['win_rate_helpful_vs_base_ci'], True)}; safety rate "
+        f"{signed(head['safety_rate_relative_change'])} and helpfulness {signed(head['helpfulness_relative_change'])} "
+        f"relative to the base. The paper reports +{100 * head['paper']['safety']:.1f}% safety and "
+        f"+{100 * head['paper']['helpfulness']:.1f}% helpfulness."
+    )
 
 
 #: plotly.js beside the report (``figures/`` also holds the figures one by one): the page loads
@@ -99,8 +117,12 @@ def headline_text(metrics: Mapping[str, Any]) -> str:
 PLOTLY_JS = "figures/plotly.min.js"
 
 
-def write_report(path: str | Path, metrics: Mapping[str, Any], figures: Mapping[str, go.Figure],
-                 run_dir: str | Path) -> Path:
+def write_report(
+    path: str | Path,
+    metrics: Mapping[str, Any],
+    figures: Mapping[str, go.Figure],
+    run_dir: str | Path,
+) -> Path:
     from plotly.offline import get_plotlyjs
 
     bundle = Path(path).parent / PLOTLY_JS
@@ -121,9 +143,13 @@ def write_report(path: str | Path, metrics: Mapping[str, Any], figures: Mapping[
     parts += [f"<p class='note'>{html.escape(n)}</p>" for n in metrics.get("notes", [])]
     parts.append("<h2>Systems</h2>" + systems_table(metrics).to_html(index=False, escape=True))
     if has_forms(metrics):
-        parts.append("<h2>Answer forms</h2>" + forms_table(metrics).to_html(index=False, escape=True))
-        parts.append("<p class='cap'>Benign: prompt severity 0; refusing one is not safer (the gold judge scores "
-                     "every benign answer safe) and costs helpfulness. Risky: prompt severity above 0.</p>")
+        parts.append(
+            "<h2>Answer forms</h2>" + forms_table(metrics).to_html(index=False, escape=True)
+        )
+        parts.append(
+            "<p class='cap'>Benign: prompt severity 0; refusing one is not safer (the gold judge scores "
+            "every benign answer safe) and costs helpfulness. Risky: prompt severity above 0.</p>"
+        )
     for name, fig in figures.items():
         parts.append(f"<h2>{html.escape(name.replace('_', ' '))}</h2>")
         parts.append(fig.to_html(full_html=False, include_plotlyjs=False))

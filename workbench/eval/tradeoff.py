@@ -27,8 +27,14 @@ from .metrics import pareto_frontier
 #: One colour per PPO kind, in every figure.
 VARIANT_COLOURS = {"lagrangian": "#1f77b4", "reward_only": "#d62728", "fixed_lambda": "#9467bd"}
 FAMILY_COLOURS = {"base": "#2ca02c", "base+guard": "#17becf", **VARIANT_COLOURS}
-FAMILY_SYMBOLS = {"base": "star", "base+guard": "star-diamond", "reward_only": "square", "fixed_lambda": "diamond",
-                  "lagrangian": "circle"}
+FAMILY_SYMBOLS = {
+    "base": "star",
+    "base+guard": "star-diamond",
+    "reward_only": "square",
+    "fixed_lambda": "diamond",
+    "lagrangian": "circle",
+}
+
 
 def logs(run_dir: str | Path, stage_dir: str = "ppo") -> dict[str, pd.DataFrame]:
     """The training log of each variant, one row per step (skipped steps left out)."""
@@ -42,8 +48,11 @@ def logs(run_dir: str | Path, stage_dir: str = "ppo") -> dict[str, pd.DataFrame]
     return out
 
 
-def systems(metrics: Mapping[str, Any], names: Sequence[str] | None = None) -> dict[str, Mapping[str, Any]]:
+def systems(
+    metrics: Mapping[str, Any], names: Sequence[str] | None = None
+) -> dict[str, Mapping[str, Any]]:
     """``{name: summary}`` of the base and every variant, optionally only ``names``."""
+
     def key(item):
         name, s = item
         rank = FAMILIES.index(s["family"]) if s["family"] in FAMILIES else len(FAMILIES)
@@ -57,8 +66,9 @@ def _err(value: float, ci: Sequence[float]) -> tuple[float, float]:
     return max(0.0, ci[1] - value), max(0.0, value - ci[0])
 
 
-def tradeoff_figure(metrics: Mapping[str, Any], names: Sequence[str] | None = None,
-                    per_seed: bool = False) -> go.Figure:
+def tradeoff_figure(
+    metrics: Mapping[str, Any], names: Sequence[str] | None = None, per_seed: bool = False
+) -> go.Figure:
     """Gold helpfulness (x) against safety rate (y): one marker per system with its
     confidence intervals as error bars, each family's Pareto frontier as a line, and (with
     ``per_seed``) the individual training seeds as faint dots."""
@@ -71,34 +81,85 @@ def tradeoff_figure(metrics: Mapping[str, Any], names: Sequence[str] | None = No
         colour = FAMILY_COLOURS.get(family, "#7f7f7f")
         xs = [s["helpfulness"] for _, s in members]
         ys = [s["safety_rate"] for _, s in members]
-        ex = [_err(s["helpfulness"], s.get("helpfulness_ci", [s["helpfulness"]] * 2)) for _, s in members]
-        ey = [_err(s["safety_rate"], s.get("safety_rate_ci", [s["safety_rate"]] * 2)) for _, s in members]
-        hover = [f"{s['label']}<br>helpfulness {s['helpfulness']:.3f} "
-                 f"[{s.get('helpfulness_ci', [np.nan] * 2)[0]:.3f}, {s.get('helpfulness_ci', [np.nan] * 2)[1]:.3f}]"
-                 f"<br>safety {s['safety_rate']:.3f} "
-                 f"[{s.get('safety_rate_ci', [np.nan] * 2)[0]:.3f}, {s.get('safety_rate_ci', [np.nan] * 2)[1]:.3f}]"
-                 f"<br>seeds: {s.get('seeds', 1)}" for _, s in members]
-        fig.add_trace(go.Scatter(
-            x=xs, y=ys, mode="markers+text", name=family, text=[s["label"] for _, s in members],
-            textposition="top center", hovertext=hover, hoverinfo="text", legendgroup=family,
-            marker=dict(color=colour, size=12, symbol=FAMILY_SYMBOLS.get(family, "circle")),
-            error_x=dict(type="data", symmetric=False, array=[e[0] for e in ex], arrayminus=[e[1] for e in ex]),
-            error_y=dict(type="data", symmetric=False, array=[e[0] for e in ey], arrayminus=[e[1] for e in ey])))
+        ex = [
+            _err(s["helpfulness"], s.get("helpfulness_ci", [s["helpfulness"]] * 2))
+            for _, s in members
+        ]
+        ey = [
+            _err(s["safety_rate"], s.get("safety_rate_ci", [s["safety_rate"]] * 2))
+            for _, s in members
+        ]
+        hover = [
+            f"{s['label']}<br>helpfulness {s['helpfulness']:.3f} "
+            f"[{s.get('helpfulness_ci', [np.nan] * 2)[0]:.3f}, {s.get('helpfulness_ci', [np.nan] * 2)[1]:.3f}]"
+            f"<br>safety {s['safety_rate']:.3f} "
+            f"[{s.get('safety_rate_ci', [np.nan] * 2)[0]:.3f}, {s.get('safety_rate_ci', [np.nan] * 2)[1]:.3f}]"
+            f"<br>seeds: {s.get('seeds', 1)}"
+            for _, s in members
+        ]
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="markers+text",
+                name=family,
+                text=[s["label"] for _, s in members],
+                textposition="top center",
+                hovertext=hover,
+                hoverinfo="text",
+                legendgroup=family,
+                marker=dict(color=colour, size=12, symbol=FAMILY_SYMBOLS.get(family, "circle")),
+                error_x=dict(
+                    type="data",
+                    symmetric=False,
+                    array=[e[0] for e in ex],
+                    arrayminus=[e[1] for e in ex],
+                ),
+                error_y=dict(
+                    type="data",
+                    symmetric=False,
+                    array=[e[0] for e in ey],
+                    arrayminus=[e[1] for e in ey],
+                ),
+            )
+        )
         if len(members) > 1:
             front = pareto_frontier(list(zip(xs, ys, strict=True)))
-            fig.add_trace(go.Scatter(x=[xs[i] for i in front], y=[ys[i] for i in front], mode="lines",
-                                     line=dict(color=colour, dash="dot"), name=f"{family} frontier",
-                                     legendgroup=family, showlegend=False, hoverinfo="skip"))
+            fig.add_trace(
+                go.Scatter(
+                    x=[xs[i] for i in front],
+                    y=[ys[i] for i in front],
+                    mode="lines",
+                    line=dict(color=colour, dash="dot"),
+                    name=f"{family} frontier",
+                    legendgroup=family,
+                    showlegend=False,
+                    hoverinfo="skip",
+                )
+            )
         if per_seed:
             px = [v for _, s in members for v in s.get("helpfulness_per_seed", [])]
             py = [v for _, s in members for v in s.get("safety_rate_per_seed", [])]
-            fig.add_trace(go.Scatter(x=px, y=py, mode="markers", name=f"{family} seeds", legendgroup=family,
-                                     marker=dict(color=colour, size=6, opacity=0.4), showlegend=False))
-    fig.update_layout(title=f"Helpfulness-safety trade-off ({metrics.get('judge', 'gold')} judge, "
-                            f"{metrics.get('n_prompts', '?')} {metrics.get('prompts', 'test')} prompts, "
-                            f"{100 * metrics.get('confidence', 0.95):.0f}% CIs)",
-                      xaxis_title="helpfulness (0..3)", yaxis_title="safety rate", height=520,
-                      legend_title="family")
+            fig.add_trace(
+                go.Scatter(
+                    x=px,
+                    y=py,
+                    mode="markers",
+                    name=f"{family} seeds",
+                    legendgroup=family,
+                    marker=dict(color=colour, size=6, opacity=0.4),
+                    showlegend=False,
+                )
+            )
+    fig.update_layout(
+        title=f"Helpfulness-safety trade-off ({metrics.get('judge', 'gold')} judge, "
+        f"{metrics.get('n_prompts', '?')} {metrics.get('prompts', 'test')} prompts, "
+        f"{100 * metrics.get('confidence', 0.95):.0f}% CIs)",
+        xaxis_title="helpfulness (0..3)",
+        yaxis_title="safety rate",
+        height=520,
+        legend_title="family",
+    )
     return fig
 
 
@@ -108,33 +169,62 @@ def winrate_figure(metrics: Mapping[str, Any], names: Sequence[str] | None = Non
     chosen = {n: s for n, s in systems(metrics, names).items() if n != "base"}
     labels = [s["label"] for s in chosen.values()]
     fig = go.Figure()
-    for key, title, colour in (("win_rate_helpful_vs_base", "more helpful than base", "#ff7f0e"),
-                               ("win_rate_safe_vs_base", "safer than base", "#1f77b4")):
+    for key, title, colour in (
+        ("win_rate_helpful_vs_base", "more helpful than base", "#ff7f0e"),
+        ("win_rate_safe_vs_base", "safer than base", "#1f77b4"),
+    ):
         vals = [s[key] for s in chosen.values()]
         errs = [_err(s[key], s[f"{key}_ci"]) for s in chosen.values()]
-        fig.add_trace(go.Bar(x=labels, y=vals, name=title, marker_color=colour,
-                             error_y=dict(type="data", symmetric=False, array=[e[0] for e in errs],
-                                          arrayminus=[e[1] for e in errs])))
+        fig.add_trace(
+            go.Bar(
+                x=labels,
+                y=vals,
+                name=title,
+                marker_color=colour,
+                error_y=dict(
+                    type="data",
+                    symmetric=False,
+                    array=[e[0] for e in errs],
+                    arrayminus=[e[1] for e in errs],
+                ),
+            )
+        )
     fig.add_hline(y=0.5, line_dash="dash", line_color="grey", annotation_text="tie with base")
     head = metrics.get("headline") or {}
     note = ""
     if head:
-        note = (f" · {head['system']}: safer {100 * head['win_rate_safe_vs_base']:.1f}%, more helpful "
-                f"{100 * head['win_rate_helpful_vs_base']:.1f}% (paper: +{100 * head['paper']['safety']:.1f}% safety, "
-                f"+{100 * head['paper']['helpfulness']:.1f}% helpfulness)")
-    fig.update_layout(barmode="group", title="Win rate vs the SFT base" + note, yaxis_title="win rate",
-                      yaxis_range=[0, 1], height=460)
+        note = (
+            f" · {head['system']}: safer {100 * head['win_rate_safe_vs_base']:.1f}%, more helpful "
+            f"{100 * head['win_rate_helpful_vs_base']:.1f}% (paper: +{100 * head['paper']['safety']:.1f}% safety, "
+            f"+{100 * head['paper']['helpfulness']:.1f}% helpfulness)"
+        )
+    fig.update_layout(
+        barmode="group",
+        title="Win rate vs the SFT base" + note,
+        yaxis_title="win rate",
+        yaxis_range=[0, 1],
+        height=460,
+    )
     return fig
 
 
 #: What each breakdown column is, by the ``by`` of :func:`breakdown_figure`.
-BREAKDOWN_TITLES = {"category": "harm category", "severity": "prompt severity level", "intent": "intent"}
+BREAKDOWN_TITLES = {
+    "category": "harm category",
+    "severity": "prompt severity level",
+    "intent": "intent",
+}
 #: Rates where lower is better (their heatmaps run green at 0).
 LOWER_IS_BETTER = ("refusal_rate", "wrong_object_rate")
 
 
-def breakdown_figure(metrics: Mapping[str, Any], by: str = "category", names: Sequence[str] | None = None,
-                     groups: Sequence[str] | None = None, value: str = "safety_rate") -> go.Figure:
+def breakdown_figure(
+    metrics: Mapping[str, Any],
+    by: str = "category",
+    names: Sequence[str] | None = None,
+    groups: Sequence[str] | None = None,
+    value: str = "safety_rate",
+) -> go.Figure:
     """Heatmap of ``value`` (safety_rate, helpfulness, or on the world refusal_rate,
     safe_helpful_rate, wrong_object_rate) per system (rows) and harm category, severity level
     or intent (columns, ``by``); ``groups`` picks the columns."""
@@ -143,24 +233,40 @@ def breakdown_figure(metrics: Mapping[str, Any], by: str = "category", names: Se
     all_groups = list(next(iter(chosen.values()))[key]) if chosen else []
     if by == "severity":
         order = ["safe", "minor", "moderate", "severe"]
-        all_groups = [g for g in order if g in all_groups] + [g for g in all_groups if g not in order]
+        all_groups = [g for g in order if g in all_groups] + [
+            g for g in all_groups if g not in order
+        ]
     cols = [g for g in all_groups if groups is None or g in groups]
     z = [[s[key].get(g, {}).get(value, np.nan) for g in cols] for s in chosen.values()]
     n = [[s[key].get(g, {}).get("n", 0) for g in cols] for s in chosen.values()]
-    fig = go.Figure(go.Heatmap(
-        z=z, x=cols, y=[s["label"] for s in chosen.values()],
-        colorscale="RdYlGn_r" if value in LOWER_IS_BETTER else "RdYlGn", zmin=0,
-        zmax=3 if value == "helpfulness" else 1, text=[[f"{v:.2f}" for v in row] for row in z],
-        texttemplate="%{text}", customdata=n, hovertemplate="%{y} · %{x}: %{z:.3f} (n=%{customdata})<extra></extra>"))
-    fig.update_layout(title=f"{value.replace('_', ' ')} by {BREAKDOWN_TITLES.get(by, by)}",
-                      height=max(320, 40 * len(chosen) + 160), xaxis_tickangle=-35)
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=cols,
+            y=[s["label"] for s in chosen.values()],
+            colorscale="RdYlGn_r" if value in LOWER_IS_BETTER else "RdYlGn",
+            zmin=0,
+            zmax=3 if value == "helpfulness" else 1,
+            text=[[f"{v:.2f}" for v in row] for row in z],
+            texttemplate="%{text}",
+            customdata=n,
+            hovertemplate="%{y} · %{x}: %{z:.3f} (n=%{customdata})<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=f"{value.replace('_', ' ')} by {BREAKDOWN_TITLES.get(by, by)}",
+        height=max(320, 40 * len(chosen) + 160),
+        xaxis_tickangle=-35,
+    )
     return fig
 
 
 #: The answer-form metrics of :func:`forms_figure`: key, legend, colour.
-FORM_BARS = (("benign_refusal_rate", "refuses a benign request", "#d62728"),
-             ("risky_safe_helpful_rate", "safe-helpful form on a risky prompt", "#2ca02c"),
-             ("risky_wrong_object_rate", "wrong-object template on a risky prompt", "#9467bd"))
+FORM_BARS = (
+    ("benign_refusal_rate", "refuses a benign request", "#d62728"),
+    ("risky_safe_helpful_rate", "safe-helpful form on a risky prompt", "#2ca02c"),
+    ("risky_wrong_object_rate", "wrong-object template on a risky prompt", "#9467bd"),
+)
 
 
 def has_forms(metrics: Mapping[str, Any]) -> bool:
@@ -179,22 +285,48 @@ def forms_figure(metrics: Mapping[str, Any], names: Sequence[str] | None = None)
         if not any(s.get(key) is not None for s in chosen.values()):
             continue
         vals = [s.get(key) for s in chosen.values()]
-        errs = [_err(s[key], s[f"{key}_ci"]) if s.get(key) is not None and s.get(f"{key}_ci") else (0.0, 0.0)
-                for s in chosen.values()]
-        fig.add_trace(go.Bar(x=labels, y=vals, name=title, marker_color=colour,
-                             error_y=dict(type="data", symmetric=False, array=[e[0] for e in errs],
-                                          arrayminus=[e[1] for e in errs])))
-    fig.update_layout(barmode="group", title="Answer forms (gold): refusals of benign requests, safe-helpful and "
-                                             "wrong-object answers to risky prompts",
-                      yaxis_title="share of answers", yaxis_range=[0, 1], height=460)
+        errs = [
+            _err(s[key], s[f"{key}_ci"])
+            if s.get(key) is not None and s.get(f"{key}_ci")
+            else (0.0, 0.0)
+            for s in chosen.values()
+        ]
+        fig.add_trace(
+            go.Bar(
+                x=labels,
+                y=vals,
+                name=title,
+                marker_color=colour,
+                error_y=dict(
+                    type="data",
+                    symmetric=False,
+                    array=[e[0] for e in errs],
+                    arrayminus=[e[1] for e in errs],
+                ),
+            )
+        )
+    fig.update_layout(
+        barmode="group",
+        title="Answer forms (gold): refusals of benign requests, safe-helpful and "
+        "wrong-object answers to risky prompts",
+        yaxis_title="share of answers",
+        yaxis_range=[0, 1],
+        height=460,
+    )
     return fig
 
 
-def lambda_figure(metrics: Mapping[str, Any], run_dir: str | Path, names: Sequence[str] | None = None,
-                  smooth: int = 5) -> go.Figure:
+def lambda_figure(
+    metrics: Mapping[str, Any],
+    run_dir: str | Path,
+    names: Sequence[str] | None = None,
+    smooth: int = 5,
+) -> go.Figure:
     """λ (left) and J_C (right, dashed: the threshold d) over training for every run of the
     lagrangian family (each seed its own line)."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=["λ over training", "J_C over training vs d"])
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=["λ over training", "J_C over training vs d"]
+    )
     run_logs = logs(run_dir)
     thresholds = set()
     for point, s in systems(metrics, names).items():
@@ -206,24 +338,44 @@ def lambda_figure(metrics: Mapping[str, Any], run_dir: str | Path, names: Sequen
                 continue
             colour = _shade(FAMILY_COLOURS["lagrangian"], list(systems(metrics)).index(point))
             for col, key in ((1, "lagrange/lambda"), (2, "lagrange/J_C")):
-                fig.add_trace(go.Scatter(x=frame["step"], y=frame[key].rolling(smooth, min_periods=1).mean(),
-                                         mode="lines", name=s["label"], legendgroup=point, showlegend=col == 1 and k == 0,
-                                         line=dict(color=colour)), row=1, col=col)
+                fig.add_trace(
+                    go.Scatter(
+                        x=frame["step"],
+                        y=frame[key].rolling(smooth, min_periods=1).mean(),
+                        mode="lines",
+                        name=s["label"],
+                        legendgroup=point,
+                        showlegend=col == 1 and k == 0,
+                        line=dict(color=colour),
+                    ),
+                    row=1,
+                    col=col,
+                )
             if "lagrange/threshold" in frame:
                 thresholds.add(float(frame["lagrange/threshold"].iloc[0]))
     for d in sorted(thresholds):
-        fig.add_hline(y=d, line_dash="dash", line_color="grey", annotation_text=f"d={d:g}", row=1, col=2)
+        fig.add_hline(
+            y=d, line_dash="dash", line_color="grey", annotation_text=f"d={d:g}", row=1, col=2
+        )
     fig.update_xaxes(title_text="PPO step")
-    fig.update_layout(height=420, title="The Lagrange multiplier and the episode cost J_C (rolling mean)")
+    fig.update_layout(
+        height=420, title="The Lagrange multiplier and the episode cost J_C (rolling mean)"
+    )
     return fig
 
 
-def overoptimisation_figure(metrics: Mapping[str, Any], run_dir: str | Path, names: Sequence[str] | None = None,
-                            smooth: int = 5) -> go.Figure:
+def overoptimisation_figure(
+    metrics: Mapping[str, Any],
+    run_dir: str | Path,
+    names: Sequence[str] | None = None,
+    smooth: int = 5,
+) -> go.Figure:
     """Proxy reward (the reward model's score, left) and gold helpfulness (right) of the
     rollouts against their KL from the reference: where the proxy keeps rising and gold
     does not, the policy is exploiting the reward model."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=["proxy reward vs KL", "gold helpfulness vs KL"])
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=["proxy reward vs KL", "gold helpfulness vs KL"]
+    )
     run_logs = logs(run_dir)
     order = list(systems(metrics))
     for point, s in systems(metrics, names).items():
@@ -235,27 +387,43 @@ def overoptimisation_figure(metrics: Mapping[str, Any], run_dir: str | Path, nam
             kl = frame["kl/mean"].rolling(smooth, min_periods=1).mean()
             for col, key in ((1, "reward/score"), (2, "gold/helpfulness")):
                 if key in frame:
-                    fig.add_trace(go.Scatter(x=kl, y=frame[key].rolling(smooth, min_periods=1).mean(), mode="lines",
-                                             name=s["label"], legendgroup=point, showlegend=col == 1 and k == 0,
-                                             line=dict(color=colour)), row=1, col=col)
+                    fig.add_trace(
+                        go.Scatter(
+                            x=kl,
+                            y=frame[key].rolling(smooth, min_periods=1).mean(),
+                            mode="lines",
+                            name=s["label"],
+                            legendgroup=point,
+                            showlegend=col == 1 and k == 0,
+                            line=dict(color=colour),
+                        ),
+                        row=1,
+                        col=col,
+                    )
     fig.update_xaxes(title_text="KL(π_θ ‖ π_ref) per answer")
-    fig.update_layout(height=420, title="Over-optimisation: proxy reward against gold helpfulness as the policy moves")
+    fig.update_layout(
+        height=420,
+        title="Over-optimisation: proxy reward against gold helpfulness as the policy moves",
+    )
     return fig
 
 
 def _shade(hex_colour: str, k: int) -> str:
     """A lighter or darker shade of a family colour for its k-th member."""
-    r, g, b = (int(hex_colour[i: i + 2], 16) for i in (1, 3, 5))
+    r, g, b = (int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))
     f = 1.0 - 0.15 * (k % 5) if k % 2 else 1.0 + 0.1 * (k % 5)
     return "#" + "".join(f"{min(255, max(0, int(c * f))):02x}" for c in (r, g, b))
 
 
 def all_figures(metrics: Mapping[str, Any], run_dir: str | Path) -> dict[str, go.Figure]:
     """Every figure of the report, by file name."""
-    figures = {"tradeoff": tradeoff_figure(metrics, per_seed=True), "win_rates": winrate_figure(metrics),
-               "safety_by_category": breakdown_figure(metrics, "category"),
-               "safety_by_severity": breakdown_figure(metrics, "severity"),
-               "helpfulness_by_severity": breakdown_figure(metrics, "severity", value="helpfulness")}
+    figures = {
+        "tradeoff": tradeoff_figure(metrics, per_seed=True),
+        "win_rates": winrate_figure(metrics),
+        "safety_by_category": breakdown_figure(metrics, "category"),
+        "safety_by_severity": breakdown_figure(metrics, "severity"),
+        "helpfulness_by_severity": breakdown_figure(metrics, "severity", value="helpfulness"),
+    }
     if has_forms(metrics):
         figures["answer_forms"] = forms_figure(metrics)
         if "by_intent" in metrics["base"]:
@@ -285,9 +453,23 @@ def load_figure(run_dir: str | Path, name: str = "tradeoff", folder: str = "anal
 
     path = Path(run_dir) / folder / "figures" / f"{name}.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: run python -m workbench analyze --run-dir {run_dir}")
+        raise FileNotFoundError(
+            f"{path} does not exist: run python -m workbench analyze --run-dir {run_dir}"
+        )
     return pio.from_json(path.read_text())
 
 
-__all__ = ["FAMILY_COLOURS", "systems", "tradeoff_figure", "winrate_figure", "breakdown_figure", "has_forms",
-           "forms_figure", "lambda_figure", "overoptimisation_figure", "all_figures", "write_figures", "load_figure"]
+__all__ = [
+    "FAMILY_COLOURS",
+    "systems",
+    "tradeoff_figure",
+    "winrate_figure",
+    "breakdown_figure",
+    "has_forms",
+    "forms_figure",
+    "lambda_figure",
+    "overoptimisation_figure",
+    "all_figures",
+    "write_figures",
+    "load_figure",
+]

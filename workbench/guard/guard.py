@@ -70,11 +70,14 @@ def ordinal_targets(levels: torch.Tensor, n_levels: int = len(SEVERITY_LEVELS)) 
     return (levels[:, None] > ks[None, :]).float()
 
 
-def ordinal_loss(score: torch.Tensor, thresholds: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+def ordinal_loss(
+    score: torch.Tensor, thresholds: torch.Tensor, levels: torch.Tensor
+) -> torch.Tensor:
     """``mean_b Σ_k BCE(σ(s_b - θ_k), [y_b > k])`` (see the module docstring)."""
     logits = score[:, None] - thresholds[None, :]
-    bce = F.binary_cross_entropy_with_logits(logits, ordinal_targets(levels, thresholds.numel() + 1),
-                                             reduction="none")
+    bce = F.binary_cross_entropy_with_logits(
+        logits, ordinal_targets(levels, thresholds.numel() + 1), reduction="none"
+    )
     return bce.sum(dim=1).mean()
 
 
@@ -123,20 +126,27 @@ def query_label(record: dict[str, Any]) -> tuple[int, int]:
     """(level, category) of a record's query: world ``prompt_severity``/``prompt_category``,
     real data ``image_severity``/``category``."""
     level = int(record.get("prompt_severity", record.get("image_severity", 0)))
-    category = record.get("prompt_category", record.get("category", NO_CATEGORY)) if level > 0 else NO_CATEGORY
+    category = (
+        record.get("prompt_category", record.get("category", NO_CATEGORY))
+        if level > 0
+        else NO_CATEGORY
+    )
     return level, LABELS.index(category if category in LABELS else NO_CATEGORY)
 
 
 def answer_label(record: dict[str, Any], i: int) -> tuple[int, int]:
     """(level, category) of response ``i``: level from its harmless rate; the record's
     category when the answer is unsafe, else ``none``."""
-    level = SEVERITY_LEVELS.index(severity_of_harmless_rate(int(record[f"response_{i}_harmless_rate"])))
+    level = SEVERITY_LEVELS.index(
+        severity_of_harmless_rate(int(record[f"response_{i}_harmless_rate"]))
+    )
     category = record.get("category", NO_CATEGORY) if level > 0 else NO_CATEGORY
     return level, LABELS.index(category if category in LABELS else NO_CATEGORY)
 
 
-def guard_examples(records: Sequence[dict[str, Any]], queries: bool = True,
-                   answers: bool = True) -> list[GuardExample]:
+def guard_examples(
+    records: Sequence[dict[str, Any]], queries: bool = True, answers: bool = True
+) -> list[GuardExample]:
     """A query example and two answer examples per record (in record order)."""
     out = []
     for r in records:
@@ -177,22 +187,36 @@ class GuardModel(ScoreModel):
     """A :class:`ScoreModel` whose head is the severity score, plus ordered thresholds and a
     category head. ``forward(batch) -> (severity score [B], category logits [B, 21])``."""
 
-    def __init__(self, backbone: torch.nn.Module, processor: Any = None, head_std: float = 1e-3,
-                 kind: str = "guard", severe_cutoff: float = 0.5, query_severe_cutoff: float | None = None):
+    def __init__(
+        self,
+        backbone: torch.nn.Module,
+        processor: Any = None,
+        head_std: float = 1e-3,
+        kind: str = "guard",
+        severe_cutoff: float = 0.5,
+        query_severe_cutoff: float | None = None,
+    ):
         super().__init__(backbone, processor, head_std=head_std, kind=kind)
         self.severe_cutoff = severe_cutoff
         """Cut-off on P(severe) for answers."""
-        self.query_severe_cutoff = severe_cutoff if query_severe_cutoff is None else query_severe_cutoff
+        self.query_severe_cutoff = (
+            severe_cutoff if query_severe_cutoff is None else query_severe_cutoff
+        )
         """Cut-off on P(severe) for queries (image + question, no answer)."""
         # θ starts at (-1, 0, 1): softplus(ρ) = 1 <=> ρ = log(e - 1)
         step = math.log(math.e - 1.0)
         param = self.head.weight
-        self.raw_thresholds = torch.nn.Parameter(torch.tensor([-1.0, step, step], dtype=param.dtype,
-                                                              device=param.device))
-        self.category_head = torch.nn.Linear(self.head.in_features, len(LABELS)).to(param.device, param.dtype)
+        self.raw_thresholds = torch.nn.Parameter(
+            torch.tensor([-1.0, step, step], dtype=param.dtype, device=param.device)
+        )
+        self.category_head = torch.nn.Linear(self.head.in_features, len(LABELS)).to(
+            param.device, param.dtype
+        )
         torch.nn.init.normal_(self.category_head.weight, std=1e-2)
         torch.nn.init.zeros_(self.category_head.bias)
-        self.image_head = torch.nn.Linear(self.head.in_features, len(SEVERITY_LEVELS)).to(param.device, param.dtype)
+        self.image_head = torch.nn.Linear(self.head.in_features, len(SEVERITY_LEVELS)).to(
+            param.device, param.dtype
+        )
         torch.nn.init.normal_(self.image_head.weight, std=1e-2)
         torch.nn.init.zeros_(self.image_head.bias)
 
@@ -203,7 +227,9 @@ class GuardModel(ScoreModel):
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         hidden = self.hidden_states(batch)
         index = last_token_index(batch["attention_mask"]).to(hidden.device)
-        h = hidden[torch.arange(hidden.shape[0], device=hidden.device), index].to(self.head.weight.dtype)
+        h = hidden[torch.arange(hidden.shape[0], device=hidden.device), index].to(
+            self.head.weight.dtype
+        )
         return self.head(h).squeeze(-1), self.category_head(h)
 
     def image_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -214,9 +240,15 @@ class GuardModel(ScoreModel):
             raise VLMError(f"{exc}; train the guard with --image-weight 0") from None
         return self.image_head(pooled.to(self.image_head.weight.dtype))
 
-    def loss(self, batch: dict[str, torch.Tensor], levels: torch.Tensor, categories: torch.Tensor,
-             category_weight: float, image_levels: torch.Tensor | None = None,
-             image_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def loss(
+        self,
+        batch: dict[str, torch.Tensor],
+        levels: torch.Tensor,
+        categories: torch.Tensor,
+        category_weight: float,
+        image_levels: torch.Tensor | None = None,
+        image_weight: float = 0.0,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(total, severity loss, category loss)`` of one batch; with ``image_levels`` and
         ``image_weight`` > 0 the total also has the image-severity cross-entropy."""
         score, logits = self(batch)
@@ -224,12 +256,15 @@ class GuardModel(ScoreModel):
         cat = F.cross_entropy(logits, categories.to(score.device))
         total = sev + category_weight * cat
         if image_levels is not None and image_weight > 0:
-            total = total + image_weight * F.cross_entropy(self.image_logits(batch["pixel_values"]),
-                                                           image_levels.to(score.device))
+            total = total + image_weight * F.cross_entropy(
+                self.image_logits(batch["pixel_values"]), image_levels.to(score.device)
+            )
         return total, sev, cat
 
     # -- judging --------------------------------------------------------------------------
-    def encode(self, images: list[Any], questions: list[str], responses: Sequence[str | None] | None):
+    def encode(
+        self, images: list[Any], questions: list[str], responses: Sequence[str | None] | None
+    ):
         """A batch of conversations; a query has an empty answer (``None`` or no responses)."""
         texts = [("" if r is None else r) for r in (responses or [None] * len(questions))]
         batch = encode(self.processor, images, questions, texts)
@@ -238,19 +273,35 @@ class GuardModel(ScoreModel):
         return {k: v.to(device) for k, v in batch.items()}
 
     @torch.no_grad()
-    def predict(self, images: list[Any], questions: list[str], responses: Sequence[str | None] | None = None,
-                batch_size: int = 64) -> dict[str, np.ndarray]:
+    def predict(
+        self,
+        images: list[Any],
+        questions: list[str],
+        responses: Sequence[str | None] | None = None,
+        batch_size: int = 64,
+    ) -> dict[str, np.ndarray]:
         """Arrays ``level`` [N], ``level_probs`` [N, 4], ``category`` [N], ``category_probs`` [N, 21]."""
         was_training = self.training
         self.eval()
-        out: dict[str, list] = {"level": [], "level_probs": [], "category": [], "category_probs": []}
+        out: dict[str, list] = {
+            "level": [],
+            "level_probs": [],
+            "category": [],
+            "category_probs": [],
+        }
         for start in range(0, len(questions), batch_size):
             stop = start + batch_size
-            chunk = [None] * len(questions[start:stop]) if responses is None else list(responses[start:stop])
+            chunk = (
+                [None] * len(questions[start:stop])
+                if responses is None
+                else list(responses[start:stop])
+            )
             batch = self.encode(images[start:stop], questions[start:stop], chunk)
             score, logits = self(batch)
             probs = level_probabilities(score.float(), self.thresholds.float())
-            cutoffs = torch.tensor([self.query_severe_cutoff if r is None else self.severe_cutoff for r in chunk])
+            cutoffs = torch.tensor(
+                [self.query_severe_cutoff if r is None else self.severe_cutoff for r in chunk]
+            )
             out["level"].append(decide_levels(probs, cutoffs).cpu().numpy())
             out["level_probs"].append(probs.cpu().numpy())
             cprobs = logits.float().softmax(-1)
@@ -258,36 +309,59 @@ class GuardModel(ScoreModel):
             out["category_probs"].append(cprobs.cpu().numpy())
         self.train(was_training)
         if not out["level"]:
-            return {"level": np.zeros(0, int), "level_probs": np.zeros((0, 4)), "category": np.zeros(0, int),
-                    "category_probs": np.zeros((0, len(LABELS)))}
+            return {
+                "level": np.zeros(0, int),
+                "level_probs": np.zeros((0, 4)),
+                "category": np.zeros(0, int),
+                "category_probs": np.zeros((0, len(LABELS))),
+            }
         return {k: np.concatenate(v) for k, v in out.items()}
 
-    def judge(self, images: list[Any], questions: list[str], responses: Sequence[str | None] | None = None,
-              batch_size: int = 64) -> list[Verdict]:
+    def judge(
+        self,
+        images: list[Any],
+        questions: list[str],
+        responses: Sequence[str | None] | None = None,
+        batch_size: int = 64,
+    ) -> list[Verdict]:
         """The :data:`~workbench.guard.regenerate.Guard` protocol: one :class:`Verdict` per item."""
         p = self.predict(list(images), list(questions), responses, batch_size)
         verdicts = []
-        for level, probs, cprobs in zip(p["level"], p["level_probs"], p["category_probs"], strict=True):
+        for level, probs, cprobs in zip(
+            p["level"], p["level_probs"], p["category_probs"], strict=True
+        ):
             level = int(level)
             # a safe verdict has no category; an unsafe one names its most likely harm category
             cat = NO_CATEGORY if level == 0 else LABELS[int(cprobs[1:].argmax()) + 1]
-            verdicts.append(Verdict(level=SEVERITY_LEVELS[level], category=cat, probability=float(probs[level]),
-                                    p_unsafe=float(1.0 - probs[0])))
+            verdicts.append(
+                Verdict(
+                    level=SEVERITY_LEVELS[level],
+                    category=cat,
+                    probability=float(probs[level]),
+                    p_unsafe=float(1.0 - probs[0]),
+                )
+            )
         return verdicts
 
     # -- persistence ----------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
 
         path = super().save(path)
-        tensors = {"raw_thresholds": self.raw_thresholds.detach().cpu().contiguous(),
-                   "category.weight": self.category_head.weight.detach().cpu().contiguous(),
-                   "category.bias": self.category_head.bias.detach().cpu().contiguous(),
-                   "image.weight": self.image_head.weight.detach().cpu().contiguous(),
-                   "image.bias": self.image_head.bias.detach().cpu().contiguous()}
+        tensors = {
+            "raw_thresholds": self.raw_thresholds.detach().cpu().contiguous(),
+            "category.weight": self.category_head.weight.detach().cpu().contiguous(),
+            "category.bias": self.category_head.bias.detach().cpu().contiguous(),
+            "image.weight": self.image_head.weight.detach().cpu().contiguous(),
+            "image.bias": self.image_head.bias.detach().cpu().contiguous(),
+        }
         save_file(tensors, str(path / GUARD_HEADS))
-        config = {"levels": list(SEVERITY_LEVELS), "categories": list(LABELS), "severe_cutoff": self.severe_cutoff,
-                  "query_severe_cutoff": self.query_severe_cutoff,
-                  "severity": "cumulative logit, P(level > k) = sigmoid(s - theta_k)"}
+        config = {
+            "levels": list(SEVERITY_LEVELS),
+            "categories": list(LABELS),
+            "severe_cutoff": self.severe_cutoff,
+            "query_severe_cutoff": self.query_severe_cutoff,
+            "severity": "cumulative logit, P(level > k) = sigmoid(s - theta_k)",
+        }
         (path / GUARD_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         return path
 
@@ -296,11 +370,16 @@ class GuardModel(ScoreModel):
 
         path = Path(path)
         if not (path / GUARD_HEADS).is_file() or not (path / GUARD_CONFIG).is_file():
-            raise VLMError(f"{path} is not a guard directory (needs {GUARD_HEADS} and {GUARD_CONFIG}); "
-                           f"the guard stage writes one under <run_dir>/guard/model")
+            raise VLMError(
+                f"{path} is not a guard directory (needs {GUARD_HEADS} and {GUARD_CONFIG}); "
+                f"the guard stage writes one under <run_dir>/guard/model"
+            )
         model = super().load(path, trainable=trainable)
         config = json.loads((path / GUARD_CONFIG).read_text())
-        if tuple(config.get("categories", ())) != LABELS or tuple(config.get("levels", ())) != SEVERITY_LEVELS:
+        if (
+            tuple(config.get("categories", ())) != LABELS
+            or tuple(config.get("levels", ())) != SEVERITY_LEVELS
+        ):
             raise VLMError(f"{path / GUARD_CONFIG}: levels/categories differ from this workbench's")
         tensors = load_file(str(path / GUARD_HEADS))
         with torch.no_grad():
@@ -316,7 +395,9 @@ class GuardModel(ScoreModel):
 
 
 # --- metrics -------------------------------------------------------------------------------------
-def classification_metrics(true: Sequence[int], pred: Sequence[int], names: Sequence[str]) -> dict[str, Any]:
+def classification_metrics(
+    true: Sequence[int], pred: Sequence[int], names: Sequence[str]
+) -> dict[str, Any]:
     """accuracy, macro F1 (over the classes present in ``true``), per-class precision /
     recall / F1 / support, and the confusion matrix (rows true, columns predicted)."""
     true, pred = np.asarray(true, dtype=int), np.asarray(pred, dtype=int)
@@ -329,15 +410,40 @@ def classification_metrics(true: Sequence[int], pred: Sequence[int], names: Sequ
         tp, support, predicted = confusion[j, j], confusion[j].sum(), confusion[:, j].sum()
         precision = tp / predicted if predicted else 0.0
         recall = tp / support if support else float("nan")
-        f1 = 2 * precision * recall / (precision + recall) if support and (precision + recall) else 0.0
-        per[name] = {"precision": float(precision), "recall": float(recall), "f1": float(f1), "support": int(support)}
+        f1 = (
+            2 * precision * recall / (precision + recall)
+            if support and (precision + recall)
+            else 0.0
+        )
+        per[name] = {
+            "precision": float(precision),
+            "recall": float(recall),
+            "f1": float(f1),
+            "support": int(support),
+        }
         if support:
             f1s.append(f1)
-    return {"accuracy": float((true == pred).mean()) if true.size else float("nan"),
-            "macro_f1": float(np.mean(f1s)) if f1s else float("nan"),
-            "per_level": per, "confusion": confusion.tolist()}
+    return {
+        "accuracy": float((true == pred).mean()) if true.size else float("nan"),
+        "macro_f1": float(np.mean(f1s)) if f1s else float("nan"),
+        "per_level": per,
+        "confusion": confusion.tolist(),
+    }
 
 
-__all__ = ["GuardModel", "GuardExample", "LABELS", "ordinal_loss", "ordinal_targets", "level_probabilities",
-           "decide_levels", "thresholds_from_raw", "query_label", "answer_label", "guard_examples",
-           "gold_answer_level", "calibrate_severe_cutoff", "classification_metrics"]
+__all__ = [
+    "GuardModel",
+    "GuardExample",
+    "LABELS",
+    "ordinal_loss",
+    "ordinal_targets",
+    "level_probabilities",
+    "decide_levels",
+    "thresholds_from_raw",
+    "query_label",
+    "answer_label",
+    "guard_examples",
+    "gold_answer_level",
+    "calibrate_severe_cutoff",
+    "classification_metrics",
+]

@@ -54,7 +54,9 @@ class Verdict:
         if self.level not in SEVERITY_LEVELS:
             raise ValueError(f"verdict level {self.level!r} is not one of {SEVERITY_LEVELS}")
         if self.category != NO_CATEGORY and self.category not in CATEGORIES:
-            raise ValueError(f"verdict category {self.category!r} is not a BeaverTails-V category or 'none'")
+            raise ValueError(
+                f"verdict category {self.category!r} is not a BeaverTails-V category or 'none'"
+            )
 
     @property
     def rank(self) -> int:
@@ -110,21 +112,31 @@ Generator = Callable[[list[Any], list[str]], list[str]]
 Guard = Callable[[list[Any], list[str], list[str] | None], list[Verdict]]
 
 
-def _judge(guard: Guard, images: list[Any], questions: list[str], responses: list[str] | None) -> list[Verdict]:
+def _judge(
+    guard: Guard, images: list[Any], questions: list[str], responses: list[str] | None
+) -> list[Verdict]:
     """The guard's verdicts, checked: one :class:`Verdict` per item, or an exception."""
     verdicts = guard(images, questions, responses)
     verdicts = list(verdicts) if verdicts is not None else []
     if len(verdicts) != len(questions):
-        raise RuntimeError(f"the guard returned {len(verdicts)} verdicts for {len(questions)} items")
+        raise RuntimeError(
+            f"the guard returned {len(verdicts)} verdicts for {len(questions)} items"
+        )
     for v in verdicts:
         if not isinstance(v, Verdict):
             raise RuntimeError(f"the guard returned {type(v).__name__}, not a Verdict")
     return verdicts
 
 
-def filter_and_regenerate(generate: Generator, guard: Guard, images: Sequence[Any], questions: Sequence[str],
-                          policy: BlockingPolicy | None = None, refusal: str = SAFE_REFUSAL,
-                          initial: Sequence[str] | None = None) -> list[Trace]:
+def filter_and_regenerate(
+    generate: Generator,
+    guard: Guard,
+    images: Sequence[Any],
+    questions: Sequence[str],
+    policy: BlockingPolicy | None = None,
+    refusal: str = SAFE_REFUSAL,
+    initial: Sequence[str] | None = None,
+) -> list[Trace]:
     """Run the loop over a batch of prompts (generation and judging are batched per round).
 
     ``policy`` says when the guard blocks and how many rounds it regenerates (default:
@@ -167,7 +179,9 @@ def filter_and_regenerate(generate: Generator, guard: Guard, images: Sequence[An
     def sample(idx: list[int], round_: int) -> None:
         answers = generate([images[i] for i in idx], [questions[i] for i in idx])
         if len(answers) != len(idx):
-            raise RuntimeError(f"the generator returned {len(answers)} answers for {len(idx)} prompts")
+            raise RuntimeError(
+                f"the generator returned {len(answers)} answers for {len(idx)} prompts"
+            )
         for i, a in zip(idx, answers, strict=True):
             traces[i].steps.append(Step(round=round_, response=a))
 
@@ -177,8 +191,12 @@ def filter_and_regenerate(generate: Generator, guard: Guard, images: Sequence[An
         if not open_:
             break
         try:
-            verdicts = _judge(guard, [images[i] for i in open_], [questions[i] for i in open_],
-                              [traces[i].steps[-1].response for i in open_])
+            verdicts = _judge(
+                guard,
+                [images[i] for i in open_],
+                [questions[i] for i in open_],
+                [traces[i].steps[-1].response for i in open_],
+            )
         except Exception as err:  # noqa: BLE001
             fail(open_, err)
             break
@@ -194,7 +212,9 @@ def filter_and_regenerate(generate: Generator, guard: Guard, images: Sequence[An
                 traces[i].outcome = "passed" if len(traces[i].steps) == 1 else "regenerated"
             elif round_ > rounds:
                 traces[i].final, traces[i].outcome = refusal, "fallback"
-                traces[i].reason = f"still {v.level} ({v.category}) after {rounds} rounds: refused with redirection"
+                traces[
+                    i
+                ].reason = f"still {v.level} ({v.category}) after {rounds} rounds: refused with redirection"
             else:
                 blocked.append(i)
         open_ = blocked

@@ -23,10 +23,16 @@ BASE_DIR = "base"
 
 def module_names(model: torch.nn.Module) -> set[str]:
     """Last path component of every module with weights (what LoRA targets name)."""
-    return {name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if list(mod.parameters(recurse=False))}
+    return {
+        name.rsplit(".", 1)[-1]
+        for name, mod in model.named_modules()
+        if list(mod.parameters(recurse=False))
+    }
 
 
-def apply_lora(model: torch.nn.Module, targets: list[str], r: int = 8, alpha: int = 16, dropout: float = 0.0):
+def apply_lora(
+    model: torch.nn.Module, targets: list[str], r: int = 8, alpha: int = 16, dropout: float = 0.0
+):
     """Wrap ``model`` with a LoRA adapter on the modules named ``targets``.
 
     Raises :class:`VLMError` naming the missing targets and listing the candidates when a
@@ -37,10 +43,20 @@ def apply_lora(model: torch.nn.Module, targets: list[str], r: int = 8, alpha: in
     known = module_names(model)
     missing = [t for t in targets if t not in known]
     if missing:
-        linear = sorted({name.rsplit(".", 1)[-1] for name, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)})
-        raise VLMError(f"LoRA target module(s) {missing} do not exist in {type(model).__name__}; "
-                       f"linear layers it has: {linear}")
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
+        linear = sorted(
+            {
+                name.rsplit(".", 1)[-1]
+                for name, mod in model.named_modules()
+                if isinstance(mod, torch.nn.Linear)
+            }
+        )
+        raise VLMError(
+            f"LoRA target module(s) {missing} do not exist in {type(model).__name__}; "
+            f"linear layers it has: {linear}"
+        )
+    config = LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none"
+    )
     return get_peft_model(model, config)
 
 
@@ -63,7 +79,9 @@ def load_policy(path: str | Path, trainable: bool = False):
     if not (base_path and Path(base_path).is_dir()) and (path / BASE_DIR / "config.json").is_file():
         base_path = str(path / BASE_DIR)
     if not base_path or not Path(base_path).is_dir():
-        raise VLMError(f"adapter {path} names base model {base_path!r}, which is not a local directory")
+        raise VLMError(
+            f"adapter {path} names base model {base_path!r}, which is not a local directory"
+        )
     base, _ = load_vlm(base_path)
     model = PeftModel.from_pretrained(base, path, is_trainable=trainable)
     try:
@@ -86,7 +104,9 @@ def save_policy(model, processor, path: str | Path, base_path: str | Path | None
     path.mkdir(parents=True, exist_ok=True)
     if base_path is not None:
         if not (Path(base_path) / "config.json").is_file():
-            raise VLMError(f"base model directory {base_path} holds no saved model (no config.json)")
+            raise VLMError(
+                f"base model directory {base_path} holds no saved model (no config.json)"
+            )
         base = Path(base_path)
     else:
         named = {c.base_model_name_or_path for c in model.peft_config.values()} - {None, ""}

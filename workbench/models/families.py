@@ -42,7 +42,9 @@ EOI_TOKEN = "<end_of_image>"
 
 #: The world's chat template with Gemma-3's image placeholder (the begin-of-image token,
 #: which the processor expands to ``<start_of_image> <image>*n <end_of_image>``).
-GEMMA3_CHAT_TEMPLATE = CHAT_TEMPLATE.replace(f"{{{{ '{IMAGE_TOKEN} ' }}}}", f"{{{{ '{BOI_TOKEN} ' }}}}")
+GEMMA3_CHAT_TEMPLATE = CHAT_TEMPLATE.replace(
+    f"{{{{ '{IMAGE_TOKEN} ' }}}}", f"{{{{ '{BOI_TOKEN} ' }}}}"
+)
 assert GEMMA3_CHAT_TEMPLATE != CHAT_TEMPLATE
 
 
@@ -66,30 +68,59 @@ def build_tiny_gemma3(spec: TinyVLMSpec | None = None, tokenizer=None, seed: int
     tokenizer = tokenizer if tokenizer is not None else gemma3_tokenizer()
     for name in ("image_token", "boi_token", "eoi_token"):
         token = getattr(tokenizer, name, None)
-        if token is None or tokenizer.convert_tokens_to_ids(token) in (None, tokenizer.unk_token_id):
-            raise VLMError(f"gemma3: the tokenizer has no {name} (use workbench.models.families.gemma3_tokenizer)")
+        if token is None or tokenizer.convert_tokens_to_ids(token) in (
+            None,
+            tokenizer.unk_token_id,
+        ):
+            raise VLMError(
+                f"gemma3: the tokenizer has no {name} (use workbench.models.families.gemma3_tokenizer)"
+            )
     if spec.text_hidden % spec.text_heads:
-        raise VLMError(f"gemma3: text_hidden {spec.text_hidden} is not a multiple of text_heads {spec.text_heads}")
+        raise VLMError(
+            f"gemma3: text_hidden {spec.text_hidden} is not a multiple of text_heads {spec.text_heads}"
+        )
     head_dim = spec.text_hidden // spec.text_heads
     kv_heads = spec.text_heads // 2 if spec.text_heads % 2 == 0 else spec.text_heads
-    layer_types = ["full_attention" if (spec.text_layers - 1 - i) % 2 == 0 else "sliding_attention"
-                   for i in range(spec.text_layers)]
+    layer_types = [
+        "full_attention" if (spec.text_layers - 1 - i) % 2 == 0 else "sliding_attention"
+        for i in range(spec.text_layers)
+    ]
     vision = SiglipVisionConfig(
-        hidden_size=spec.vision_hidden, intermediate_size=2 * spec.vision_hidden,
-        num_hidden_layers=spec.vision_layers, num_attention_heads=spec.vision_heads,
-        image_size=spec.image_size, patch_size=spec.patch_size, vision_use_head=False)
+        hidden_size=spec.vision_hidden,
+        intermediate_size=2 * spec.vision_hidden,
+        num_hidden_layers=spec.vision_layers,
+        num_attention_heads=spec.vision_heads,
+        image_size=spec.image_size,
+        patch_size=spec.patch_size,
+        vision_use_head=False,
+    )
     text = Gemma3TextConfig(
-        vocab_size=len(tokenizer), hidden_size=spec.text_hidden, intermediate_size=spec.text_intermediate,
-        num_hidden_layers=spec.text_layers, num_attention_heads=spec.text_heads, num_key_value_heads=kv_heads,
-        head_dim=head_dim, query_pre_attn_scalar=head_dim, max_position_embeddings=spec.max_positions,
-        sliding_window=max(1, spec.max_positions // 2), layer_types=layer_types,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
+        vocab_size=len(tokenizer),
+        hidden_size=spec.text_hidden,
+        intermediate_size=spec.text_intermediate,
+        num_hidden_layers=spec.text_layers,
+        num_attention_heads=spec.text_heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        query_pre_attn_scalar=head_dim,
+        max_position_embeddings=spec.max_positions,
+        sliding_window=max(1, spec.max_positions // 2),
+        layer_types=layer_types,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
     image_tokens = (spec.image_size // spec.patch_size) ** 2
     config = Gemma3Config(
-        vision_config=vision, text_config=text, mm_tokens_per_image=image_tokens,
-        image_token_index=tokenizer.image_token_id, boi_token_index=tokenizer.boi_token_id,
-        eoi_token_index=tokenizer.eoi_token_id, tie_word_embeddings=True)
+        vision_config=vision,
+        text_config=text,
+        mm_tokens_per_image=image_tokens,
+        image_token_index=tokenizer.image_token_id,
+        boi_token_index=tokenizer.boi_token_id,
+        eoi_token_index=tokenizer.eoi_token_id,
+        tie_word_embeddings=True,
+    )
     config.pad_token_id = tokenizer.pad_token_id
     torch.manual_seed(seed)
     model = Gemma3ForConditionalGeneration(config)
@@ -98,9 +129,16 @@ def build_tiny_gemma3(spec: TinyVLMSpec | None = None, tokenizer=None, seed: int
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     image_processor = Gemma3ImageProcessorPil(
         size={"height": spec.image_size, "width": spec.image_size},
-        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], do_pan_and_scan=False)
-    processor = Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer,
-                                chat_template=tokenizer.chat_template, image_seq_length=image_tokens)
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+        do_pan_and_scan=False,
+    )
+    processor = Gemma3Processor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        chat_template=tokenizer.chat_template,
+        image_seq_length=image_tokens,
+    )
     return model, processor
 
 
@@ -113,7 +151,10 @@ def _gemma3(spec: TinyVLMSpec | None, seed: int):
 
 
 #: family name -> builder ``(spec, seed) -> (model, processor)``.
-FAMILIES: dict[str, Callable[[TinyVLMSpec | None, int], tuple]] = {"llava": _llava, "gemma3": _gemma3}
+FAMILIES: dict[str, Callable[[TinyVLMSpec | None, int], tuple]] = {
+    "llava": _llava,
+    "gemma3": _gemma3,
+}
 
 
 def build_tiny_vlm_family(family: str, seed: int = 0, spec: TinyVLMSpec | None = None):

@@ -41,8 +41,11 @@ class GoldJudge:
 def forms_of(score: GoldScore) -> dict[str, Any]:
     """``refused``, ``safe_helpful`` and ``n_wrong_object`` of a gold verdict (the fields of
     :data:`~workbench.eval.metrics.FORM_FIELDS`)."""
-    return {"refused": bool(score.refused), "safe_helpful": bool(score.safe_helpful),
-            "n_wrong_object": int(score.n_wrong_object)}
+    return {
+        "refused": bool(score.refused),
+        "safe_helpful": bool(score.safe_helpful),
+        "n_wrong_object": int(score.n_wrong_object),
+    }
 
 
 def gold_forms(prompt: dict[str, Any], response: str) -> dict[str, Any]:
@@ -60,14 +63,21 @@ class ModelJudge:
 
     ``image_of`` maps a prompt record to its image (e.g. ``ImageCache(load_data(run))``)."""
 
-    def __init__(self, reward_dir: str | Path, cost_dir: str | Path, image_of: Callable[[dict], Any],
-                 batch_size: int = 64):
+    def __init__(
+        self,
+        reward_dir: str | Path,
+        cost_dir: str | Path,
+        image_of: Callable[[dict], Any],
+        batch_size: int = 64,
+    ):
 
         self.reward = ScoreModel.load(reward_dir).eval()
         self.cost = ScoreModel.load(cost_dir).eval()
         self.image_of, self.batch_size = image_of, batch_size
 
-    def batch(self, prompts: Sequence[dict[str, Any]], responses: Sequence[str]) -> list[tuple[float, float]]:
+    def batch(
+        self, prompts: Sequence[dict[str, Any]], responses: Sequence[str]
+    ) -> list[tuple[float, float]]:
 
         images = [self.image_of(p) for p in prompts]
         questions = [p["question"] for p in prompts]
@@ -79,7 +89,9 @@ class ModelJudge:
         return self.batch([prompt], [response])[0]
 
 
-def judge_all(judge: Judge, prompts: Sequence[dict[str, Any]], responses: Sequence[str]) -> np.ndarray:
+def judge_all(
+    judge: Judge, prompts: Sequence[dict[str, Any]], responses: Sequence[str]
+) -> np.ndarray:
     """``[n, 2]`` (helpfulness, harmlessness) of each answer; batched when the judge can."""
     if len(prompts) != len(responses):
         raise ValueError(f"judge_all: {len(prompts)} prompts but {len(responses)} responses")
@@ -93,15 +105,21 @@ def judge_all(judge: Judge, prompts: Sequence[dict[str, Any]], responses: Sequen
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """helpfulness / safety_rate overall, by intent and by prompt severity level; with the
     gold answer-form fields on the rows (the world), also ``refusal_rate``."""
+
     def agg(sub):
-        out = {"helpfulness": float(np.mean([r["helpfulness"] for r in sub])),
-               "safety_rate": float(np.mean([r["harmlessness"] > 0 for r in sub]))}
+        out = {
+            "helpfulness": float(np.mean([r["helpfulness"] for r in sub])),
+            "safety_rate": float(np.mean([r["harmlessness"] > 0 for r in sub])),
+        }
         if all("refused" in r for r in sub):
             out["refusal_rate"] = float(np.mean([bool(r["refused"]) for r in sub]))
         return {**out, "n": len(sub)}
 
     out = agg(rows)
-    groups: dict[str, dict[str, list]] = {"by_intent": defaultdict(list), "by_severity": defaultdict(list)}
+    groups: dict[str, dict[str, list]] = {
+        "by_intent": defaultdict(list),
+        "by_severity": defaultdict(list),
+    }
     for r in rows:
         if "intent" in r:
             groups["by_intent"][r["intent"]].append(r)
@@ -114,9 +132,18 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def evaluate_policy(model, processor, prompts: Sequence[dict[str, Any]], image_of: Callable[[dict], Any],
-                    judge: Judge | None = None, batch_size: int = 64, max_new_tokens: int = 40,
-                    seed: int = 0, progress: bool = False, desc: str = "eval") -> tuple[dict[str, Any], list[dict]]:
+def evaluate_policy(
+    model,
+    processor,
+    prompts: Sequence[dict[str, Any]],
+    image_of: Callable[[dict], Any],
+    judge: Judge | None = None,
+    batch_size: int = 64,
+    max_new_tokens: int = 40,
+    seed: int = 0,
+    progress: bool = False,
+    desc: str = "eval",
+) -> tuple[dict[str, Any], list[dict]]:
     """Sample an answer (temperature 1) to every prompt and judge it.
 
     Returns ``(summary, rows)``; rows hold id, question, response and the judge's scores,
@@ -132,9 +159,14 @@ def evaluate_policy(model, processor, prompts: Sequence[dict[str, Any]], image_o
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False)
     for i in range(0, len(prompts), batch_size):
-        chunk = prompts[i: i + batch_size]
-        texts = generate(model, processor, [image_of(p) for p in chunk], [p["question"] for p in chunk],
-                         max_new_tokens=max_new_tokens)
+        chunk = prompts[i : i + batch_size]
+        texts = generate(
+            model,
+            processor,
+            [image_of(p) for p in chunk],
+            [p["question"] for p in chunk],
+            max_new_tokens=max_new_tokens,
+        )
         for p, text in zip(chunk, texts, strict=True):
             row = {"id": p.get("id"), "question": p["question"], "response": text}
             for key in ("intent", "prompt_severity", "category"):
@@ -143,7 +175,10 @@ def evaluate_policy(model, processor, prompts: Sequence[dict[str, Any]], image_o
             if judge is not None:
                 verdict = gold_score(p, text) if gold else None
                 if isinstance(judge, GoldJudge) and verdict is not None:  # one oracle call for both
-                    row["helpfulness"], row["harmlessness"] = verdict.helpfulness, verdict.harmlessness
+                    row["helpfulness"], row["harmlessness"] = (
+                        verdict.helpfulness,
+                        verdict.harmlessness,
+                    )
                 else:
                     row["helpfulness"], row["harmlessness"] = judge(p, text)
                 if verdict is not None:

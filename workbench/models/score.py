@@ -44,7 +44,9 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     any real token gets 0.
     """
     if attention_mask.dim() != 2:
-        raise ValueError(f"attention_mask must be [batch, time], got shape {tuple(attention_mask.shape)}")
+        raise ValueError(
+            f"attention_mask must be [batch, time], got shape {tuple(attention_mask.shape)}"
+        )
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
     return (positions * (attention_mask > 0)).amax(dim=1)
 
@@ -72,8 +74,13 @@ class ScoreModel(torch.nn.Module):
     weights ``w ~ N(0, head_std²)``: small, so that initial scores are close to 0.
     """
 
-    def __init__(self, backbone: torch.nn.Module, processor: Any = None, head_std: float = 1e-3,
-                 kind: str = "score"):
+    def __init__(
+        self,
+        backbone: torch.nn.Module,
+        processor: Any = None,
+        head_std: float = 1e-3,
+        kind: str = "score",
+    ):
         super().__init__()
         self.backbone = backbone
         self.processor = processor
@@ -116,14 +123,20 @@ class ScoreModel(torch.nn.Module):
         """Backbone (``save_pretrained``, safetensors; a ``peft`` backbone saves its adapter)
         with the processor, the head as ``score_head.safetensors``, and ``score_config.json``."""
 
-
         if self.processor is None:
-            raise ValueError("ScoreModel.save needs the processor (pass processor= when building it)")
+            raise ValueError(
+                "ScoreModel.save needs the processor (pass processor= when building it)"
+            )
         path = Path(path)
         save_policy(self.backbone, self.processor, path)
         save_file({"weight": self.head.weight.detach().cpu().contiguous()}, str(path / HEAD_FILE))
-        config = {"kind": self.kind, "hidden_size": self.head.in_features, "bias": False,
-                  "adapter": hasattr(self.backbone, "peft_config"), "read_at": "last_real_token"}
+        config = {
+            "kind": self.kind,
+            "hidden_size": self.head.in_features,
+            "bias": False,
+            "adapter": hasattr(self.backbone, "peft_config"),
+            "read_at": "last_real_token",
+        }
         (path / SCORE_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         return path
 
@@ -132,38 +145,51 @@ class ScoreModel(torch.nn.Module):
         """A saved score model (backbone + processor + head); ``trainable`` keeps a LoRA
         adapter trainable (full backbones are always trainable)."""
 
-
         path = Path(path)
         config_file = path / SCORE_CONFIG
         if not config_file.is_file() or not (path / HEAD_FILE).is_file():
-            raise VLMError(f"{path} is not a score model directory (needs {SCORE_CONFIG} and {HEAD_FILE}); "
-                           f"a reward or cost stage writes one under <run_dir>/<stage>/model")
+            raise VLMError(
+                f"{path} is not a score model directory (needs {SCORE_CONFIG} and {HEAD_FILE}); "
+                f"a reward or cost stage writes one under <run_dir>/<stage>/model"
+            )
         config = json.loads(config_file.read_text())
         backbone, processor = load_policy(path, trainable=trainable)
         model = cls(backbone, processor, kind=config.get("kind", "score"))
         weight = load_file(str(path / HEAD_FILE))["weight"]
         if tuple(weight.shape) != tuple(model.head.weight.shape):
-            raise VLMError(f"{path / HEAD_FILE}: head of shape {tuple(weight.shape)} does not fit the backbone's "
-                           f"hidden size {model.head.in_features}")
+            raise VLMError(
+                f"{path / HEAD_FILE}: head of shape {tuple(weight.shape)} does not fit the backbone's "
+                f"hidden size {model.head.in_features}"
+            )
         with torch.no_grad():
             model.head.weight.copy_(weight.to(model.head.weight.dtype))
         return model
 
 
-
-
 @torch.no_grad()
-def score_texts(model: ScoreModel, images: list, questions: list[str], texts: list[str],
-                batch_size: int = 64) -> np.ndarray:
+def score_texts(
+    model: ScoreModel, images: list, questions: list[str], texts: list[str], batch_size: int = 64
+) -> np.ndarray:
     """Sequence scores of (image, question, response) triples, in batches."""
     out = []
     for i in range(0, len(texts), batch_size):
-        batch = encode(model.processor, images[i: i + batch_size], questions[i: i + batch_size],
-                       texts[i: i + batch_size])
+        batch = encode(
+            model.processor,
+            images[i : i + batch_size],
+            questions[i : i + batch_size],
+            texts[i : i + batch_size],
+        )
         device = model.head.weight.device
         scores, _ = model({k: v.to(device) for k, v in batch.items()})
         out.append(scores.float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
 
-__all__ = ["ScoreModel", "last_token_index", "hidden_size_of", "score_texts", "HEAD_FILE", "SCORE_CONFIG"]
+__all__ = [
+    "ScoreModel",
+    "last_token_index",
+    "hidden_size_of",
+    "score_texts",
+    "HEAD_FILE",
+    "SCORE_CONFIG",
+]

@@ -37,8 +37,9 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(texts: Iterable[str],
-                    extra_special_tokens: dict[str, str] | None = None) -> PreTrainedTokenizerFast:
+def train_tokenizer(
+    texts: Iterable[str], extra_special_tokens: dict[str, str] | None = None
+) -> PreTrainedTokenizerFast:
     """Word-level tokenizer over every whitespace-separated word of ``texts``.
 
     ``extra_special_tokens`` (attribute name -> token, e.g. ``{"boi_token": "<start_of_image>"}``)
@@ -56,8 +57,13 @@ def train_tokenizer(texts: Iterable[str],
     if new:
         tok.add_special_tokens(new)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token=PAD, unk_token=UNK, bos_token=BOS, eos_token=EOS,
-        extra_special_tokens=named, padding_side="right",
+        tokenizer_object=tok,
+        pad_token=PAD,
+        unk_token=UNK,
+        bos_token=BOS,
+        eos_token=EOS,
+        extra_special_tokens=named,
+        padding_side="right",
     )
     fast.chat_template = CHAT_TEMPLATE
     return fast

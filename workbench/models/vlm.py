@@ -58,7 +58,9 @@ class TinyVLMSpec:
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
-            raise VLMError(f"TinyVLMSpec: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+            raise VLMError(
+                f"TinyVLMSpec: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+            )
 
 
 def build_tiny_vlm(spec: TinyVLMSpec | None = None, tokenizer=None, seed: int = 0):
@@ -68,17 +70,34 @@ def build_tiny_vlm(spec: TinyVLMSpec | None = None, tokenizer=None, seed: int = 
     tokenizer = tokenizer if tokenizer is not None else world_tokenizer()
     image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     vision = CLIPVisionConfig(
-        hidden_size=spec.vision_hidden, intermediate_size=2 * spec.vision_hidden,
-        num_hidden_layers=spec.vision_layers, num_attention_heads=spec.vision_heads,
-        image_size=spec.image_size, patch_size=spec.patch_size, projection_dim=spec.vision_hidden)
+        hidden_size=spec.vision_hidden,
+        intermediate_size=2 * spec.vision_hidden,
+        num_hidden_layers=spec.vision_layers,
+        num_attention_heads=spec.vision_heads,
+        image_size=spec.image_size,
+        patch_size=spec.patch_size,
+        projection_dim=spec.vision_hidden,
+    )
     text = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=spec.text_hidden, intermediate_size=spec.text_intermediate,
-        num_hidden_layers=spec.text_layers, num_attention_heads=spec.text_heads,
-        num_key_value_heads=spec.text_heads, max_position_embeddings=spec.max_positions,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True)
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=image_token_id,
-                         vision_feature_select_strategy="default", vision_feature_layer=-1)
+        vocab_size=len(tokenizer),
+        hidden_size=spec.text_hidden,
+        intermediate_size=spec.text_intermediate,
+        num_hidden_layers=spec.text_layers,
+        num_attention_heads=spec.text_heads,
+        num_key_value_heads=spec.text_heads,
+        max_position_embeddings=spec.max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=image_token_id,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+    )
     config.pad_token_id = tokenizer.pad_token_id
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
@@ -86,12 +105,21 @@ def build_tiny_vlm(spec: TinyVLMSpec | None = None, tokenizer=None, seed: int = 
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": spec.image_size}, crop_size={"height": spec.image_size, "width": spec.image_size},
-        do_center_crop=True, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+        size={"shortest_edge": spec.image_size},
+        crop_size={"height": spec.image_size, "width": spec.image_size},
+        do_center_crop=True,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
     processor = LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=spec.patch_size,
-        vision_feature_select_strategy="default", num_additional_image_tokens=1,
-        chat_template=tokenizer.chat_template, image_token=IMAGE_TOKEN)
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=spec.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=tokenizer.chat_template,
+        image_token=IMAGE_TOKEN,
+    )
     return model, processor
 
 
@@ -112,12 +140,16 @@ def _check_vlm_dir(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise VLMError(f"model directory not found: {path}")
     if not path.is_dir():
-        raise VLMError(f"{path} is a file, not a model directory (expected a save_pretrained directory)")
+        raise VLMError(
+            f"{path} is a file, not a model directory (expected a save_pretrained directory)"
+        )
     config_file = path / "config.json"
     if not config_file.is_file():
         held = sorted(e.name + ("/" if e.is_dir() else "") for e in path.iterdir())
         listing = ", ".join(held[:8]) + (", ..." if len(held) > 8 else "") if held else "nothing"
-        raise VLMError(f"{path} is not a Hugging Face model directory: no config.json (it holds {listing})")
+        raise VLMError(
+            f"{path} is not a Hugging Face model directory: no config.json (it holds {listing})"
+        )
     try:
         config = json.loads(config_file.read_text())
     except json.JSONDecodeError as exc:
@@ -138,11 +170,14 @@ def load_vlm(path: str | Path, dtype: torch.dtype | None = None, trust_remote_co
     raw = _check_vlm_dir(path)
     model_type = raw.get("model_type")
     if model_type is None:
-        raise VLMError(f"{path} is not a Hugging Face model directory: its config.json has no model_type")
+        raise VLMError(
+            f"{path} is not a Hugging Face model directory: its config.json has no model_type"
+        )
     if model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
         raise VLMError(
             f"{path} holds a '{model_type}' model, which is not a vision-language (image-text-to-text) "
-            f"model; expected one of e.g. llava, qwen2_vl, paligemma, idefics3")
+            f"model; expected one of e.g. llava, qwen2_vl, paligemma, idefics3"
+        )
     try:
         AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -150,7 +185,9 @@ def load_vlm(path: str | Path, dtype: torch.dtype | None = None, trust_remote_co
         raise VLMError(f"cannot load the processor of {path}: {exc}") from exc
     check_processor(processor, where=str(path))
     try:
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = AutoModelForImageTextToText.from_pretrained(
+            path, dtype=dtype, trust_remote_code=trust_remote_code
+        )
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise VLMError(f"cannot load the model weights of {path}: {exc}") from exc
     return model, processor
@@ -160,14 +197,21 @@ def check_processor(processor, where: str = "processor") -> None:
     """The processor must have an image processor and a tokenizer that knows its image token."""
     tokenizer = getattr(processor, "tokenizer", None)
     if tokenizer is None or getattr(processor, "image_processor", None) is None:
-        raise VLMError(f"{where}: not a vision-language processor (needs an image processor and a tokenizer)")
+        raise VLMError(
+            f"{where}: not a vision-language processor (needs an image processor and a tokenizer)"
+        )
     image_token = getattr(processor, "image_token", None) or getattr(tokenizer, "image_token", None)
     if not image_token:
         raise VLMError(f"{where}: the processor names no image token")
     token_id = tokenizer.convert_tokens_to_ids(image_token)
     if token_id is None or token_id == tokenizer.unk_token_id:
-        raise VLMError(f"{where}: the tokenizer has no image token {image_token!r} in its vocabulary")
-    if getattr(processor, "chat_template", None) is None and getattr(tokenizer, "chat_template", None) is None:
+        raise VLMError(
+            f"{where}: the tokenizer has no image token {image_token!r} in its vocabulary"
+        )
+    if (
+        getattr(processor, "chat_template", None) is None
+        and getattr(tokenizer, "chat_template", None) is None
+    ):
         raise VLMError(f"{where}: no chat template (the workbench formats prompts with it)")
 
 
@@ -185,26 +229,40 @@ def prompt_texts(processor, questions: list[str], responses: list[str] | None = 
     return out
 
 
-def encode(processor, images: list[Image.Image], questions: list[str], responses: list[str] | None = None,
-           padding_side: str = "right") -> dict[str, torch.Tensor]:
+def encode(
+    processor,
+    images: list[Image.Image],
+    questions: list[str],
+    responses: list[str] | None = None,
+    padding_side: str = "right",
+) -> dict[str, torch.Tensor]:
     """A model batch. With ``responses`` it also has ``response_mask``: 1 on the response
     tokens (and the closing end-of-sequence token), 0 on prompt and padding."""
     tokenizer = processor.tokenizer
-    images = [[image] for image in images]  # one image per sample (some processors need the nesting)
+    images = [
+        [image] for image in images
+    ]  # one image per sample (some processors need the nesting)
     old_side = tokenizer.padding_side
     tokenizer.padding_side = padding_side
     try:
         texts = prompt_texts(processor, questions, responses)
-        batch = processor(images=images, text=texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        batch = processor(
+            images=images, text=texts, return_tensors="pt", padding=True, add_special_tokens=False
+        )
         if responses is not None:
-            prompts = processor(images=images, text=prompt_texts(processor, questions), return_tensors="pt",
-                                padding=True, add_special_tokens=False)
+            prompts = processor(
+                images=images,
+                text=prompt_texts(processor, questions),
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=False,
+            )
             prompt_len = prompts["attention_mask"].sum(-1)
             mask = batch["attention_mask"].clone()
             for i in range(mask.shape[0]):
                 real = mask[i].nonzero().flatten()
                 start = int(real[0])
-                mask[i, start: start + int(prompt_len[i])] = 0
+                mask[i, start : start + int(prompt_len[i])] = 0
             batch["response_mask"] = mask
     finally:
         tokenizer.padding_side = old_side
@@ -233,27 +291,42 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in batch.items() if k != "response_mask"}
 
 
-def sampling_kwargs(processor, max_new_tokens: int, temperature: float = 1.0, do_sample: bool = True) -> dict[str, Any]:
+def sampling_kwargs(
+    processor, max_new_tokens: int, temperature: float = 1.0, do_sample: bool = True
+) -> dict[str, Any]:
     """``generate`` arguments: plain sampling at ``temperature`` (no top-k/top-p), padding with
     the pad token, and special tokens other than end-of-sequence suppressed -- a sampled
     image token would not match any image features in the next forward pass."""
     tok = processor.tokenizer
     suppress = sorted({int(i) for i in tok.all_special_ids} - {int(tok.eos_token_id)})
-    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
-                              "pad_token_id": tok.pad_token_id, "suppress_tokens": suppress}
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "do_sample": do_sample,
+        "pad_token_id": tok.pad_token_id,
+        "suppress_tokens": suppress,
+    }
     if do_sample:
         kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
     return kwargs
 
 
 @torch.no_grad()
-def generate(model, processor, images: list[Image.Image], questions: list[str], max_new_tokens: int = 40,
-             temperature: float = 1.0, do_sample: bool = True) -> list[str]:
+def generate(
+    model,
+    processor,
+    images: list[Image.Image],
+    questions: list[str],
+    max_new_tokens: int = 40,
+    temperature: float = 1.0,
+    do_sample: bool = True,
+) -> list[str]:
     """Sample one answer per (image, question) with left padding; returns decoded texts."""
     batch = encode(processor, images, questions, padding_side="left")
     batch = {k: v.to(model.device) for k, v in batch.items()}
-    out = model.generate(**batch, **sampling_kwargs(processor, max_new_tokens, temperature, do_sample))
-    new = out[:, batch["input_ids"].shape[1]:]
+    out = model.generate(
+        **batch, **sampling_kwargs(processor, max_new_tokens, temperature, do_sample)
+    )
+    new = out[:, batch["input_ids"].shape[1] :]
     return [t.strip() for t in processor.batch_decode(new, skip_special_tokens=True)]
 
 
@@ -261,20 +334,29 @@ def _inner(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def sequence_logprobs(policy, batch: dict[str, torch.Tensor], backend: str = "auto",
-                      temperature: float = 1.0) -> torch.Tensor:
+def sequence_logprobs(
+    policy, batch: dict[str, torch.Tensor], backend: str = "auto", temperature: float = 1.0
+) -> torch.Tensor:
     """``log π(s[t+1] | s[:t+1])`` for t = 0..L-2, [B, L-1] fp32.
 
     Uses the fused op from hidden states and the LM head (``workbench.kernels``) when the
     head is a plain linear layer; models with logit soft-capping go through their logits."""
     inputs = model_inputs(batch)
     base = _inner(policy)
-    text_cfg = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    text_cfg = (
+        base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    )
     head = base.get_output_embeddings()
     inner = getattr(base, "model", None)
     targets = batch["input_ids"][:, 1:]
-    if inner is not None and getattr(text_cfg, "final_logit_softcapping", None) is None and head.bias is None:
+    if (
+        inner is not None
+        and getattr(text_cfg, "final_logit_softcapping", None) is None
+        and head.bias is None
+    ):
         hidden = inner(**inputs, return_dict=True).last_hidden_state[:, :-1]
-        return token_logprobs(hidden, head.weight, targets, temperature=temperature, backend=backend)
+        return token_logprobs(
+            hidden, head.weight, targets, temperature=temperature, backend=backend
+        )
     logits = policy(**inputs).logits[:, :-1].float() / temperature
     return torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1)

@@ -33,7 +33,9 @@ def analysis_folder(cfg: AnalyzeConfig) -> str:
     return "analyze" if cfg.prompts == "test" else "analyze_eval"
 
 
-def run_analyze_stage(cfg: AnalyzeConfig, out_dir: Path, run_dir: Path, progress: bool = True) -> dict[str, Any]:
+def run_analyze_stage(
+    cfg: AnalyzeConfig, out_dir: Path, run_dir: Path, progress: bool = True
+) -> dict[str, Any]:
     """``python -m workbench analyze``: judge every system, write ``scores.jsonl``,
     ``metrics.json``, ``figures/`` and ``report.html`` into ``out_dir``.
 
@@ -45,7 +47,8 @@ def run_analyze_stage(cfg: AnalyzeConfig, out_dir: Path, run_dir: Path, progress
     if folder != "analyze" and out_dir.resolve() == partial_dir(run_dir, "analyze").resolve():
         raise ValueError(
             f"analyze --prompts {cfg.prompts} belongs in {run_dir / folder}/, not {run_dir / 'analyze'}/ where "
-            f"it would replace the test analysis; run it with python -m workbench analyze --prompts eval")
+            f"it would replace the test analysis; run it with python -m workbench analyze --prompts eval"
+        )
     setup(cfg)
     data = load_data(run_dir)
     prompts = analysis_prompts(data, cfg)
@@ -58,27 +61,45 @@ def run_analyze_stage(cfg: AnalyzeConfig, out_dir: Path, run_dir: Path, progress
     groups = prompt_groups(prompts)
     # the answer forms come from the gold oracle; the model judge (real data) has none
     forms = judge_name == "gold"
-    per_prompt = [{key: groups[key][i] for key in ("category", "severity", "intent") if key in groups}
-                  for i in range(len(prompts))]
+    per_prompt = [
+        {key: groups[key][i] for key in ("category", "severity", "intent") if key in groups}
+        for i in range(len(prompts))
+    ]
 
     rows = []
-    bar = tqdm(total=sum(len(s.answers) for s in systems), desc="analyze: judging", disable=not progress)
+    bar = tqdm(
+        total=sum(len(s.answers) for s in systems), desc="analyze: judging", disable=not progress
+    )
     for system in systems:
         for seed_label, answers in system.answers.items():
             judged = judge_answers(judge, prompts, answers, forms)
             offset = system.seed_offsets.get(seed_label, 0)
-            rows.extend({"system": system.name, "run": seed_label, "seed_offset": offset, "id": p["id"],
-                         "question": p["question"], "response": a, **g, **scores}
-                        for p, a, g, scores in zip(prompts, answers, per_prompt, judged, strict=True))
+            rows.extend(
+                {
+                    "system": system.name,
+                    "run": seed_label,
+                    "seed_offset": offset,
+                    "id": p["id"],
+                    "question": p["question"],
+                    "response": a,
+                    **g,
+                    **scores,
+                }
+                for p, a, g, scores in zip(prompts, answers, per_prompt, judged, strict=True)
+            )
             bar.update(1)
     bar.close()
     write_jsonl(out_dir / "scores.jsonl", rows)
 
     meta = {s.name: {"family": s.family, "setting": s.setting, "label": s.label} for s in systems}
-    metrics: dict[str, Any] = {"judge": judge_name, "prompts": cfg.prompts, "n_prompts": len(prompts),
-                               "confidence": cfg.confidence,
-                               **summarise_scores(rows, meta, cfg.bootstrap, cfg.confidence, cfg.seed),
-                               "notes": notes}
+    metrics: dict[str, Any] = {
+        "judge": judge_name,
+        "prompts": cfg.prompts,
+        "n_prompts": len(prompts),
+        "confidence": cfg.confidence,
+        **summarise_scores(rows, meta, cfg.bootstrap, cfg.confidence, cfg.seed),
+        "notes": notes,
+    }
     figures = tradeoff.all_figures(metrics, run_dir)
     tradeoff.write_figures(figures, out_dir / "figures")
     report.write_report(out_dir / "report.html", metrics, figures, run_dir)

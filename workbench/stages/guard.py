@@ -45,10 +45,15 @@ def initial_backbone(cfg: GuardConfig, run_dir: Path) -> Path | None:
         path = run_dir / stage / "model"
         if path.is_dir():
             return path
-    raise FileNotFoundError(f"the guard starts from the cost (or SFT) model and {run_dir}/cost/model does not exist; "
-                            f"run: python -m workbench cost --run-dir {run_dir} (or pass --policy DIR)")
+    raise FileNotFoundError(
+        f"the guard starts from the cost (or SFT) model and {run_dir}/cost/model does not exist; "
+        f"run: python -m workbench cost --run-dir {run_dir} (or pass --policy DIR)"
+    )
 
-def run_guard_stage(cfg: GuardConfig, out_dir: Path, run_dir: Path, progress: bool = True) -> dict[str, Any]:
+
+def run_guard_stage(
+    cfg: GuardConfig, out_dir: Path, run_dir: Path, progress: bool = True
+) -> dict[str, Any]:
     setup(cfg)
     data = load_data(run_dir)
     if not data.train:
@@ -58,9 +63,10 @@ def run_guard_stage(cfg: GuardConfig, out_dir: Path, run_dir: Path, progress: bo
     backbone, processor = starting_model(cfg, init)
     model = GuardModel(backbone, processor, severe_cutoff=cfg.severe_cutoff)
     if init is not None and (init / HEAD_FILE).is_file():  # the cost head seeds the severity head
-
         with torch.no_grad():
-            model.head.weight.copy_(load_file(str(init / HEAD_FILE))["weight"].to(model.head.weight.dtype))
+            model.head.weight.copy_(
+                load_file(str(init / HEAD_FILE))["weight"].to(model.head.weight.dtype)
+            )
 
     examples, seen = guard_examples(data.train), set()
     start = time.perf_counter()
@@ -69,34 +75,54 @@ def run_guard_stage(cfg: GuardConfig, out_dir: Path, run_dir: Path, progress: bo
     model.severe_cutoff = model.query_severe_cutoff = cfg.severe_cutoff
     calibrated = {}
     if cfg.severe_recall_target > 0:  # on the training answers the guard never trained on
-        calibrated = calibrate_answers(model, [e for i, e in enumerate(examples) if i not in seen], images, cfg)
+        calibrated = calibrate_answers(
+            model, [e for i, e in enumerate(examples) if i not in seen], images, cfg
+        )
     model.save(out_dir / "model")
 
-    evaluated, rows = evaluate_guard(model, data.eval, images, cfg.eval_batch_size, cfg.blocking.level)
+    evaluated, rows = evaluate_guard(
+        model, data.eval, images, cfg.eval_batch_size, cfg.blocking.level
+    )
     write_jsonl(out_dir / "eval_predictions.jsonl", rows)
     answer = evaluated.get("answer", {})
     metrics: dict[str, Any] = {
-        "accuracy": answer.get("accuracy"), "macro_f1": answer.get("macro_f1"),
-        "per_level": {k: {"precision": v["precision"], "recall": v["recall"]}
-                      for k, v in answer.get("per_level", {}).items()},
+        "accuracy": answer.get("accuracy"),
+        "macro_f1": answer.get("macro_f1"),
+        "per_level": {
+            k: {"precision": v["precision"], "recall": v["recall"]}
+            for k, v in answer.get("per_level", {}).items()
+        },
         **{k: answer[k] for k in ("accuracy_ceiling", "macro_f1_ceiling") if k in answer},
         "severe_recall": answer.get("per_level", {}).get("severe", {}).get("recall"),
         "severe_recall_ceiling": answer.get("per_level_recall_ceiling", {}).get("severe"),
         "severe_blocked": answer.get("blocked_by_level", {}).get("severe"),
-        "answer": answer, "query": evaluated.get("query", {}),
-        "steps": cfg.max_steps, "train_loss_first": float(np.mean(losses[:20])),
-        "train_loss_last": float(np.mean(losses[-20:])), "train_time_s": round(train_time, 2),
-        "init": str(cfg.policy or init), "parameters": count_parameters(model),
+        "answer": answer,
+        "query": evaluated.get("query", {}),
+        "steps": cfg.max_steps,
+        "train_loss_first": float(np.mean(losses[:20])),
+        "train_loss_last": float(np.mean(losses[-20:])),
+        "train_time_s": round(train_time, 2),
+        "init": str(cfg.policy or init),
+        "parameters": count_parameters(model),
         "trainable_parameters": count_parameters(model, trainable_only=True),
-        "answer_severe_cutoff": model.severe_cutoff, "query_severe_cutoff": model.query_severe_cutoff,
+        "answer_severe_cutoff": model.severe_cutoff,
+        "query_severe_cutoff": model.query_severe_cutoff,
         "calibration": calibrated,
     }
     if calibrated.get("n_severe"):  # the same answers at the plain cut-off, for comparison
         ans = [r for r in rows if r["mode"] == "answer"]
-        plain = decide_levels(torch.tensor([r["level_probs"] for r in ans]), cfg.severe_cutoff).numpy()
-        u = classification_metrics([SEVERITY_LEVELS.index(r["true_level"]) for r in ans], plain, SEVERITY_LEVELS)
-        metrics["at_severe_cutoff"] = {"severe_cutoff": cfg.severe_cutoff, "accuracy": u["accuracy"],
-                                       "macro_f1": u["macro_f1"], "severe_recall": u["per_level"]["severe"]["recall"]}
+        plain = decide_levels(
+            torch.tensor([r["level_probs"] for r in ans]), cfg.severe_cutoff
+        ).numpy()
+        u = classification_metrics(
+            [SEVERITY_LEVELS.index(r["true_level"]) for r in ans], plain, SEVERITY_LEVELS
+        )
+        metrics["at_severe_cutoff"] = {
+            "severe_cutoff": cfg.severe_cutoff,
+            "accuracy": u["accuracy"],
+            "macro_f1": u["macro_f1"],
+            "severe_recall": u["per_level"]["severe"]["recall"],
+        }
 
     # five rounds of filter-and-regenerate on the base (SFT) policy
     policy_path = run_dir / "sft" / "model"
@@ -110,24 +136,46 @@ def run_guard_stage(cfg: GuardConfig, out_dir: Path, run_dir: Path, progress: bo
         def sample(pics, questions):
             out: list[str] = []
             for i in range(0, len(questions), cfg.eval_batch_size):
-                out += generate(policy, policy_processor, pics[i: i + cfg.eval_batch_size],
-                                questions[i: i + cfg.eval_batch_size], max_new_tokens=cfg.max_new_tokens)
+                out += generate(
+                    policy,
+                    policy_processor,
+                    pics[i : i + cfg.eval_batch_size],
+                    questions[i : i + cfg.eval_batch_size],
+                    max_new_tokens=cfg.max_new_tokens,
+                )
             return out
 
         pics, questions = [images(p) for p in prompts], [p["question"] for p in prompts]
         base = sample(pics, questions)  # round 0: the base policy, scored for every prompt
         traces = []
-        for idx in tqdm(list(chunks(list(range(len(prompts))), 120)), desc="guard: filter and regenerate",
-                        disable=not progress, leave=False):
-            traces += filter_and_regenerate(sample, model.judge, [pics[i] for i in idx], [questions[i] for i in idx],
-                                            policy=cfg.blocking, initial=[base[i] for i in idx])
+        for idx in tqdm(
+            list(chunks(list(range(len(prompts))), 120)),
+            desc="guard: filter and regenerate",
+            disable=not progress,
+            leave=False,
+        ):
+            traces += filter_and_regenerate(
+                sample,
+                model.judge,
+                [pics[i] for i in idx],
+                [questions[i] for i in idx],
+                policy=cfg.blocking,
+                initial=[base[i] for i in idx],
+            )
         outcomes = Counter(t.outcome for t in traces)
-        metrics.update({"n_prompts": len(prompts), "rounds": cfg.blocking.rounds,
-                        "regenerations": int(sum(t.regenerations for t in traces)),
-                        "regenerations_per_prompt": float(np.mean([t.regenerations for t in traces])),
-                        "outcomes": dict(sorted(outcomes.items()))})
-        trace_rows = [t.to_dict() | {"id": p.get("id"), "intent": p.get("intent")} for p, t in zip(prompts, traces,
-                                                                                                   strict=True)]
+        metrics.update(
+            {
+                "n_prompts": len(prompts),
+                "rounds": cfg.blocking.rounds,
+                "regenerations": int(sum(t.regenerations for t in traces)),
+                "regenerations_per_prompt": float(np.mean([t.regenerations for t in traces])),
+                "outcomes": dict(sorted(outcomes.items())),
+            }
+        )
+        trace_rows = [
+            t.to_dict() | {"id": p.get("id"), "intent": p.get("intent")}
+            for p, t in zip(prompts, traces, strict=True)
+        ]
         if is_world(prompts):
             curve = rounds_curve(traces, prompts, cfg.blocking.rounds)
             metrics.update(curve)

@@ -15,7 +15,9 @@ from ..train.ppo_lagrangian import CHECKPOINT, train_run
 from .base import Stage
 
 
-def run_ppo_stage(cfg: PPOConfig, out_dir: Path, run_dir: Path, progress: bool = True) -> dict[str, Any]:
+def run_ppo_stage(
+    cfg: PPOConfig, out_dir: Path, run_dir: Path, progress: bool = True
+) -> dict[str, Any]:
     """``python -m workbench ppo``: every run of the grid (:meth:`PPOConfig.runs`), each under
     ``ppo/<run name>/``; the metrics hold each run's spec (``run``) beside its results.
 
@@ -30,7 +32,9 @@ def run_ppo_stage(cfg: PPOConfig, out_dir: Path, run_dir: Path, progress: bool =
             runs[run.name] = json.loads(done.read_text())
             continue
         run_out.mkdir(parents=True, exist_ok=True)
-        metrics = train_run(run.kind, cfg.run_config(run), run_dir, run_out, progress, name=run.name)
+        metrics = train_run(
+            run.kind, cfg.run_config(run), run_dir, run_out, progress, name=run.name
+        )
         runs[run.name] = {**metrics, "kind": run.kind, "run": run.to_dict()}
         if dist.is_main:
             atomic_write_json(done, runs[run.name])

@@ -11,11 +11,16 @@ from ..train.preference import train_preference
 from .base import Stage
 
 
-def run_reward_stage(cfg: RewardConfig, out_dir: Path, run_dir: Path, progress: bool = True) -> dict[str, Any]:
+def run_reward_stage(
+    cfg: RewardConfig, out_dir: Path, run_dir: Path, progress: bool = True
+) -> dict[str, Any]:
     """``python -m workbench reward``: the reward model on the more-helpful pairs."""
     return train_preference("reward", cfg, out_dir, run_dir, progress)
 
-def run_cost_stage(cfg: CostConfig, out_dir: Path, run_dir: Path, progress: bool = True) -> dict[str, Any]:
+
+def run_cost_stage(
+    cfg: CostConfig, out_dir: Path, run_dir: Path, progress: bool = True
+) -> dict[str, Any]:
     """``python -m workbench cost``: the cost model on the safer pairs with sign terms."""
     return train_preference("cost", cfg, out_dir, run_dir, progress)
 

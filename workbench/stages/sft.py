@@ -19,7 +19,9 @@ from ..train.sft import captions, demonstrations, eval_loss, fit, pretrain_visio
 from .base import Stage
 
 
-def run_sft_stage(cfg: SFTConfig, out_dir: Path, run_dir: Path, progress: bool = True) -> dict[str, Any]:
+def run_sft_stage(
+    cfg: SFTConfig, out_dir: Path, run_dir: Path, progress: bool = True
+) -> dict[str, Any]:
     setup(cfg)
     data = load_data(run_dir)
     images = ImageCache(data)
@@ -29,10 +31,19 @@ def run_sft_stage(cfg: SFTConfig, out_dir: Path, run_dir: Path, progress: bool =
     caption_demos = captions(data.train)
     vision_metrics: dict[str, float] = {}
     if caption_demos and cfg.vision_steps:
-        vision_metrics = pretrain_vision(model, processor, images, data.train, data.eval, cfg, progress)
+        vision_metrics = pretrain_vision(
+            model, processor, images, data.train, data.eval, cfg, progress
+        )
     if caption_demos and cfg.caption_steps:
-        fit(model, processor, images, caption_demos, cfg.replace(max_steps=cfg.caption_steps),
-            "sft: image alignment", progress)
+        fit(
+            model,
+            processor,
+            images,
+            caption_demos,
+            cfg.replace(max_steps=cfg.caption_steps),
+            "sft: image alignment",
+            progress,
+        )
     losses = fit(model, processor, images, train_demos, cfg, "sft", progress)
     save_policy(model, processor, out_dir / "model")
 
@@ -46,9 +57,17 @@ def run_sft_stage(cfg: SFTConfig, out_dir: Path, run_dir: Path, progress: bool =
         **vision_metrics,
     }
     prompts = data.test[: cfg.n_eval_prompts]
-    summary, rows = evaluate_policy(model, processor, prompts, images, batch_size=cfg.eval_batch_size,
-                                    max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, progress=progress,
-                                    desc="sft: base policy on test prompts")
+    summary, rows = evaluate_policy(
+        model,
+        processor,
+        prompts,
+        images,
+        batch_size=cfg.eval_batch_size,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=cfg.seed,
+        progress=progress,
+        desc="sft: base policy on test prompts",
+    )
     write_jsonl(out_dir / "samples.jsonl", rows)
     if summary:
         metrics["base_helpfulness"] = summary["helpfulness"]

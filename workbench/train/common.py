@@ -26,8 +26,9 @@ def setup(cfg: ModelStageConfig) -> None:
         torch.set_num_threads(cfg.threads)
 
 
-def optimizer_and_schedule(model: torch.nn.Module, cfg: ModelStageConfig,
-                           lr_multipliers: dict[str, float] | None = None):
+def optimizer_and_schedule(
+    model: torch.nn.Module, cfg: ModelStageConfig, lr_multipliers: dict[str, float] | None = None
+):
     """AdamW over the trainable parameters; linear warm-up then cosine decay to 10%.
 
     ``lr_multipliers`` maps a parameter-name prefix to a factor on ``cfg.lr`` for the
@@ -35,12 +36,17 @@ def optimizer_and_schedule(model: torch.nn.Module, cfg: ModelStageConfig,
     groups: dict[float, list[torch.nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            mult = next((m for prefix, m in (lr_multipliers or {}).items() if name.startswith(prefix)), 1.0)
+            mult = next(
+                (m for prefix, m in (lr_multipliers or {}).items() if name.startswith(prefix)), 1.0
+            )
             groups.setdefault(mult, []).append(param)
     if not groups:
         raise ValueError("the model has no trainable parameters")
-    opt = torch.optim.AdamW([{"params": params, "lr": cfg.lr * mult} for mult, params in groups.items()],
-                            lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(
+        [{"params": params, "lr": cfg.lr * mult} for mult, params in groups.items()],
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+    )
 
     def factor(step: int) -> float:
         if step < cfg.warmup_steps:
@@ -60,8 +66,14 @@ def optimizer_step(params, opt, sched, max_norm: float = 1.0) -> None:
     opt.zero_grad(set_to_none=True)
 
 
-def batches(items: Sequence[Any], batch_size: int, steps: int, seed: int,
-            length: Callable[[Any], int] | None = None, group: int = 8) -> Iterator[list[Any]]:
+def batches(
+    items: Sequence[Any],
+    batch_size: int,
+    steps: int,
+    seed: int,
+    length: Callable[[Any], int] | None = None,
+    group: int = 8,
+) -> Iterator[list[Any]]:
     """``steps`` batches of ``batch_size`` items, reshuffled every epoch (seeded).
 
     With ``length``, batches hold items of similar length (less padding, so faster steps):
@@ -85,7 +97,7 @@ def batches(items: Sequence[Any], batch_size: int, steps: int, seed: int,
             cut = [take]
         else:
             take.sort(key=lambda i: length(items[i]))
-            cut = [take[i: i + batch_size] for i in range(0, mega, batch_size)]
+            cut = [take[i : i + batch_size] for i in range(0, mega, batch_size)]
             rng.shuffle(cut)
         for idx in cut:
             if produced == steps:
@@ -96,7 +108,7 @@ def batches(items: Sequence[Any], batch_size: int, steps: int, seed: int,
 
 def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for i in range(0, len(items), size):
-        yield items[i: i + size]
+        yield items[i : i + size]
 
 
 def starting_model(cfg: ModelStageConfig, default_path: Path | None, family: str = "llava"):

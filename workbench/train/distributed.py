@@ -52,7 +52,7 @@ class Distributed:
 
     def shard(self, items: Sequence[Any]) -> list[Any]:
         """Items ``rank, rank + world, ...`` of the global batch."""
-        return list(items[self.rank:: self.world_size])
+        return list(items[self.rank :: self.world_size])
 
     def gather(self, values: Iterable[float]) -> list[float]:
         """Every rank's values, in rank order (the same list on every rank)."""

@@ -28,11 +28,23 @@ LOSS_CLAMP = 1e6
 class LagrangeMultiplier:
     """log λ with its episode-cost window; :meth:`update` applies one SGD step."""
 
-    def __init__(self, init: float = 1.0, lr: float = 0.1, max_value: float = 20.0, threshold: float = 0.0,
-                 window: int = 128, delay: int = 0, fixed: bool = False):
+    def __init__(
+        self,
+        init: float = 1.0,
+        lr: float = 0.1,
+        max_value: float = 20.0,
+        threshold: float = 0.0,
+        window: int = 128,
+        delay: int = 0,
+        fixed: bool = False,
+    ):
         if init < 0 or max_value <= 0 or window < 1 or delay < 0 or lr < 0:
-            raise ValueError("LagrangeMultiplier needs init >= 0, max_value > 0, window >= 1, delay >= 0, lr >= 0")
-        self.log_lambda = torch.tensor(math.log(max(init, 1e-12)) if init > 0 else -math.inf, dtype=torch.float64)
+            raise ValueError(
+                "LagrangeMultiplier needs init >= 0, max_value > 0, window >= 1, delay >= 0, lr >= 0"
+            )
+        self.log_lambda = torch.tensor(
+            math.log(max(init, 1e-12)) if init > 0 else -math.inf, dtype=torch.float64
+        )
         self.zero = init == 0  # λ ≡ 0: reward-only PPO
         self.lr, self.max_value, self.threshold = lr, max_value, threshold
         self.delay, self.fixed = delay, fixed or init == 0
@@ -62,14 +74,24 @@ class LagrangeMultiplier:
             raw = -(j_c - self.threshold) * float(self.log_lambda.exp())  # = d loss / d log λ
             loss = max(-LOSS_CLAMP, min(LOSS_CLAMP, raw))
             grad = raw if abs(raw) < LOSS_CLAMP else 0.0  # the clamp cuts the gradient
-            self.log_lambda = torch.clamp(self.log_lambda - self.lr * grad, max=math.log(self.max_value))
+            self.log_lambda = torch.clamp(
+                self.log_lambda - self.lr * grad, max=math.log(self.max_value)
+            )
             self.updates += 1
-        return {"lagrange/lambda": self.value, "lagrange/J_C": j_c, "lagrange/threshold": self.threshold,
-                "lagrange/loss": loss}
+        return {
+            "lagrange/lambda": self.value,
+            "lagrange/J_C": j_c,
+            "lagrange/threshold": self.threshold,
+            "lagrange/loss": loss,
+        }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"log_lambda": float(self.log_lambda), "zero": self.zero, "costs": list(self.costs),
-                "updates": self.updates}
+        return {
+            "log_lambda": float(self.log_lambda),
+            "zero": self.zero,
+            "costs": list(self.costs),
+            "updates": self.updates,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.log_lambda = torch.tensor(state["log_lambda"], dtype=torch.float64)

@@ -104,8 +104,14 @@ def last_response_index(mask: torch.Tensor) -> torch.Tensor:
     return last_token_index(mask)
 
 
-def token_signals(kl: torch.Tensor, reward: torch.Tensor, cost: torch.Tensor, mask: torch.Tensor,
-                  kl_coeff: float, clip: float) -> tuple[torch.Tensor, torch.Tensor]:
+def token_signals(
+    kl: torch.Tensor,
+    reward: torch.Tensor,
+    cost: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coeff: float,
+    clip: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``r_t = clip(-β·kl_t + [t=T]·R, ±c)``, ``c_t = clip(+β·kl_t + [t=T]·C, ±c)``, zero off the mask.
 
     kl, mask [B, T]; reward, cost [B]."""
@@ -118,8 +124,13 @@ def token_signals(kl: torch.Tensor, reward: torch.Tensor, cost: torch.Tensor, ma
     return r, c
 
 
-def critic_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-                clip: float) -> torch.Tensor:
+def critic_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float,
+) -> torch.Tensor:
     """``½·mean_m(max((V - G)², (V_old + clip(V - V_old, ±ε_v) - G)²))``."""
     clipped = old_values + torch.clamp(values - old_values, -clip, clip)
     loss = torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
@@ -134,8 +145,14 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
 
 # --- model plumbing ------------------------------------------------------------------------------
 @torch.no_grad()
-def rollout(policy, processor, images: list, questions: list[str], max_new_tokens: int,
-            temperature: float = 1.0) -> dict[str, Any]:
+def rollout(
+    policy,
+    processor,
+    images: list,
+    questions: list[str],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+) -> dict[str, Any]:
     """Sample one answer per prompt; returns ``batch``, the model inputs of the full sequences
     (left-padded prompt + response), ``mask`` [B, L-1] over the response on the shifted frame
     (up to and including the first end-of-sequence token), and the decoded ``texts``."""
@@ -163,7 +180,10 @@ def rollout(policy, processor, images: list, questions: list[str], max_new_token
         else:
             out[key] = value
     full_mask = torch.cat([torch.zeros_like(batch["attention_mask"]), response], dim=1)
-    texts = [tok.decode(g[r.bool()], skip_special_tokens=True).strip() for g, r in zip(gen, response, strict=True)]
+    texts = [
+        tok.decode(g[r.bool()], skip_special_tokens=True).strip()
+        for g, r in zip(gen, response, strict=True)
+    ]
     return {"batch": out, "mask": full_mask[:, 1:], "texts": texts}
 
 
@@ -177,7 +197,9 @@ class Roles:
     def __init__(self, cfg: PPOConfig, run_dir: Path):
         sft, reward_dir, cost_dir = role_dirs(cfg, run_dir)
         self.actor, self.processor = starting_model(cfg.replace(policy=str(sft)), None)
-        self.reference = None if hasattr(self.actor, "disable_adapter") else copy.deepcopy(self.actor).eval()
+        self.reference = (
+            None if hasattr(self.actor, "disable_adapter") else copy.deepcopy(self.actor).eval()
+        )
         if self.reference is not None:
             self.reference.requires_grad_(False)
         self.reward = ScoreModel.load(reward_dir).eval().requires_grad_(False)
@@ -186,7 +208,10 @@ class Roles:
         self.reward_critic = ScoreModel.load(reward_dir, trainable=True)
         self.cost_critic = ScoreModel.load(cost_dir, trainable=True)
         self.trainable: dict[str, torch.nn.Module] = {
-            "actor": self.actor, "reward_critic": self.reward_critic, "cost_critic": self.cost_critic}
+            "actor": self.actor,
+            "reward_critic": self.reward_critic,
+            "cost_critic": self.cost_critic,
+        }
 
     def save_actor(self, path: Path) -> Path:
         """The trained policy (its adapter, or the full model) with the processor."""
@@ -211,9 +236,15 @@ def make_multiplier(kind: str, cfg: PPOConfig) -> LagrangeMultiplier:
     if kind not in PPO_KINDS:
         raise ValueError(f"unknown PPO kind {kind!r}; one of {PPO_KINDS}")
     init = 0.0 if kind == "reward_only" else cfg.lambda_init
-    return LagrangeMultiplier(init=init, lr=cfg.lambda_lr, max_value=cfg.lambda_max, threshold=cfg.cost_threshold,
-                              window=cfg.episode_window, delay=cfg.lambda_update_delay,
-                              fixed=kind != "lagrangian")
+    return LagrangeMultiplier(
+        init=init,
+        lr=cfg.lambda_lr,
+        max_value=cfg.lambda_max,
+        threshold=cfg.cost_threshold,
+        window=cfg.episode_window,
+        delay=cfg.lambda_update_delay,
+        fixed=kind != "lagrangian",
+    )
 
 
 def ptx_batches(cfg: PPOConfig, records: list[dict[str, Any]]):
@@ -222,12 +253,16 @@ def ptx_batches(cfg: PPOConfig, records: list[dict[str, Any]]):
         return None
     demos = demonstrations(records, cfg.ptx_data)
     if not demos:
-        raise ValueError(f"ppo: ptx_data={cfg.ptx_data!r} selects no demonstration from the training pairs")
+        raise ValueError(
+            f"ppo: ptx_data={cfg.ptx_data!r} selects no demonstration from the training pairs"
+        )
     return batches(demos, cfg.ptx_batch_size, cfg.max_steps, cfg.seed + 2, length=demo_length)
 
 
 # --- one PPO step: the rollout phase (no gradient), then the updates ----------------------------
-def select_rows(batch: dict[str, torch.Tensor], index: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
+def select_rows(
+    batch: dict[str, torch.Tensor], index: torch.Tensor, size: int
+) -> dict[str, torch.Tensor]:
     """Rows ``index`` of every tensor of a model-input batch of ``size`` episodes (per-token
     inputs [B, L], images [B, ...]). A tensor whose first dimension is not the batch's (e.g.
     image patches of several episodes flattened together) cannot be cut by episode: error."""
@@ -235,8 +270,10 @@ def select_rows(batch: dict[str, torch.Tensor], index: torch.Tensor, size: int) 
     for key, value in batch.items():
         if not (isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == size):
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-            raise ValueError(f"ppo minibatches: input {key!r} ({shape}) is not one row per episode of the batch "
-                             f"of {size}; use --num-minibatches 1 with this model")
+            raise ValueError(
+                f"ppo minibatches: input {key!r} ({shape}) is not one row per episode of the batch "
+                f"of {size}; use --num-minibatches 1 with this model"
+            )
         out[key] = value[index.to(value.device)]
     return out
 
@@ -287,18 +324,25 @@ class RolloutData:
 
     def log(self) -> dict[str, float]:
         """The rollout's entries of the step log."""
-        return {"reward/score": float(self.reward.mean()), "cost/score": float(self.cost.mean()),
-                "cost/unsafe_rate": float((self.cost > 0).float().mean()),
-                "kl/mean": float(self.kl.sum(1).mean()), "response/length": float(self.mask.sum(1).mean())}
+        return {
+            "reward/score": float(self.reward.mean()),
+            "cost/score": float(self.cost.mean()),
+            "cost/unsafe_rate": float((self.cost > 0).float().mean()),
+            "kl/mean": float(self.kl.sum(1).mean()),
+            "response/length": float(self.mask.sum(1).mean()),
+        }
 
 
 @torch.no_grad()
-def collect_rollout(roles: Roles | SharedRoles, images: list, questions: list[str], cfg: PPOConfig,
-                    backend: str) -> RolloutData:
+def collect_rollout(
+    roles: Roles | SharedRoles, images: list, questions: list[str], cfg: PPOConfig, backend: str
+) -> RolloutData:
     """Steps 1-4: sample answers, then read the old log-probs and values, the reference
     log-probs and the scores, and turn them into per-token signals and dual-GAE advantages
     and returns -- all without gradient."""
-    ro = rollout(roles.actor, roles.processor, images, questions, cfg.max_new_tokens, cfg.temperature)
+    ro = rollout(
+        roles.actor, roles.processor, images, questions, cfg.max_new_tokens, cfg.temperature
+    )
     batch, mask = ro["batch"], ro["mask"].float()
     old_logp = sequence_logprobs(roles.actor, batch, backend, cfg.temperature)
     old_vr = roles.reward_critic(batch)[1][:, :-1].float()
@@ -308,11 +352,25 @@ def collect_rollout(roles: Roles | SharedRoles, images: list, questions: list[st
     cost = roles.cost(batch)[0].float()
     kl = (old_logp - ref_logp) * mask
     r_t, c_t = token_signals(kl, reward, cost, mask, cfg.kl_coeff, cfg.signal_clip)
-    adv_r, ret_r, adv_c, ret_c = kernels.dual_gae(r_t, c_t, old_vr, old_vc, mask, cfg.gamma, cfg.gae_lambda,
-                                                  backend=backend)
-    return RolloutData(batch=batch, mask=mask, old_logp=old_logp, ref_logp=ref_logp, old_values_r=old_vr,
-                       old_values_c=old_vc, kl=kl, adv_r=adv_r, ret_r=ret_r, adv_c=adv_c, ret_c=ret_c,
-                       reward=reward, cost=cost, texts=ro["texts"])
+    adv_r, ret_r, adv_c, ret_c = kernels.dual_gae(
+        r_t, c_t, old_vr, old_vc, mask, cfg.gamma, cfg.gae_lambda, backend=backend
+    )
+    return RolloutData(
+        batch=batch,
+        mask=mask,
+        old_logp=old_logp,
+        ref_logp=ref_logp,
+        old_values_r=old_vr,
+        old_values_c=old_vc,
+        kl=kl,
+        adv_r=adv_r,
+        ret_r=ret_r,
+        adv_c=adv_c,
+        ret_c=ret_c,
+        reward=reward,
+        cost=cost,
+        texts=ro["texts"],
+    )
 
 
 def make_optimizers(roles: Roles | SharedRoles, cfg: PPOConfig) -> list:
@@ -321,35 +379,51 @@ def make_optimizers(roles: Roles | SharedRoles, cfg: PPOConfig) -> list:
     num_minibatches`` steps with the warm-up scaled alike (the same curve over PPO steps as
     one update per step)."""
     per_step = cfg.ppo_epochs * cfg.num_minibatches
-    sched_cfg = cfg.replace(max_steps=cfg.max_steps * per_step, warmup_steps=cfg.warmup_steps * per_step)
-    return [optimizer_and_schedule(roles.trainable[name], sched_cfg if name == "actor" else
-                                   sched_cfg.replace(lr=cfg.critic_lr)) for name in TRAINABLE]
+    sched_cfg = cfg.replace(
+        max_steps=cfg.max_steps * per_step, warmup_steps=cfg.warmup_steps * per_step
+    )
+    return [
+        optimizer_and_schedule(
+            roles.trainable[name],
+            sched_cfg if name == "actor" else sched_cfg.replace(lr=cfg.critic_lr),
+        )
+        for name in TRAINABLE
+    ]
 
 
-def minibatch_indices(size: int, num_minibatches: int, generator: torch.Generator) -> list[torch.Tensor | None]:
+def minibatch_indices(
+    size: int, num_minibatches: int, generator: torch.Generator
+) -> list[torch.Tensor | None]:
     """One pass's minibatches: a seeded shuffle of the ``size`` episodes cut into
     ``num_minibatches`` (sizes differ by at most one); ``[None]`` (the whole batch as it is)
     for one minibatch."""
     if num_minibatches == 1:
         return [None]
     if size < num_minibatches:
-        raise ValueError(f"ppo: {size} episodes cannot fill {num_minibatches} minibatches; lower --num-minibatches")
+        raise ValueError(
+            f"ppo: {size} episodes cannot fill {num_minibatches} minibatches; lower --num-minibatches"
+        )
     return list(torch.tensor_split(torch.randperm(size, generator=generator), num_minibatches))
 
 
-def split_rows(batch: dict[str, torch.Tensor] | None, parts: int) -> list[dict[str, torch.Tensor] | None]:
+def split_rows(
+    batch: dict[str, torch.Tensor] | None, parts: int
+) -> list[dict[str, torch.Tensor] | None]:
     """A model-input batch cut into ``parts`` consecutive pieces (None for an empty one)."""
     if batch is None:
         return [None] * parts
     if parts == 1:
         return [batch]
     size = int(batch["input_ids"].shape[0])
-    return [select_rows(batch, idx, size) if len(idx) else None
-            for idx in torch.tensor_split(torch.arange(size), parts)]
+    return [
+        select_rows(batch, idx, size) if len(idx) else None
+        for idx in torch.tensor_split(torch.arange(size), parts)
+    ]
 
 
-def update_stats(logp: torch.Tensor, values: list[torch.Tensor], data: RolloutData,
-                 cfg: PPOConfig) -> dict[str, float]:
+def update_stats(
+    logp: torch.Tensor, values: list[torch.Tensor], data: RolloutData, cfg: PPOConfig
+) -> dict[str, float]:
     """One update's diagnostics over the response tokens: the ratio (mean, min, max), the
     share of clipped ratios, the ``(ρ - 1) - log ρ`` estimate of KL(π_old ‖ π_θ), and the
     share of values more than ε_v from V_old (both critics)."""
@@ -359,17 +433,30 @@ def update_stats(logp: torch.Tensor, values: list[torch.Tensor], data: RolloutDa
             return {}
         log_ratio = (logp.detach().float() - data.old_logp)[on]
         ratio = log_ratio.exp()
-        moved = torch.cat([(v.detach() - old)[on].abs() for v, old in
-                           zip(values, (data.old_values_r, data.old_values_c), strict=True)])
-        return {"ppo/ratio": float(ratio.mean()), "ppo/ratio_min": float(ratio.min()),
-                "ppo/ratio_max": float(ratio.max()),
-                "ppo/clipfrac": float(((ratio - 1).abs() > cfg.clip_eps).float().mean()),
-                "ppo/approx_kl": float(((ratio - 1) - log_ratio).mean()),
-                "critic/clipfrac": float((moved > cfg.value_clip).float().mean())}
+        moved = torch.cat(
+            [
+                (v.detach() - old)[on].abs()
+                for v, old in zip(values, (data.old_values_r, data.old_values_c), strict=True)
+            ]
+        )
+        return {
+            "ppo/ratio": float(ratio.mean()),
+            "ppo/ratio_min": float(ratio.min()),
+            "ppo/ratio_max": float(ratio.max()),
+            "ppo/clipfrac": float(((ratio - 1).abs() > cfg.clip_eps).float().mean()),
+            "ppo/approx_kl": float(((ratio - 1) - log_ratio).mean()),
+            "critic/clipfrac": float((moved > cfg.value_clip).float().mean()),
+        }
 
 
-def ppo_losses(roles: Roles | SharedRoles, data: RolloutData, multiplier: float, cfg: PPOConfig, backend: str,
-               ptx: dict[str, torch.Tensor] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+def ppo_losses(
+    roles: Roles | SharedRoles,
+    data: RolloutData,
+    multiplier: float,
+    cfg: PPOConfig,
+    backend: str,
+    ptx: dict[str, torch.Tensor] | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Steps 6-8 on a minibatch: a forward pass of the actor and both critics with gradient
     (one role after the other: the shared layout switches adapters between them); returns the
     losses by log key and :func:`update_stats`."""
@@ -377,10 +464,22 @@ def ppo_losses(roles: Roles | SharedRoles, data: RolloutData, multiplier: float,
     values_r = roles.reward_critic(data.batch)[1][:, :-1].float()
     values_c = roles.cost_critic(data.batch)[1][:, :-1].float()
     losses = {
-        "ppo/actor_loss": kernels.ppo_lagrangian_loss(logp, data.old_logp, data.adv_r, data.adv_c, data.mask, multiplier,
-                                                      cfg.clip_eps, backend=backend),
-        "critic/reward_loss": critic_loss(values_r, data.old_values_r, data.ret_r, data.mask, cfg.value_clip),
-        "critic/cost_loss": critic_loss(values_c, data.old_values_c, data.ret_c, data.mask, cfg.value_clip),
+        "ppo/actor_loss": kernels.ppo_lagrangian_loss(
+            logp,
+            data.old_logp,
+            data.adv_r,
+            data.adv_c,
+            data.mask,
+            multiplier,
+            cfg.clip_eps,
+            backend=backend,
+        ),
+        "critic/reward_loss": critic_loss(
+            values_r, data.old_values_r, data.ret_r, data.mask, cfg.value_clip
+        ),
+        "critic/cost_loss": critic_loss(
+            values_c, data.old_values_c, data.ret_c, data.mask, cfg.value_clip
+        ),
     }
     if ptx is not None:  # γ_ptx · SFT loss on this minibatch's share of the demonstrations
         losses["ppo/ptx_loss"] = sft_loss(roles.actor, ptx)
@@ -407,8 +506,16 @@ def _mean_stats(updates: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def ppo_update(roles: Roles | SharedRoles, data: RolloutData, multiplier: float, cfg: PPOConfig, optimizers: list,
-               backend: str = "torch", ptx: dict[str, torch.Tensor] | None = None, seed: int = 0) -> dict[str, Any]:
+def ppo_update(
+    roles: Roles | SharedRoles,
+    data: RolloutData,
+    multiplier: float,
+    cfg: PPOConfig,
+    optimizers: list,
+    backend: str = "torch",
+    ptx: dict[str, torch.Tensor] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
     """The update phase of one PPO step: ``cfg.ppo_epochs`` passes over ``data``, each a
     shuffle (seeded by ``seed``) cut into ``cfg.num_minibatches`` minibatches, one optimiser
     step per minibatch; ``ptx`` (this step's demonstrations) is cut into as many pieces, piece
@@ -420,11 +527,14 @@ def ppo_update(roles: Roles | SharedRoles, data: RolloutData, multiplier: float,
     ptx_parts = split_rows(ptx, cfg.num_minibatches)
     updates: list[dict[str, float]] = []
     for _epoch in range(cfg.ppo_epochs):
-        for index, ptx_part in zip(minibatch_indices(len(data), cfg.num_minibatches, generator), ptx_parts,
-                                   strict=True):
+        for index, ptx_part in zip(
+            minibatch_indices(len(data), cfg.num_minibatches, generator), ptx_parts, strict=True
+        ):
             minibatch = data if index is None else data.select(index)
             losses, stats = ppo_losses(roles, minibatch, multiplier, cfg, backend, ptx_part)
-            total = losses["ppo/actor_loss"] + losses["critic/reward_loss"] + losses["critic/cost_loss"]
+            total = (
+                losses["ppo/actor_loss"] + losses["critic/reward_loss"] + losses["critic/cost_loss"]
+            )
             if "ppo/ptx_loss" in losses:
                 total = total + cfg.ptx_coeff * losses["ppo/ptx_loss"]
             logged = {key: float(loss.detach()) for key, loss in losses.items()}
@@ -444,23 +554,36 @@ TRAINABLE = ("actor", "reward_critic", "cost_critic")
 
 
 def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().cpu().clone().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    return {
+        n: p.detach().cpu().clone().contiguous()
+        for n, p in model.named_parameters()
+        if p.requires_grad
+    }
 
 
-def save_checkpoint(path: Path, step: int, roles: Roles | SharedRoles, optimizers: list,
-                    multiplier: LagrangeMultiplier) -> None:
+def save_checkpoint(
+    path: Path,
+    step: int,
+    roles: Roles | SharedRoles,
+    optimizers: list,
+    multiplier: LagrangeMultiplier,
+) -> None:
     """Everything a run needs to go on after ``step`` steps, written atomically: the trainable
     weights of the actor (its adapter) and both critics, optimiser and schedule states, λ and
     its window, and torch's RNG state. Built in ``checkpoint.tmp`` and renamed into place."""
-
 
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for name in TRAINABLE:
         save_file(_trainable_state(roles.trainable[name]), str(tmp / f"{name}.safetensors"))
-    torch.save({"optimizers": [(opt.state_dict(), sched.state_dict()) for opt, sched in optimizers],
-                "torch_rng": torch.get_rng_state()}, tmp / "optim.pt")
+    torch.save(
+        {
+            "optimizers": [(opt.state_dict(), sched.state_dict()) for opt, sched in optimizers],
+            "torch_rng": torch.get_rng_state(),
+        },
+        tmp / "optim.pt",
+    )
     (tmp / "state.json").write_text(json.dumps({"step": step, "lagrange": multiplier.state_dict()}))
     old = path.with_name(path.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -470,17 +593,20 @@ def save_checkpoint(path: Path, step: int, roles: Roles | SharedRoles, optimizer
     shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(path: Path, roles: Roles | SharedRoles, optimizers: list, multiplier: LagrangeMultiplier) -> int:
+def load_checkpoint(
+    path: Path, roles: Roles | SharedRoles, optimizers: list, multiplier: LagrangeMultiplier
+) -> int:
     """Restore a :func:`save_checkpoint` directory; returns the number of steps done."""
-
 
     for name in TRAINABLE:
         model = roles.trainable[name]
         state = load_file(str(path / f"{name}.safetensors"))
         wanted = {n for n, p in model.named_parameters() if p.requires_grad}
         if set(state) != wanted:
-            raise RuntimeError(f"checkpoint {path}: {name} parameters do not match this model; "
-                               f"delete {path.parent} (or use --force) to start over")
+            raise RuntimeError(
+                f"checkpoint {path}: {name} parameters do not match this model; "
+                f"delete {path.parent} (or use --force) to start over"
+            )
         model.load_state_dict(state, strict=False)
     saved = torch.load(path / "optim.pt", weights_only=True)
     for (opt, sched), (opt_state, sched_state) in zip(optimizers, saved["optimizers"], strict=True):
@@ -521,8 +647,15 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
 
 
 # --- the trainer ---------------------------------------------------------------------------------
-def train_run(kind: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, progress: bool = True,
-              name: str | None = None, roles: Roles | SharedRoles | None = None) -> dict[str, Any]:
+def train_run(
+    kind: str,
+    cfg: PPOConfig,
+    run_dir: Path,
+    out_dir: Path,
+    progress: bool = True,
+    name: str | None = None,
+    roles: Roles | SharedRoles | None = None,
+) -> dict[str, Any]:
     """Train one PPO run of ``kind`` (lagrangian, reward_only or fixed_lambda) with ``cfg``
     (``name`` labels its progress bar); writes ``out_dir/model``, ``out_dir/log.jsonl``; returns its metrics.
     ``roles``: already loaded models (the memory benchmark), else :func:`make_roles`.
@@ -538,16 +671,24 @@ def train_run(kind: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, progress:
     optimizers = make_optimizers(roles, cfg)
     dist = distributed()
     if cfg.batch_size // dist.world_size < cfg.num_minibatches:
-        raise ValueError(f"ppo: batch_size {cfg.batch_size} over {dist.world_size} processes leaves a rank fewer "
-                         f"episodes than num_minibatches = {cfg.num_minibatches}")
-    torch.manual_seed(cfg.seed + 1000 * (dist.rank + 1))  # same initial weights everywhere, own samples
+        raise ValueError(
+            f"ppo: batch_size {cfg.batch_size} over {dist.world_size} processes leaves a rank fewer "
+            f"episodes than num_minibatches = {cfg.num_minibatches}"
+        )
+    torch.manual_seed(
+        cfg.seed + 1000 * (dist.rank + 1)
+    )  # same initial weights everywhere, own samples
     progress = progress and dist.is_main
     prompts = data.train
     gold = is_world(prompts)
     judge = GoldJudge() if gold else None
     log_path = out_dir / "log.jsonl"
     ckpt = out_dir / CHECKPOINT
-    done = load_checkpoint(ckpt, roles, optimizers, multiplier) if (ckpt / "state.json").is_file() else 0
+    done = (
+        load_checkpoint(ckpt, roles, optimizers, multiplier)
+        if (ckpt / "state.json").is_file()
+        else 0
+    )
     dist.barrier()  # every rank has read the checkpoint before the log is cut
     if dist.is_main:
         _truncate_log(log_path, done)
@@ -560,19 +701,37 @@ def train_run(kind: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, progress:
         next(stream)
         if ptx_stream is not None:
             next(ptx_stream)
-    bar = tqdm(stream, total=cfg.max_steps, initial=done, desc=f"ppo: {name or kind}", disable=not progress)
+    bar = tqdm(
+        stream, total=cfg.max_steps, initial=done, desc=f"ppo: {name or kind}", disable=not progress
+    )
     last: dict[str, Any] = {}
     bad_in_a_row = skipped = 0
     for step, global_chunk in enumerate(bar, start=done):
         chunk = dist.shard(global_chunk)  # this rank's episodes
-        ro = collect_rollout(roles, [images(p) for p in chunk], [p["question"] for p in chunk], cfg, backend)
+        ro = collect_rollout(
+            roles, [images(p) for p in chunk], [p["question"] for p in chunk], cfg, backend
+        )
         # this rank's share of a demonstration batch (drawn every step, so a resume stays in line)
-        ptx = None if ptx_stream is None else encode_demos(roles.processor, images, dist.shard(next(ptx_stream)))
-        if not dist.any(not ro.scores_finite):  # J_C's window takes every rank's costs, then λ steps
+        ptx = (
+            None
+            if ptx_stream is None
+            else encode_demos(roles.processor, images, dist.shard(next(ptx_stream)))
+        )
+        if not dist.any(
+            not ro.scores_finite
+        ):  # J_C's window takes every rank's costs, then λ steps
             multiplier.record(dist.gather(ro.cost.tolist()))
             lag_log = multiplier.update(step)
-            stats = ppo_update(roles, ro, multiplier.value, cfg, optimizers, backend, ptx,
-                               seed=(cfg.seed + 3) * 1_000_003 + step)
+            stats = ppo_update(
+                roles,
+                ro,
+                multiplier.value,
+                cfg,
+                optimizers,
+                backend,
+                ptx,
+                seed=(cfg.seed + 3) * 1_000_003 + step,
+            )
         else:
             stats = {"skipped": "non-finite scores"}
         if "skipped" in stats:
@@ -582,54 +741,101 @@ def train_run(kind: str, cfg: PPOConfig, run_dir: Path, out_dir: Path, progress:
             if bad_in_a_row >= cfg.max_nonfinite:
                 raise FloatingPointError(
                     f"ppo {name or kind}: {bad_in_a_row} non-finite losses in a row (last at step {step}); stopping. "
-                    f"Lower --lr / --critic-lr or --kl-coeff, or check the reward and cost models' scores")
+                    f"Lower --lr / --critic-lr or --kl-coeff, or check the reward and cost models' scores"
+                )
             continue
         bad_in_a_row = 0
         entry: dict[str, Any] = {"step": step, **stats, **ro.log(), **lag_log}
         if judge is not None:
-            scores = np.array([judge(p, t) for p, t in zip(chunk, ro.texts, strict=True)], dtype=float)
+            scores = np.array(
+                [judge(p, t) for p, t in zip(chunk, ro.texts, strict=True)], dtype=float
+            )
             entry["gold/helpfulness"] = float(scores[:, 0].mean())
             entry["gold/safety_rate"] = float((scores[:, 1] > 0).mean())
         if dist.is_main:
             append_jsonl(log_path, entry)
         last = entry
-        bar.set_postfix(R=f"{entry['reward/score']:.2f}", C=f"{entry['cost/score']:.2f}",
-                        lam=f"{multiplier.value:.2f}", kl=f"{entry['kl/mean']:.2f}")
-        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.max_steps:
+        bar.set_postfix(
+            R=f"{entry['reward/score']:.2f}",
+            C=f"{entry['cost/score']:.2f}",
+            lam=f"{multiplier.value:.2f}",
+            kl=f"{entry['kl/mean']:.2f}",
+        )
+        if (
+            cfg.checkpoint_every
+            and (step + 1) % cfg.checkpoint_every == 0
+            and step + 1 < cfg.max_steps
+        ):
             if dist.is_main:
                 save_checkpoint(ckpt, step + 1, roles, optimizers, multiplier)
             dist.barrier()
     train_time = time.perf_counter() - start
 
-    fingerprints = dist.gather_objects({"rank": dist.rank, "lambda": multiplier.value,
-                                        "actor_sha256": weights_fingerprint(roles.trainable["actor"])})
+    fingerprints = dist.gather_objects(
+        {
+            "rank": dist.rank,
+            "lambda": multiplier.value,
+            "actor_sha256": weights_fingerprint(roles.trainable["actor"]),
+        }
+    )
     if not dist.is_main:
         return {"rank": dist.rank}
     roles.save_actor(out_dir / "model")
     test = data.test[: cfg.n_eval_prompts]
-    metrics: dict[str, Any] = {"steps": cfg.max_steps, "lambda_final": multiplier.value, "train_time_s": round(train_time, 2),
-                               "J_C_final": multiplier.episode_cost, "resumed_from_step": done,
-                               "skipped_steps": skipped, "last": last}
+    metrics: dict[str, Any] = {
+        "steps": cfg.max_steps,
+        "lambda_final": multiplier.value,
+        "train_time_s": round(train_time, 2),
+        "J_C_final": multiplier.episode_cost,
+        "resumed_from_step": done,
+        "skipped_steps": skipped,
+        "last": last,
+    }
     if dist.enabled:
         metrics["distributed"] = {"world_size": dist.world_size, "ranks": fingerprints}
     if test:
-        summary, rows = evaluate_policy(roles.actor, roles.processor, test, images, batch_size=cfg.eval_batch_size,
-                                        max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, desc=f"ppo: {name or kind} eval")
-        costs = score_texts(roles.cost, [images(p) for p in test], [p["question"] for p in test],
-                            [r["response"] for r in rows], cfg.eval_batch_size)
+        summary, rows = evaluate_policy(
+            roles.actor,
+            roles.processor,
+            test,
+            images,
+            batch_size=cfg.eval_batch_size,
+            max_new_tokens=cfg.max_new_tokens,
+            seed=cfg.seed,
+            desc=f"ppo: {name or kind} eval",
+        )
+        costs = score_texts(
+            roles.cost,
+            [images(p) for p in test],
+            [p["question"] for p in test],
+            [r["response"] for r in rows],
+            cfg.eval_batch_size,
+        )
         for row, c in zip(rows, costs, strict=True):
             row["cost"] = float(c)
         write_jsonl(out_dir / "samples.jsonl", rows)
         metrics["mean_cost"] = float(costs.mean())
         if summary:
-            metrics.update(helpfulness=summary["helpfulness"], safety_rate=summary["safety_rate"], eval=summary)
+            metrics.update(
+                helpfulness=summary["helpfulness"], safety_rate=summary["safety_rate"], eval=summary
+            )
     return metrics
 
 
-
-
-
-
-__all__ = ["token_signals", "critic_loss", "sequence_logprobs", "rollout", "Roles", "make_roles",
-           "make_multiplier", "RolloutData", "collect_rollout", "make_optimizers", "ppo_update", "ppo_losses",
-           "train_run", "save_checkpoint", "load_checkpoint"]
+__all__ = [
+    "token_signals",
+    "critic_loss",
+    "sequence_logprobs",
+    "rollout",
+    "Roles",
+    "make_roles",
+    "make_multiplier",
+    "RolloutData",
+    "collect_rollout",
+    "make_optimizers",
+    "ppo_update",
+    "ppo_losses",
+    "train_run",
+    "save_checkpoint",
+    "load_checkpoint",
+]

@@ -95,8 +95,13 @@ def reward_loss(r_better: torch.Tensor, r_worse: torch.Tensor, eta: float) -> to
     return pair + eta * torch.cat([r_better, r_worse]).pow(2).mean()
 
 
-def cost_loss(c_unsafe: torch.Tensor, c_safe: torch.Tensor, s_unsafe: torch.Tensor, s_safe: torch.Tensor,
-              eta: float) -> torch.Tensor:
+def cost_loss(
+    c_unsafe: torch.Tensor,
+    c_safe: torch.Tensor,
+    s_unsafe: torch.Tensor,
+    s_safe: torch.Tensor,
+    eta: float,
+) -> torch.Tensor:
     """``L = mean[-log σ(C_u - C_s) - log σ(s_u·C_u) - log σ(s_s·C_s)] + η · mean(C²)``.
 
     ``s_*`` are the sign weights (:func:`sign_weights`); a weight of exactly 0 contributes no
@@ -107,7 +112,9 @@ def cost_loss(c_unsafe: torch.Tensor, c_safe: torch.Tensor, s_unsafe: torch.Tens
     pair = -F.logsigmoid(c_unsafe - c_safe)
     sign_unsafe = -F.logsigmoid(s_unsafe * c_unsafe) * (s_unsafe != 0)
     sign_safe = -F.logsigmoid(s_safe * c_safe) * (s_safe != 0)
-    return (pair + sign_unsafe + sign_safe).mean() + eta * torch.cat([c_unsafe, c_safe]).pow(2).mean()
+    return (pair + sign_unsafe + sign_safe).mean() + eta * torch.cat([c_unsafe, c_safe]).pow(
+        2
+    ).mean()
 
 
 def sign_weights(record: dict[str, Any], mode: str = "graded") -> tuple[float, float]:
@@ -117,7 +124,10 @@ def sign_weights(record: dict[str, Any], mode: str = "graded") -> tuple[float, f
     ``binary``: ``s_i = +1`` if response i is unsafe, ``-1`` if safe (``is_response_i_safe``).
     """
     if mode == "graded":
-        return (-float(record["response_1_harmless_rate"]), -float(record["response_2_harmless_rate"]))
+        return (
+            -float(record["response_1_harmless_rate"]),
+            -float(record["response_2_harmless_rate"]),
+        )
     if mode == "binary":
         return tuple(-1.0 if record[f"is_response_{i}_safe"] else 1.0 for i in (1, 2))  # type: ignore[return-value]
     raise ValueError(f"unknown sign mode {mode!r}; one of {SIGN_MODES}")
@@ -135,32 +145,50 @@ def high_low(record: dict[str, Any], kind: str) -> tuple[int, int]:
     raise ValueError(f"unknown score model kind {kind!r}; one of {KINDS}")
 
 
-def pair_loss(kind: str, records: Sequence[dict[str, Any]], high: torch.Tensor, low: torch.Tensor,
-              cfg: RewardConfig) -> torch.Tensor:
+def pair_loss(
+    kind: str,
+    records: Sequence[dict[str, Any]],
+    high: torch.Tensor,
+    low: torch.Tensor,
+    cfg: RewardConfig,
+) -> torch.Tensor:
     """The loss of ``kind`` on a batch of records whose high/low scores are given."""
     if kind == "reward":
         return reward_loss(high, low, cfg.eta)
     mode = cfg.sign_mode if isinstance(cfg, CostConfig) else "graded"
     signs = [sign_weights(r, mode) for r in records]
     ids = [high_low(r, "cost") for r in records]
-    s_high = torch.tensor([s[h - 1] for s, (h, _) in zip(signs, ids, strict=True)], device=high.device)
-    s_low = torch.tensor([s[lo - 1] for s, (_, lo) in zip(signs, ids, strict=True)], device=high.device)
+    s_high = torch.tensor(
+        [s[h - 1] for s, (h, _) in zip(signs, ids, strict=True)], device=high.device
+    )
+    s_low = torch.tensor(
+        [s[lo - 1] for s, (_, lo) in zip(signs, ids, strict=True)], device=high.device
+    )
     return cost_loss(high, low, s_high, s_low, cfg.eta)
 
 
 # --- grounding: contrast pairs ------------------------------------------------------------------
 def grounding_prompts(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The world's risky prompts (the contrast pairs' prompts); none for real data."""
-    return [r for r in records if "objects" in r and "target" in r and int(r.get("prompt_severity", 0)) > 0]
+    return [
+        r
+        for r in records
+        if "objects" in r and "target" in r and int(r.get("prompt_severity", 0)) > 0
+    ]
 
 
 def _varied_answer(rng: np.random.Generator, target: str) -> list[str]:
     """A safe answer about ``target`` in a random form: one to three tips, and each of the
     risk, a warning, a refusal and a redirection or not, sometimes shuffled -- the forms a
     policy drifts through, not only the canonical one."""
-    sentences = [L.risk_sentence(target)] if OBJECT_KINDS[target].risky and rng.random() < 0.6 else []
+    sentences = (
+        [L.risk_sentence(target)] if OBJECT_KINDS[target].risky and rng.random() < 0.6 else []
+    )
     k = int(rng.integers(1, len(L.TIP_TEMPLATES) + 1))
-    sentences += [L.TIP_TEMPLATES[int(i)].format(obj=target) for i in rng.choice(len(L.TIP_TEMPLATES), k, replace=False)]
+    sentences += [
+        L.TIP_TEMPLATES[int(i)].format(obj=target)
+        for i in rng.choice(len(L.TIP_TEMPLATES), k, replace=False)
+    ]
     if rng.random() < 0.3:
         sentences.append(L.WARNING)
     if rng.random() < 0.6:
@@ -172,9 +200,15 @@ def _varied_answer(rng: np.random.Generator, target: str) -> list[str]:
     return sentences
 
 
-def contrast_pair(record: dict[str, Any], rng: np.random.Generator, absent: bool | None = None,
-                  partial: float = 0.5, swap_all: float | None = 0.5, varied: float = 0.0,
-                  risk: bool = True) -> tuple[str, str]:
+def contrast_pair(
+    record: dict[str, Any],
+    rng: np.random.Generator,
+    absent: bool | None = None,
+    partial: float = 0.5,
+    swap_all: float | None = 0.5,
+    varied: float = 0.0,
+    risk: bool = True,
+) -> tuple[str, str]:
     """``(right, other)``: a safe answer about the record's target -- the canonical
     safe-and-helpful form (without its risk sentence when not ``risk``), or with probability
     ``varied`` a random form (:func:`_varied_answer`) -- and the same sentences with other
@@ -191,28 +225,45 @@ def contrast_pair(record: dict[str, Any], rng: np.random.Generator, absent: bool
         right = safe_helpful_sentences(rng, target, OBJECT_KINDS[target].risky and risk)
         if rng.random() < partial:
             drop = int(rng.integers(len(right)))
-            right = right[:drop] + right[drop + 1:]
+            right = right[:drop] + right[drop + 1 :]
     is_risk = [L.parse_sentence(x)[0] == "risk" for x in right]
     others = [other_object(rng, record, absent) for _ in right]
-    naming = [i for i, x in enumerate(right) if f" {target} " in f" {x} "
-              and (not is_risk[i] or OBJECT_KINDS[others[i]].risky)]
+    naming = [
+        i
+        for i, x in enumerate(right)
+        if f" {target} " in f" {x} " and (not is_risk[i] or OBJECT_KINDS[others[i]].risky)
+    ]
     if not naming:  # only a risk sentence names the target: swap it to a risky object
-        risky = [k for k in OBJECT_KINDS if OBJECT_KINDS[k].risky and k not in answer_objects(record)
-                 and k not in {o["kind"] for o in record["objects"]}]
+        risky = [
+            k
+            for k in OBJECT_KINDS
+            if OBJECT_KINDS[k].risky
+            and k not in answer_objects(record)
+            and k not in {o["kind"] for o in record["objects"]}
+        ]
         naming = [i for i, x in enumerate(right) if f" {target} " in f" {x} "]
         for i in naming:
             others[i] = str(risky[int(rng.integers(len(risky)))])
     if swap_all is None or rng.random() < swap_all:
         swap = set(naming)
     else:
-        swap = set(rng.choice(naming, size=int(rng.integers(1, len(naming) + 1)), replace=False).tolist())
-    wrong = [f" {x} ".replace(f" {target} ", f" {others[i]} ").strip() if i in swap else x
-             for i, x in enumerate(right)]
+        swap = set(
+            rng.choice(naming, size=int(rng.integers(1, len(naming) + 1)), replace=False).tolist()
+        )
+    wrong = [
+        f" {x} ".replace(f" {target} ", f" {others[i]} ").strip() if i in swap else x
+        for i, x in enumerate(right)
+    ]
     return L.join_sentences(right), L.join_sentences(wrong)
 
 
-def mention_labels(tokenizer, input_ids: torch.Tensor, response_mask: torch.Tensor,
-                   targets: Sequence[str], words: Sequence[str]) -> torch.Tensor:
+def mention_labels(
+    tokenizer,
+    input_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    targets: Sequence[str],
+    words: Sequence[str],
+) -> torch.Tensor:
     """Per-token labels of object mentions in the responses: 1 at the last token of a mention
     of the row's target, 0 at a mention of any other object word, -1 elsewhere. Mentions are
     found as token subsequences (the word with and without a leading space), so any tokenizer
@@ -221,7 +272,9 @@ def mention_labels(tokenizer, input_ids: torch.Tensor, response_mask: torch.Tens
     ids = input_ids.tolist()
     patterns = {}
     for word in words:
-        patterns[word] = {tuple(tokenizer.encode(w, add_special_tokens=False)) for w in (word, " " + word)} - {()}
+        patterns[word] = {
+            tuple(tokenizer.encode(w, add_special_tokens=False)) for w in (word, " " + word)
+        } - {()}
     for row, (seq, target) in enumerate(zip(ids, targets, strict=True)):
         span = [t for t, m in enumerate(response_mask[row].tolist()) if m]
         if not span:
@@ -231,7 +284,7 @@ def mention_labels(tokenizer, input_ids: torch.Tensor, response_mask: torch.Tens
             for pat in pats:
                 n = len(pat)
                 for start in range(lo, hi - n + 1):
-                    if tuple(seq[start: start + n]) == pat:
+                    if tuple(seq[start : start + n]) == pat:
                         labels[row, start + n - 1] = float(word == target)
     return labels
 
@@ -250,8 +303,13 @@ def grounding_loss(right: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def grounding_rate(model: ScoreModel, images: ImageCache, records: Sequence[dict[str, Any]], batch_size: int,
-                   seed: int = 0) -> dict[str, float]:
+def grounding_rate(
+    model: ScoreModel,
+    images: ImageCache,
+    records: Sequence[dict[str, Any]],
+    batch_size: int,
+    seed: int = 0,
+) -> dict[str, float]:
     """On the risky eval prompts: the share where two safe tips about the target and a
     redirection outscore the same tips about an absent object (``grounding_right_object_rate``),
     about an object in the scene the prompt is not about (``..._in_scene``), and with an absent
@@ -260,12 +318,19 @@ def grounding_rate(model: ScoreModel, images: ImageCache, records: Sequence[dict
     if not prompts:
         return {}
     out: dict[str, float] = {}
-    for name, absent, swap_all in (("grounding_right_object_rate", True, None),
-                                   ("grounding_right_object_rate_in_scene", False, None),
-                                   ("grounding_right_object_rate_one_sentence", True, 0.0)):
+    for name, absent, swap_all in (
+        ("grounding_right_object_rate", True, None),
+        ("grounding_right_object_rate_in_scene", False, None),
+        ("grounding_right_object_rate_one_sentence", True, 0.0),
+    ):
         rng = np.random.default_rng([seed, 11])
-        usable = [p for p in prompts if absent or {o["kind"] for o in p["objects"]} - answer_objects(p)]
-        pairs = [contrast_pair(p, rng, absent=absent, partial=0.0, swap_all=swap_all, risk=False) for p in usable]
+        usable = [
+            p for p in prompts if absent or {o["kind"] for o in p["objects"]} - answer_objects(p)
+        ]
+        pairs = [
+            contrast_pair(p, rng, absent=absent, partial=0.0, swap_all=swap_all, risk=False)
+            for p in usable
+        ]
         if not pairs:
             continue
         pics = [images(p) for p in usable]
@@ -283,18 +348,28 @@ def grounding_rate(model: ScoreModel, images: ImageCache, records: Sequence[dict
 def _pair_length(record: dict[str, Any]) -> int:
     """Rough token count of the longer sequence of a pair (words; the tiny tokenizer is
     word-level, real tokenizers are close to proportional)."""
-    return len(record["question"].split()) + max(len(record["response_1"].split()), len(record["response_2"].split()))
+    return len(record["question"].split()) + max(
+        len(record["response_1"].split()), len(record["response_2"].split())
+    )
 
 
-def encode_pairs(processor, images: ImageCache, records: Sequence[dict[str, Any]], kind: str,
-                 padding_side: str = "right") -> dict[str, torch.Tensor]:
+def encode_pairs(
+    processor,
+    images: ImageCache,
+    records: Sequence[dict[str, Any]],
+    kind: str,
+    padding_side: str = "right",
+) -> dict[str, torch.Tensor]:
     """One batch of ``2·B`` sequences: the high responses of ``records``, then the low ones."""
     ids = [high_low(r, kind) for r in records]
     pics = [images(r) for r in records]
     questions = [r["question"] for r in records]
-    responses = ([r[f"response_{h}"] for r, (h, _) in zip(records, ids, strict=True)]
-                 + [r[f"response_{lo}"] for r, (_, lo) in zip(records, ids, strict=True)])
-    return encode(processor, pics + pics, questions + questions, responses, padding_side=padding_side)
+    responses = [r[f"response_{h}"] for r, (h, _) in zip(records, ids, strict=True)] + [
+        r[f"response_{lo}"] for r, (_, lo) in zip(records, ids, strict=True)
+    ]
+    return encode(
+        processor, pics + pics, questions + questions, responses, padding_side=padding_side
+    )
 
 
 def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -302,20 +377,36 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 
 
 @torch.no_grad()
-def score_responses(model: ScoreModel, images: ImageCache, records: Sequence[dict[str, Any]],
-                    batch_size: int, progress: bool = False, desc: str = "score") -> np.ndarray:
+def score_responses(
+    model: ScoreModel,
+    images: ImageCache,
+    records: Sequence[dict[str, Any]],
+    batch_size: int,
+    progress: bool = False,
+    desc: str = "score",
+) -> np.ndarray:
     """Scores ``[N, 2]`` of both responses of every record (shortest sequences batched together)."""
     items = [(n, i) for n in range(len(records)) for i in (1, 2)]
-    items.sort(key=lambda item: len(records[item[0]]["question"].split())
-               + len(records[item[0]][f"response_{item[1]}"].split()))
+    items.sort(
+        key=lambda item: (
+            len(records[item[0]]["question"].split())
+            + len(records[item[0]][f"response_{item[1]}"].split())
+        )
+    )
     out = np.zeros((len(records), 2), dtype=np.float64)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    for chunk in tqdm(list(chunks(items, batch_size)), desc=desc, disable=not progress, leave=False):
+    for chunk in tqdm(
+        list(chunks(items, batch_size)), desc=desc, disable=not progress, leave=False
+    ):
         recs = [records[n] for n, _ in chunk]
-        batch = encode(model.processor, [images(r) for r in recs], [r["question"] for r in recs],
-                       [r[f"response_{i}"] for r, (_, i) in zip(recs, chunk, strict=True)])
+        batch = encode(
+            model.processor,
+            [images(r) for r in recs],
+            [r["question"] for r in recs],
+            [r[f"response_{i}"] for r, (_, i) in zip(recs, chunk, strict=True)],
+        )
         scores, _ = model(_to(batch, device))
         for (n, i), s in zip(chunk, scores.float().cpu().tolist(), strict=True):
             out[n, i - 1] = s
@@ -350,8 +441,11 @@ def ranking_ceiling(records: Sequence[dict[str, Any]], kind: str) -> float:
 
 def sign_ceiling(records: Sequence[dict[str, Any]]) -> float:
     """Agreement of the ``is_safe`` labels with the gold judge's safety (harmlessness > 0)."""
-    agree = [(r[f"response_{i}_gold_harmlessness"] > 0) == bool(r[f"is_response_{i}_safe"])
-             for r in records for i in (1, 2)]
+    agree = [
+        (r[f"response_{i}_gold_harmlessness"] > 0) == bool(r[f"is_response_{i}_safe"])
+        for r in records
+        for i in (1, 2)
+    ]
     return float(np.mean(agree))
 
 
@@ -365,33 +459,51 @@ def correlations(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
     return {"pearson": float(np.corrcoef(x, y)[0, 1]), "spearman": float(np.corrcoef(rx, ry)[0, 1])}
 
 
-def evaluate(kind: str, scores: np.ndarray, records: Sequence[dict[str, Any]],
-             cfg: RewardConfig) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def evaluate(
+    kind: str, scores: np.ndarray, records: Sequence[dict[str, Any]], cfg: RewardConfig
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Metrics of ``kind`` from the eval scores ``[N, 2]``, and one row per eval response."""
     ids = [high_low(r, kind) for r in records]
     high = np.array([scores[n, h - 1] for n, (h, _) in enumerate(ids)])
     low = np.array([scores[n, lo - 1] for n, (_, lo) in enumerate(ids)])
     loss = pair_loss(kind, records, torch.tensor(high), torch.tensor(low), cfg)
-    metrics: dict[str, Any] = {"eval_accuracy": ranking_accuracy(high, low), "eval_loss": float(loss),
-                               "n_eval_pairs": len(records), "eval_score_mean": float(scores.mean()),
-                               "eval_score_std": float(scores.std())}
+    metrics: dict[str, Any] = {
+        "eval_accuracy": ranking_accuracy(high, low),
+        "eval_loss": float(loss),
+        "n_eval_pairs": len(records),
+        "eval_score_mean": float(scores.mean()),
+        "eval_score_std": float(scores.std()),
+    }
     gold = is_world(records)
     if gold:
         metrics["eval_accuracy_ceiling"] = ranking_ceiling(records, kind)
-    levels = [[severity_of_harmless_rate(int(r[f"response_{i}_harmless_rate"])) for i in (1, 2)] for r in records]
+    levels = [
+        [severity_of_harmless_rate(int(r[f"response_{i}_harmless_rate"])) for i in (1, 2)]
+        for r in records
+    ]
     if kind == "cost":
         unsafe = np.array([[not r[f"is_response_{i}_safe"] for i in (1, 2)] for r in records])
         metrics["eval_sign_accuracy"] = float(np.mean((scores > 0) == unsafe))
         if gold:
             metrics["eval_sign_accuracy_ceiling"] = sign_ceiling(records)
         flat_levels = np.array(levels).reshape(-1)
-        metrics["cost_by_level"] = {lvl: float(scores.reshape(-1)[flat_levels == lvl].mean())
-                                    for lvl in SEVERITY_LEVELS if (flat_levels == lvl).any()}
-        metrics["count_by_level"] = {lvl: int((flat_levels == lvl).sum()) for lvl in SEVERITY_LEVELS}
+        metrics["cost_by_level"] = {
+            lvl: float(scores.reshape(-1)[flat_levels == lvl].mean())
+            for lvl in SEVERITY_LEVELS
+            if (flat_levels == lvl).any()
+        }
+        metrics["count_by_level"] = {
+            lvl: int((flat_levels == lvl).sum()) for lvl in SEVERITY_LEVELS
+        }
     else:
-        rates = np.array([[int(r[f"response_{i}_helpful_rate"]) for i in (1, 2)] for r in records]).reshape(-1)
-        metrics["reward_by_helpful_rate"] = {str(k): float(scores.reshape(-1)[rates == k].mean())
-                                             for k in range(4) if (rates == k).any()}
+        rates = np.array(
+            [[int(r[f"response_{i}_helpful_rate"]) for i in (1, 2)] for r in records]
+        ).reshape(-1)
+        metrics["reward_by_helpful_rate"] = {
+            str(k): float(scores.reshape(-1)[rates == k].mean())
+            for k in range(4)
+            if (rates == k).any()
+        }
     if gold:
         target = "helpfulness" if kind == "reward" else "harmlessness"
         gold_values = [r[f"response_{i}_gold_{target}"] for r in records for i in (1, 2)]
@@ -402,11 +514,17 @@ def evaluate(kind: str, scores: np.ndarray, records: Sequence[dict[str, Any]],
     rows = []
     for n, r in enumerate(records):
         for i in (1, 2):
-            row = {"id": r.get("id", f"eval-{n:06d}"), "response": i, "score": float(scores[n, i - 1]),
-                   "preferred": i == ids[n][0] if kind == "reward" else i == ids[n][1],
-                   "level": levels[n][i - 1], "harmless_rate": int(r[f"response_{i}_harmless_rate"]),
-                   "helpful_rate": int(r[f"response_{i}_helpful_rate"]), "is_safe": bool(r[f"is_response_{i}_safe"]),
-                   "category": r.get("category")}
+            row = {
+                "id": r.get("id", f"eval-{n:06d}"),
+                "response": i,
+                "score": float(scores[n, i - 1]),
+                "preferred": i == ids[n][0] if kind == "reward" else i == ids[n][1],
+                "level": levels[n][i - 1],
+                "harmless_rate": int(r[f"response_{i}_harmless_rate"]),
+                "helpful_rate": int(r[f"response_{i}_helpful_rate"]),
+                "is_safe": bool(r[f"is_response_{i}_safe"]),
+                "category": r.get("category"),
+            }
             if gold:
                 row["gold_helpfulness"] = float(r[f"response_{i}_gold_helpfulness"])
                 row["gold_harmlessness"] = float(r[f"response_{i}_gold_harmlessness"])
@@ -423,7 +541,8 @@ def initial_policy_path(kind: str, cfg: RewardConfig, run_dir: str | Path) -> Pa
     if not path.is_dir():
         raise FileNotFoundError(
             f"the {kind} model starts from the SFT model, and {path} does not exist; "
-            f"run: python -m workbench sft --run-dir {run_dir} (or pass --policy DIR to start from another VLM)")
+            f"run: python -m workbench sft --run-dir {run_dir} (or pass --policy DIR to start from another VLM)"
+        )
     return path
 
 
@@ -439,8 +558,9 @@ def _curve(values: Sequence[float], points: int = 50) -> list[float]:
     return [round(float(b.mean()), 5) for b in bins]
 
 
-def train_preference(kind: str, cfg: RewardConfig, out_dir: Path, run_dir: Path,
-                     progress: bool = True) -> dict[str, Any]:
+def train_preference(
+    kind: str, cfg: RewardConfig, out_dir: Path, run_dir: Path, progress: bool = True
+) -> dict[str, Any]:
     """Train a ``kind`` (reward | cost) score model from the run's SFT model on the train
     pairs, evaluate it on the eval pairs, save it under ``out_dir/model``. Returns metrics."""
     if kind not in KINDS:
@@ -468,9 +588,15 @@ def train_preference(kind: str, cfg: RewardConfig, out_dir: Path, run_dir: Path,
             probe = encode(processor, [images(data.train[0])], [data.train[0]["question"]])
             size = pooled_image_features(model.backbone, probe["pixel_values"].to(device)).shape[-1]
         presence_head = model.presence_head = torch.nn.Linear(size, len(object_words)).to(device)
-    opt, sched = optimizer_and_schedule(model, cfg, lr_multipliers={
-        "head.": cfg.head_lr_multiplier, "mention_head.": cfg.head_lr_multiplier,
-        "presence_head.": cfg.head_lr_multiplier})
+    opt, sched = optimizer_and_schedule(
+        model,
+        cfg,
+        lr_multipliers={
+            "head.": cfg.head_lr_multiplier,
+            "mention_head.": cfg.head_lr_multiplier,
+            "presence_head.": cfg.head_lr_multiplier,
+        },
+    )
 
     losses: list[float] = []
     accuracies: list[float] = []
@@ -478,32 +604,55 @@ def train_preference(kind: str, cfg: RewardConfig, out_dir: Path, run_dir: Path,
     mention_losses: list[float] = []
     start = time.perf_counter()
     stream = batches(data.train, cfg.batch_size, cfg.max_steps, cfg.seed, length=_pair_length)
-    contrast_stream = batches(contrast, cfg.ground_batch_size, cfg.max_steps, cfg.seed + 3) if contrast else None
+    contrast_stream = (
+        batches(contrast, cfg.ground_batch_size, cfg.max_steps, cfg.seed + 3) if contrast else None
+    )
     contrast_rng = np.random.default_rng([cfg.seed, 5])
     bar = tqdm(stream, total=cfg.max_steps, desc=kind, disable=not progress)
     for step, records in enumerate(bar):
         scores, _ = model(_to(encode_pairs(processor, images, records, kind), device))
-        high, low = scores[: len(records)], scores[len(records):]
+        high, low = scores[: len(records)], scores[len(records) :]
         loss = pair_loss(kind, records, high, low, cfg)
         if contrast_stream is not None:  # L + ground_weight · L_G on contrast pairs (module doc)
             recs = next(contrast_stream)
             pairs = [contrast_pair(r, contrast_rng, varied=0.5) for r in recs]
             pics, questions = [images(r) for r in recs], [r["question"] for r in recs]
-            batch = encode(processor, pics + pics, questions + questions, [a for a, _ in pairs] + [b for _, b in pairs])
+            batch = encode(
+                processor,
+                pics + pics,
+                questions + questions,
+                [a for a, _ in pairs] + [b for _, b in pairs],
+            )
             g_scores, _, hidden = model(_to(batch, device), return_hidden=True)
-            g_loss = grounding_loss(g_scores[: len(recs)], g_scores[len(recs):])
+            g_loss = grounding_loss(g_scores[: len(recs)], g_scores[len(recs) :])
             loss = loss + cfg.ground_weight * g_loss
             if mention_head is not None:
-                labels = mention_labels(processor.tokenizer, batch["input_ids"], batch["response_mask"],
-                                        [r["target"] for r in recs] * 2, object_words)
-                m_loss = mention_loss(mention_head(hidden.to(mention_head.weight.dtype)).squeeze(-1), labels)
+                labels = mention_labels(
+                    processor.tokenizer,
+                    batch["input_ids"],
+                    batch["response_mask"],
+                    [r["target"] for r in recs] * 2,
+                    object_words,
+                )
+                m_loss = mention_loss(
+                    mention_head(hidden.to(mention_head.weight.dtype)).squeeze(-1), labels
+                )
                 loss = loss + cfg.ground_mention_weight * m_loss
                 mention_losses.append(float(m_loss.detach()))
             if presence_head is not None:
-                present = torch.tensor([[float(w in {o["kind"] for o in r["objects"]}) for w in object_words]
-                                        for r in recs], device=device)
-                feats = pooled_image_features(model.backbone, batch["pixel_values"][: len(recs)].to(device))
-                v_loss = F.binary_cross_entropy_with_logits(presence_head(feats.to(presence_head.weight.dtype)), present)
+                present = torch.tensor(
+                    [
+                        [float(w in {o["kind"] for o in r["objects"]}) for w in object_words]
+                        for r in recs
+                    ],
+                    device=device,
+                )
+                feats = pooled_image_features(
+                    model.backbone, batch["pixel_values"][: len(recs)].to(device)
+                )
+                v_loss = F.binary_cross_entropy_with_logits(
+                    presence_head(feats.to(presence_head.weight.dtype)), present
+                )
                 loss = loss + cfg.ground_vision_weight * v_loss
             ground_losses.append(float(g_loss.detach()))
         loss.backward()
@@ -518,29 +667,50 @@ def train_preference(kind: str, cfg: RewardConfig, out_dir: Path, run_dir: Path,
         del model.mention_head
     if presence_head is not None:
         del model.presence_head
-    eval_scores = score_responses(model, images, data.eval, cfg.eval_batch_size, progress, desc=f"{kind}: eval")
+    eval_scores = score_responses(
+        model, images, data.eval, cfg.eval_batch_size, progress, desc=f"{kind}: eval"
+    )
     metrics, rows = evaluate(kind, eval_scores, data.eval, cfg) if data.eval else ({}, [])
-    if kind == "reward":  # grounding first among the keys naming it (readers take the first such key)
-        metrics = {**grounding_rate(model, images, data.eval, cfg.eval_batch_size, cfg.seed), **metrics}
+    if (
+        kind == "reward"
+    ):  # grounding first among the keys naming it (readers take the first such key)
+        metrics = {
+            **grounding_rate(model, images, data.eval, cfg.eval_batch_size, cfg.seed),
+            **metrics,
+        }
     eval_time = time.perf_counter() - start - train_time
     window = max(1, min(20, len(losses) // 10))
-    metrics.update({
-        "steps": cfg.max_steps,
-        "n_train_pairs": len(data.train),
-        "train_loss_first": _mean(losses[:window]),
-        "train_loss_last": _mean(losses[-window:]),
-        "train_accuracy_last": _mean(accuracies[-window:]),
-        "train_loss_curve": _curve(losses),
-        **({"ground_loss_first": _mean(ground_losses[:window]), "ground_loss_last": _mean(ground_losses[-window:])}
-           if ground_losses else {}),
-        **({"mention_loss_first": _mean(mention_losses[:window]), "mention_loss_last": _mean(mention_losses[-window:])}
-           if mention_losses else {}),
-        "train_time_s": round(train_time, 2),
-        "eval_time_s": round(eval_time, 2),
-        "init": str(cfg.policy or init),
-        "parameters": count_parameters(model),
-        "trainable_parameters": count_parameters(model, trainable_only=True),
-    })
+    metrics.update(
+        {
+            "steps": cfg.max_steps,
+            "n_train_pairs": len(data.train),
+            "train_loss_first": _mean(losses[:window]),
+            "train_loss_last": _mean(losses[-window:]),
+            "train_accuracy_last": _mean(accuracies[-window:]),
+            "train_loss_curve": _curve(losses),
+            **(
+                {
+                    "ground_loss_first": _mean(ground_losses[:window]),
+                    "ground_loss_last": _mean(ground_losses[-window:]),
+                }
+                if ground_losses
+                else {}
+            ),
+            **(
+                {
+                    "mention_loss_first": _mean(mention_losses[:window]),
+                    "mention_loss_last": _mean(mention_losses[-window:]),
+                }
+                if mention_losses
+                else {}
+            ),
+            "train_time_s": round(train_time, 2),
+            "eval_time_s": round(eval_time, 2),
+            "init": str(cfg.policy or init),
+            "parameters": count_parameters(model),
+            "trainable_parameters": count_parameters(model, trainable_only=True),
+        }
+    )
     if kind == "cost":
         metrics["sign_mode"] = cfg.sign_mode if isinstance(cfg, CostConfig) else "graded"
     model.save(out_dir / "model")
@@ -548,10 +718,24 @@ def train_preference(kind: str, cfg: RewardConfig, out_dir: Path, run_dir: Path,
     return metrics
 
 
-
-
-
-
-__all__ = ["grounding_prompts", "contrast_pair", "mention_labels", "mention_loss", "grounding_loss", "grounding_rate", "reward_loss", "cost_loss", "sign_weights", "high_low", "pair_loss",
-           "encode_pairs", "score_responses", "ranking_accuracy", "ranking_ceiling", "sign_ceiling",
-           "correlations", "evaluate", "train_preference"]
+__all__ = [
+    "grounding_prompts",
+    "contrast_pair",
+    "mention_labels",
+    "mention_loss",
+    "grounding_loss",
+    "grounding_rate",
+    "reward_loss",
+    "cost_loss",
+    "sign_weights",
+    "high_low",
+    "pair_loss",
+    "encode_pairs",
+    "score_responses",
+    "ranking_accuracy",
+    "ranking_ceiling",
+    "sign_ceiling",
+    "correlations",
+    "evaluate",
+    "train_preference",
+]

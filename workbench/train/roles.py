@@ -50,8 +50,10 @@ ACTOR = "default"
 """The actor's adapter name (peft's default: it saves at the top of a policy directory)."""
 #: Score roles on the shared backbone: role -> (stage whose adapter and head it starts from, trainable).
 SCORE_ROLES: dict[str, tuple[str, bool]] = {
-    "reward": ("reward", False), "cost": ("cost", False),
-    "reward_critic": ("reward", True), "cost_critic": ("cost", True),
+    "reward": ("reward", False),
+    "cost": ("cost", False),
+    "reward_critic": ("reward", True),
+    "cost_critic": ("cost", True),
 }
 
 
@@ -65,9 +67,13 @@ def role_dirs(cfg: PPOConfig, run_dir: Path) -> tuple[Path, Path, Path]:
     sft = Path(cfg.policy) if cfg.policy else run_dir / "sft" / "model"
     for stage in ("reward", "cost"):
         if not (run_dir / stage / "model").is_dir():
-            raise FileNotFoundError(f"PPO needs the {stage} model: run python -m workbench {stage} --run-dir {run_dir}")
+            raise FileNotFoundError(
+                f"PPO needs the {stage} model: run python -m workbench {stage} --run-dir {run_dir}"
+            )
     if not sft.is_dir():
-        raise FileNotFoundError(f"PPO starts from the SFT model and {sft} does not exist; run python -m workbench sft")
+        raise FileNotFoundError(
+            f"PPO starts from the SFT model and {sft} does not exist; run python -m workbench sft"
+        )
     return sft, run_dir / "reward" / "model", run_dir / "cost" / "model"
 
 
@@ -94,7 +100,9 @@ class AdapterParameters(torch.nn.Module):
         super().__init__()
         if not params:
             raise SharedBackboneError("an adapter of the shared backbone has no LoRA parameters")
-        self.lora = torch.nn.ParameterDict({name.replace(".", "__"): p for name, p in params.items()})
+        self.lora = torch.nn.ParameterDict(
+            {name.replace(".", "__"): p for name, p in params.items()}
+        )
 
 
 class AdapterScoreModel(ScoreModel):
@@ -105,7 +113,9 @@ class AdapterScoreModel(ScoreModel):
     The backbone is *not* a submodule: ``parameters()`` and ``state_dict()`` are the role's
     own, its adapter's LoRA weights (``lora.*``) and its head."""
 
-    def __init__(self, roles: SharedRoles, adapter: str, head_weight: torch.Tensor, trainable: bool):
+    def __init__(
+        self, roles: SharedRoles, adapter: str, head_weight: torch.Tensor, trainable: bool
+    ):
         super().__init__(roles.model, roles.processor, kind=adapter)
         del self._modules["backbone"]  # shared by every role, owned by none
         self.__dict__["backbone"] = roles.model
@@ -125,8 +135,10 @@ def _load_head(model_dir: Path, hidden: int) -> torch.Tensor:
 
     weight = load_file(str(model_dir / HEAD_FILE))["weight"]
     if tuple(weight.shape) != (1, hidden):
-        raise SharedBackboneError(f"{model_dir / HEAD_FILE}: head of shape {tuple(weight.shape)} does not fit the "
-                                  f"shared backbone's hidden size {hidden}")
+        raise SharedBackboneError(
+            f"{model_dir / HEAD_FILE}: head of shape {tuple(weight.shape)} does not fit the "
+            f"shared backbone's hidden size {hidden}"
+        )
     return weight
 
 
@@ -138,36 +150,53 @@ class SharedRoles:
 
     def __init__(self, cfg: PPOConfig, run_dir: Path):
         if not cfg.lora:
-            raise SharedBackboneError("PPOConfig.shared_backbone needs lora = true (the actor is an adapter)")
+            raise SharedBackboneError(
+                "PPOConfig.shared_backbone needs lora = true (the actor is an adapter)"
+            )
         sft, reward_dir, cost_dir = role_dirs(cfg, run_dir)
         base = adapter_base(sft) if is_adapter_dir(sft) else sft.resolve()
         for stage, model_dir in (("reward", reward_dir), ("cost", cost_dir)):
-            fix = (f"train it as a LoRA adapter with: python -m workbench {stage} --lora --run-dir {run_dir} --force "
-                   f"(or run ppo without --shared-backbone)")
+            fix = (
+                f"train it as a LoRA adapter with: python -m workbench {stage} --lora --run-dir {run_dir} --force "
+                f"(or run ppo without --shared-backbone)"
+            )
             if not is_adapter_dir(model_dir):
-                raise SharedBackboneError(f"ppo --shared-backbone puts the {stage} model on the policy's backbone as a "
-                                          f"LoRA adapter, but {model_dir} holds a full model; {fix}")
+                raise SharedBackboneError(
+                    f"ppo --shared-backbone puts the {stage} model on the policy's backbone as a "
+                    f"LoRA adapter, but {model_dir} holds a full model; {fix}"
+                )
             if adapter_base(model_dir) != base:
-                raise SharedBackboneError(f"the {stage} adapter in {model_dir} sits on {adapter_base(model_dir)}, not on "
-                                          f"the policy's backbone {base}; {fix}")
+                raise SharedBackboneError(
+                    f"the {stage} adapter in {model_dir} sits on {adapter_base(model_dir)}, not on "
+                    f"the policy's backbone {base}; {fix}"
+                )
         self.base_dir = base
         self.actor, self.processor = starting_model(cfg.replace(policy=str(sft)), None)
         self.model = self.actor  # the one peft model that holds every adapter
         dirs = {"reward": reward_dir, "cost": cost_dir}
         for role, (stage, trainable) in SCORE_ROLES.items():
             self.model.load_adapter(str(dirs[stage]), adapter_name=role, is_trainable=trainable)
-        self._trainable_adapters = {ACTOR} | {role for role, (_, trainable) in SCORE_ROLES.items() if trainable}
-        self._flags = [(p, adapter in self._trainable_adapters)
-                       for adapter in (ACTOR, *SCORE_ROLES) for p in adapter_parameters(self.model, adapter).values()]
+        self._trainable_adapters = {ACTOR} | {
+            role for role, (_, trainable) in SCORE_ROLES.items() if trainable
+        }
+        self._flags = [
+            (p, adapter in self._trainable_adapters)
+            for adapter in (ACTOR, *SCORE_ROLES)
+            for p in adapter_parameters(self.model, adapter).values()
+        ]
         self.model.set_adapter(ACTOR)
         self._restore_flags()
         hidden = hidden_size_of(self.model)
         heads = {stage: _load_head(d, hidden) for stage, d in dirs.items()}
         self.reward, self.cost, self.reward_critic, self.cost_critic = (
-            AdapterScoreModel(self, role, heads[stage], trainable) for role, (stage, trainable) in SCORE_ROLES.items())
+            AdapterScoreModel(self, role, heads[stage], trainable)
+            for role, (stage, trainable) in SCORE_ROLES.items()
+        )
         self.trainable: dict[str, torch.nn.Module] = {
             "actor": AdapterParameters(adapter_parameters(self.model, ACTOR)),
-            "reward_critic": self.reward_critic, "cost_critic": self.cost_critic}
+            "reward_critic": self.reward_critic,
+            "cost_critic": self.cost_critic,
+        }
 
     # -- switching adapters ----------------------------------------------------------------
     def _restore_flags(self) -> None:
@@ -206,5 +235,14 @@ class SharedRoles:
         return path
 
 
-__all__ = ["SharedRoles", "SharedBackboneError", "AdapterScoreModel", "AdapterParameters", "adapter_parameters",
-           "adapter_base", "role_dirs", "ACTOR", "SCORE_ROLES"]
+__all__ = [
+    "SharedRoles",
+    "SharedBackboneError",
+    "AdapterScoreModel",
+    "AdapterParameters",
+    "adapter_parameters",
+    "adapter_base",
+    "role_dirs",
+    "ACTOR",
+    "SCORE_ROLES",
+]

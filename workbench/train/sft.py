@@ -37,7 +37,9 @@ from .common import (
 )
 
 
-def demonstrations(records: list[dict[str, Any]], which: str = "all") -> list[tuple[dict[str, Any], str]]:
+def demonstrations(
+    records: list[dict[str, Any]], which: str = "all"
+) -> list[tuple[dict[str, Any], str]]:
     """(prompt record, response) pairs from the training pairs, chosen by their annotations:
 
     - ``all``: both responses of every pair (the SFT data);
@@ -48,7 +50,9 @@ def demonstrations(records: list[dict[str, Any]], which: str = "all") -> list[tu
     if which == "all":
         return [(r, r[f"response_{i}"]) for r in records for i in (1, 2)]
     if which == "safe":
-        return [(r, r[f"response_{i}"]) for r in records for i in (1, 2) if r[f"is_response_{i}_safe"]]
+        return [
+            (r, r[f"response_{i}"]) for r in records for i in (1, 2) if r[f"is_response_{i}_safe"]
+        ]
     if which == "preferred":
         out = []
         for r in records:
@@ -68,7 +72,9 @@ def captions(records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
     seen: dict[str, tuple[dict[str, Any], str]] = {}
     for r in records:
         if "objects" in r and r["image"] not in seen:
-            text = join_sentences([describe_sentence([(o["colour"], o["kind"]) for o in r["objects"]])])
+            text = join_sentences(
+                [describe_sentence([(o["colour"], o["kind"]) for o in r["objects"]])]
+            )
             seen[r["image"]] = ({"image": r["image"], "question": ""}, text)
     return list(seen.values())
 
@@ -89,20 +95,30 @@ def scene_objects(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], 
     return list(scenes.values()), labels
 
 
-def presence_accuracy(model, head: torch.nn.Module, processor, images: ImageCache, scenes, labels,
-                      batch_size: int = 128) -> float:
+def presence_accuracy(
+    model,
+    head: torch.nn.Module,
+    processor,
+    images: ImageCache,
+    scenes,
+    labels,
+    batch_size: int = 128,
+) -> float:
     """Share of scenes whose whole set of objects the presence head gets exactly right."""
     right, device = 0, next(model.parameters()).device
     with torch.no_grad():
         for i in range(0, len(scenes), batch_size):
-            pixels = processor.image_processor([images(r) for r in scenes[i: i + batch_size]], return_tensors="pt")
+            pixels = processor.image_processor(
+                [images(r) for r in scenes[i : i + batch_size]], return_tensors="pt"
+            )
             logits = head(pooled_image_features(model, pixels["pixel_values"].to(device))).cpu()
-            right += int(((logits > 0).float() == labels[i: i + batch_size]).all(1).sum())
+            right += int(((logits > 0).float() == labels[i : i + batch_size]).all(1).sum())
     return right / max(1, len(scenes))
 
 
-def pretrain_vision(model, processor, images: ImageCache, records, eval_records, cfg: SFTConfig,
-                    progress: bool) -> dict[str, float]:
+def pretrain_vision(
+    model, processor, images: ImageCache, records, eval_records, cfg: SFTConfig, progress: bool
+) -> dict[str, float]:
     """Object-presence pretraining of the vision tower and projector (world data only).
 
     Captions and SFT alone do not teach the tiny VLM to see: after them its mean projected
@@ -120,16 +136,28 @@ def pretrain_vision(model, processor, images: ImageCache, records, eval_records,
     scenes, labels = scene_objects(records)
     eval_scenes, eval_labels = scene_objects(eval_records)
     param = next(model.parameters())
-    head = torch.nn.Linear(_feature_size(model, processor, images, scenes[0]), labels.shape[1]).to(param.device)
+    head = torch.nn.Linear(_feature_size(model, processor, images, scenes[0]), labels.shape[1]).to(
+        param.device
+    )
     bundle = torch.nn.ModuleList([model, head])
-    vcfg = cfg.replace(lr=cfg.vision_lr, max_steps=cfg.vision_steps, warmup_steps=min(cfg.warmup_steps, cfg.vision_steps))
+    vcfg = cfg.replace(
+        lr=cfg.vision_lr,
+        max_steps=cfg.vision_steps,
+        warmup_steps=min(cfg.warmup_steps, cfg.vision_steps),
+    )
     opt, sched = optimizer_and_schedule(bundle, vcfg)
     index = list(range(len(scenes)))
     losses: list[float] = []
-    bar = tqdm(batches(index, cfg.vision_batch_size, cfg.vision_steps, cfg.seed + 3), total=cfg.vision_steps,
-               desc="sft: vision pretraining", disable=not progress)
+    bar = tqdm(
+        batches(index, cfg.vision_batch_size, cfg.vision_steps, cfg.seed + 3),
+        total=cfg.vision_steps,
+        desc="sft: vision pretraining",
+        disable=not progress,
+    )
     for step, idx in enumerate(bar):
-        pixels = processor.image_processor([images(scenes[i]) for i in idx], return_tensors="pt")["pixel_values"]
+        pixels = processor.image_processor([images(scenes[i]) for i in idx], return_tensors="pt")[
+            "pixel_values"
+        ]
         logits = head(pooled_image_features(model, pixels.to(param.device)))
         loss = F.binary_cross_entropy_with_logits(logits, labels[idx].to(logits.device))
         loss.backward()
@@ -137,17 +165,23 @@ def pretrain_vision(model, processor, images: ImageCache, records, eval_records,
         losses.append(loss.item())
         if step % 20 == 0:
             bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
-    out = {"vision_loss_first": sum(losses[:10]) / max(1, len(losses[:10])),
-           "vision_loss_last": sum(losses[-10:]) / max(1, len(losses[-10:]))}
+    out = {
+        "vision_loss_first": sum(losses[:10]) / max(1, len(losses[:10])),
+        "vision_loss_last": sum(losses[-10:]) / max(1, len(losses[-10:])),
+    }
     if eval_scenes:
-        out["vision_presence_accuracy"] = presence_accuracy(model, head, processor, images, eval_scenes, eval_labels)
+        out["vision_presence_accuracy"] = presence_accuracy(
+            model, head, processor, images, eval_scenes, eval_labels
+        )
     return out
 
 
 def _feature_size(model, processor, images: ImageCache, record) -> int:
     with torch.no_grad():
         pixels = processor.image_processor([images(record)], return_tensors="pt")["pixel_values"]
-        return int(pooled_image_features(model, pixels.to(next(model.parameters()).device)).shape[-1])
+        return int(
+            pooled_image_features(model, pixels.to(next(model.parameters()).device)).shape[-1]
+        )
 
 
 def sft_loss(model, batch: dict[str, torch.Tensor], per_token: float | None = None) -> torch.Tensor:
@@ -161,7 +195,9 @@ def sft_loss(model, batch: dict[str, torch.Tensor], per_token: float | None = No
     logits = out.logits[:, :-1].float()
     targets = batch["input_ids"][:, 1:]
     mask = batch["response_mask"][:, 1:].to(logits.dtype)
-    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    nll = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+    )
     total = (nll * mask.reshape(-1)).sum()
     if per_token is not None:
         return total / (per_token * mask.shape[0])
@@ -175,8 +211,12 @@ def demo_length(demo: tuple[dict[str, Any], str]) -> int:
 
 
 def encode_demos(processor, images: ImageCache, demos) -> dict[str, torch.Tensor]:
-    return encode(processor, [images(r) for r, _ in demos], [r["question"] for r, _ in demos],
-                  [text for _, text in demos])
+    return encode(
+        processor,
+        [images(r) for r, _ in demos],
+        [r["question"] for r, _ in demos],
+        [text for _, text in demos],
+    )
 
 
 @torch.no_grad()
@@ -192,7 +232,9 @@ def eval_loss(model, processor, images: ImageCache, demos, batch_size: int) -> f
     return total / max(weight, 1.0)
 
 
-def fit(model, processor, images: ImageCache, demos, cfg: SFTConfig, desc: str, progress: bool) -> list[float]:
+def fit(
+    model, processor, images: ImageCache, demos, cfg: SFTConfig, desc: str, progress: bool
+) -> list[float]:
     """``cfg.max_steps`` AdamW steps of :func:`sft_loss` over ``demos``; returns the losses."""
     opt, sched = optimizer_and_schedule(model, cfg)
     losses: list[float] = []
@@ -211,5 +253,3 @@ def fit(model, processor, images: ImageCache, demos, cfg: SFTConfig, desc: str, 
         if step % 10 == 0:
             bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
     return losses
-
-

@@ -27,7 +27,9 @@ def scores(run_dir: str | Path) -> pd.DataFrame:
     category, severity, helpfulness, harmlessness."""
     path = Path(run_dir) / "analyze" / "scores.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: run python -m workbench analyze --run-dir {run_dir}")
+        raise FileNotFoundError(
+            f"{path} does not exist: run python -m workbench analyze --run-dir {run_dir}"
+        )
     return pd.DataFrame(read_jsonl(path))
 
 
@@ -38,19 +40,34 @@ def recompute(run_dir: str | Path, seeds: Sequence[int] | None = None) -> dict[s
     metrics = read_json(run_dir / "analyze" / "metrics.json")
     cfg = AnalyzeConfig.from_json(run_dir / "analyze" / "config.json")
     meta = {"base": {"family": "base", "setting": None, "label": "base"}}
-    meta.update({n: {k: v[k] for k in ("family", "setting", "label")} for n, v in metrics["variants"].items()})
+    meta.update(
+        {
+            n: {k: v[k] for k in ("family", "setting", "label")}
+            for n, v in metrics["variants"].items()
+        }
+    )
     rows = read_jsonl(run_dir / "analyze" / "scores.jsonl")
-    out = summarise_scores(rows, meta, cfg.bootstrap, cfg.confidence, cfg.seed,
-                           seeds=set(seeds) if seeds is not None else None)
+    out = summarise_scores(
+        rows,
+        meta,
+        cfg.bootstrap,
+        cfg.confidence,
+        cfg.seed,
+        seeds=set(seeds) if seeds is not None else None,
+    )
     return {**metrics, **out}
 
 
 def seed_offsets(metrics: dict[str, Any]) -> list[int]:
     """The training seed offsets present in a run's PPO variants."""
-    return sorted({k for v in metrics["variants"].values() for k in v.get("seed_offsets", [])}) or [0]
+    return sorted({k for v in metrics["variants"].values() for k in v.get("seed_offsets", [])}) or [
+        0
+    ]
 
 
-def answers(run_dir: str | Path, n: int = 5, category: str | None = None, seed_offset: int = 0) -> pd.DataFrame:
+def answers(
+    run_dir: str | Path, n: int = 5, category: str | None = None, seed_offset: int = 0
+) -> pd.DataFrame:
     """The first ``n`` prompts (of ``category``) with every system's answer and gold scores side
     by side (one training seed per system)."""
     frame = scores(run_dir)
@@ -59,9 +76,12 @@ def answers(run_dir: str | Path, n: int = 5, category: str | None = None, seed_o
         frame = frame[frame["category"] == category]
     ids = list(dict.fromkeys(frame["id"]))[:n]
     frame = frame[frame["id"].isin(ids)].copy()
-    frame["answer"] = frame.apply(lambda r: f"{r['response']}  [h={r['helpfulness']:.0f}, s={r['harmlessness']:+.0f}]",
-                                  axis=1)
-    table = frame.pivot_table(index=["id", "category", "question"], columns="system", values="answer", aggfunc="first")
+    frame["answer"] = frame.apply(
+        lambda r: f"{r['response']}  [h={r['helpfulness']:.0f}, s={r['harmlessness']:+.0f}]", axis=1
+    )
+    table = frame.pivot_table(
+        index=["id", "category", "question"], columns="system", values="answer", aggfunc="first"
+    )
     table.columns.name = None
     return table.reset_index()
 
@@ -72,12 +92,22 @@ def explorer(run_dir: str | Path) -> widgets.Widget:
     metrics = read_json(Path(run_dir) / "analyze" / "metrics.json")
     names = ["base", *metrics["variants"]]
     cats = list(metrics["base"]["by_category"])
-    pick_systems = widgets.SelectMultiple(options=names, value=tuple(names), description="systems", rows=min(8, len(names)))
-    pick_seeds = widgets.SelectMultiple(options=seed_offsets(metrics), value=tuple(seed_offsets(metrics)),
-                                        description="seeds", rows=3)
-    pick_cats = widgets.SelectMultiple(options=cats, value=tuple(cats), description="categories", rows=8)
-    value = widgets.ToggleButtons(options=[("safety rate", "safety_rate"), ("helpfulness", "helpfulness")],
-                                  description="heatmap")
+    pick_systems = widgets.SelectMultiple(
+        options=names, value=tuple(names), description="systems", rows=min(8, len(names))
+    )
+    pick_seeds = widgets.SelectMultiple(
+        options=seed_offsets(metrics),
+        value=tuple(seed_offsets(metrics)),
+        description="seeds",
+        rows=3,
+    )
+    pick_cats = widgets.SelectMultiple(
+        options=cats, value=tuple(cats), description="categories", rows=8
+    )
+    value = widgets.ToggleButtons(
+        options=[("safety rate", "safety_rate"), ("helpfulness", "helpfulness")],
+        description="heatmap",
+    )
     output = widgets.Output()
 
     def redraw(_=None) -> None:
@@ -90,8 +120,11 @@ def explorer(run_dir: str | Path) -> widgets.Widget:
             chosen = [n for n in pick_systems.value if n == "base" or n in m["variants"]]
             display(tradeoff.tradeoff_figure(m, names=chosen, per_seed=True))
             display(tradeoff.winrate_figure(m, names=chosen))
-            display(tradeoff.breakdown_figure(m, "category", names=chosen, groups=list(pick_cats.value),
-                                              value=value.value))
+            display(
+                tradeoff.breakdown_figure(
+                    m, "category", names=chosen, groups=list(pick_cats.value), value=value.value
+                )
+            )
 
     for w in (pick_systems, pick_seeds, pick_cats, value):
         w.observe(redraw, names="value")

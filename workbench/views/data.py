@@ -36,18 +36,23 @@ from ..data.schema import CATEGORIES, NO_CATEGORY, SEVERITY_LEVELS, severity_of_
 from ..data.store import DataSplits
 
 
-def filter_records(records: Sequence[Mapping[str, Any]], category: str = ALL,
-                   severity: str | int = ALL) -> list[Mapping[str, Any]]:
+def filter_records(
+    records: Sequence[Mapping[str, Any]], category: str = ALL, severity: str | int = ALL
+) -> list[Mapping[str, Any]]:
     """The records of ``category`` (a harm category, ``none`` or ``all``) whose image severity
     is ``severity`` (a level name, 0..3 or ``all``); ``[]`` when nothing matches. A name that
     is no category or level at all raises ValueError (a typo, not an empty result)."""
     if category != ALL and category not in (*CATEGORIES, NO_CATEGORY):
-        raise ValueError(f"unknown category {category!r}; one of 'all', {list(CATEGORIES)}, "
-                         f"{NO_CATEGORY!r}")
+        raise ValueError(
+            f"unknown category {category!r}; one of 'all', {list(CATEGORIES)}, {NO_CATEGORY!r}"
+        )
     level = None if severity == ALL else severity_name(severity)
-    return [r for r in records
-            if (category == ALL or r["category"] == category)
-            and (level is None or severity_name(r["image_severity"]) == level)]
+    return [
+        r
+        for r in records
+        if (category == ALL or r["category"] == category)
+        and (level is None or severity_name(r["image_severity"]) == level)
+    ]
 
 
 _CELL = "padding:2px 8px;border:1px solid #ddd;vertical-align:top;text-align:left"
@@ -71,18 +76,26 @@ def record_html(record: Mapping[str, Any]) -> str:
     helpful / safer, and the gold scores when present). Text is HTML-escaped."""
     r = record
     rows = [_row("question", f"<b>{_safe_text(r['question'])}</b>")]
-    prompt_bits = [f"category: {_safe_text(r['category'])}",
-                   f"image severity: {_safe_text(severity_name(r['image_severity']))}"]
+    prompt_bits = [
+        f"category: {_safe_text(r['category'])}",
+        f"image severity: {_safe_text(severity_name(r['image_severity']))}",
+    ]
     if "intent" in r:
         prompt_bits.append(f"intent: {_safe_text(r['intent'])}")
     if "prompt_severity" in r:
-        prompt_bits.append(f"prompt severity: {_safe_text(severity_name(int(r['prompt_severity'])))}")
+        prompt_bits.append(
+            f"prompt severity: {_safe_text(severity_name(int(r['prompt_severity'])))}"
+        )
     if "id" in r:
         prompt_bits.append(f"id: {_safe_text(r['id'])}")
     rows.append(_row("prompt", " &middot; ".join(prompt_bits)))
     if "objects" in r and isinstance(r["objects"], list):
-        objects = ", ".join(f"{o.get('colour', '')} {o.get('kind', '')}".strip() for o in r["objects"])
-        rows.append(_row("scene", _safe_text(objects) + f" (target: {_safe_text(r.get('target', '?'))})"))
+        objects = ", ".join(
+            f"{o.get('colour', '')} {o.get('kind', '')}".strip() for o in r["objects"]
+        )
+        rows.append(
+            _row("scene", _safe_text(objects) + f" (target: {_safe_text(r.get('target', '?'))})")
+        )
     head = "<table style='border-collapse:collapse;font-size:13px;max-width:720px'>"
     if "response_1" not in r:  # a test prompt: no responses, no labels
         rows.append(_row("responses", "<i>test prompt: no responses or labels</i>"))
@@ -105,22 +118,31 @@ def record_html(record: Mapping[str, Any]) -> str:
         rate = int(r[f"response_{i}_harmless_rate"])
         return f"{rate:+d} ({severity_of_harmless_rate(rate)})"
 
-    table = [_row("", "response 1", "response 2", header=True),
-             _row("text", *both(lambda i: _safe_text(r[f"response_{i}"]) or "<i>(empty)</i>")),
-             _row("from", *both(lambda i: _safe_text(r.get(f"response_{i}_from", "unknown")))),
-             _row("helpful rate (0..3)", *both(lambda i: str(int(r[f"response_{i}_helpful_rate"])))),
-             _row("harmless rate (-3..+3)", *both(harmless)),
-             _row("safety flag", *both(safe_flag)),
-             _row("more helpful", *both(lambda i: mark(i, more_helpful))),
-             _row("safer", *both(lambda i: mark(i, safer)))]
+    table = [
+        _row("", "response 1", "response 2", header=True),
+        _row("text", *both(lambda i: _safe_text(r[f"response_{i}"]) or "<i>(empty)</i>")),
+        _row("from", *both(lambda i: _safe_text(r.get(f"response_{i}_from", "unknown")))),
+        _row("helpful rate (0..3)", *both(lambda i: str(int(r[f"response_{i}_helpful_rate"])))),
+        _row("harmless rate (-3..+3)", *both(harmless)),
+        _row("safety flag", *both(safe_flag)),
+        _row("more helpful", *both(lambda i: mark(i, more_helpful))),
+        _row("safer", *both(lambda i: mark(i, safer))),
+    ]
     for field in ("helpfulness", "harmlessness"):
         key = f"response_1_gold_{field}"
         if key in r and f"response_2_gold_{field}" in r:
-            table.append(_row(f"gold {field}",
-                              *both(lambda i, f=field: f"{float(r[f'response_{i}_gold_{f}']):+.2f}")))
-    verdict = ("<span style='color:#d62728'>the preferences disagree: the more helpful response "
-               "is not the safer one</span>" if more_helpful != safer
-               else "the preferences agree")
+            table.append(
+                _row(
+                    f"gold {field}",
+                    *both(lambda i, f=field: f"{float(r[f'response_{i}_gold_{f}']):+.2f}"),
+                )
+            )
+    verdict = (
+        "<span style='color:#d62728'>the preferences disagree: the more helpful response "
+        "is not the safer one</span>"
+        if more_helpful != safer
+        else "the preferences agree"
+    )
     table.append(_row("", verdict))
     return head + "".join(rows + table) + "</table>"
 
@@ -133,8 +155,10 @@ def scaled_image(image: Image.Image, size: int = 256) -> Image.Image:
         factor = max(1, size // longest)
         return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
     scale = size / longest
-    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                        Image.Resampling.LANCZOS)
+    return image.resize(
+        (max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+        Image.Resampling.LANCZOS,
+    )
 
 
 def png_bytes(image: Image.Image) -> bytes:
@@ -156,25 +180,31 @@ class RecordBrowser(widgets.VBox):
         self._matches: list[Mapping[str, Any]] = []
         self._updating = False
         every = [r for name in ("train", "eval", "test") for r in splits.split(name)]
-        self.split_picker = widgets.Dropdown(options=["train", "eval", "test"], value="train",
-                                             description="split")
-        self.category_picker = widgets.Dropdown(options=[ALL, *present_categories(every)],
-                                                value=ALL, description="category")
-        self.severity_picker = widgets.Dropdown(options=[ALL, *SEVERITY_LEVELS], value=ALL,
-                                                description="severity")
-        self.index_slider = widgets.IntSlider(value=0, min=0, max=0, description="index",
-                                              continuous_update=False)
+        self.split_picker = widgets.Dropdown(
+            options=["train", "eval", "test"], value="train", description="split"
+        )
+        self.category_picker = widgets.Dropdown(
+            options=[ALL, *present_categories(every)], value=ALL, description="category"
+        )
+        self.severity_picker = widgets.Dropdown(
+            options=[ALL, *SEVERITY_LEVELS], value=ALL, description="severity"
+        )
+        self.index_slider = widgets.IntSlider(
+            value=0, min=0, max=0, description="index", continuous_update=False
+        )
         self.status = widgets.HTML()
         self.image = widgets.Image(format="png", width=image_px)
         self.details = widgets.HTML()
         for picker in (self.split_picker, self.category_picker, self.severity_picker):
             picker.observe(self._on_filter, names="value")
         self.index_slider.observe(self._on_index, names="value")
-        super().__init__([
-            widgets.HBox([self.split_picker, self.category_picker, self.severity_picker]),
-            widgets.HBox([self.index_slider, self.status]),
-            widgets.HBox([self.image, self.details]),
-        ])
+        super().__init__(
+            [
+                widgets.HBox([self.split_picker, self.category_picker, self.severity_picker]),
+                widgets.HBox([self.index_slider, self.status]),
+                widgets.HBox([self.image, self.details]),
+            ]
+        )
         self.refresh()
 
     @property
@@ -191,8 +221,11 @@ class RecordBrowser(widgets.VBox):
 
     def refresh(self) -> None:
         """Apply the filters again and show the first match."""
-        self._matches = filter_records(self.splits.split(self.split_picker.value),
-                                       self.category_picker.value, self.severity_picker.value)
+        self._matches = filter_records(
+            self.splits.split(self.split_picker.value),
+            self.category_picker.value,
+            self.severity_picker.value,
+        )
         self._updating = True
         try:  # max before value: IntSlider clamps value into [min, max]
             self.index_slider.value = 0
@@ -211,7 +244,8 @@ class RecordBrowser(widgets.VBox):
                 f"<code>{html.escape(self.split_picker.value)}</code>, category "
                 f"<code>{html.escape(self.category_picker.value)}</code>, severity "
                 f"<code>{html.escape(self.severity_picker.value)}</code>). "
-                "Pick another category or severity level.</p>")
+                "Pick another category or severity level.</p>"
+            )
             self.image.value = b""
             self.image.layout.display = "none"
             return
@@ -225,9 +259,11 @@ class RecordBrowser(widgets.VBox):
         except (OSError, ValueError) as exc:  # a missing or unreadable image file
             self.image.value = b""
             self.image.layout.display = "none"
-            self.details.value = (f"<p style='color:{UNSAFE_COLOUR}'>image "
-                                  f"{html.escape(str(record.get('image')))} cannot be shown: "
-                                  f"{html.escape(str(exc))}</p>" + self.details.value)
+            self.details.value = (
+                f"<p style='color:{UNSAFE_COLOUR}'>image "
+                f"{html.escape(str(record.get('image')))} cannot be shown: "
+                f"{html.escape(str(exc))}</p>" + self.details.value
+            )
 
 
 def browser(splits: DataSplits, image_px: int = 256) -> RecordBrowser:
@@ -236,9 +272,27 @@ def browser(splits: DataSplits, image_px: int = 256) -> RecordBrowser:
 
 
 __all__ = [
-    "ALL", "PAIR_SPLITS", "RecordBrowser", "annotator_agreement", "browser",
-    "category_severity_heatmap", "disagreement_table", "filter_records", "gold_by_action",
-    "gold_by_action_table", "harmful_example", "is_world", "metrics_frame", "oracle_table",
-    "png_bytes", "preference_disagreement", "present_categories", "rate_distributions",
-    "record_frame", "record_html", "records_frame", "scaled_image", "severity_name",
+    "ALL",
+    "PAIR_SPLITS",
+    "RecordBrowser",
+    "annotator_agreement",
+    "browser",
+    "category_severity_heatmap",
+    "disagreement_table",
+    "filter_records",
+    "gold_by_action",
+    "gold_by_action_table",
+    "harmful_example",
+    "is_world",
+    "metrics_frame",
+    "oracle_table",
+    "png_bytes",
+    "preference_disagreement",
+    "present_categories",
+    "rate_distributions",
+    "record_frame",
+    "record_html",
+    "records_frame",
+    "scaled_image",
+    "severity_name",
 ]

@@ -40,35 +40,79 @@ def summary_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
     rows = [
         ("answer accuracy", answer.get("accuracy"), answer.get("accuracy_ceiling")),
         ("answer macro F1", answer.get("macro_f1"), answer.get("macro_f1_ceiling")),
-        ("severe recall (exact level)", metrics.get("severe_recall"), metrics.get("severe_recall_ceiling")),
+        (
+            "severe recall (exact level)",
+            metrics.get("severe_recall"),
+            metrics.get("severe_recall_ceiling"),
+        ),
         ("severe answers blocked", metrics.get("severe_blocked"), None),
         ("answer severe cut-off (recall-first)", metrics.get("answer_severe_cutoff"), None),
     ]
     plain = metrics.get("at_severe_cutoff")
     if plain:  # the same answers at the plain cut-off: what the recall-first severe costs
-        rows += [(f"answer accuracy at severe cut-off {plain['severe_cutoff']:g}", plain["accuracy"], None),
-                 (f"answer macro F1 at severe cut-off {plain['severe_cutoff']:g}", plain["macro_f1"], None),
-                 (f"severe recall at severe cut-off {plain['severe_cutoff']:g}", plain["severe_recall"], None)]
+        rows += [
+            (
+                f"answer accuracy at severe cut-off {plain['severe_cutoff']:g}",
+                plain["accuracy"],
+                None,
+            ),
+            (
+                f"answer macro F1 at severe cut-off {plain['severe_cutoff']:g}",
+                plain["macro_f1"],
+                None,
+            ),
+            (
+                f"severe recall at severe cut-off {plain['severe_cutoff']:g}",
+                plain["severe_recall"],
+                None,
+            ),
+        ]
     rows += [
         ("query accuracy", query.get("accuracy"), None),
         ("query macro F1", query.get("macro_f1"), None),
-        ("relative safety gain, 5 rounds", metrics.get("relative_safety_gain"), PAPER_RELATIVE_GAIN),
+        (
+            "relative safety gain, 5 rounds",
+            metrics.get("relative_safety_gain"),
+            PAPER_RELATIVE_GAIN,
+        ),
         ("regenerations per prompt", metrics.get("regenerations_per_prompt"), None),
     ]
-    return pd.DataFrame(rows, columns=["figure", "value", "ceiling / paper"]).set_index("figure").round(3)
+    return (
+        pd.DataFrame(rows, columns=["figure", "value", "ceiling / paper"])
+        .set_index("figure")
+        .round(3)
+    )
 
 
 def confusion_heatmap(metrics: Mapping[str, Any], mode: str = "answer") -> go.Figure:
     """Rows: the annotated level; columns: the guard's level; cells: share of the row."""
     confusion = np.array(metrics[mode]["confusion"], dtype=float)
     share = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
-    text = [[f"{int(c)}<br>{s:.0%}" for c, s in zip(row_c, row_s, strict=True)]
-            for row_c, row_s in zip(confusion, share, strict=True)]
-    fig = go.Figure(go.Heatmap(z=share, x=list(SEVERITY_LEVELS), y=list(SEVERITY_LEVELS), text=text,
-                               texttemplate="%{text}", colorscale="Blues", zmin=0, zmax=1,
-                               colorbar={"title": "share of row"}))
-    fig.update_layout(title=f"Guard confusion matrix ({mode}s, eval split)", xaxis_title="guard's level",
-                      yaxis_title="annotated level", yaxis_autorange="reversed", height=420, width=520)
+    text = [
+        [f"{int(c)}<br>{s:.0%}" for c, s in zip(row_c, row_s, strict=True)]
+        for row_c, row_s in zip(confusion, share, strict=True)
+    ]
+    fig = go.Figure(
+        go.Heatmap(
+            z=share,
+            x=list(SEVERITY_LEVELS),
+            y=list(SEVERITY_LEVELS),
+            text=text,
+            texttemplate="%{text}",
+            colorscale="Blues",
+            zmin=0,
+            zmax=1,
+            colorbar={"title": "share of row"},
+        )
+    )
+    fig.update_layout(
+        title=f"Guard confusion matrix ({mode}s, eval split)",
+        xaxis_title="guard's level",
+        yaxis_title="annotated level",
+        yaxis_autorange="reversed",
+        height=420,
+        width=520,
+    )
     return fig
 
 
@@ -76,10 +120,22 @@ def category_recall_bar(metrics: Mapping[str, Any], mode: str = "answer") -> go.
     """Recall of the harm category on the unsafe items of each category."""
     recall = metrics[mode].get("per_category_recall", {})
     names = sorted(recall, key=recall.get)
-    fig = go.Figure(go.Bar(x=[recall[n] for n in names], y=[n.replace("_", " ") for n in names], orientation="h",
-                           marker_color="#1f77b4", hovertemplate="%{y}: %{x:.2f}<extra></extra>"))
-    fig.update_layout(title=f"Category recall on unsafe {mode}s", xaxis_title="recall", xaxis_range=[0, 1],
-                      height=60 + 24 * max(1, len(names)), margin={"l": 260})
+    fig = go.Figure(
+        go.Bar(
+            x=[recall[n] for n in names],
+            y=[n.replace("_", " ") for n in names],
+            orientation="h",
+            marker_color="#1f77b4",
+            hovertemplate="%{y}: %{x:.2f}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=f"Category recall on unsafe {mode}s",
+        xaxis_title="recall",
+        xaxis_range=[0, 1],
+        height=60 + 24 * max(1, len(names)),
+        margin={"l": 260},
+    )
     return fig
 
 
@@ -92,30 +148,69 @@ def rounds_figure(curves: Mapping[str, Mapping[str, Sequence[float]]]) -> go.Fig
         safety, helpful = curve["rounds_safety_rate"], curve["rounds_helpfulness"]
         rounds = list(range(len(safety)))
         colour = palette[k % len(palette)]
-        fig.add_trace(go.Scatter(x=rounds, y=safety, mode="lines+markers", name=f"safety rate · {name}",
-                                 line={"color": colour}))
-        fig.add_trace(go.Scatter(x=rounds, y=helpful, mode="lines+markers", name=f"helpfulness · {name}",
-                                 line={"color": colour, "dash": "dot"}, yaxis="y2"))
+        fig.add_trace(
+            go.Scatter(
+                x=rounds,
+                y=safety,
+                mode="lines+markers",
+                name=f"safety rate · {name}",
+                line={"color": colour},
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=rounds,
+                y=helpful,
+                mode="lines+markers",
+                name=f"helpfulness · {name}",
+                line={"color": colour, "dash": "dot"},
+                yaxis="y2",
+            )
+        )
         if "rounds_helpfulness_benign" in curve:
-            fig.add_trace(go.Scatter(x=rounds, y=curve["rounds_helpfulness_benign"], mode="lines",
-                                     name=f"helpfulness (benign prompts) · {name}",
-                                     line={"color": colour, "dash": "dash", "width": 1}, yaxis="y2"))
+            fig.add_trace(
+                go.Scatter(
+                    x=rounds,
+                    y=curve["rounds_helpfulness_benign"],
+                    mode="lines",
+                    name=f"helpfulness (benign prompts) · {name}",
+                    line={"color": colour, "dash": "dash", "width": 1},
+                    yaxis="y2",
+                )
+            )
     first = next(iter(curves.values()), None)
     if first:
         base, last = first["rounds_safety_rate"][0], len(first["rounds_safety_rate"]) - 1
         target = min(1.0, base * (1 + PAPER_RELATIVE_GAIN))
-        fig.add_trace(go.Scatter(x=[0, last], y=[base, target], mode="markers+lines", name="paper: +40.9% after 5 rounds",
-                                 line={"color": "grey", "dash": "dashdot"}, marker={"symbol": "star"}))
-    fig.update_layout(title="Filter-and-regenerate: the answer served after each round (gold judge)",
-                      xaxis={"title": "round (0 = base policy, no guard)", "dtick": 1},
-                      yaxis={"title": "gold safety rate", "range": [0, 1.02]},
-                      yaxis2={"title": "gold helpfulness (0..3)", "overlaying": "y", "side": "right",
-                              "range": [0, 3]},
-                      legend={"orientation": "h", "y": -0.25}, height=480)
+        fig.add_trace(
+            go.Scatter(
+                x=[0, last],
+                y=[base, target],
+                mode="markers+lines",
+                name="paper: +40.9% after 5 rounds",
+                line={"color": "grey", "dash": "dashdot"},
+                marker={"symbol": "star"},
+            )
+        )
+    fig.update_layout(
+        title="Filter-and-regenerate: the answer served after each round (gold judge)",
+        xaxis={"title": "round (0 = base policy, no guard)", "dtick": 1},
+        yaxis={"title": "gold safety rate", "range": [0, 1.02]},
+        yaxis2={
+            "title": "gold helpfulness (0..3)",
+            "overlaying": "y",
+            "side": "right",
+            "range": [0, 3],
+        },
+        legend={"orientation": "h", "y": -0.25},
+        height=480,
+    )
     return fig
 
 
-def traces_table(run_dir: str | Path, n: int = 8, outcome: str | None = "regenerated") -> pd.DataFrame:
+def traces_table(
+    run_dir: str | Path, n: int = 8, outcome: str | None = "regenerated"
+) -> pd.DataFrame:
     """Prompts whose answers were regenerated (or ``outcome``), each step with its verdict."""
     rows = read_jsonl(Path(run_dir) / "guard" / "traces.jsonl")
     if outcome:
@@ -124,22 +219,43 @@ def traces_table(run_dir: str | Path, n: int = 8, outcome: str | None = "regener
     for r in rows[:n]:
         for step in r["steps"]:
             v = step.get("verdict") or {}
-            out.append({"id": r.get("id"), "question": r["question"], "round": step["round"],
-                        "response": step["response"], "verdict": v.get("level", "—"),
-                        "category": v.get("category", ""), "blocked": step.get("blocked"),
-                        "outcome": r["outcome"]})
+            out.append(
+                {
+                    "id": r.get("id"),
+                    "question": r["question"],
+                    "round": step["round"],
+                    "response": step["response"],
+                    "verdict": v.get("level", "—"),
+                    "category": v.get("category", ""),
+                    "blocked": step.get("blocked"),
+                    "outcome": r["outcome"],
+                }
+            )
         if r["outcome"] in ("fallback", "query_blocked", "guard_error"):
-            out.append({"id": r.get("id"), "question": r["question"], "round": "final", "response": r["final"],
-                        "verdict": "", "category": "", "blocked": None, "outcome": r["outcome"]})
+            out.append(
+                {
+                    "id": r.get("id"),
+                    "question": r["question"],
+                    "round": "final",
+                    "response": r["final"],
+                    "verdict": "",
+                    "category": "",
+                    "blocked": None,
+                    "outcome": r["outcome"],
+                }
+            )
     return pd.DataFrame(out)
 
 
 def trace_html(trace: Mapping[str, Any]) -> str:
     """One trace as coloured badges, for a person to read."""
+
     def badge(level: str, text: str) -> str:
         colour = SEVERITY_COLOURS.get(level, "#7f7f7f")
-        return (f"<span style='background:{colour};color:white;border-radius:4px;padding:1px 6px;"
-                f"font-size:85%'>{html.escape(text)}</span>")
+        return (
+            f"<span style='background:{colour};color:white;border-radius:4px;padding:1px 6px;"
+            f"font-size:85%'>{html.escape(text)}</span>"
+        )
 
     parts = [f"<b>{html.escape(trace['question'])}</b>"]
     q = trace.get("query_verdict")
@@ -147,18 +263,26 @@ def trace_html(trace: Mapping[str, Any]) -> str:
         parts.append(f"query screen: {badge(q['level'], q['level'] + ' · ' + q['category'])}")
     for step in trace.get("steps", []):
         v = step.get("verdict")
-        verdict = badge(v["level"], f"{v['level']} · {v['category']}") if v else badge("", "not judged")
+        verdict = (
+            badge(v["level"], f"{v['level']} · {v['category']}") if v else badge("", "not judged")
+        )
         parts.append(f"round {step['round']}: {html.escape(step['response'])} {verdict}")
-    parts.append(f"<i>served ({trace['outcome']}):</i> {html.escape(trace['final'])}"
-                 + (f" <small>({html.escape(trace['reason'])})</small>" if trace.get("reason") else ""))
+    parts.append(
+        f"<i>served ({trace['outcome']}):</i> {html.escape(trace['final'])}"
+        + (f" <small>({html.escape(trace['reason'])})</small>" if trace.get("reason") else "")
+    )
     return "<div style='margin-bottom:8px'>" + "<br>".join(parts) + "</div>"
 
 
-def rounds_for_level(run_dir: str | Path, blocking_level: str, n_prompts: int = 200, seed: int = 0,
-                     models: dict[str, Any] | None = None) -> dict[str, list[float]]:
+def rounds_for_level(
+    run_dir: str | Path,
+    blocking_level: str,
+    n_prompts: int = 200,
+    seed: int = 0,
+    models: dict[str, Any] | None = None,
+) -> dict[str, list[float]]:
     """Rerun filter-and-regenerate on ``n_prompts`` test prompts with another blocking level
     and return the gold-judged curve (``models`` caches the loaded policy and guard)."""
-
 
     run_dir = Path(run_dir)
     models = models if models is not None else {}
@@ -178,7 +302,14 @@ def rounds_for_level(run_dir: str | Path, blocking_level: str, n_prompts: int = 
         return generate(policy, processor, imgs, qs, max_new_tokens=cfg.max_new_tokens)
 
     base = sample(pics, questions)
-    traces = filter_and_regenerate(sample, guard.judge, pics, questions, policy=dataclasses.replace(cfg.blocking, level=blocking_level), initial=base)
+    traces = filter_and_regenerate(
+        sample,
+        guard.judge,
+        pics,
+        questions,
+        policy=dataclasses.replace(cfg.blocking, level=blocking_level),
+        initial=base,
+    )
     return rounds_curve(traces, prompts, cfg.blocking.rounds)
 
 
@@ -186,19 +317,27 @@ def blocking_level_slider(run_dir: str | Path, n_prompts: int = 200) -> widgets.
     """A slider over the blocking level; each choice reruns the loop (cached) and redraws."""
     models: dict[str, Any] = {}
     cache: dict[str, dict[str, list[float]]] = {}
-    slider = widgets.SelectionSlider(options=list(SEVERITY_LEVELS[1:]), value="minor",
-                                     description="block at ≥", continuous_update=False)
+    slider = widgets.SelectionSlider(
+        options=list(SEVERITY_LEVELS[1:]),
+        value="minor",
+        description="block at ≥",
+        continuous_update=False,
+    )
     output = widgets.Output()
     status = widgets.HTML()
 
     def redraw(change=None) -> None:
         level = slider.value
         if level not in cache:
-            status.value = f"running five rounds on {n_prompts} test prompts, blocking at ≥ {level} ..."
+            status.value = (
+                f"running five rounds on {n_prompts} test prompts, blocking at ≥ {level} ..."
+            )
             cache[level] = rounds_for_level(run_dir, level, n_prompts, models=models)
         r = cache[level]["rounds_safety_rate"]
-        status.value = (f"blocking at ≥ {level}: safety {r[0]:.1%} → {r[-1]:.1%} "
-                        f"({(r[-1] - r[0]) / max(r[0], 1e-9):+.1%} relative)")
+        status.value = (
+            f"blocking at ≥ {level}: safety {r[0]:.1%} → {r[-1]:.1%} "
+            f"({(r[-1] - r[0]) / max(r[0], 1e-9):+.1%} relative)"
+        )
         output.clear_output(wait=True)
         with output:
             rounds_figure({f"block ≥ {level}": cache[level]}).show()
@@ -208,5 +347,14 @@ def blocking_level_slider(run_dir: str | Path, n_prompts: int = 200) -> widgets.
     return widgets.VBox([slider, status, output])
 
 
-__all__ = ["summary_table", "confusion_heatmap", "category_recall_bar", "rounds_figure",
-           "traces_table", "trace_html", "rounds_for_level", "blocking_level_slider", "PAPER_RELATIVE_GAIN"]
+__all__ = [
+    "summary_table",
+    "confusion_heatmap",
+    "category_recall_bar",
+    "rounds_figure",
+    "traces_table",
+    "trace_html",
+    "rounds_for_level",
+    "blocking_level_slider",
+    "PAPER_RELATIVE_GAIN",
+]

@@ -52,28 +52,85 @@ def curves_figure(variant_logs: Mapping[str, pd.DataFrame], smooth: int = 5) -> 
                 continue
             row, col = k // 3 + 1, k % 3 + 1
             y = frame[key].rolling(smooth, min_periods=1).mean()
-            fig.add_trace(go.Scatter(x=frame["step"], y=y, mode="lines", name=name, legendgroup=name,
-                                     showlegend=k == 0, line={"color": colour}), row=row, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=frame["step"],
+                    y=y,
+                    mode="lines",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=k == 0,
+                    line={"color": colour},
+                ),
+                row=row,
+                col=col,
+            )
             if key == "ppo/ratio" and {"ppo/ratio_min", "ppo/ratio_max"} <= set(frame):
                 for bound in ("ppo/ratio_min", "ppo/ratio_max"):
-                    fig.add_trace(go.Scatter(x=frame["step"], y=frame[bound], mode="lines", name=f"{bound} · {name}",
-                                             legendgroup=name, showlegend=False,
-                                             line={"color": colour, "width": 0.5}), row=row, col=col)
+                    fig.add_trace(
+                        go.Scatter(
+                            x=frame["step"],
+                            y=frame[bound],
+                            mode="lines",
+                            name=f"{bound} · {name}",
+                            legendgroup=name,
+                            showlegend=False,
+                            line={"color": colour, "width": 0.5},
+                        ),
+                        row=row,
+                        col=col,
+                    )
             if key == "ppo/clipfrac" and "critic/clipfrac" in frame:
-                fig.add_trace(go.Scatter(x=frame["step"], y=frame["critic/clipfrac"].rolling(smooth, min_periods=1).mean(),
-                                         mode="lines", name=f"critic clipfrac · {name}", legendgroup=name,
-                                         showlegend=False, line={"color": colour, "dash": "dot"}), row=row, col=col)
+                fig.add_trace(
+                    go.Scatter(
+                        x=frame["step"],
+                        y=frame["critic/clipfrac"].rolling(smooth, min_periods=1).mean(),
+                        mode="lines",
+                        name=f"critic clipfrac · {name}",
+                        legendgroup=name,
+                        showlegend=False,
+                        line={"color": colour, "dash": "dot"},
+                    ),
+                    row=row,
+                    col=col,
+                )
             if key == "cost/score" and "lagrange/J_C" in frame:
-                fig.add_trace(go.Scatter(x=frame["step"], y=frame["lagrange/J_C"], mode="lines", name=f"J_C · {name}",
-                                         legendgroup=name, showlegend=False,
-                                         line={"color": colour, "dash": "dot"}), row=row, col=col)
-    threshold = next((f["lagrange/threshold"].iloc[0] for f in variant_logs.values() if "lagrange/threshold" in f
-                      and len(f)), None)
+                fig.add_trace(
+                    go.Scatter(
+                        x=frame["step"],
+                        y=frame["lagrange/J_C"],
+                        mode="lines",
+                        name=f"J_C · {name}",
+                        legendgroup=name,
+                        showlegend=False,
+                        line={"color": colour, "dash": "dot"},
+                    ),
+                    row=row,
+                    col=col,
+                )
+    threshold = next(
+        (
+            f["lagrange/threshold"].iloc[0]
+            for f in variant_logs.values()
+            if "lagrange/threshold" in f and len(f)
+        ),
+        None,
+    )
     if threshold is not None:
-        fig.add_hline(y=threshold, line_dash="dash", line_color="grey", row=1, col=2,
-                      annotation_text=f"d = {threshold:g}", annotation_position="bottom right")
-    fig.update_layout(height=800, title="PPO training curves (dotted: J_C, the windowed episode cost)",
-                      legend={"orientation": "h", "y": -0.08})
+        fig.add_hline(
+            y=threshold,
+            line_dash="dash",
+            line_color="grey",
+            row=1,
+            col=2,
+            annotation_text=f"d = {threshold:g}",
+            annotation_position="bottom right",
+        )
+    fig.update_layout(
+        height=800,
+        title="PPO training curves (dotted: J_C, the windowed episode cost)",
+        legend={"orientation": "h", "y": -0.08},
+    )
     fig.update_xaxes(title_text="step", row=3)
     return fig
 
@@ -85,17 +142,32 @@ def variants_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
     if base.get("helpfulness") is not None:
         rows["SFT base"] = {"helpfulness": base["helpfulness"], "safety_rate": base["safety_rate"]}
     for name, m in metrics.get("variants", {}).items():
-        rows[name] = {k: m.get(k) for k in ("helpfulness", "safety_rate", "mean_cost", "lambda_final", "steps",
-                                            "train_time_s")}
+        rows[name] = {
+            k: m.get(k)
+            for k in (
+                "helpfulness",
+                "safety_rate",
+                "mean_cost",
+                "lambda_final",
+                "steps",
+                "train_time_s",
+            )
+        }
     frame = pd.DataFrame(rows).T
     if "SFT base" in frame.index:
         frame["Δ helpfulness"] = frame["helpfulness"] - frame.loc["SFT base", "helpfulness"]
-        frame["Δ safety (points)"] = 100 * (frame["safety_rate"] - frame.loc["SFT base", "safety_rate"])
+        frame["Δ safety (points)"] = 100 * (
+            frame["safety_rate"] - frame.loc["SFT base", "safety_rate"]
+        )
     return frame.astype(float).round(3)
 
 
-def before_after(run_dir: str | Path, n: int = 8, variants: Sequence[str] | None = None,
-                 intent: str | None = "harmful") -> pd.DataFrame:
+def before_after(
+    run_dir: str | Path,
+    n: int = 8,
+    variants: Sequence[str] | None = None,
+    intent: str | None = "harmful",
+) -> pd.DataFrame:
     """The same test prompts answered by the SFT base and by each PPO variant."""
     run_dir = Path(run_dir)
     base = {r["id"]: r for r in read_jsonl(run_dir / "sft" / "samples.jsonl")}
@@ -103,8 +175,12 @@ def before_after(run_dir: str | Path, n: int = 8, variants: Sequence[str] | None
     for path in sorted((run_dir / "ppo").glob("*/samples.jsonl")):
         if variants is None or path.parent.name in variants:
             columns[path.parent.name] = {r["id"]: r for r in read_jsonl(path)}
-    ids = [i for i in base if all(i in c for c in columns.values())
-           and (intent is None or base[i].get("intent") == intent)][:n]
+    ids = [
+        i
+        for i in base
+        if all(i in c for c in columns.values())
+        and (intent is None or base[i].get("intent") == intent)
+    ][:n]
     rows = []
     for i in ids:
         row = {"question": base[i]["question"], "SFT base": _with_gold(base[i])}
@@ -154,13 +230,30 @@ def answer_forms(run_dir: str | Path) -> pd.DataFrame:
                 g = gold_score(p, r["response"])
                 fixed = gold_score(p, right_object(p, r["response"])).helpfulness
                 (risky if int(p["prompt_severity"]) > 0 else benign).append(
-                    {"unsafe": not g.is_safe, **forms_of(g), "help": g.helpfulness, "help_fixed": fixed})
-        share = pd.DataFrame(risky).astype(float).clip(upper=1).mean() if risky else pd.Series(dtype=float)
+                    {
+                        "unsafe": not g.is_safe,
+                        **forms_of(g),
+                        "help": g.helpfulness,
+                        "help_fixed": fixed,
+                    }
+                )
+        share = (
+            pd.DataFrame(risky).astype(float).clip(upper=1).mean()
+            if risky
+            else pd.Series(dtype=float)
+        )
         mean = pd.DataFrame(risky).mean() if risky else pd.Series(dtype=float)
-        rows[name] = {"comply (unsafe)": share.get("unsafe"), "safe and helpful (full)": share.get("safe_helpful"),
-                      "wrong object": share.get("n_wrong_object"), "refuse only": share.get("refused"),
-                      "benign refused": float(np.mean([f["refused"] for f in benign])) if benign else float("nan"),
-                      "risky helpfulness": mean.get("help"), "... with the right object": mean.get("help_fixed")}
+        rows[name] = {
+            "comply (unsafe)": share.get("unsafe"),
+            "safe and helpful (full)": share.get("safe_helpful"),
+            "wrong object": share.get("n_wrong_object"),
+            "refuse only": share.get("refused"),
+            "benign refused": float(np.mean([f["refused"] for f in benign]))
+            if benign
+            else float("nan"),
+            "risky helpfulness": mean.get("help"),
+            "... with the right object": mean.get("help_fixed"),
+        }
     return pd.DataFrame(rows).T.astype(float).round(3)
 
 
@@ -174,9 +267,14 @@ def world_strengths(run_dir: str | Path, strengths: Sequence[float] = (1.5, 2.5)
     rows = {}
     for name, saved in answers.items():
         kept = [r for r in saved if r["id"] in prompts]
-        rows[name] = {f"helpfulness, S = {s:g}": sum(gold_score({**prompts[r["id"]], "safe_helpful_score": s},
-                                                                r["response"]).helpfulness for r in kept) / max(1, len(kept))
-                      for s in strengths}
+        rows[name] = {
+            f"helpfulness, S = {s:g}": sum(
+                gold_score({**prompts[r["id"]], "safe_helpful_score": s}, r["response"]).helpfulness
+                for r in kept
+            )
+            / max(1, len(kept))
+            for s in strengths
+        }
     return pd.DataFrame(rows).T.astype(float).round(3)
 
 
@@ -187,21 +285,30 @@ def _with_gold(row: Mapping[str, Any]) -> str:
     return row["response"]
 
 
-def threshold_run(run_dir: str | Path, scratch: str | Path, threshold: float, steps: int = 20,
-                  smoke: bool = True) -> tuple[Path, dict[str, Any]]:
+def threshold_run(
+    run_dir: str | Path, scratch: str | Path, threshold: float, steps: int = 20, smoke: bool = True
+) -> tuple[Path, dict[str, Any]]:
     """A short ``lagrangian`` run with cost threshold d = ``threshold`` in ``scratch/d<d>``, a
     run directory whose data and models are links to ``run_dir``'s. Returns (run dir, metrics)."""
 
     run = link_stages(run_dir, Path(scratch) / f"d{threshold:g}")
-    cfg = resolve_config("ppo", smoke=smoke, kinds=("lagrangian",), cost_threshold=threshold, max_steps=steps)
+    cfg = resolve_config(
+        "ppo", smoke=smoke, kinds=("lagrangian",), cost_threshold=threshold, max_steps=steps
+    )
     return run, run_stage("ppo", run, cfg, progress=False)
 
 
-def threshold_slider(run_dir: str | Path, scratch: str | Path, steps: int = 20,
-                     values: Sequence[float] = (-3.0, -2.5, -2.0, -1.0, 0.0)) -> widgets.Widget:
+def threshold_slider(
+    run_dir: str | Path,
+    scratch: str | Path,
+    steps: int = 20,
+    values: Sequence[float] = (-3.0, -2.5, -2.0, -1.0, 0.0),
+) -> widgets.Widget:
     """Pick a cost threshold d and launch a short ``lagrangian`` run with it
     (:func:`threshold_run`); its curves are drawn beside the chosen d when it finishes."""
-    slider = widgets.SelectionSlider(options=list(values), value=values[len(values) // 2], description="d =")
+    slider = widgets.SelectionSlider(
+        options=list(values), value=values[len(values) // 2], description="d ="
+    )
     button = widgets.Button(description=f"train {steps} steps", button_style="primary")
     status, output = widgets.HTML(), widgets.Output()
 
@@ -210,8 +317,10 @@ def threshold_slider(run_dir: str | Path, scratch: str | Path, steps: int = 20,
         status.value = f"training lagrangian with d = {d:g} for {steps} steps ..."
         run, metrics = threshold_run(run_dir, scratch, d, steps)
         v = metrics["variants"]["lagrangian"]
-        status.value = (f"d = {d:g}: λ_final {v['lambda_final']:.2f}, gold safety "
-                        f"{v.get('safety_rate', float('nan')):.1%}, helpfulness {v.get('helpfulness', float('nan')):.2f}")
+        status.value = (
+            f"d = {d:g}: λ_final {v['lambda_final']:.2f}, gold safety "
+            f"{v.get('safety_rate', float('nan')):.1%}, helpfulness {v.get('helpfulness', float('nan')):.2f}"
+        )
         output.clear_output(wait=True)
         with output:
             curves_figure(logs(run)).show()
@@ -220,5 +329,15 @@ def threshold_slider(run_dir: str | Path, scratch: str | Path, steps: int = 20,
     return widgets.VBox([widgets.HBox([slider, button]), status, output])
 
 
-__all__ = ["logs", "curves_figure", "variants_table", "before_after", "answer_forms", "right_object", "world_strengths", "threshold_run", "threshold_slider",
-           "PANELS"]
+__all__ = [
+    "logs",
+    "curves_figure",
+    "variants_table",
+    "before_after",
+    "answer_forms",
+    "right_object",
+    "world_strengths",
+    "threshold_run",
+    "threshold_slider",
+    "PANELS",
+]

@@ -56,8 +56,14 @@ SIGN_MODE_LABELS = {"graded": "graded: s = -harmless rate", "binary": "binary: s
 
 
 # --- building the runs ---------------------------------------------------------------------
-def variant_run(run_dir: str | Path, out_dir: str | Path, stage: str, smoke: bool = False,
-                progress: bool = False, **overrides: Any) -> Path:
+def variant_run(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    stage: str,
+    smoke: bool = False,
+    progress: bool = False,
+    **overrides: Any,
+) -> Path:
     """Train ``stage`` (``reward`` or ``cost``) again with some config fields changed, into a
     run directory of its own, ``out_dir``, whose ``data/`` and ``sft/`` are symlinks to
     ``run_dir``'s: both models see the same pairs and start from the same SFT model.
@@ -71,26 +77,40 @@ def variant_run(run_dir: str | Path, out_dir: str | Path, stage: str, smoke: boo
     for shared in SHARED_STAGES:
         source, link = run_dir / shared, out_dir / shared
         if not source.is_dir():
-            raise FileNotFoundError(f"{source} does not exist: run the {shared} stage in {run_dir} first")
+            raise FileNotFoundError(
+                f"{source} does not exist: run the {shared} stage in {run_dir} first"
+            )
         if link.is_symlink() and link.resolve() != source.resolve():
             link.unlink()
         if not link.exists():
             link.symlink_to(source, target_is_directory=True)
     own_config = run_dir / stage / "config.json"
-    cfg = resolve_config(stage, smoke=smoke, config_file=own_config if own_config.is_file() else None,
-                         **overrides)
+    cfg = resolve_config(
+        stage, smoke=smoke, config_file=own_config if own_config.is_file() else None, **overrides
+    )
     with hf_progress_bars(progress):
         run_stage(stage, out_dir, cfg, progress=progress)
     return out_dir
 
 
-def binary_cost_run(run_dir: str | Path, binary_dir: str | Path, smoke: bool = False,
-                    progress: bool = False, **overrides: Any) -> Path:
+def binary_cost_run(
+    run_dir: str | Path,
+    binary_dir: str | Path,
+    smoke: bool = False,
+    progress: bool = False,
+    **overrides: Any,
+) -> Path:
     """A run directory ``binary_dir`` whose cost model uses binary sign weights (s = ±1 from
     ``is_safe``) instead of graded ones (s = -harmless_rate); everything else as in
     ``run_dir`` (:func:`variant_run`: same data, same SFT model, same cost config)."""
-    return variant_run(run_dir, binary_dir, "cost", smoke=smoke, progress=progress,
-                       **{**overrides, "sign_mode": "binary"})
+    return variant_run(
+        run_dir,
+        binary_dir,
+        "cost",
+        smoke=smoke,
+        progress=progress,
+        **{**overrides, "sign_mode": "binary"},
+    )
 
 
 # --- reading a run -------------------------------------------------------------------------
@@ -109,7 +129,10 @@ def eval_scores(run_dir: str | Path, stage: str) -> pd.DataFrame:
         records = {}
     if records and not frame.empty:
         frame["question"] = [records.get(i, {}).get("question", "") for i in frame["id"]]
-        frame["text"] = [records.get(i, {}).get(f"response_{k}", "") for i, k in zip(frame["id"], frame["response"], strict=True)]
+        frame["text"] = [
+            records.get(i, {}).get(f"response_{k}", "")
+            for i, k in zip(frame["id"], frame["response"], strict=True)
+        ]
     return frame
 
 
@@ -152,12 +175,17 @@ def base_policy_table(run_dir: str | Path) -> pd.DataFrame:
 
 
 def _agg(agg: Mapping[str, Any]) -> dict[str, Any]:
-    return {"helpfulness": agg.get("helpfulness"), "safety_rate": agg.get("safety_rate"),
-            "n": agg.get("n")}
+    return {
+        "helpfulness": agg.get("helpfulness"),
+        "safety_rate": agg.get("safety_rate"),
+        "n": agg.get("n"),
+    }
 
 
 # --- accuracy vs the label-noise ceiling -----------------------------------------------------
-def accuracy_frame(reward_metrics: Mapping[str, Any], cost_metrics: Mapping[str, Any]) -> pd.DataFrame:
+def accuracy_frame(
+    reward_metrics: Mapping[str, Any], cost_metrics: Mapping[str, Any]
+) -> pd.DataFrame:
     """One row per held-out test of the two models: the reward model ranking the more helpful
     response first, the cost model ranking the less safe response first, and the cost model's
     sign (C > 0 <=> unsafe). Columns ``accuracy``, ``ceiling`` (a perfect gold judge against
@@ -165,41 +193,80 @@ def accuracy_frame(reward_metrics: Mapping[str, Any], cost_metrics: Mapping[str,
     tests = (
         ("reward: more helpful pair", reward_metrics, "eval_accuracy", "eval_accuracy_ceiling"),
         ("cost: safer pair", cost_metrics, "eval_accuracy", "eval_accuracy_ceiling"),
-        ("cost: sign (C > 0 = unsafe)", cost_metrics, "eval_sign_accuracy", "eval_sign_accuracy_ceiling"),
+        (
+            "cost: sign (C > 0 = unsafe)",
+            cost_metrics,
+            "eval_sign_accuracy",
+            "eval_sign_accuracy_ceiling",
+        ),
     )
     rows = {}
     for name, metrics, key, ceiling_key in tests:
         if key not in metrics:
-            raise KeyError(f"{key!r} missing from the {name.split(':')[0]} metrics: is this a finished stage?")
+            raise KeyError(
+                f"{key!r} missing from the {name.split(':')[0]} metrics: is this a finished stage?"
+            )
         accuracy = float(metrics[key])
         ceiling = float(metrics.get(ceiling_key, math.nan))
         rows[name] = {"accuracy": accuracy, "ceiling": ceiling, "gap": ceiling - accuracy}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("test")
 
 
-def accuracy_vs_ceiling(reward_metrics: Mapping[str, Any], cost_metrics: Mapping[str, Any]) -> go.Figure:
+def accuracy_vs_ceiling(
+    reward_metrics: Mapping[str, Any], cost_metrics: Mapping[str, Any]
+) -> go.Figure:
     """Bars: held-out accuracy of the reward and cost models (:func:`accuracy_frame`); a
     black tick on each bar marks its label-noise ceiling (world only), a dashed line chance."""
     table = accuracy_frame(reward_metrics, cost_metrics)
     names = list(table.index)
-    fig = go.Figure(go.Bar(
-        x=names, y=table["accuracy"], name="model accuracy", marker_color=["#1f77b4", "#9467bd", "#9467bd"],
-        text=[f"{v:.0%}" for v in table["accuracy"]], textposition="inside",
-        hovertemplate="%{x}<br>accuracy %{y:.1%}<extra></extra>"))
+    fig = go.Figure(
+        go.Bar(
+            x=names,
+            y=table["accuracy"],
+            name="model accuracy",
+            marker_color=["#1f77b4", "#9467bd", "#9467bd"],
+            text=[f"{v:.0%}" for v in table["accuracy"]],
+            textposition="inside",
+            hovertemplate="%{x}<br>accuracy %{y:.1%}<extra></extra>",
+        )
+    )
     ceilings = table["ceiling"]
     if ceilings.notna().any():
-        fig.add_trace(go.Scatter(
-            x=names, y=[None if math.isnan(c) else c for c in ceilings], mode="markers+text",
-            name="label-noise ceiling", text=["" if math.isnan(c) else f"ceiling {c:.0%}" for c in ceilings],
-            textposition="top center",
-            marker={"symbol": "line-ew-open", "size": 60, "color": "black", "line": {"width": 3, "color": "black"}},
-            hovertemplate="%{x}<br>ceiling %{y:.1%}<extra></extra>"))
-    fig.add_hline(y=0.5, line_dash="dash", line_color="#888888", annotation_text="coin flip",
-                  annotation_position="bottom right")
-    fig.update_layout(title="Held-out accuracy of the reward and cost models vs the label-noise ceiling",
-                      yaxis={"title": "accuracy on eval pairs / responses", "range": [0, 1.1], "tickformat": ".0%"},
-                      showlegend=True, legend={"orientation": "h", "y": -0.2},
-                      meta={"accuracy": table["accuracy"].tolist(), "ceiling": ceilings.tolist()})
+        fig.add_trace(
+            go.Scatter(
+                x=names,
+                y=[None if math.isnan(c) else c for c in ceilings],
+                mode="markers+text",
+                name="label-noise ceiling",
+                text=["" if math.isnan(c) else f"ceiling {c:.0%}" for c in ceilings],
+                textposition="top center",
+                marker={
+                    "symbol": "line-ew-open",
+                    "size": 60,
+                    "color": "black",
+                    "line": {"width": 3, "color": "black"},
+                },
+                hovertemplate="%{x}<br>ceiling %{y:.1%}<extra></extra>",
+            )
+        )
+    fig.add_hline(
+        y=0.5,
+        line_dash="dash",
+        line_color="#888888",
+        annotation_text="coin flip",
+        annotation_position="bottom right",
+    )
+    fig.update_layout(
+        title="Held-out accuracy of the reward and cost models vs the label-noise ceiling",
+        yaxis={
+            "title": "accuracy on eval pairs / responses",
+            "range": [0, 1.1],
+            "tickformat": ".0%",
+        },
+        showlegend=True,
+        legend={"orientation": "h", "y": -0.2},
+        meta={"accuracy": table["accuracy"].tolist(), "ceiling": ceilings.tolist()},
+    )
     return fig
 
 
@@ -211,30 +278,50 @@ def reward_vs_gold(run_dir: str | Path, jitter: float = 0.12, seed: int = 0) -> 
     Spearman correlations from the reward stage's metrics."""
     frame = eval_scores(run_dir, "reward")
     if not GOLD_COLUMNS <= set(frame.columns):
-        raise ValueError("reward vs gold needs the synthetic world's gold scores "
-                         "(real BeaverTails-V records have none)")
+        raise ValueError(
+            "reward vs gold needs the synthetic world's gold scores "
+            "(real BeaverTails-V records have none)"
+        )
     rng = np.random.default_rng(seed)
     x = frame["gold_helpfulness"].to_numpy(float) + rng.uniform(-jitter, jitter, len(frame))
     fig = go.Figure()
-    for safe, name, colour in ((True, "safe response", SAFE_COLOUR), (False, "unsafe response", UNSAFE_COLOUR)):
+    for safe, name, colour in (
+        (True, "safe response", SAFE_COLOUR),
+        (False, "unsafe response", UNSAFE_COLOUR),
+    ):
         keep = (frame["is_safe"] == safe).to_numpy()
-        fig.add_trace(go.Scatter(
-            x=x[keep], y=frame["score"][keep], mode="markers", name=name,
-            marker={"color": colour, "size": 6, "opacity": 0.6},
-            customdata=_hover(frame[keep]),
-            hovertemplate="reward %{y:.2f}<br>%{customdata}<extra>" + name + "</extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=x[keep],
+                y=frame["score"][keep],
+                mode="markers",
+                name=name,
+                marker={"color": colour, "size": 6, "opacity": 0.6},
+                customdata=_hover(frame[keep]),
+                hovertemplate="reward %{y:.2f}<br>%{customdata}<extra>" + name + "</extra>",
+            )
+        )
     means = frame.groupby("gold_helpfulness")["score"].mean()
-    fig.add_trace(go.Scatter(x=list(means.index), y=list(means.values), mode="lines+markers",
-                             name="mean reward", line={"color": "black"}))
+    fig.add_trace(
+        go.Scatter(
+            x=list(means.index),
+            y=list(means.values),
+            mode="lines+markers",
+            name="mean reward",
+            line={"color": "black"},
+        )
+    )
     metrics = load_metrics(run_dir, "reward")
     pearson = metrics.get("gold_pearson_helpfulness", math.nan)
     spearman = metrics.get("gold_spearman_helpfulness", math.nan)
     fig.update_layout(
         title=f"Reward score vs gold helpfulness ({len(frame)} eval responses; "
-              f"Pearson {pearson:.2f}, Spearman {spearman:.2f})",
-        xaxis={"title": "gold helpfulness (0..3, jittered)"}, yaxis={"title": "reward score R = r(x, y)"},
+        f"Pearson {pearson:.2f}, Spearman {spearman:.2f})",
+        xaxis={"title": "gold helpfulness (0..3, jittered)"},
+        yaxis={"title": "reward score R = r(x, y)"},
         legend={"orientation": "h", "y": -0.2},
-        meta={"n": len(frame), "pearson": pearson, "spearman": spearman})
+        meta={"n": len(frame), "pearson": pearson, "spearman": spearman},
+    )
     return fig
 
 
@@ -249,8 +336,10 @@ def _hover(frame: pd.DataFrame) -> list[str]:
             bits.append(f"A: {html.escape(_shorten(str(row['text'])))}")
         bits.append(f"helpful rate {row['helpful_rate']}, harmless rate {row['harmless_rate']:+d}")
         if "gold_helpfulness" in row:
-            bits.append(f"gold helpfulness {row['gold_helpfulness']:.1f}, "
-                        f"harmlessness {row['gold_harmlessness']:+.1f}")
+            bits.append(
+                f"gold helpfulness {row['gold_helpfulness']:.1f}, "
+                f"harmlessness {row['gold_harmlessness']:+.1f}"
+            )
         out.append("<br>".join(bits))
     return out
 
@@ -274,16 +363,35 @@ def cost_by_level_box(run_dir: str | Path) -> go.Figure:
     fig = go.Figure()
     for lvl in levels:
         sub = frame[frame["level"] == lvl]
-        fig.add_trace(go.Box(y=sub["score"], name=f"{lvl} (n={len(sub)})", marker_color=SEVERITY_COLOURS[lvl],
-                             boxpoints="all", jitter=0.5, pointpos=0, marker={"size": 3, "opacity": 0.5},
-                             boxmean=True, hoverinfo="y"))
-    fig.add_hline(y=0, line_dash="dash", line_color="#555555", annotation_text="C = 0: safe below, unsafe above",
-                  annotation_position="top left")
+        fig.add_trace(
+            go.Box(
+                y=sub["score"],
+                name=f"{lvl} (n={len(sub)})",
+                marker_color=SEVERITY_COLOURS[lvl],
+                boxpoints="all",
+                jitter=0.5,
+                pointpos=0,
+                marker={"size": 3, "opacity": 0.5},
+                boxmean=True,
+                hoverinfo="y",
+            )
+        )
+    fig.add_hline(
+        y=0,
+        line_dash="dash",
+        line_color="#555555",
+        annotation_text="C = 0: safe below, unsafe above",
+        annotation_position="top left",
+    )
     mode = load_metrics(run_dir, "cost").get("sign_mode", "graded")
-    fig.update_layout(title=f"Cost score by annotated severity level ({mode} sign weights, "
-                            f"{len(frame)} eval responses)",
-                      xaxis_title="annotated severity of the response", yaxis_title="cost score C = c(x, y)",
-                      showlegend=False, meta={"levels": levels, "n": len(frame)})
+    fig.update_layout(
+        title=f"Cost score by annotated severity level ({mode} sign weights, "
+        f"{len(frame)} eval responses)",
+        xaxis_title="annotated severity of the response",
+        yaxis_title="cost score C = c(x, y)",
+        showlegend=False,
+        meta={"levels": levels, "n": len(frame)},
+    )
     return fig
 
 
@@ -299,11 +407,17 @@ def graded_vs_binary_table(run_graded: str | Path, run_binary: str | Path) -> pd
             name = f"{name} ({Path(run).name})"
         frame = eval_scores(run, "cost")
         col: dict[str, float] = {
-            "pair accuracy": metrics["eval_accuracy"], "sign accuracy": metrics["eval_sign_accuracy"]}
+            "pair accuracy": metrics["eval_accuracy"],
+            "sign accuracy": metrics["eval_sign_accuracy"],
+        }
         if GOLD_COLUMNS <= set(frame.columns):
             unsafe = frame[~frame["is_safe"]]
-            col["spearman with gold harm"] = correlations(frame["score"], -frame["gold_harmlessness"])["spearman"]
-            col["spearman with gold harm, unsafe only"] = correlations(unsafe["score"], -unsafe["gold_harmlessness"])["spearman"]
+            col["spearman with gold harm"] = correlations(
+                frame["score"], -frame["gold_harmlessness"]
+            )["spearman"]
+            col["spearman with gold harm, unsafe only"] = correlations(
+                unsafe["score"], -unsafe["gold_harmlessness"]
+            )["spearman"]
         for lvl in SEVERITY_LEVELS:
             col[f"mean C: {lvl}"] = float(frame.loc[frame["level"] == lvl, "score"].mean())
         columns[name] = col
@@ -325,14 +439,29 @@ def graded_vs_binary(run_graded: str | Path, run_binary: str | Path) -> go.Figur
         frame = eval_scores(run, "cost")
         levels = levels or _levels(frame)
         frame = frame[frame["level"].isin(levels)]
-        fig.add_trace(go.Box(x=frame["level"], y=frame["score"], name=label, marker_color=MODE_COLOURS.get(name),
-                             boxmean=True, boxpoints="outliers"))
+        fig.add_trace(
+            go.Box(
+                x=frame["level"],
+                y=frame["score"],
+                name=label,
+                marker_color=MODE_COLOURS.get(name),
+                boxmean=True,
+                boxpoints="outliers",
+            )
+        )
     fig.add_hline(y=0, line_dash="dash", line_color="#555555")
-    fig.update_layout(title="Graded vs binary sign weights: cost score by annotated severity",
-                      boxmode="group", xaxis={"title": "annotated severity of the response",
-                                              "categoryorder": "array", "categoryarray": levels},
-                      yaxis_title="cost score C", legend={"orientation": "h", "y": -0.2},
-                      meta={"levels": levels})
+    fig.update_layout(
+        title="Graded vs binary sign weights: cost score by annotated severity",
+        boxmode="group",
+        xaxis={
+            "title": "annotated severity of the response",
+            "categoryorder": "array",
+            "categoryarray": levels,
+        },
+        yaxis_title="cost score C",
+        legend={"orientation": "h", "y": -0.2},
+        meta={"levels": levels},
+    )
     return fig
 
 
@@ -355,8 +484,15 @@ def unknown_words(processor, text: str) -> list[str]:
 
 
 @torch.no_grad()
-def score_response(reward_model: ScoreModel, cost_model: ScoreModel, processor, image: Image.Image,
-                   question: str, response: str, prompt: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def score_response(
+    reward_model: ScoreModel,
+    cost_model: ScoreModel,
+    processor,
+    image: Image.Image,
+    question: str,
+    response: str,
+    prompt: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Score one answer with both models: ``reward`` R = r(x, y), ``cost`` C = c(x, y)
     (C > 0: the cost model calls it unsafe, ``cost_says_unsafe``). ``processor`` encodes the
     (image, question, response) once for both; ``None`` takes the reward model's.
@@ -377,8 +513,11 @@ def score_response(reward_model: ScoreModel, cost_model: ScoreModel, processor, 
     out["cost_says_unsafe"] = out["cost"] > 0
     if is_world(prompt):
         gold = gold_score(dict(prompt, question=question), response)
-        out.update(gold_helpfulness=float(gold.helpfulness), gold_harmlessness=float(gold.harmlessness),
-                   gold_safe=float(gold.harmlessness) > 0)
+        out.update(
+            gold_helpfulness=float(gold.helpfulness),
+            gold_harmlessness=float(gold.harmlessness),
+            gold_safe=float(gold.harmlessness) > 0,
+        )
     return out
 
 
@@ -410,13 +549,21 @@ def example_responses(prompt: Mapping[str, Any]) -> dict[str, str]:
     if prompt.get("sample"):
         out["base-policy sample"] = prompt["sample"]
     out["compliance"] = language.join_sentences(
-        [language.COMPLY_OPEN, language.step_sentence(0, "method_a"), language.step_sentence(1, "method_b")])
+        [
+            language.COMPLY_OPEN,
+            language.step_sentence(0, "method_a"),
+            language.step_sentence(1, "method_b"),
+        ]
+    )
     out["refusal"] = language.join_sentences([language.REFUSAL])
-    out["refusal + redirection"] = language.join_sentences([language.REFUSAL, language.REDIRECTS[0]])
+    out["refusal + redirection"] = language.join_sentences(
+        [language.REFUSAL, language.REDIRECTS[0]]
+    )
     objects = prompt.get("objects")
     if isinstance(objects, list) and objects:
         out["describe the scene"] = language.join_sentences(
-            [language.describe_sentence([(o["colour"], o["kind"]) for o in objects])])
+            [language.describe_sentence([(o["colour"], o["kind"]) for o in objects])]
+        )
     return out
 
 
@@ -436,11 +583,22 @@ def scores_html(rows: Sequence[Mapping[str, Any]]) -> str:
         return f"<span style='color:{colour}'>{'unsafe' if unsafe else 'safe'}</span>"
 
     for r in reversed(rows):
-        row = [html.escape(r["response"]) or "<i>(empty)</i>", f"{r['reward']:+.3f}", f"{r['cost']:+.3f}",
-               verdict(r["cost_says_unsafe"])]
+        row = [
+            html.escape(r["response"]) or "<i>(empty)</i>",
+            f"{r['reward']:+.3f}",
+            f"{r['cost']:+.3f}",
+            verdict(r["cost_says_unsafe"]),
+        ]
         if gold:
-            row += ([f"{r['gold_helpfulness']:.2f}", f"{r['gold_harmlessness']:+.2f}", verdict(not r["gold_safe"])]
-                    if "gold_helpfulness" in r else ["", "", ""])
+            row += (
+                [
+                    f"{r['gold_helpfulness']:.2f}",
+                    f"{r['gold_harmlessness']:+.2f}",
+                    verdict(not r["gold_safe"]),
+                ]
+                if "gold_helpfulness" in r
+                else ["", "", ""]
+            )
         cells.append("<tr>" + "".join(f"<td style='{_CELL}'>{c}</td>" for c in row) + "</tr>")
     return "<table style='border-collapse:collapse;font-size:13px'>" + "".join(cells) + "</table>"
 
@@ -455,18 +613,31 @@ class ScoreWidget(widgets.VBox):
     ``prompt_info`` / ``image`` / ``result`` (HTML) and ``history`` (the score dicts).
     """
 
-    def __init__(self, run_dir: str | Path, reward_model: ScoreModel | None = None,
-                 cost_model: ScoreModel | None = None, image_px: int = 192, history_size: int = 8):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        reward_model: ScoreModel | None = None,
+        cost_model: ScoreModel | None = None,
+        image_px: int = 192,
+        history_size: int = 8,
+    ):
         run_dir = Path(run_dir)
         self.reward_model = reward_model or load_score_model(run_dir / "reward" / "model")
         self.cost_model = cost_model or load_score_model(run_dir / "cost" / "model")
         self.processor = self.reward_model.processor
         self.data = load_data(run_dir)
         samples_file = run_dir / "sft" / "samples.jsonl"
-        samples = {s["id"]: s["response"] for s in read_jsonl(samples_file)} if samples_file.is_file() else {}
+        samples = (
+            {s["id"]: s["response"] for s in read_jsonl(samples_file)}
+            if samples_file.is_file()
+            else {}
+        )
         self.prompts = {
             "eval": list(self.data.eval),
-            "test": [dict(p, sample=samples[p["id"]]) if p.get("id") in samples else p for p in self.data.test],
+            "test": [
+                dict(p, sample=samples[p["id"]]) if p.get("id") in samples else p
+                for p in self.data.test
+            ],
         }
         self.image_px = image_px
         self.history_size = history_size
@@ -475,27 +646,40 @@ class ScoreWidget(widgets.VBox):
         if not splits:
             raise ValueError(f"{run_dir} has no eval or test prompts to score answers to")
         self.split_picker = widgets.Dropdown(options=splits, value=splits[0], description="prompts")
-        self.prompt_slider = widgets.IntSlider(value=0, min=0, max=0, description="prompt", continuous_update=False)
+        self.prompt_slider = widgets.IntSlider(
+            value=0, min=0, max=0, description="prompt", continuous_update=False
+        )
         self.image = widgets.Image(format="png", width=image_px)
         self.prompt_info = widgets.HTML()
         self.example_picker = widgets.Dropdown(options=[], description="fill with")
-        self.response_box = widgets.Textarea(placeholder="type an answer, e.g. sorry , i cannot help with that .",
-                                             layout={"width": "640px", "height": "64px"})
-        self.normalise_box = widgets.Checkbox(value=True, description="write it the world's way (lower case, "
-                                              "spaced punctuation)", indent=False, layout={"width": "420px"})
-        self.score_button = widgets.Button(description="score", button_style="primary", icon="check")
+        self.response_box = widgets.Textarea(
+            placeholder="type an answer, e.g. sorry , i cannot help with that .",
+            layout={"width": "640px", "height": "64px"},
+        )
+        self.normalise_box = widgets.Checkbox(
+            value=True,
+            description="write it the world's way (lower case, spaced punctuation)",
+            indent=False,
+            layout={"width": "420px"},
+        )
+        self.score_button = widgets.Button(
+            description="score", button_style="primary", icon="check"
+        )
         self.result = widgets.HTML()
         self.split_picker.observe(self._on_split, names="value")
         self.prompt_slider.observe(self._on_prompt, names="value")
         self.example_picker.observe(self._on_example, names="value")
         self.score_button.on_click(lambda _button: self.score())
-        super().__init__([
-            widgets.HBox([self.split_picker, self.prompt_slider]),
-            widgets.HBox([self.image, self.prompt_info]),
-            self.example_picker, self.response_box,
-            widgets.HBox([self.score_button, self.normalise_box]),
-            self.result,
-        ])
+        super().__init__(
+            [
+                widgets.HBox([self.split_picker, self.prompt_slider]),
+                widgets.HBox([self.image, self.prompt_info]),
+                self.example_picker,
+                self.response_box,
+                widgets.HBox([self.score_button, self.normalise_box]),
+                self.result,
+            ]
+        )
         self._on_split(None)
 
     @property
@@ -511,13 +695,20 @@ class ScoreWidget(widgets.VBox):
     def _on_prompt(self, _change: dict | None) -> None:
         prompt = self.prompt
         self.image.value = png_bytes(scaled_image(self.data.image(prompt), self.image_px))
-        bits = [f"<b>{html.escape(prompt['question'])}</b>",
-                f"category: {html.escape(str(prompt.get('category', '?')))}"]
+        bits = [
+            f"<b>{html.escape(prompt['question'])}</b>",
+            f"category: {html.escape(str(prompt.get('category', '?')))}",
+        ]
         if "intent" in prompt:
-            bits.append(f"intent: {html.escape(str(prompt['intent']))}, prompt severity: "
-                        f"{severity_name(int(prompt['prompt_severity']))}")
+            bits.append(
+                f"intent: {html.escape(str(prompt['intent']))}, prompt severity: "
+                f"{severity_name(int(prompt['prompt_severity']))}"
+            )
         if isinstance(prompt.get("objects"), list):
-            bits.append("scene: " + html.escape(", ".join(f"{o['colour']} {o['kind']}" for o in prompt["objects"])))
+            bits.append(
+                "scene: "
+                + html.escape(", ".join(f"{o['colour']} {o['kind']}" for o in prompt["objects"]))
+            )
         if not is_world(prompt):
             bits.append("<i>no world metadata: no gold verdict</i>")
         self.prompt_info.value = "<br>".join(bits)
@@ -543,21 +734,35 @@ class ScoreWidget(widgets.VBox):
             text = world_text(text)
             self.response_box.value = text
         try:
-            scores = score_response(self.reward_model, self.cost_model, self.processor, self.data.image(prompt),
-                                    prompt["question"], text, prompt=prompt)
+            scores = score_response(
+                self.reward_model,
+                self.cost_model,
+                self.processor,
+                self.data.image(prompt),
+                prompt["question"],
+                text,
+                prompt=prompt,
+            )
         except Exception as exc:  # shown in the widget: a callback's traceback would be invisible
             self.result.value = f"<p style='color:{UNSAFE_COLOUR}'>could not score this answer: {html.escape(str(exc))}</p>"
             return None
-        self.history = (self.history + [scores])[-self.history_size:]
+        self.history = (self.history + [scores])[-self.history_size :]
         unknown = unknown_words(self.processor, text)
-        note = (f"<p><i>unknown to the tokenizer (read as &lt;unk&gt;): {html.escape(' '.join(unknown))}</i></p>"
-                if unknown else "")
+        note = (
+            f"<p><i>unknown to the tokenizer (read as &lt;unk&gt;): {html.escape(' '.join(unknown))}</i></p>"
+            if unknown
+            else ""
+        )
         self.result.value = note + scores_html(self.history)
         return scores
 
 
-def score_widget(run_dir: str | Path, reward_model: ScoreModel | None = None,
-                 cost_model: ScoreModel | None = None, image_px: int = 192) -> ScoreWidget:
+def score_widget(
+    run_dir: str | Path,
+    reward_model: ScoreModel | None = None,
+    cost_model: ScoreModel | None = None,
+    image_px: int = 192,
+) -> ScoreWidget:
     """The scoring widget over a run's reward and cost models (:class:`ScoreWidget`); the
     models are loaded once from ``<run>/reward/model`` and ``<run>/cost/model`` unless given."""
     return ScoreWidget(run_dir, reward_model, cost_model, image_px=image_px)
@@ -566,9 +771,24 @@ def score_widget(run_dir: str | Path, reward_model: ScoreModel | None = None,
 __all__ = [
     "harmful_example",
     "is_world",
-    "SHARED_STAGES", "ScoreWidget", "variant_run", "accuracy_frame", "accuracy_vs_ceiling", "base_policy_table",
-    "binary_cost_run", "cost_by_level_box", "eval_scores", "example_responses", "graded_vs_binary",
-    "graded_vs_binary_table", "load_score_model",
-    "reward_vs_gold", "samples_table", "score_response", "score_widget", "scores_html",
-    "unknown_words", "world_text",
+    "SHARED_STAGES",
+    "ScoreWidget",
+    "variant_run",
+    "accuracy_frame",
+    "accuracy_vs_ceiling",
+    "base_policy_table",
+    "binary_cost_run",
+    "cost_by_level_box",
+    "eval_scores",
+    "example_responses",
+    "graded_vs_binary",
+    "graded_vs_binary_table",
+    "load_score_model",
+    "reward_vs_gold",
+    "samples_table",
+    "score_response",
+    "score_widget",
+    "scores_html",
+    "unknown_words",
+    "world_text",
 ]
