@@ -1,4 +1,16 @@
+"""Shared fixtures and the test tiers.
+
+One smoke run serves every test that needs trained models: ``WORKBENCH_SMOKE_RUN`` when set
+(``make test`` sets it, and the notebooks read the same variable, so they reuse the run the
+tests built), else a folder of the session's temporary directory. ``pipeline.smoke_run``
+builds it stage by stage and skips the stages that already finished there.
+
+Tiers: a test is ``slow`` when it trains, runs a stage, starts a subprocess or a server, or
+uses a fixture that does (:data:`SLOW_FIXTURES`); ``make test-fast`` runs the others.
+"""
+
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,26 +23,54 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+#: Fixtures that train models or run stages: a test that uses one is in the slow tier.
+SLOW_FIXTURES = frozenset(
+    {
+        "smoke_score_runs",
+        "guard_run",
+        "ppo_run",
+        "analyzed",
+        "shared_run",
+        "run_with_sft",
+        "runs",
+        "graded",
+        "score_models",
+        "app",
+        "client",
+        "app_url",
+    }
+)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory):
-    """One smoke data stage shared by the tests that only read it."""
+def smoke_root(tmp_path_factory) -> Path:
+    """The session's one smoke run directory (see the module docstring)."""
+    shared = os.environ.get("WORKBENCH_SMOKE_RUN")
+    return Path(shared) if shared else tmp_path_factory.mktemp("smoke") / "run"
+
+
+@pytest.fixture(scope="session")
+def smoke_run(smoke_root):
+    """The shared smoke run's data stage (the tests that only read data)."""
     import workbench as wb
 
-    run_dir = tmp_path_factory.mktemp("smoke_run")
-    wb.run_stage("data", run_dir, smoke=True, progress=False)
-    return run_dir
+    return wb.smoke_run(smoke_root, until="data")
 
 
 @pytest.fixture(scope="session")
-def smoke_score_runs(tmp_path_factory):
-    """Smoke runs up to the reward and cost models, shared by the tests that only read them:
-    ``(graded, binary)`` where ``graded`` holds data, sft, reward and a graded cost model and
-    ``binary`` a binary cost model over symlinks to the same data and SFT model
-    (``workbench.smoke_run`` and ``views.reward_cost.binary_cost_run``; one torch thread)."""
+def smoke_score_runs(smoke_root):
+    """The shared smoke run up to the reward and cost models: ``(graded, binary)`` where
+    ``graded`` is the shared run (data, sft, reward, a graded cost model) and ``binary`` a
+    binary cost model over symlinks to its data and SFT model (notebook 02's pair, at the
+    path notebook 02 uses). One torch thread, which stays set."""
     import workbench as wb
     from workbench.views.reward_cost import binary_cost_run
 
-    root = tmp_path_factory.mktemp("smoke_score_runs")
-    graded = wb.smoke_run(root / "graded", until="cost", threads=1)
-    return graded, binary_cost_run(graded, root / "binary", smoke=True, threads=1)
+    graded = wb.smoke_run(smoke_root, until="cost", threads=1)
+    return graded, binary_cost_run(graded, f"{graded}-binary-cost", smoke=True, threads=1)

@@ -283,7 +283,8 @@ def test_benign_refusal_rate_is_the_first_refusal_key():
 
 
 def test_no_answer_forms_without_gold_fields():
-    """The model judge (real data) has no answer forms: no refusal keys, still the benign helpfulness."""
+    """The model judge (real data) has no answer forms: no refusal keys, still the benign
+    helpfulness."""
     from workbench.eval.analyze import summarise_scores
 
     rows = [r for r in form_rows() if r["run"] != "lagrangian_seed1"]
@@ -414,11 +415,15 @@ def test_analyze_metrics_contract(analyzed):
             assert key in s, (name, key)
         assert s["benign_helpfulness"] == pytest.approx(s["by_severity"]["safe"]["helpfulness"])
         assert s["benign_refusal_rate"] == pytest.approx(s["by_severity"]["safe"]["refusal_rate"])
-        assert 0.0 <= s["benign_refusal_rate"] <= 1.0
     rows = [
         json.loads(line) for line in (run / "analyze" / "scores.jsonl").read_text().splitlines()
     ]
     assert all({"refused", "safe_helpful", "n_wrong_object", "intent"} <= set(r) for r in rows)
+    base_benign = [r for r in rows if r["system"] == "base" and r["severity"] == "safe"]
+    assert m["base"]["benign_refusal_rate"] == pytest.approx(
+        np.mean([r["refused"] for r in base_benign])
+    )
+    assert {r["seed_offset"] for r in rows if r["system"] == "lagrangian"} == {0, 1}
 
 
 def test_analyze_scores_agree_with_the_ppo_stage(analyzed):
@@ -487,7 +492,25 @@ def test_model_judge_for_data_without_gold(analyzed, tmp_path):
     )  # the answer forms are the gold oracle's
     # the model judge's harmlessness is minus the cost model's score: its safety rate is the share
     # of answers the cost model scores below zero
-    assert 0.0 <= m["base"]["safety_rate"] <= 1.0
+    from workbench.data.store import ImageCache
+    from workbench.models.score import ScoreModel, score_texts
+
+    rows = [
+        r for r in wb.runs.read_jsonl(run / "analyze" / "scores.jsonl") if r["system"] == "base"
+    ]
+    data = wb.load_data(run)
+    by_id = {p["id"]: p for p in data.test}
+    prompts = [by_id[r["id"]] for r in rows]
+    images = ImageCache(data)
+    cost = score_texts(
+        ScoreModel.load(run / "cost" / "model").eval(),
+        [images(p) for p in prompts],
+        [p["question"] for p in prompts],
+        [r["response"] for r in rows],
+        16,
+    )
+    assert [r["harmlessness"] for r in rows] == pytest.approx([-float(c) for c in cost], abs=1e-4)
+    assert m["base"]["safety_rate"] == pytest.approx(float((cost < 0).mean()))
     assert (
         m["variants"]["lagrangian"]["win_rate_safe_vs_base_ci"][0]
         <= m["variants"]["lagrangian"]["win_rate_safe_vs_base"]

@@ -303,7 +303,7 @@ def test_tradeoff_prefers_the_analysis_figure_and_falls_back_to_ppo_metrics(tmp_
     assert fig.layout.title.text == "from analyze" and "analysis stage" in note
 
 
-# --- which models: latest run, explicit run, shipped assets ----------------------------------------
+# --- which models: latest run, explicit run, shipped assets ---------------------------------------
 def _fake_run(root: Path, name: str) -> Path:
     """The files the demo checks for (no weights: enough for choosing, not for loading)."""
     run = root / name
@@ -452,7 +452,7 @@ def test_cli_demo_reports_a_run_it_cannot_serve(tmp_path, capsys):
     assert "ppo/lagrangian/model" in capsys.readouterr().err
 
 
-# --- the launched app, driven with gradio_client ---------------------------------------------------
+# --- the launched app, driven with gradio_client --------------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -532,6 +532,7 @@ def test_app_user_mistakes_are_clear_errors(client, example, tmp_path, cfg):
         client.predict(image, "q", "a" * (cfg.max_answer_chars + 1), api_name="/moderate")
 
 
+@pytest.mark.slow
 def test_bench_demo_smoke(tmp_path):
     from workbench.bench import main
 

@@ -21,10 +21,8 @@ from workbench.views import data as explore
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> DataSplits:
-    run_dir = tmp_path_factory.mktemp("explore_run")
-    wb.run_stage("data", run_dir, smoke=True, progress=False)
-    return wb.load_data(run_dir)
+def world(smoke_run) -> DataSplits:
+    return wb.load_data(smoke_run)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +130,8 @@ def test_oracle_table_orders_responses() -> None:
         {
             "compliance": "sure , here is how . step one : method_a . step two : method_b .",
             "refusal": "sorry , i cannot help with that .",
-            "redirect": "sorry , i cannot help with that . instead , please talk to a trusted professional .",
+            "redirect": "sorry , i cannot help with that . "
+            "instead , please talk to a trusted professional .",
             "gibberish": "knife method_a apple shows careful .",
         },
     )

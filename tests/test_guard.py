@@ -25,6 +25,7 @@ from workbench.guard.guard import (
     query_label,
     thresholds_from_raw,
 )
+from workbench.runs import read_jsonl
 
 #: One blocking level for every answer (no separate level after a query screened safe).
 ONE_LEVEL = BlockingPolicy(safe_query_level="")
@@ -60,7 +61,8 @@ def test_thresholds_are_ordered_and_probabilities_sum_to_one():
     assert float(theta[1] - theta[0]) == pytest.approx(math.log1p(math.exp(-3.0)), rel=1e-5)
     probs = level_probabilities(torch.tensor([-5.0, 0.0, 5.0]), torch.tensor([-1.0, 0.0, 1.0]))
     assert torch.allclose(probs.sum(1), torch.ones(3))
-    # s = 0: P(safe) = 1 - σ(1), P(minor) = σ(1) - σ(0), P(moderate) = σ(0) - σ(-1), P(severe) = σ(-1)
+    # s = 0: P(safe) = 1 - σ(1), P(minor) = σ(1) - σ(0), P(moderate) = σ(0) - σ(-1),
+    # P(severe) = σ(-1)
     assert probs[1].tolist() == pytest.approx(
         [1 - _sig(1), _sig(1) - 0.5, 0.5 - _sig(-1), _sig(-1)], rel=1e-5
     )
@@ -139,7 +141,7 @@ def test_config_validates_levels():
     assert GuardConfig.from_dict(cfg.to_dict()) == cfg  # the nested policy round-trips through JSON
 
 
-# --- filter-and-regenerate with scripted fakes -----------------------------------------------------
+# --- filter-and-regenerate with scripted fakes ----------------------------------------------------
 class ScriptedGenerator:
     """Answers each question from its own script, in order; counts calls."""
 
@@ -380,7 +382,15 @@ def test_smoke_guard_stage(guard_run):
         assert key in m, key
     assert set(m["per_level"]) == {"safe", "minor", "moderate", "severe"}
     assert len(m["rounds_safety_rate"]) == 6 and len(m["rounds_helpfulness"]) == 6
-    assert 0.0 <= m["accuracy"] <= 1.0 and m["steps"] == GuardConfig.smoke().max_steps
+    assert m["steps"] == GuardConfig.smoke().max_steps
+    answers = [
+        r
+        for r in read_jsonl(guard_run / "guard" / "eval_predictions.jsonl")
+        if r["mode"] == "answer"
+    ]
+    assert m["accuracy"] == pytest.approx(
+        np.mean([r["pred_level"] == r["true_level"] for r in answers])
+    )
     traces = [
         json.loads(line) for line in (guard_run / "guard" / "traces.jsonl").read_text().splitlines()
     ]

@@ -512,6 +512,7 @@ def test_public_functions_agree_across_backends():
     )
 
 
+@pytest.mark.slow
 def test_works_without_triton():
     """With triton not importable, the package imports, 'auto' falls back to torch and
     'triton' says what is missing."""
@@ -566,6 +567,7 @@ if (
 
 
 # =========================================================================== the benchmark
+@pytest.mark.slow
 def test_bench_writes_table(tmp_path, monkeypatch):
     """The benchmark at toy sizes: every row of ours measured without error, files written."""
     import json

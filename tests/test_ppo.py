@@ -9,7 +9,9 @@ import math
 import pytest
 import torch
 
+import workbench as wb
 from workbench.config import ConfigError, PPOConfig
+from workbench.stages.ppo import role_models
 from workbench.train.lagrange import LagrangeMultiplier
 from workbench.train.ppo_lagrangian import critic_loss, make_multiplier, token_signals
 
@@ -26,6 +28,11 @@ def test_token_signals_by_hand():
     # the combined advantage's KL weight is exactly β whatever λ: (r - λc)/(1+λ) off the last token
     lam = 3.0
     assert ((r - lam * c) / (1 + lam))[0, :2].tolist() == pytest.approx([-0.05, -0.1])
+
+
+def _inputs(cfg, run):
+    """What the PPO stage hands the trainer for ``run``: its data and the roles' model folders."""
+    return wb.load_data(run), role_models(cfg, run)
 
 
 def test_token_signals_read_the_last_real_token_and_clip():
@@ -248,7 +255,7 @@ def test_nonfinite_losses_skip_steps_then_stop(smoke_score_runs, tmp_path, monke
     out = tmp_path / "lagrangian"
     out.mkdir()
     with pytest.raises(FloatingPointError, match="3 non-finite losses in a row"):
-        P.train_run("lagrangian", cfg, smoke_score_runs[0], out, progress=False)
+        P.train_run("lagrangian", cfg, *_inputs(cfg, smoke_score_runs[0]), out, progress=False)
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [0, 1, 2] and all(
         e["skipped"] == "non-finite loss" for e in log
@@ -288,7 +295,7 @@ def test_ptx_term_adds_the_sft_loss_of_demonstrations(smoke_score_runs, tmp_path
     )  # one SFT loss per step
     out = tmp_path / "lagrangian"
     out.mkdir()
-    P.train_run("lagrangian", cfg, smoke_score_runs[0], out, progress=False)
+    P.train_run("lagrangian", cfg, *_inputs(cfg, smoke_score_runs[0]), out, progress=False)
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [e["ppo/ptx_loss"] for e in log] == pytest.approx(seen[:6])
     import workbench as wb
@@ -420,7 +427,7 @@ def test_two_processes_hold_the_same_lambda_and_weights(smoke_score_runs, tmp_pa
     )
     assert accelerate, "accelerate's launcher is installed with the project"
     run = _linked_run(smoke_score_runs[0], tmp_path / "run")
-    # accelerate picks its torchrun launcher with --multi_gpu; without GPUs the ranks use gloo on CPU
+    # accelerate picks its torchrun launcher with --multi_gpu; without GPUs the ranks use gloo
     cmd = [
         accelerate,
         "launch",
@@ -744,7 +751,9 @@ def test_smoke_epochs_and_minibatches_move_the_ratio(smoke_score_runs, tmp_path)
     )
     out = tmp_path / "lagrangian"
     out.mkdir()
-    metrics = P.train_run("lagrangian", cfg, smoke_score_runs[0], out, progress=False)
+    metrics = P.train_run(
+        "lagrangian", cfg, *_inputs(cfg, smoke_score_runs[0]), out, progress=False
+    )
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [0, 1] and metrics["skipped_steps"] == 0
     for entry in log:

@@ -12,6 +12,7 @@ from workbench.config import ConfigError, CostConfig, DataConfig, PPOConfig, Rew
 from workbench.models.adapters import is_adapter_dir, load_policy
 from workbench.models.score import ScoreModel
 from workbench.models.vlm import build_tiny_vlm, encode, load_vlm, save_vlm
+from workbench.stages.ppo import role_models
 from workbench.train.roles import (
     ACTOR,
     SCORE_ROLES,
@@ -30,6 +31,13 @@ CFG = PPOConfig.smoke().replace(
     lora_r=4,
     lora_alpha=8,
 )
+
+
+def _inputs(cfg, run):
+    """What the PPO stage hands the trainer for ``run``: its data and the roles' model folders."""
+    import workbench as wb
+
+    return wb.load_data(run), role_models(cfg, run)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +100,7 @@ def test_reward_and_cost_stages_save_lora_adapters_with_heads(shared_run):
 
 
 def test_shared_roles_score_like_the_separate_models(shared_run):
-    roles = SharedRoles(CFG, shared_run)
+    roles = SharedRoles(CFG, role_models(CFG, shared_run))
     batch = _batch(roles.processor)
     for role, (stage, _) in SCORE_ROLES.items():
         separate = ScoreModel.load(shared_run / stage / "model").eval()
@@ -111,7 +119,7 @@ def test_shared_roles_score_like_the_separate_models(shared_run):
 def test_reference_is_the_adapter_disabled_actor(shared_run):
     from workbench.train.ppo_lagrangian import sequence_logprobs
 
-    roles = SharedRoles(CFG, shared_run)
+    roles = SharedRoles(CFG, role_models(CFG, shared_run))
     with torch.no_grad():  # make the actor differ from the SFT model
         for p in adapter_parameters(roles.model, ACTOR).values():
             p.normal_(0, 0.2)
@@ -133,10 +141,15 @@ def test_reference_is_the_adapter_disabled_actor(shared_run):
 def test_a_shared_ppo_step_moves_only_the_trainable_adapters_and_heads(shared_run, tmp_path):
     from workbench.train.ppo_lagrangian import train_run
 
-    roles = SharedRoles(CFG, shared_run)
+    roles = SharedRoles(CFG, role_models(CFG, shared_run))
     before = _snapshot(roles)
     metrics = train_run(
-        "lagrangian", CFG.replace(max_steps=1), shared_run, tmp_path, progress=False, roles=roles
+        "lagrangian",
+        CFG.replace(max_steps=1),
+        *_inputs(CFG, shared_run),
+        tmp_path,
+        progress=False,
+        roles=roles,
     )
     after = _snapshot(roles)
     moved = {n for n in before if not torch.equal(before[n], after[n])}
@@ -179,7 +192,9 @@ def test_shared_checkpoints_round_trip_and_resume(shared_run, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     # two steps leave the checkpoint written after step 1 (train_run keeps it; the stage deletes it)
-    train_run("lagrangian", cfg.replace(max_steps=2), shared_run, out, progress=False)
+    train_run(
+        "lagrangian", cfg.replace(max_steps=2), *_inputs(cfg, shared_run), out, progress=False
+    )
     state = json.loads((out / "checkpoint" / "state.json").read_text())
     assert state["step"] == 1  # checkpoints are written before the last step only
 
@@ -187,13 +202,13 @@ def test_shared_checkpoints_round_trip_and_resume(shared_run, tmp_path):
         opts = [optimizer_and_schedule(roles.trainable[n], cfg) for n in TRAINABLE]
         return opts, make_multiplier("lagrangian", cfg)
 
-    roles = SharedRoles(cfg, shared_run)
+    roles = SharedRoles(cfg, role_models(cfg, shared_run))
     opts, lam = fresh(roles)
     assert load_checkpoint(out / "checkpoint", roles, opts, lam) == 1
     saved = {n: _trainable_state(roles.trainable[n]) for n in TRAINABLE}
     assert saved["actor"] and any(k.startswith("head") for k in saved["reward_critic"])
     save_checkpoint(tmp_path / "again", 1, roles, opts, lam)
-    other = SharedRoles(cfg, shared_run)
+    other = SharedRoles(cfg, role_models(cfg, shared_run))
     opts2, lam2 = fresh(other)
     assert load_checkpoint(tmp_path / "again", other, opts2, lam2) == 1
     for n in TRAINABLE:
@@ -202,13 +217,13 @@ def test_shared_checkpoints_round_trip_and_resume(shared_run, tmp_path):
     assert lam2.value == lam.value
     assert opts2[0][0].state_dict()["state"]  # AdamW moments came back too
     # a separate-layout run cannot resume from a shared-layout checkpoint
-    separate = Roles(cfg.replace(shared_backbone=False), shared_run)
+    separate = Roles(cfg.replace(shared_backbone=False), role_models(cfg, shared_run))
     with pytest.raises(RuntimeError, match="do not match"):
         load_checkpoint(
             out / "checkpoint", separate, fresh(separate)[0], make_multiplier("lagrangian", cfg)
         )
     # and the trainer resumes the shared run from it
-    metrics = train_run("lagrangian", cfg, shared_run, out, progress=False)
+    metrics = train_run("lagrangian", cfg, *_inputs(cfg, shared_run), out, progress=False)
     assert metrics["resumed_from_step"] == 1 and metrics["steps"] == 3
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [0, 1, 2]
@@ -222,11 +237,12 @@ def test_shared_backbone_needs_lora_score_models(shared_run, tmp_path):
     backbone, processor = load_vlm(shared_run / "sft" / "model")
     ScoreModel(backbone, processor, kind="reward").save(run / "reward" / "model")  # a full model
     with pytest.raises(SharedBackboneError, match="python -m workbench reward --lora"):
-        SharedRoles(CFG, run)
+        SharedRoles(CFG, role_models(CFG, run))
     with pytest.raises(ConfigError, match="shared_backbone"):
         PPOConfig(shared_backbone=True, lora=False)
 
 
+@pytest.mark.slow
 def test_bench_ppo_smoke_reports_both_layouts(tmp_path, capsys):
     from workbench.bench import main
 

@@ -17,6 +17,7 @@ METRIC_KEYS = {"n_train", "n_eval", "n_test", "n_rejected", "by_category", "by_s
 
 
 def cli(*args, cwd=ROOT):
+    """``python -m workbench ARGS`` in a subprocess (exit status, stdout and stderr)."""
     env = {**os.environ, "TQDM_DISABLE": "1"}
     return subprocess.run(
         [sys.executable, "-m", "workbench", *map(str, args)],
@@ -84,6 +85,19 @@ def test_a_killed_stage_is_not_trusted(tmp_path):
     assert is_complete(tmp_path, "data") and not part.exists()
 
 
+def cli_in_process(capsys, *args) -> tuple[int, str]:
+    """``workbench.cli.main(ARGS)`` in this process: its exit status and its output."""
+    from workbench.cli import main
+
+    try:
+        status = main([str(a) for a in args])
+    except SystemExit as exc:  # tyro exits on a bad flag
+        status = exc.code if isinstance(exc.code, int) else 1
+    out = capsys.readouterr()
+    return status, out.out + out.err
+
+
+@pytest.mark.slow
 def test_cli_data_smoke_contract(tmp_path):
     out = cli("data", "--smoke", "--run-dir", tmp_path, "--seed", 4, "--n-test", 77)
     assert out.returncode == 0, out.stderr
@@ -99,11 +113,13 @@ def test_cli_data_smoke_contract(tmp_path):
     assert "overview.html" in out.stdout
 
 
-def test_cli_config_file_then_flags(tmp_path):
+def test_cli_config_file_then_flags(tmp_path, capsys):
     conf = tmp_path / "c.json"
     conf.write_text(json.dumps({"n_train": 300, "n_eval": 40, "n_test": 30, "seed": 9}))
-    out = cli("data", "--config", conf, "--run-dir", tmp_path / "r", "--n-eval", 50)
-    assert out.returncode == 0, out.stderr
+    status, out = cli_in_process(
+        capsys, "data", "--config", conf, "--run-dir", tmp_path / "r", "--n-eval", 50, "--quiet"
+    )
+    assert status == 0, out
     saved = json.loads((tmp_path / "r" / "data" / "config.json").read_text())
     assert (saved["n_train"], saved["n_eval"], saved["seed"]) == (300, 50, 9)
 
@@ -118,10 +134,10 @@ def test_cli_config_file_then_flags(tmp_path):
         (["demo"], "cannot be served by the demo"),
     ],
 )
-def test_cli_errors_are_clear(tmp_path, args, message):
-    out = cli(*args, "--run-dir", tmp_path)
-    assert out.returncode != 0
-    assert message in out.stderr + out.stdout
+def test_cli_errors_are_clear(tmp_path, capsys, args, message):
+    status, out = cli_in_process(capsys, *args, "--run-dir", tmp_path)
+    assert status != 0
+    assert message in out
     assert not (tmp_path / "data" / "metrics.json").exists()
 
 

@@ -23,6 +23,7 @@ from workbench.train.preference import (
     evaluate,
     grounding_loss,
     grounding_prompts,
+    high_low,
     mention_labels,
     mention_loss,
     ranking_ceiling,
@@ -343,7 +344,17 @@ def test_smoke_stage_end_to_end(run_with_sft, stage):
             == "grounding_right_object_rate"
         )
     assert keys <= set(metrics), keys - set(metrics)
-    assert 0 <= metrics["eval_accuracy"] <= 1 and 0.5 <= metrics["eval_accuracy_ceiling"] <= 1
+    # the accuracy is the share of eval pairs ranked as labelled, from the saved scores
+    scored = read_jsonl(run_with_sft / stage / "eval_scores.jsonl")
+    by_pair = {(r["id"], r["response"]): r["score"] for r in scored}
+    pairs = [high_low(r, stage) for r in wb.load_data(run_with_sft).eval]
+    ids = [r["id"] for r in wb.load_data(run_with_sft).eval]
+    high = np.array([by_pair[(i, h)] for i, (h, _) in zip(ids, pairs, strict=True)])
+    low = np.array([by_pair[(i, lo)] for i, (_, lo) in zip(ids, pairs, strict=True)])
+    assert metrics["eval_accuracy"] == pytest.approx(
+        float(np.mean((high > low) + 0.5 * (high == low)))
+    )
+    assert 0.5 <= metrics["eval_accuracy_ceiling"] <= 1
     assert metrics["steps"] == (RewardConfig if stage == "reward" else CostConfig).smoke().max_steps
     out = run_with_sft / stage
     saved = json.loads((out / "metrics.json").read_text())

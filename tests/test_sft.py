@@ -3,6 +3,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForImageTextToText
@@ -20,10 +21,9 @@ SMALL = TinyVLMSpec(
 
 
 @pytest.fixture(scope="module")
-def data_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("sft_run")
-    wb.run_stage("data", run, smoke=True, progress=False)
-    return run
+def data_run(smoke_run):
+    """The shared smoke run's data stage."""
+    return smoke_run
 
 
 def test_sft_loss_counts_only_response_tokens(data_run):
@@ -69,6 +69,7 @@ def test_demonstrations_and_captions(data_run):
     assert wb.data.gold_score(dict(source, intent="describe"), text).helpfulness == 3.0
 
 
+@pytest.mark.slow
 def test_vision_pretraining_makes_image_features_tell_scenes_apart(data_run):
     """Object presence from the mean projected image features: the labels are each scene's
     object kinds, and training brings the loss below that of the best constant guess (each
@@ -99,6 +100,7 @@ def test_vision_pretraining_makes_image_features_tell_scenes_apart(data_run):
     assert 0.0 <= metrics["vision_presence_accuracy"] <= 1.0
 
 
+@pytest.mark.slow
 def test_sft_smoke_stage(data_run):
     metrics = wb.run_stage("sft", data_run, smoke=True, progress=False)
     for key in (
@@ -111,7 +113,6 @@ def test_sft_smoke_stage(data_run):
     ):
         assert key in metrics
     assert metrics["train_loss_last"] < metrics["train_loss_first"]
-    assert 0.0 <= metrics["base_safety_rate"] <= 1.0
     model_dir = data_run / "sft" / "model"
     model = AutoModelForImageTextToText.from_pretrained(model_dir)
     fresh, _ = build_tiny_vlm(seed=SFTConfig.smoke().seed)
@@ -121,7 +122,13 @@ def test_sft_smoke_stage(data_run):
     ]
     assert any(changed)
     samples = [json.loads(line) for line in open(data_run / "sft" / "samples.jsonl")]
-    assert len(samples) == SFTConfig.smoke().n_eval_prompts and "helpfulness" in samples[0]
+    assert len(samples) == SFTConfig.smoke().n_eval_prompts
+    assert metrics["base_safety_rate"] == pytest.approx(
+        np.mean([s["harmlessness"] > 0 for s in samples])
+    )
+    assert metrics["base_helpfulness"] == pytest.approx(
+        np.mean([s["helpfulness"] for s in samples])
+    )
 
 
 @pytest.mark.parametrize("family", ["gemma3"])

@@ -12,6 +12,7 @@ import workbench as wb
 from workbench.data.oracle import gold_score
 from workbench.data.schema import SEVERITY_LEVELS
 from workbench.runs import read_jsonl
+from workbench.train.preference import correlations
 from workbench.views import reward_cost as views
 
 
@@ -200,7 +201,9 @@ def test_graded_vs_binary(runs):
         assert table.loc["pair accuracy", name] == pytest.approx(metrics["eval_accuracy"])
         for lvl, mean in metrics["cost_by_level"].items():
             assert table.loc[f"mean C: {lvl}", name] == pytest.approx(mean)
-        assert -1 <= table.loc["spearman with gold harm", name] <= 1
+        frame = views.eval_scores(run, "cost")
+        expected = correlations(frame["score"], -frame["gold_harmlessness"])["spearman"]
+        assert table.loc["spearman with gold harm", name] == pytest.approx(expected)
 
 
 # --- scoring ---------------------------------------------------------------------------------

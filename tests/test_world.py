@@ -94,7 +94,8 @@ def test_tension_of_the_paper_holds_on_generated_pairs(smoke_world):
 
 
 def test_world_v2_safe_and_helpful_answer_exists_and_is_rare(smoke_world):
-    """World v2 (docs/design.md §4): on risky prompts the full safe-and-helpful form is safe and within
+    """World v2 (docs/design.md §4): on risky prompts the full safe-and-helpful form is safe and
+    within
     0.5 of compliance, compliance stays the most helpful and least safe, the wrong-object
     form is a hallucination, and the precursor produces the full form on at most 10%."""
     means = _gold_by_action(smoke_world["train"], harmful=True)

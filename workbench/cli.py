@@ -1,4 +1,5 @@
-"""Command line: ``python -m workbench <stage> [--smoke] [--run-dir DIR] [--config FILE] [--seed N]``.
+"""Command line: ``python -m workbench <stage> [--smoke] [--run-dir DIR] [--config FILE]
+[--seed N]``.
 
 Common flags are parsed here; every field of the stage's config dataclass becomes a flag of
 its own through ``tyro`` (``--n-train 5000``, ``--source PATH``, ``--strict``), documented
@@ -45,7 +46,8 @@ def _common_parser() -> argparse.ArgumentParser:
 
 def _usage() -> str:
     return (
-        "usage: python -m workbench <command> [--smoke] [--run-dir DIR] [--config FILE] [--seed N] [--force]\n"
+        "usage: python -m workbench <command> [--smoke] [--run-dir DIR] [--config FILE] "
+        "[--seed N] [--force]\n"
         f"commands: {', '.join(COMMANDS)} (stages in pipeline order, then run = every stage)\n"
         "per-stage config flags: python -m workbench <stage> --help"
     )
@@ -120,8 +122,8 @@ def _print_summary(run_dir: Path, results: dict) -> None:
         rejects = _n_rejected(d)
         if rejects:
             print(
-                f"  {'':8s} WARNING: {rejects} input record(s) rejected; each is listed with its field "
-                f"in {d / 'rejects.jsonl'}"
+                f"  {'':8s} WARNING: {rejects} input record(s) rejected; "
+                f"each is listed with its field in {d / 'rejects.jsonl'}"
             )
         if (d / "overview.html").is_file():
             print(f"  {'':8s} plots: {d / 'overview.html'} (open in a browser)")
@@ -133,6 +135,8 @@ def _print_summary(run_dir: Path, results: dict) -> None:
     report = run_dir / analysis / "report.html"
     if analysis in results and report.is_file():
         print(
-            f"\nReport (helpfulness-safety trade-off, win rates, categories, λ): {report.resolve()}\n"
-            f"  plots one by one: {report.parent / 'figures'}/*.html · notebook: notebooks/05_analysis.ipynb"
+            "\nReport (helpfulness-safety trade-off, win rates, categories, λ): "
+            f"{report.resolve()}\n"
+            f"  plots one by one: {report.parent / 'figures'}/*.html · "
+            "notebook: notebooks/05_analysis.ipynb"
         )

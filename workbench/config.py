@@ -104,7 +104,8 @@ class StageConfig:
             items = tuple(item(v) for v in value)
         except (TypeError, ValueError):
             raise ConfigError(
-                f"{type(self).__name__}.{name} = {value!r}: must be a list of {item.__name__} values"
+                f"{type(self).__name__}.{name} = {value!r}: "
+                f"must be a list of {item.__name__} values"
             ) from None
         object.__setattr__(self, name, items)
 
@@ -454,7 +455,8 @@ class PPOConfig(ModelStageConfig):
 
     kinds: tuple[str, ...] = ("lagrangian", "reward_only")
     """Kinds of run to train at the config's own settings: ``lagrangian`` (learned λ),
-    ``reward_only`` (λ ≡ 0), ``fixed_lambda`` (λ = ``lambda_init``). Default lagrangian reward_only."""
+    ``reward_only`` (λ ≡ 0), ``fixed_lambda`` (λ = ``lambda_init``).
+    Default lagrangian reward_only."""
     thresholds: tuple[float, ...] = (-1.0,)
     """Threshold sweep: each d adds a lagrangian run ``lagrangian_d<d>`` (``lagrangian`` itself uses
     ``cost_threshold``). Default -1; none: ``--thresholds`` alone."""

@@ -92,7 +92,8 @@ def run_stage(
     if not force and is_complete(run_dir, stage, cfg_dict):
         if progress:
             print(
-                f"[{stage}] complete in {stage_dir(run_dir, stage)} (same config): skipped; --force reruns it"
+                f"[{stage}] complete in {stage_dir(run_dir, stage)} (same config): skipped; "
+                f"--force reruns it"
             )
         return load_metrics(run_dir, stage)
     dist = distributed()
@@ -217,7 +218,7 @@ def smoke_run(
     with hf_progress_bars(progress):
         for spec in STAGES[: last + 1]:
             names = {f.name for f in dataclasses.fields(spec.config)}
-            extra = {"threads": threads} if "threads" in names else {}
+            extra: dict[str, Any] = {"threads": threads} if "threads" in names else {}
             cfg = resolve_config(spec.name, smoke=True, **extra)
             run_stage(spec.name, run_dir, cfg, progress=progress)
     return run_dir

@@ -13,15 +13,19 @@ from typing import Any
 from ..runs import atomic_write_json, atomic_write_text
 
 BENCHES: dict[str, str] = {
-    "kernels": "workbench.bench.kernels",  # Triton kernels vs torch (docs/design.md §9)
-    "ppo": "workbench.bench.ppo",  # peak memory of a PPO step: separate vs shared-backbone layout (docs/design.md §5)
-    "demo": "workbench.bench.demo",  # the Gradio demo: start time, 32 concurrent clients, latency percentiles
+    # Triton kernels vs torch (docs/design.md §9)
+    "kernels": "workbench.bench.kernels",
+    # peak memory of a PPO step: separate vs shared-backbone layout (docs/design.md §5)
+    "ppo": "workbench.bench.ppo",
+    # the Gradio demo: start time, 32 concurrent clients, latency percentiles
+    "demo": "workbench.bench.demo",
 }
 """Benchmark name -> module with ``main(argv: list[str]) -> int``."""
 
 
 def save_report(out: Path, name: str, report: dict[str, Any], text: str) -> None:
-    """Print a benchmark's markdown table and write ``<out>/<name>.json`` and ``.md`` (atomically)."""
+    """Print a benchmark's markdown table and write ``<out>/<name>.json`` and ``.md``
+    (atomically)."""
 
     print(text)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """Load test of the demo: start time, then concurrent clients on loopback.
 
-    python -m workbench bench demo [--smoke] [--clients 32] [--requests 192] [--run-dir DIR] [--out DIR]
+    python -m workbench bench demo [--smoke] [--clients 32] [--requests 192]
+        [--run-dir DIR] [--out DIR]
 
 1. Starts ``python -m workbench demo`` as a child process on ``127.0.0.1`` and a free port and
    measures its *start time*: from spawning the process (imports included) to the first
@@ -184,9 +185,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"{report['machine']}; demo `{report['demo_args']}`, serving {report['served']}.",
         "",
-        f"- start time (spawn to first HTTP 200, imports included): **{report['start_time_s']:.1f} s**",
+        "- start time (spawn to first HTTP 200, imports included): "
+        f"**{report['start_time_s']:.1f} s**",
         f"- {load['clients']} concurrent clients, {load['requests']} requests: {load['ok']} ok, "
-        f"**{load['errors']} errors**, {load['throughput_rps']:.2f} requests/s over {load['wall_s']:.1f} s",
+        f"**{load['errors']} errors**, {load['throughput_rps']:.2f} requests/s "
+        f"over {load['wall_s']:.1f} s",
         "",
         "| requests | n | p50 ms | p90 ms | p99 ms | max ms |",
         "|---|---|---|---|---|---|",
@@ -194,7 +197,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     rows = [("all", {"n": load["ok"], **load["latency_s"]})] + list(load["by_kind"].items())
     for name, s in rows:
         lines.append(
-            f"| {name} | {s['n']} | {ms(s['p50'])} | {ms(s['p90'])} | {ms(s['p99'])} | {ms(s['max'])} |"
+            f"| {name} | {s['n']} | {ms(s['p50'])} | {ms(s['p90'])} | {ms(s['p99'])} "
+            f"| {ms(s['max'])} |"
         )
     if load["error_examples"] or load["connect_errors"]:
         lines += ["", "Errors:"] + [
@@ -202,8 +206,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         ]
     lines += [
         "",
-        "Latency includes queueing: each endpoint runs at most `concurrency_limit` requests at once and model "
-        "calls take turns on one lock, so with 32 clients most of a request's time is spent waiting in the queue.",
+        "Latency includes queueing: each endpoint runs at most `concurrency_limit` requests at "
+        "once and model calls take turns on one lock, so with 32 clients most of a request's "
+        "time is spent waiting in the queue.",
         "",
     ]
     return "\n".join(lines)

@@ -47,6 +47,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar, cast
 
 import torch
 
@@ -159,6 +160,7 @@ class Row:
 
 
 # --------------------------------------------------------------------------- measuring
+_LIBC: ctypes.CDLL | None
 try:
     _LIBC = ctypes.CDLL("libc.so.6")
 except OSError:  # pragma: no cover - not glibc
@@ -198,6 +200,9 @@ def _reset_cpu_peak() -> int | None:
     return _status_kb("VmRSS")
 
 
+T = TypeVar("T")
+
+
 class Meter:
     """Times a step and measures the peak memory it adds (see the module docstring)."""
 
@@ -210,35 +215,40 @@ class Meter:
             torch.cuda.synchronize(self.device)
 
     def run(
-        self, step: Callable[[], object], reset: Callable[[], None], warmup: int, repeats: int
-    ) -> tuple[float, float | None, object]:
+        self, step: Callable[[], T], reset: Callable[[], None], warmup: int, repeats: int
+    ) -> tuple[float, float | None, T]:
         """(median ms, peak MiB or None, output of the last run)."""
-        output = None
+        output: T | None = None
         for _ in range(warmup):
             reset()
             output = step()
-        times, peaks = [], []
+        times: list[float] = []
+        peaks: list[float | None] = []
         for _ in range(max(1, repeats)):
             reset()
             output = None
+            gpu_base = 0  # bytes allocated before the step
+            cpu_base: int | None = None  # resident kB before the step
             if self.cuda:
                 gc.collect()
                 self._sync()
                 torch.cuda.reset_peak_memory_stats(self.device)
-                base = torch.cuda.memory_allocated(self.device)
+                gpu_base = torch.cuda.memory_allocated(self.device)
             else:
-                base = _reset_cpu_peak()
+                cpu_base = _reset_cpu_peak()
             start = time.perf_counter()
             output = step()
             self._sync()
             times.append((time.perf_counter() - start) * 1e3)
             if self.cuda:
-                peaks.append((torch.cuda.max_memory_allocated(self.device) - base) / 2**20)
-            elif base is not None:
+                peaks.append((torch.cuda.max_memory_allocated(self.device) - gpu_base) / 2**20)
+            elif cpu_base is not None:
                 high = _status_kb("VmHWM")
-                peaks.append(None if high is None else max(0, high - base) / 1024)
-        peak = max(peaks) if peaks and None not in peaks else None
-        return statistics.median(times), peak, output
+                peaks.append(None if high is None else max(0, high - cpu_base) / 1024)
+        known = [p for p in peaks if p is not None]
+        peak = max(known) if peaks and len(known) == len(peaks) else None
+        # the loop above runs at least once: output is the last step's
+        return statistics.median(times), peak, cast(T, output)
 
 
 def _cpu_name() -> str:
@@ -251,10 +261,14 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.detach().double() - b.detach().double()).abs().max())
+
+
 def _max_diff(a: torch.Tensor | None, b: torch.Tensor | None) -> float | None:
     if a is None or b is None:
         return None
-    return float((a.detach().double() - b.detach().double()).abs().max())
+    return _diff(a, b)
 
 
 # --------------------------------------------------------------------------- cases
@@ -352,7 +366,8 @@ def _bench_logprob(
             ("liger fused linear CE", liger_step, "Liger-Kernel, CE loss (sum)", False, False)
         )
 
-    rows, reference_logp = [], None
+    rows: list[Row] = []
+    reference_logp: torch.Tensor | None = None
     for variant, step, note, is_ours, interpreted in cases:
         row = Row("token logprobs", variant, shape, cfg.dtype, note=note, ours=is_ours)
         try:
@@ -362,7 +377,7 @@ def _bench_logprob(
             repeats = cfg.interpreter_repeats if interpreted else cfg.repeats
             row.time_ms, row.peak_mib, out = meter.run(step, reset, warmup, repeats)
             if variant == "reference":
-                reference_logp = out
+                reference_logp = out if isinstance(out, torch.Tensor) else None
             elif isinstance(out, torch.Tensor):
                 row.max_abs_diff = _max_diff(out, reference_logp)
         except ImportError as exc:
@@ -417,9 +432,7 @@ def _bench_gae(
             if reference_out is None:
                 reference_out = out
             else:
-                row.max_abs_diff = max(
-                    _max_diff(a, b) for a, b in zip(out, reference_out, strict=True)
-                )
+                row.max_abs_diff = max(_diff(a, b) for a, b in zip(out, reference_out, strict=True))
         except Exception as exc:  # noqa: BLE001
             row.error = f"{type(exc).__name__}: {exc}"
         rows.append(row)

@@ -52,6 +52,7 @@ from ..models.adapters import apply_lora
 from ..models.score import ScoreModel
 from ..models.vlm import TinyVLMSpec, build_tiny_vlm, count_parameters, load_vlm, save_vlm
 from ..pipeline import run_stage
+from ..stages.ppo import role_models
 from ..train import ppo_lagrangian as ppo  # every import the step needs, before the baseline
 from ..train.common import optimizer_and_schedule, optimizer_step, starting_model
 from . import save_report
@@ -199,6 +200,13 @@ def _warm_up_imports(workspace: Path) -> None:
     gc.collect()
 
 
+def _kb(value: int | None, what: str) -> int:
+    """A ``/proc/self`` memory figure (kB) that the CPU measurement cannot do without."""
+    if value is None:
+        raise RuntimeError(f"cannot read {what} from /proc/self: the CPU measurement needs Linux")
+    return value
+
+
 def _worker(
     layout: str, workspace: Path, result: Path, threads: int, device_name: str, cfg: PPOBenchConfig
 ) -> None:
@@ -209,7 +217,7 @@ def _worker(
     pinned = not cuda and pin_mmap_threshold()
     torch.set_num_threads(threads)
     _warm_up_imports(workspace)
-    baseline = None if cuda else _reset_cpu_peak()
+    baseline = 0 if cuda else _kb(_reset_cpu_peak(), "VmRSS")
     run = workspace / ("shared" if layout == "shared" else "separate")
     ppo_cfg = _ppo_config(cfg, layout, threads)
     start = time.perf_counter()
@@ -230,7 +238,7 @@ def _worker(
         opt, sched = optimizer_and_schedule(actor, ppo_cfg)
         backend = "auto" if cuda else "torch"
     else:
-        roles = ppo.make_roles(ppo_cfg, run)
+        roles = ppo.make_roles(ppo_cfg, role_models(ppo_cfg, run))
         for name in ("actor", "reference", "reward", "cost", "reward_critic", "cost_critic"):
             module = getattr(roles, name, None)
             if isinstance(module, torch.nn.Module):
@@ -241,7 +249,7 @@ def _worker(
         resident = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
     else:
-        resident = _reset_cpu_peak()
+        resident = _kb(_reset_cpu_peak(), "VmRSS")
     start = time.perf_counter()
     if layout == "actor_only":
         mask = ro["mask"].float().to(device)
@@ -254,7 +262,15 @@ def _worker(
         trainable = sum(p.numel() for p in actor.parameters() if p.requires_grad)
     else:
         with tempfile.TemporaryDirectory() as out:
-            ppo.train_run("lagrangian", ppo_cfg, run, Path(out), progress=False, roles=roles)
+            ppo.train_run(
+                "lagrangian",
+                ppo_cfg,
+                load_data(run),
+                role_models(ppo_cfg, run),
+                Path(out),
+                progress=False,
+                roles=roles,
+            )
         trainable = sum(
             p.numel() for m in roles.trainable.values() for p in m.parameters() if p.requires_grad
         )
@@ -262,7 +278,7 @@ def _worker(
         torch.cuda.synchronize(device)
         peak_bytes, resident_bytes = torch.cuda.max_memory_allocated(device), resident
     else:
-        peak_bytes = (_status_kb("VmHWM") - baseline) * 1024
+        peak_bytes = (_kb(_status_kb("VmHWM"), "VmHWM") - baseline) * 1024
         resident_bytes = (resident - baseline) * 1024
     step_s = time.perf_counter() - start
     row = {
@@ -338,12 +354,13 @@ def run_bench(cfg: PPOBenchConfig, device: str, threads: int, mode: str) -> dict
         "model": {**model, "spec": cfg.spec, "dtype": "float32"},
         "config": asdict(cfg),
         "method": (
-            "peak of one PPO step above the process baseline after imports, each layout in a fresh process; "
+            "peak of one PPO step above the process baseline after imports, each layout in a "
+            "fresh process; "
             + (
                 "torch.cuda.max_memory_allocated"
                 if device == "cuda"
-                else "CPU resident set: VmHWM (reset after loading) minus VmRSS after imports, glibc mmap "
-                "threshold pinned at 128 KiB"
+                else "CPU resident set: VmHWM (reset after loading) minus VmRSS after imports, "
+                "glibc mmap threshold pinned at 128 KiB"
             )
         ),
         "rows": rows,
@@ -369,18 +386,22 @@ def render_markdown(report: dict) -> str:
         f"# PPO step memory ({report['mode']}, {report['device_name']}, {report['date']})",
         "",
         f"Model: tiny LLaVA scaled up, {m['parameters'] / 1e6:.1f}M parameters "
-        f"({m['weights_mib']} MiB of fp32 weights), random init; batch {report['config']['batch_size']} "
-        f"prompts, {report['config']['max_new_tokens']} new tokens, LoRA r={report['config']['lora_r']}; "
+        f"({m['weights_mib']} MiB of fp32 weights), random init; "
+        f"batch {report['config']['batch_size']} "
+        f"prompts, {report['config']['max_new_tokens']} new tokens, "
+        f"LoRA r={report['config']['lora_r']}; "
         f"torch {report['torch']}, {report['threads']} thread(s).",
         "",
-        "| layout | what is trained / resident | peak MiB | × actor-only | before step MiB | step s |",
+        "| layout | what is trained / resident | peak MiB | × actor-only "
+        "| before step MiB | step s |",
         "|---|---|---:|---:|---:|---:|",
     ]
     actor = next((r.get("peak_mib") for r in report["rows"] if r["layout"] == "actor_only"), None)
     for r in report["rows"]:
         lines.append(
             f"| {r['layout']} | {r['what']} | {_fmt(r.get('peak_mib'))} | "
-            f"{_fmt(_ratio(r.get('peak_mib'), actor), 2)} | {_fmt(r.get('resident_before_step_mib'))} | "
+            f"{_fmt(_ratio(r.get('peak_mib'), actor), 2)} | "
+            f"{_fmt(r.get('resident_before_step_mib'))} | "
             f"{_fmt(r.get('step_s'), 2)} |"
         )
     lines.append("")
@@ -391,9 +412,10 @@ def render_markdown(report: dict) -> str:
     if report["device"] == "cpu":
         lines += [
             "",
-            "safetensors weights are memory-mapped: they join the resident set when first read, so "
-            "'before step' stays low for the layouts loaded just before the step (the actor-only row has "
-            "already sampled its batch) and the peak counts every weight the step reads.",
+            "safetensors weights are memory-mapped: they join the resident set when first read, "
+            "so 'before step' stays low for the layouts loaded just before the step (the "
+            "actor-only row has already sampled its batch) and the peak counts every weight the "
+            "step reads.",
         ]
     for r in report["rows"]:
         if r.get("error"):

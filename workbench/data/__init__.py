@@ -1,4 +1,5 @@
-"""Data: the BeaverTails-V schema, the synthetic safety world, real-file loading, the gold oracle."""
+"""Data: the BeaverTails-V schema, the synthetic safety world, real-file loading, the gold
+oracle."""
 
 from .oracle import GoldScore, gold_score
 from .schema import CATEGORIES, NO_CATEGORY, SEVERITY_LEVELS, RecordError, validate_record

@@ -331,9 +331,10 @@ def import_beavertails(cfg: DataConfig, out_dir: Path, progress: bool = True) ->
     to train/eval with ``id`` (``bt-000000``...), ``split`` and ``image`` =
     ``images/<id>.<ext>`` (the original encoded bytes). Records from an eval file go to eval;
     without any valid eval record (no eval file, or all its records rejected),
-    ``cfg.eval_fraction`` of the train records (seeded by ``cfg.seed``) are held out. The test prompts are the eval records' prompts, one per distinct (image,
-    question). Invalid records go to ``rejects.jsonl`` with source, index, split, field and
-    error, or, with ``cfg.strict``, raise :class:`RecordError` at once.
+    ``cfg.eval_fraction`` of the train records (seeded by ``cfg.seed``) are held out. The test
+    prompts are the eval records' prompts, one per distinct (image, question). Invalid records
+    go to ``rejects.jsonl`` with source, index, split, field and error, or, with
+    ``cfg.strict``, raise :class:`RecordError` at once.
 
     Returns the data metrics of :func:`workbench.data.store.write_data_dir` plus ``source``,
     ``n_input``, ``eval_from`` (``"file"`` or ``"holdout"``) and ``rejects_by_field``.

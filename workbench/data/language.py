@@ -130,7 +130,8 @@ def split_sentences(text: str) -> list[str]:
     """Inverse of :func:`join_sentences` for any text: sentences split at " . " tokens.
     A trailing fragment without its full stop still counts as a sentence."""
     tokens = text.split()
-    out, cur = [], []
+    out: list[str] = []
+    cur: list[str] = []
     for tok in tokens:
         if tok == ".":
             if cur:

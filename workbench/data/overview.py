@@ -320,7 +320,7 @@ def rate_distributions(splits: DataSplits) -> go.Figure:
     """Annotator rates of every response (two per pair): helpfulness 0..3 split by the
     response's safety flag, and harmlessness -3..+3 coloured by severity level."""
     pairs = splits.pairs
-    helpful = {True: Counter(), False: Counter()}
+    helpful: dict[bool, Counter[int]] = {True: Counter(), False: Counter()}
     harmless: Counter = Counter()
     for r in pairs:
         for i in (1, 2):
@@ -538,7 +538,8 @@ def write_overview(
     if metrics is not None:
         table = metrics_frame(metrics).to_html(border=0)
     page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>Safe RLHF-V Workbench: data</title>"
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        "<title>Safe RLHF-V Workbench: data</title>"
         "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}</style></head><body>"
         f"<h1>Data stage</h1>{table}{''.join(body)}</body></html>"
     )

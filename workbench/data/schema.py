@@ -46,6 +46,17 @@ CATEGORIES: tuple[str, ...] = (
 NO_CATEGORY = "none"
 SEVERITY_LEVELS: tuple[str, ...] = ("safe", "minor", "moderate", "severe")
 
+#: The annotators' labels of a pair: the dual preferences and the per-response rates.
+LABEL_FIELDS: tuple[str, ...] = (
+    "more_helpful_response_id",
+    "response_1_helpful_rate",
+    "response_2_helpful_rate",
+    "is_response_1_safe",
+    "is_response_2_safe",
+    "safer_response_id",
+    "response_1_harmless_rate",
+    "response_2_harmless_rate",
+)
 #: Fields every pair record must have (the dataset's own names).
 PAIR_FIELDS: tuple[str, ...] = (
     "question",
@@ -56,14 +67,7 @@ PAIR_FIELDS: tuple[str, ...] = (
     "response_2",
     "response_1_from",
     "response_2_from",
-    "more_helpful_response_id",
-    "response_1_helpful_rate",
-    "response_2_helpful_rate",
-    "is_response_1_safe",
-    "is_response_2_safe",
-    "safer_response_id",
-    "response_1_harmless_rate",
-    "response_2_harmless_rate",
+    *LABEL_FIELDS,
 )
 #: Fields a prompt-only record (test prompts) must have.
 PROMPT_FIELDS: tuple[str, ...] = ("question", "image", "category", "image_severity")

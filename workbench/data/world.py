@@ -42,7 +42,7 @@ from ..config import DataConfig
 from . import language as L
 from .oracle import SAFE_HELPFUL_SCORE, answer_objects, gold_score
 from .render import BENIGN_KINDS, KINDS, RISKY_KINDS, render_scene, sample_layout
-from .schema import NO_CATEGORY
+from .schema import LABEL_FIELDS, NO_CATEGORY
 from .store import IMAGES_DIR, write_data_dir
 
 #: How often each question intent is asked.
@@ -304,7 +304,8 @@ def compose_response(action: str, prompt: dict[str, Any], rng: np.random.Generat
             sentences = [L.COMPLY_OPEN, *_steps(rng, 3), *_tips(rng, prompt["target"], 3)] * 2
     else:
         raise ValueError(
-            f"unknown precursor action {action!r}; known: {sorted({a for m in PRECURSOR_MIXTURE.values() for a in m})}"
+            f"unknown precursor action {action!r}; "
+            f"known: {sorted({a for m in PRECURSOR_MIXTURE.values() for a in m})}"
         )
     return L.join_sentences(sentences)
 
@@ -375,16 +376,7 @@ def make_pair(prompt: dict[str, Any], rng: np.random.Generator, cfg: DataConfig)
         "response_2_from": f"precursor/{action_2}",
     }
     labels = annotate(gold_1, gold_2, rng, cfg)
-    for key in (
-        "more_helpful_response_id",
-        "response_1_helpful_rate",
-        "response_2_helpful_rate",
-        "is_response_1_safe",
-        "is_response_2_safe",
-        "safer_response_id",
-        "response_1_harmless_rate",
-        "response_2_harmless_rate",
-    ):
+    for key in LABEL_FIELDS:
         rec[key] = labels[key]
     rec.update({k: v for k, v in prompt.items() if k not in rec})
     rec.update(
@@ -445,7 +437,8 @@ def generate_world(cfg: DataConfig, progress: bool = False) -> dict[str, Any]:
     ]
     order = rng.permutation(len(pairs))
     eval_idx = set(order[: cfg.n_eval].tolist())
-    train, eval_ = [], []
+    train: list[dict[str, Any]] = []
+    eval_: list[dict[str, Any]] = []
     for i, rec in enumerate(pairs):
         (eval_ if i in eval_idx else train).append(rec)
     for split, records in (("train", train), ("eval", eval_), ("test", test)):

@@ -84,10 +84,11 @@ def build_ui(models: DemoModels, cfg: DemoConfig):
     with gr.Blocks(title="Safe RLHF-V Workbench — demo") as demo:
         gr.Markdown(
             "# Safe RLHF-V: base vs aligned\n"
-            f"Serving the {models.describe()}. Answers are sampled at temperature {cfg.temperature:g} "
-            "(change the seed for another sample); the guard is Beaver-Guard-V, the scores come from the "
-            "run's reward and cost models. The world speaks a small closed vocabulary: pick a gallery "
-            'example, or ask e.g. "how do i use this ?" about your own picture.'
+            f"Serving the {models.describe()}. "
+            f"Answers are sampled at temperature {cfg.temperature:g} "
+            "(change the seed for another sample); the guard is Beaver-Guard-V, the scores come "
+            "from the run's reward and cost models. The world speaks a small closed vocabulary: "
+            'pick a gallery example, or ask e.g. "how do i use this ?" about your own picture.'
         )
         with gr.Tab("Compare"):
             with gr.Row():
@@ -113,8 +114,8 @@ def build_ui(models: DemoModels, cfg: DemoConfig):
                         elem_id="wb-reward-only",
                     )
                     guard_on = gr.Checkbox(
-                        label=f"Five-round guard: filter and regenerate ({cfg.blocking.rounds} rounds), "
-                        "trace shown",
+                        label="Five-round guard: filter and regenerate "
+                        f"({cfg.blocking.rounds} rounds), trace shown",
                         value=False,
                         elem_id="wb-guard",
                     )
@@ -173,10 +174,11 @@ def build_ui(models: DemoModels, cfg: DemoConfig):
             gr.Markdown(
                 f"Models: {models.describe()}.\n\n"
                 f"Guard: answers judged `{cfg.blocking.level}` or worse are regenerated (up to "
-                f"{cfg.blocking.rounds} rounds, then refused with a safe redirection); queries judged "
-                f"`{cfg.blocking.query_level}` are refused before any generation.\n\n"
-                "Reward is the helpfulness proxy, cost the harm proxy (cost > 0: judged unsafe). Gold "
-                "scores appear for gallery examples: the world's oracle (helpfulness 0..3, "
+                f"{cfg.blocking.rounds} rounds, then refused with a safe redirection); "
+                f"queries judged `{cfg.blocking.query_level}` are refused before any generation."
+                "\n\n"
+                "Reward is the helpfulness proxy, cost the harm proxy (cost > 0: judged unsafe). "
+                "Gold scores appear for gallery examples: the world's oracle (helpfulness 0..3, "
                 "harmlessness -3..+3)."
             )
     return demo
@@ -215,7 +217,8 @@ def _is_loopback(host: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m workbench demo [--run-dir DIR] [--host H] [--port P] [--smoke] [--build-assets]``."""
+    """``python -m workbench demo [--run-dir DIR] [--host H] [--port P] [--smoke]
+    [--build-assets]``."""
     started = time.perf_counter()
     defaults = DemoConfig()
     p = argparse.ArgumentParser(

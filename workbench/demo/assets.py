@@ -69,9 +69,9 @@ def build_assets(
     ]
     if adapters:
         raise ValueError(
-            f"{run_dir}: the {', '.join(adapters)} model(s) are LoRA adapters over a separate base model "
-            f"(a bring-your-own VLM or --shared-backbone run); the shipped assets hold full tiny models "
-            f"only (serve that run with --run-dir instead)"
+            f"{run_dir}: the {', '.join(adapters)} model(s) are LoRA adapters over a separate "
+            "base model (a bring-your-own VLM or --shared-backbone run); the shipped assets hold "
+            "full tiny models only (serve that run with --run-dir instead)"
         )
     out = assets_dir / f"{ASSETS_RUN}.partial"
     if out.exists():
@@ -112,8 +112,9 @@ def build_assets(
     if total > max_bytes:
         shutil.rmtree(out)
         raise ValueError(
-            f"the demo assets would take {total / 2**20:.1f} MB, over the {max_bytes / 2**20:.0f} MB "
-            f"limit; largest: {max(files, key=files.get)}"
+            f"the demo assets would take {total / 2**20:.1f} MB, "
+            f"over the {max_bytes / 2**20:.0f} MB limit; "
+            f"largest: {max(files, key=files.__getitem__)}"
         )
     manifest = {
         "source_run": str(run_dir.resolve()),

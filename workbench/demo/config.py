@@ -26,7 +26,8 @@ class DemoConfig:
     runs_root: str = "runs"
     """Where to look for the latest run when ``run_dir`` is empty."""
     assets_dir: str = str(ASSETS_DIR)
-    """The shipped fallback checkpoints and gallery (``python -m workbench demo --build-assets``)."""
+    """The shipped fallback checkpoints and gallery (``python -m workbench demo
+    --build-assets``)."""
     host: str = "127.0.0.1"
     """Address to bind; loopback unless told otherwise."""
     port: int = 7860

@@ -322,7 +322,8 @@ def badge_html(verdict: dict[str, Any] | None) -> str:
     p_unsafe = verdict.get("p_unsafe")
     tip = f' title="P(unsafe) = {p_unsafe:.2f}"' if p_unsafe is not None else ""
     return (
-        f'<span class="wb-badge wb-level-{level}" data-level="{level}" data-category="{html.escape(category)}"'
+        f'<span class="wb-badge wb-level-{level}" data-level="{level}" '
+        f'data-category="{html.escape(category)}"'
         f'{tip} style="background:{background};color:{colour};padding:2px 10px;border-radius:12px;'
         f'font-weight:600;font-size:0.85em;display:inline-block">{html.escape(label)}</span>'
     )
@@ -343,7 +344,8 @@ def _trace_html(trace: dict[str, Any]) -> str:
     reason = f"<br>{html.escape(trace['reason'])}" if trace["reason"] else ""
     return (
         f'<details class="wb-trace" open><summary>guard trace: {html.escape(trace["outcome"])}, '
-        f'{trace["regenerations"]} regeneration(s){reason}</summary><ol start="0">{"".join(rows)}</ol></details>'
+        f"{trace['regenerations']} regeneration(s){reason}</summary>"
+        f'<ol start="0">{"".join(rows)}</ol></details>'
     )
 
 
@@ -360,13 +362,17 @@ def side_html(side: dict[str, Any]) -> str:
     )
     trace = _trace_html(side["trace"]) if side.get("trace") else ""
     return (
-        f'<div class="wb-side" data-policy="{side["policy"]}" style="border:1px solid #8884;border-radius:8px;'
-        f'padding:10px;min-width:0">'
+        f'<div class="wb-side" data-policy="{side["policy"]}" '
+        'style="border:1px solid #8884;border-radius:8px;'
+        'padding:10px;min-width:0">'
         f'<h3 style="margin:0 0 6px 0">{html.escape(side["title"])}</h3>'
-        f'<p class="wb-answer" style="min-height:3em">{html.escape(side["answer"]) or "<i>(empty answer)</i>"}</p>'
+        '<p class="wb-answer" style="min-height:3em">'
+        f"{html.escape(side['answer']) or '<i>(empty answer)</i>'}</p>"
         f"<p>guard: {badge_html(side['verdict'])}</p>"
-        f'<table class="wb-scores"><tr><td>reward (helpfulness proxy)</td><td>{side["reward"]:+.3f}</td></tr>'
-        f"<tr><td>cost (&gt; 0: unsafe proxy)</td><td>{side['cost']:+.3f}</td></tr>{gold_row}</table>"
+        '<table class="wb-scores"><tr><td>reward (helpfulness proxy)</td>'
+        f"<td>{side['reward']:+.3f}</td></tr>"
+        f"<tr><td>cost (&gt; 0: unsafe proxy)</td><td>{side['cost']:+.3f}</td></tr>"
+        f"{gold_row}</table>"
         f"{trace}</div>"
     )
 
@@ -376,7 +382,8 @@ def comparison_html(result: dict[str, Any]) -> str:
     n = len(result["sides"])
     cells = "".join(side_html(s) for s in result["sides"])
     return (
-        f'<div class="wb-compare" style="display:grid;grid-template-columns:repeat({n},minmax(0,1fr));gap:12px">'
+        '<div class="wb-compare" style="display:grid;'
+        f'grid-template-columns:repeat({n},minmax(0,1fr));gap:12px">'
         f"{cells}</div>"
     )
 
@@ -384,7 +391,8 @@ def comparison_html(result: dict[str, Any]) -> str:
 def moderation_html(result: dict[str, Any]) -> str:
     action = "would be blocked" if result["blocked"] else "passes"
     return (
-        f'<div class="wb-moderation"><p>{result["mode"]} moderation: {badge_html(result["verdict"])}</p>'
+        f'<div class="wb-moderation"><p>{result["mode"]} moderation: '
+        f"{badge_html(result['verdict'])}</p>"
         f"<p>{action} (blocking level: {result['blocking_level']})</p></div>"
     )
 
@@ -430,8 +438,9 @@ def tradeoff_figure(model_dir: str | Path):
         margin={"t": 60},
     )
     note = (
-        f"The full analysis has not been run for {model_dir} (no {TRADEOFF_FIGURE}); this is the PPO "
-        f"stage's own measurement, one seed, no error bars. Run: python -m workbench analyze --run-dir {model_dir}"
+        f"The full analysis has not been run for {model_dir} (no {TRADEOFF_FIGURE}); "
+        "this is the PPO stage's own measurement, one seed, no error bars. "
+        f"Run: python -m workbench analyze --run-dir {model_dir}"
     )
     return fig, note
 

@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from peft import PeftModel
@@ -105,7 +105,8 @@ def resolve_model_dir(cfg: DemoConfig) -> tuple[Path, str]:
 
 
 def _adapter_base(path: Path) -> Path | None:
-    """The base directory an adapter names: absolute, or relative to the adapter (shipped assets)."""
+    """The base directory an adapter names: absolute, or relative to the adapter (shipped
+    assets)."""
     named = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path") or ""
     if not named:
         return None
@@ -133,11 +134,18 @@ def load_policy_over(path: Path, sft_dir: Path, sft_model: torch.nn.Module):
     return model, processor
 
 
-def _ready(model: torch.nn.Module) -> torch.nn.Module:
-    """Inference form: LoRA merged, float32 (assets are stored in half precision), eval."""
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
+M = TypeVar("M", bound=torch.nn.Module)
+
+
+def _ready(model: M) -> M:
+    """Inference form: float32 (assets are stored in half precision), eval, no gradients."""
     return model.float().eval().requires_grad_(False)
+
+
+def _ready_policy(model: torch.nn.Module) -> torch.nn.Module:
+    """A policy in inference form: LoRA merged, then :func:`_ready`."""
+    merge_and_unload = getattr(model, "merge_and_unload", None)
+    return _ready(merge_and_unload() if merge_and_unload is not None else model)
 
 
 @dataclass
@@ -161,7 +169,10 @@ class DemoModels:
 
     def describe(self) -> str:
         where = "checkpoints shipped in" if self.source == "assets" else "run"
-        return f"{where} {self.model_dir} -- policies: {', '.join(self.policies)}; loaded in {self.load_time_s:.1f} s"
+        return (
+            f"{where} {self.model_dir} -- policies: {', '.join(self.policies)}; "
+            f"loaded in {self.load_time_s:.1f} s"
+        )
 
 
 def select_gallery(prompts: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
@@ -210,8 +221,8 @@ def load_models(cfg: DemoConfig) -> DemoModels:
             continue
         if path.is_dir():
             model, processor = load_policy_over(path, sft_dir, sft_model)
-            policies[key] = (_ready(model), processor)
-    policies = {"base": (_ready(sft_model), sft_processor), **policies}
+            policies[key] = (_ready_policy(model), processor)
+    policies = {"base": (_ready_policy(sft_model), sft_processor), **policies}
     reward = _ready(ScoreModel.load(model_dir / "reward" / "model"))
     cost = _ready(ScoreModel.load(model_dir / "cost" / "model"))
     guard = _ready(GuardModel.load(model_dir / "guard" / "model"))

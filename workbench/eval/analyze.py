@@ -23,8 +23,8 @@ The figures (:mod:`workbench.eval.tradeoff`) and ``report.html`` are written nex
 
 ``AnalyzeConfig.prompts = "eval"`` judges every system on the first ``n_prompts`` eval
 prompts instead (every system sampled here), for tuning settings without looking at the test
-results; it writes to ``<run>/analyze_eval/`` (``python -m workbench analyze --prompts eval``), never over the test
-analysis in ``<run>/analyze/``.
+results; it writes to ``<run>/analyze_eval/`` (``python -m workbench analyze --prompts
+eval``), never over the test analysis in ``<run>/analyze/``.
 """
 
 from __future__ import annotations
@@ -187,7 +187,8 @@ def collect_systems(
     if answers is None:
         if not (run_dir / "sft" / "model").is_dir():
             raise FileNotFoundError(
-                f"analyze needs the SFT base policy: run python -m workbench sft --run-dir {run_dir}"
+                "analyze needs the SFT base policy: "
+                f"run python -m workbench sft --run-dir {run_dir}"
             )
         answers = _sample(run_dir / "sft" / "model", prompts, images, cfg, "analyze: base")
     systems.append(System("base", "base", answers={"base": answers}))
@@ -198,8 +199,8 @@ def collect_systems(
             guarded = _guarded_answers(run_dir, prompts, images, answers, cfg)
         if guarded is None:
             notes.append(
-                "base+guard left out: guard/traces.jsonl does not cover the analysed prompts and the "
-                "guard stage saved no model to run the loop here"
+                "base+guard left out: guard/traces.jsonl does not cover the analysed prompts "
+                "and the guard stage saved no model to run the loop here"
             )
         else:
             systems.append(System("base+guard", "base+guard", answers={"base+guard": guarded}))

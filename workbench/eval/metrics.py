@@ -1,5 +1,5 @@
-"""Evaluation metrics (docs/design.md §8): safety rate, mean helpfulness, win rates against the base,
-bootstrap confidence intervals over seeds and prompts, breakdowns and Pareto frontiers.
+"""Evaluation metrics (docs/design.md §8): safety rate, mean helpfulness, win rates against the
+base, bootstrap confidence intervals over seeds and prompts, breakdowns and Pareto frontiers.
 
 Every function takes per-prompt scores as arrays, one array per seed of a system, so a point
 of a trade-off curve pools its seeds and its error bar covers both sources of noise.
@@ -129,11 +129,11 @@ def breakdown(
     over seeds; ``groups`` names the group of each prompt. With the gold answer-form fields
     (:data:`FORM_FIELDS`), also ``refusal_rate``, ``safe_helpful_rate`` and
     ``wrong_object_rate`` per group."""
-    groups = np.asarray(groups)
+    group_of = np.asarray(groups)
     forms = [form_indicators(s) for s in per_seed]
     out: dict[str, dict[str, float]] = {}
-    for g in sorted(set(groups.tolist())):
-        sel = groups == g
+    for g in sorted(set(group_of.tolist())):
+        sel = group_of == g
         out[str(g)] = {
             "helpfulness": float(
                 np.mean([np.asarray(s["helpfulness"], dtype=float)[sel].mean() for s in per_seed])
@@ -162,11 +162,11 @@ def answer_forms(
     ``risky_wrong_object_rate``, ``n_risky``; a metric over no prompt is None. The rates need
     the gold answer-form fields (:data:`FORM_FIELDS`) and are left out without them.
     ``benign_refusal_rate`` comes before every other key that names a refusal."""
-    levels = np.asarray(levels)
-    benign, risky = levels == BENIGN_LEVEL, np.isin(levels, RISKY_LEVELS)
-    everything = np.ones(levels.shape, dtype=bool)
+    level_of = np.asarray(levels)
+    benign, risky = level_of == BENIGN_LEVEL, np.isin(level_of, RISKY_LEVELS)
+    everything = np.ones(level_of.shape, dtype=bool)
     forms = [form_indicators(s) for s in per_seed]
-    if any(len(levels) != len(np.asarray(s["helpfulness"])) for s in per_seed):
+    if any(len(level_of) != len(np.asarray(s["helpfulness"])) for s in per_seed):
         raise ValueError("answer_forms: one severity level per prompt of every seed")
     out: dict[str, Any] = {}
 

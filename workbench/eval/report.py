@@ -17,25 +17,39 @@ from ..runs import atomic_write_text
 from .tradeoff import has_forms, systems
 
 CAPTIONS = {
-    "tradeoff": "Each marker is a system on the test prompts, its training seeds pooled; bars are bootstrap "
-    "confidence intervals over seeds and prompts; dotted lines are each family's Pareto frontier; "
-    "faint dots are single seeds. Up and to the right is better.",
-    "win_rates": "Share of test prompts where the system's answer beats the base's answer according to the judge "
-    "(ties count 1/2).",
+    "tradeoff": (
+        "Each marker is a system on the test prompts, its training seeds pooled; bars are "
+        "bootstrap confidence intervals over seeds and prompts; dotted lines are each family's "
+        "Pareto frontier; faint dots are single seeds. Up and to the right is better."
+    ),
+    "win_rates": (
+        "Share of test prompts where the system's answer beats the base's answer according to "
+        "the judge (ties count 1/2)."
+    ),
     "safety_by_category": "Gold safety rate per harm category of the prompt.",
     "safety_by_severity": "Gold safety rate per severity level of the prompt.",
-    "helpfulness_by_severity": "Gold helpfulness per severity level of the prompt: benign prompts (safe) should "
-    "stay helpful.",
-    "lambda": "The learned multiplier λ grows while the episode cost J_C is above the threshold d and shrinks once "
-    "the constraint holds.",
-    "overoptimisation": "Proxy reward keeps rising with KL; where gold helpfulness does not follow, the policy is "
-    "exploiting the reward model.",
-    "answer_forms": "Gold answer forms: the share of benign requests (prompt severity 0) refused or only redirected, "
-    "and of risky prompts answered in the full safe-helpful form (the target's risk, two tips, a "
-    "redirection) or with tips or risks about an object other than the one asked about (the "
-    "wrong-object template, a way to game the reward model).",
-    "refusal_by_intent": "Share of answers the gold oracle calls a refusal (refuses or redirects and answers "
-    "nothing), per intent of the prompt.",
+    "helpfulness_by_severity": (
+        "Gold helpfulness per severity level of the prompt: benign prompts (safe) should "
+        "stay helpful."
+    ),
+    "lambda": (
+        "The learned multiplier λ grows while the episode cost J_C is above the threshold d and "
+        "shrinks once the constraint holds."
+    ),
+    "overoptimisation": (
+        "Proxy reward keeps rising with KL; where gold helpfulness does not follow, the policy "
+        "is exploiting the reward model."
+    ),
+    "answer_forms": (
+        "Gold answer forms: the share of benign requests (prompt severity 0) refused or only "
+        "redirected, and of risky prompts answered in the full safe-helpful form (the target's "
+        "risk, two tips, a redirection) or with tips or risks about an object other than the one "
+        "asked about (the wrong-object template, a way to game the reward model)."
+    ),
+    "refusal_by_intent": (
+        "Share of answers the gold oracle calls a refusal (refuses or redirects and answers "
+        "nothing), per intent of the prompt."
+    ),
 }
 
 
@@ -104,9 +118,12 @@ def headline_text(metrics: Mapping[str, Any]) -> str:
 
     return (
         f"Safe RLHF-V ({head['system']}) against the SFT base: safer on "
-        f"{_ci(head['win_rate_safe_vs_base'], head['win_rate_safe_vs_base_ci'], True)} of prompts, more helpful on "
-        f"{_ci(head['win_rate_helpful_vs_base'], head['win_rate_helpful_vs_base_ci'], True)}; safety rate "
-        f"{signed(head['safety_rate_relative_change'])} and helpfulness {signed(head['helpfulness_relative_change'])} "
+        f"{_ci(head['win_rate_safe_vs_base'], head['win_rate_safe_vs_base_ci'], True)} "
+        "of prompts, more helpful on "
+        f"{_ci(head['win_rate_helpful_vs_base'], head['win_rate_helpful_vs_base_ci'], True)}; "
+        "safety rate "
+        f"{signed(head['safety_rate_relative_change'])} and helpfulness "
+        f"{signed(head['helpfulness_relative_change'])} "
         f"relative to the base. The paper reports +{100 * head['paper']['safety']:.1f}% safety and "
         f"+{100 * head['paper']['helpfulness']:.1f}% helpfulness."
     )
@@ -129,13 +146,18 @@ def write_report(
     if not bundle.is_file():
         atomic_write_text(bundle, get_plotlyjs())
     parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>Safe RLHF-V Workbench · analysis</title>",
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        "<title>Safe RLHF-V Workbench · analysis</title>",
         f"<script src='{PLOTLY_JS}'></script>",
-        "<style>body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;font-size:0.9em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
-        "th{background:#f3f3f3}.note{color:#8a4b00}.cap{color:#555;font-size:0.9em;margin-top:0}</style></head><body>",
+        "<style>body{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;"
+        "padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;font-size:0.9em}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+        "th{background:#f3f3f3}.note{color:#8a4b00}"
+        ".cap{color:#555;font-size:0.9em;margin-top:0}</style></head><body>",
         "<h1>Safe RLHF-V Workbench · analysis</h1>",
-        f"<p>Run <code>{html.escape(str(Path(run_dir).resolve()))}</code> · judge: <b>{html.escape(str(metrics['judge']))}</b>"
+        f"<p>Run <code>{html.escape(str(Path(run_dir).resolve()))}</code> · "
+        f"judge: <b>{html.escape(str(metrics['judge']))}</b>"
         f" · {metrics['n_prompts']} {html.escape(str(metrics.get('prompts', 'test')))} prompts"
         f" · {100 * metrics['confidence']:.0f}% bootstrap intervals.</p>",
         f"<h2>Headline</h2><p>{html.escape(headline_text(metrics))}</p>",
@@ -147,8 +169,9 @@ def write_report(
             "<h2>Answer forms</h2>" + forms_table(metrics).to_html(index=False, escape=True)
         )
         parts.append(
-            "<p class='cap'>Benign: prompt severity 0; refusing one is not safer (the gold judge scores "
-            "every benign answer safe) and costs helpfulness. Risky: prompt severity above 0.</p>"
+            "<p class='cap'>Benign: prompt severity 0; refusing one is not safer (the gold judge "
+            "scores every benign answer safe) and costs helpfulness. Risky: prompt severity "
+            "above 0.</p>"
         )
     for name, fig in figures.items():
         parts.append(f"<h2>{html.escape(name.replace('_', ' '))}</h2>")

@@ -91,9 +91,11 @@ def tradeoff_figure(
         ]
         hover = [
             f"{s['label']}<br>helpfulness {s['helpfulness']:.3f} "
-            f"[{s.get('helpfulness_ci', [np.nan] * 2)[0]:.3f}, {s.get('helpfulness_ci', [np.nan] * 2)[1]:.3f}]"
+            f"[{s.get('helpfulness_ci', [np.nan] * 2)[0]:.3f}, "
+            f"{s.get('helpfulness_ci', [np.nan] * 2)[1]:.3f}]"
             f"<br>safety {s['safety_rate']:.3f} "
-            f"[{s.get('safety_rate_ci', [np.nan] * 2)[0]:.3f}, {s.get('safety_rate_ci', [np.nan] * 2)[1]:.3f}]"
+            f"[{s.get('safety_rate_ci', [np.nan] * 2)[0]:.3f}, "
+            f"{s.get('safety_rate_ci', [np.nan] * 2)[1]:.3f}]"
             f"<br>seeds: {s.get('seeds', 1)}"
             for _, s in members
         ]
@@ -195,7 +197,8 @@ def winrate_figure(metrics: Mapping[str, Any], names: Sequence[str] | None = Non
     if head:
         note = (
             f" · {head['system']}: safer {100 * head['win_rate_safe_vs_base']:.1f}%, more helpful "
-            f"{100 * head['win_rate_helpful_vs_base']:.1f}% (paper: +{100 * head['paper']['safety']:.1f}% safety, "
+            f"{100 * head['win_rate_helpful_vs_base']:.1f}% "
+            f"(paper: +{100 * head['paper']['safety']:.1f}% safety, "
             f"+{100 * head['paper']['helpfulness']:.1f}% helpfulness)"
         )
     fig.update_layout(

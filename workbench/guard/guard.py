@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numpy.typing import ArrayLike
 from safetensors.torch import load_file, save_file
 
 from ..data.schema import CATEGORIES, NO_CATEGORY, SEVERITY_LEVELS, severity_of_harmless_rate
@@ -82,7 +83,8 @@ def ordinal_loss(
 
 
 def level_probabilities(score: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
-    """``[B, 4]`` P(level = j): ``1 - σ(z_0)``, ``σ(z_{j-1}) - σ(z_j)``, ``σ(z_2)``; ``z_k = s - θ_k``."""
+    """``[B, 4]`` P(level = j): ``1 - σ(z_0)``, ``σ(z_{j-1}) - σ(z_j)``, ``σ(z_2)``;
+    ``z_k = s - θ_k``."""
     above = torch.sigmoid(score[:, None] - thresholds[None, :])  # P(level > k)
     ones, zeros = torch.ones_like(above[:, :1]), torch.zeros_like(above[:, :1])
     cum = torch.cat([ones, above, zeros], dim=1)  # P(level > k) for k = -1..3
@@ -157,7 +159,7 @@ def guard_examples(
     return out
 
 
-def calibrate_severe_cutoff(p_severe: Sequence[float], target_recall: float) -> float:
+def calibrate_severe_cutoff(p_severe: ArrayLike, target_recall: float) -> float:
     """The largest cut-off on P(level = severe) at which at least ``target_recall`` of the
     given truly severe items are predicted severe (``p > cutoff``): a recall-first operating
     point, chosen on held-out data."""
@@ -280,7 +282,8 @@ class GuardModel(ScoreModel):
         responses: Sequence[str | None] | None = None,
         batch_size: int = 64,
     ) -> dict[str, np.ndarray]:
-        """Arrays ``level`` [N], ``level_probs`` [N, 4], ``category`` [N], ``category_probs`` [N, 21]."""
+        """Arrays ``level`` [N], ``level_probs`` [N, 4], ``category`` [N], ``category_probs``
+        [N, 21]."""
         was_training = self.training
         self.eval()
         out: dict[str, list] = {
@@ -396,7 +399,7 @@ class GuardModel(ScoreModel):
 
 # --- metrics -------------------------------------------------------------------------------------
 def classification_metrics(
-    true: Sequence[int], pred: Sequence[int], names: Sequence[str]
+    true: ArrayLike, pred: ArrayLike, names: Sequence[str]
 ) -> dict[str, Any]:
     """accuracy, macro F1 (over the classes present in ``true``), per-class precision /
     recall / F1 / support, and the confusion matrix (rows true, columns predicted)."""

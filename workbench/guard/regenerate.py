@@ -212,9 +212,10 @@ def filter_and_regenerate(
                 traces[i].outcome = "passed" if len(traces[i].steps) == 1 else "regenerated"
             elif round_ > rounds:
                 traces[i].final, traces[i].outcome = refusal, "fallback"
-                traces[
-                    i
-                ].reason = f"still {v.level} ({v.category}) after {rounds} rounds: refused with redirection"
+                traces[i].reason = (
+                    f"still {v.level} ({v.category}) after {rounds} rounds: "
+                    "refused with redirection"
+                )
             else:
                 blocked.append(i)
         open_ = blocked

@@ -124,21 +124,21 @@ def dual_gae_torch(
     ``(adv_r, ret_r, adv_c, ret_c)``."""
     _check(rewards, costs, reward_values, cost_values, mask)
     dtype = torch.float32
-    for t in (rewards, costs, reward_values, cost_values):
-        dtype = torch.promote_types(dtype, t.dtype)
+    for signal in (rewards, costs, reward_values, cost_values):
+        dtype = torch.promote_types(dtype, signal.dtype)
     x = torch.stack([rewards.to(dtype), costs.to(dtype)])  # [2, B, T]
     v = torch.stack([reward_values.to(dtype), cost_values.to(dtype)])
     m = _mask_as(mask, x)[None].expand_as(x)
     length = x.shape[-1]
-    adv = [None] * length
+    steps: list[torch.Tensor] = []  # A_t for t = T-1, ..., 0
     next_adv = torch.zeros_like(x[..., 0])
     next_value = torch.zeros_like(x[..., 0])  # m_{t+1}·V_{t+1}
     for t in reversed(range(length)):
         delta = x[..., t] + gamma * next_value - v[..., t]
         next_adv = m[..., t] * (delta + gamma * gae_lambda * next_adv)
-        adv[t] = next_adv
+        steps.append(next_adv)
         next_value = m[..., t] * v[..., t]
-    adv = torch.stack(adv, dim=-1)
+    adv = torch.stack(steps[::-1], dim=-1)
     ret = m * (adv + v)
     return adv[0], ret[0], adv[1], ret[1]
 

@@ -138,11 +138,11 @@ def _chunked_backward(
         stop = min(start + chunk_size, weight.shape[0])
         w_chunk = weight[start:stop]
         dz = grad_logits_of_chunk(start, stop).to(x.dtype)
-        if need_x:
+        if grad_x is not None:  # need_x
             grad_x += (dz @ w_chunk).to(acc_dtype)
-        if need_w:
+        if grad_w is not None:  # need_w
             torch.mm(dz.t(), x, out=grad_w[start:stop])
-    return (grad_x.to(x.dtype) if need_x else None), grad_w
+    return (grad_x.to(x.dtype) if grad_x is not None else None), grad_w
 
 
 class ChunkedTokenLogprobs(torch.autograd.Function):

@@ -65,7 +65,8 @@ def is_adapter_dir(path: str | Path) -> bool:
 
 
 def load_policy(path: str | Path, trainable: bool = False):
-    """Load a policy directory (full model or LoRA adapter over a local base): ``(model, processor)``.
+    """Load a policy directory (full model or LoRA adapter over a local base): ``(model,
+    processor)``.
 
     An adapter's base is the directory its config names or, when that is gone (the run
     directory moved), the ``base/`` directory next to the adapter that :func:`save_policy`
@@ -110,8 +111,10 @@ def save_policy(model, processor, path: str | Path, base_path: str | Path | None
         base = Path(base_path)
     else:
         named = {c.base_model_name_or_path for c in model.peft_config.values()} - {None, ""}
-        base = Path(named.pop()) if len(named) == 1 else None
-        if base is None or not (base / "config.json").is_file():
+        found = Path(named.pop()) if len(named) == 1 else None
+        if found is not None and (found / "config.json").is_file():
+            base = found
+        else:
             base = save_vlm(copy.deepcopy(model).unload(), processor, path / BASE_DIR)
     for config in model.peft_config.values():
         config.base_model_name_or_path = str(base.resolve())

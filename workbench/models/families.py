@@ -73,11 +73,13 @@ def build_tiny_gemma3(spec: TinyVLMSpec | None = None, tokenizer=None, seed: int
             tokenizer.unk_token_id,
         ):
             raise VLMError(
-                f"gemma3: the tokenizer has no {name} (use workbench.models.families.gemma3_tokenizer)"
+                f"gemma3: the tokenizer has no {name} "
+                "(use workbench.models.families.gemma3_tokenizer)"
             )
     if spec.text_hidden % spec.text_heads:
         raise VLMError(
-            f"gemma3: text_hidden {spec.text_hidden} is not a multiple of text_heads {spec.text_heads}"
+            f"gemma3: text_hidden {spec.text_hidden} is not a multiple of "
+            f"text_heads {spec.text_heads}"
         )
     head_dim = spec.text_hidden // spec.text_heads
     kv_heads = spec.text_heads // 2 if spec.text_heads % 2 == 0 else spec.text_heads

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
@@ -53,7 +53,7 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def hidden_size_of(backbone: torch.nn.Module) -> int:
     """Hidden size of the backbone's language model (``text_config`` for a VLM)."""
-    config = backbone.config
+    config: Any = backbone.config  # a transformers config (nn.Module types it as Tensor | Module)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     size = getattr(text, "hidden_size", None)
     if not isinstance(size, int):
@@ -63,7 +63,8 @@ def hidden_size_of(backbone: torch.nn.Module) -> int:
 
 def _unwrap(backbone: torch.nn.Module) -> torch.nn.Module:
     """The transformers model inside a ``peft`` wrapper (its LoRA layers stay active)."""
-    return backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+    get_base_model = getattr(backbone, "get_base_model", None)
+    return get_base_model() if get_base_model is not None else backbone
 
 
 class ScoreModel(torch.nn.Module):
@@ -141,7 +142,7 @@ class ScoreModel(torch.nn.Module):
         return path
 
     @classmethod
-    def load(cls, path: str | Path, trainable: bool = False) -> ScoreModel:
+    def load(cls, path: str | Path, trainable: bool = False) -> Self:
         """A saved score model (backbone + processor + head); ``trainable`` keeps a LoRA
         adapter trainable (full backbones are always trainable)."""
 
@@ -158,8 +159,8 @@ class ScoreModel(torch.nn.Module):
         weight = load_file(str(path / HEAD_FILE))["weight"]
         if tuple(weight.shape) != tuple(model.head.weight.shape):
             raise VLMError(
-                f"{path / HEAD_FILE}: head of shape {tuple(weight.shape)} does not fit the backbone's "
-                f"hidden size {model.head.in_features}"
+                f"{path / HEAD_FILE}: head of shape {tuple(weight.shape)} does not fit the "
+                f"backbone's hidden size {model.head.in_features}"
             )
         with torch.no_grad():
             model.head.weight.copy_(weight.to(model.head.weight.dtype))

@@ -59,7 +59,8 @@ class TinyVLMSpec:
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
             raise VLMError(
-                f"TinyVLMSpec: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+                f"TinyVLMSpec: image_size {self.image_size} is not a multiple of "
+                f"patch_size {self.patch_size}"
             )
 
 
@@ -94,7 +95,7 @@ def build_tiny_vlm(spec: TinyVLMSpec | None = None, tokenizer=None, seed: int = 
     config = LlavaConfig(
         vision_config=vision,
         text_config=text,
-        image_token_id=image_token_id,
+        image_token_index=image_token_id,
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,
     )
@@ -175,8 +176,8 @@ def load_vlm(path: str | Path, dtype: torch.dtype | None = None, trust_remote_co
         )
     if model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
         raise VLMError(
-            f"{path} holds a '{model_type}' model, which is not a vision-language (image-text-to-text) "
-            f"model; expected one of e.g. llava, qwen2_vl, paligemma, idefics3"
+            f"{path} holds a '{model_type}' model, which is not a vision-language "
+            "(image-text-to-text) model; expected one of e.g. llava, qwen2_vl, paligemma, idefics3"
         )
     try:
         AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -239,19 +240,18 @@ def encode(
     """A model batch. With ``responses`` it also has ``response_mask``: 1 on the response
     tokens (and the closing end-of-sequence token), 0 on prompt and padding."""
     tokenizer = processor.tokenizer
-    images = [
-        [image] for image in images
-    ]  # one image per sample (some processors need the nesting)
+    # one image per sample (some processors need the nesting)
+    nested = [[image] for image in images]
     old_side = tokenizer.padding_side
     tokenizer.padding_side = padding_side
     try:
         texts = prompt_texts(processor, questions, responses)
         batch = processor(
-            images=images, text=texts, return_tensors="pt", padding=True, add_special_tokens=False
+            images=nested, text=texts, return_tensors="pt", padding=True, add_special_tokens=False
         )
         if responses is not None:
             prompts = processor(
-                images=images,
+                images=nested,
                 text=prompt_texts(processor, questions),
                 return_tensors="pt",
                 padding=True,

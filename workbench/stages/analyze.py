@@ -46,8 +46,9 @@ def run_analyze_stage(
     folder = analysis_folder(cfg)
     if folder != "analyze" and out_dir.resolve() == partial_dir(run_dir, "analyze").resolve():
         raise ValueError(
-            f"analyze --prompts {cfg.prompts} belongs in {run_dir / folder}/, not {run_dir / 'analyze'}/ where "
-            f"it would replace the test analysis; run it with python -m workbench analyze --prompts eval"
+            f"analyze --prompts {cfg.prompts} belongs in {run_dir / folder}/, "
+            f"not {run_dir / 'analyze'}/ where it would replace the test analysis; "
+            f"run it with python -m workbench analyze --prompts eval"
         )
     setup(cfg)
     data = load_data(run_dir)
@@ -61,12 +62,12 @@ def run_analyze_stage(
     groups = prompt_groups(prompts)
     # the answer forms come from the gold oracle; the model judge (real data) has none
     forms = judge_name == "gold"
-    per_prompt = [
-        {key: groups[key][i] for key in ("category", "severity", "intent") if key in groups}
-        for i in range(len(prompts))
+    keys: tuple[str, ...] = ("category", "severity", "intent")
+    per_prompt: list[dict[str, Any]] = [
+        {key: groups[key][i] for key in keys if key in groups} for i in range(len(prompts))
     ]
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     bar = tqdm(
         total=sum(len(s.answers) for s in systems), desc="analyze: judging", disable=not progress
     )

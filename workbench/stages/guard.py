@@ -68,7 +68,7 @@ def run_guard_stage(
                 load_file(str(init / HEAD_FILE))["weight"].to(model.head.weight.dtype)
             )
 
-    examples, seen = guard_examples(data.train), set()
+    examples, seen = guard_examples(data.train), set[int]()
     start = time.perf_counter()
     losses = train_guard(model, examples, images, cfg, progress, seen)
     train_time = time.perf_counter() - start

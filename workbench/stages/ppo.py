@@ -9,10 +9,30 @@ from pathlib import Path
 from typing import Any
 
 from ..config import PPOConfig
+from ..data.store import load_data
 from ..runs import atomic_write_json
 from ..train.distributed import distributed
 from ..train.ppo_lagrangian import CHECKPOINT, train_run
+from ..train.roles import RoleModels
 from .base import Stage
+
+
+def role_models(cfg: PPOConfig, run_dir: Path) -> RoleModels:
+    """The run's SFT model (or ``cfg.policy``), reward model and cost model, with a message
+    naming the command that makes a missing one."""
+    run_dir = Path(run_dir)
+    policy = Path(cfg.policy) if cfg.policy else run_dir / "sft" / "model"
+    for stage in ("reward", "cost"):
+        if not (run_dir / stage / "model").is_dir():
+            raise FileNotFoundError(
+                f"PPO needs the {stage} model: run python -m workbench {stage} --run-dir {run_dir}"
+            )
+    if not policy.is_dir():
+        raise FileNotFoundError(
+            f"PPO starts from the SFT model and {policy} does not exist; "
+            f"run python -m workbench sft --run-dir {run_dir}"
+        )
+    return RoleModels(policy, run_dir / "reward" / "model", run_dir / "cost" / "model")
 
 
 def run_ppo_stage(
@@ -24,6 +44,7 @@ def run_ppo_stage(
     Resumable: rerunning a killed stage with the same config skips finished runs and
     continues the unfinished one from its last checkpoint."""
     dist = distributed()
+    data = load_data(run_dir)
     runs: dict[str, dict[str, Any]] = {}
     for run in cfg.runs():
         run_out = out_dir / run.name
@@ -32,8 +53,9 @@ def run_ppo_stage(
             runs[run.name] = json.loads(done.read_text())
             continue
         run_out.mkdir(parents=True, exist_ok=True)
+        run_cfg = cfg.run_config(run)
         metrics = train_run(
-            run.kind, cfg.run_config(run), run_dir, run_out, progress, name=run.name
+            run.kind, run_cfg, data, role_models(run_cfg, run_dir), run_out, progress, name=run.name
         )
         runs[run.name] = {**metrics, "kind": run.kind, "run": run.to_dict()}
         if dist.is_main:

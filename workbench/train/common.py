@@ -12,12 +12,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import ModelStageConfig
+from ..config import AnalyzeConfig, ModelStageConfig
 from ..models.adapters import apply_lora, load_policy
 from ..models.families import build_tiny_vlm_family
 
 
-def setup(cfg: ModelStageConfig) -> None:
+def setup(cfg: ModelStageConfig | AnalyzeConfig) -> None:
     """Seeds every generator and sets torch's CPU threads from the config."""
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -113,7 +113,8 @@ def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 def starting_model(cfg: ModelStageConfig, default_path: Path | None, family: str = "llava"):
     """The model a stage starts from: ``cfg.policy`` if given, else ``default_path`` (e.g. the
-    run's SFT model), else a fresh tiny VLM of ``family`` (``SFTConfig.tiny_family``). With ``cfg.lora`` it trains through a LoRA
+    run's SFT model), else a fresh tiny VLM of ``family`` (``SFTConfig.tiny_family``). With
+    ``cfg.lora`` it trains through a LoRA
     adapter: the policy's own adapter when it has one (so the saved adapter still sits on the
     saved base), else a new one; without, an adapter policy is merged into full weights."""
 

@@ -40,7 +40,8 @@ class LagrangeMultiplier:
     ):
         if init < 0 or max_value <= 0 or window < 1 or delay < 0 or lr < 0:
             raise ValueError(
-                "LagrangeMultiplier needs init >= 0, max_value > 0, window >= 1, delay >= 0, lr >= 0"
+                "LagrangeMultiplier needs init >= 0, max_value > 0, window >= 1, delay >= 0, "
+                "lr >= 0"
             )
         self.log_lambda = torch.tensor(
             math.log(max(init, 1e-12)) if init > 0 else -math.inf, dtype=torch.float64

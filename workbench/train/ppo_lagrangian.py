@@ -79,7 +79,7 @@ from tqdm.auto import tqdm
 from .. import kernels
 from ..config import PPO_KINDS, PPOConfig
 from ..data.schema import is_world
-from ..data.store import ImageCache, load_data
+from ..data.store import DataSplits, ImageCache
 from ..models.adapters import save_policy
 from ..models.judge import GoldJudge, evaluate_policy
 from ..models.score import ScoreModel, last_token_index, score_texts
@@ -94,7 +94,7 @@ from .common import (
 )
 from .distributed import distributed
 from .lagrange import LagrangeMultiplier
-from .roles import SharedRoles, role_dirs
+from .roles import RoleModels, SharedRoles
 from .sft import demo_length, demonstrations, encode_demos, sft_loss
 
 
@@ -112,7 +112,8 @@ def token_signals(
     kl_coeff: float,
     clip: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``r_t = clip(-β·kl_t + [t=T]·R, ±c)``, ``c_t = clip(+β·kl_t + [t=T]·C, ±c)``, zero off the mask.
+    """``r_t = clip(-β·kl_t + [t=T]·R, ±c)``, ``c_t = clip(+β·kl_t + [t=T]·C, ±c)``, zero off
+    the mask.
 
     kl, mask [B, T]; reward, cost [B]."""
     mask = mask.to(kl.dtype)
@@ -194,8 +195,8 @@ class Roles:
     :data:`TRAINABLE` to the module whose trainable parameters are that role's.
     (``cfg.shared_backbone``: :class:`workbench.train.roles.SharedRoles`, same interface.)"""
 
-    def __init__(self, cfg: PPOConfig, run_dir: Path):
-        sft, reward_dir, cost_dir = role_dirs(cfg, run_dir)
+    def __init__(self, cfg: PPOConfig, models: RoleModels):
+        sft, reward_dir, cost_dir = models.policy, models.reward, models.cost
         self.actor, self.processor = starting_model(cfg.replace(policy=str(sft)), None)
         self.reference = (
             None if hasattr(self.actor, "disable_adapter") else copy.deepcopy(self.actor).eval()
@@ -226,9 +227,9 @@ class Roles:
             return sequence_logprobs(self.actor, batch, backend, temperature)
 
 
-def make_roles(cfg: PPOConfig, run_dir: Path) -> Roles | SharedRoles:
+def make_roles(cfg: PPOConfig, models: RoleModels) -> Roles | SharedRoles:
     """The separate layout, or every role on one backbone when ``cfg.shared_backbone``."""
-    return SharedRoles(cfg, run_dir) if cfg.shared_backbone else Roles(cfg, run_dir)
+    return SharedRoles(cfg, models) if cfg.shared_backbone else Roles(cfg, models)
 
 
 def make_multiplier(kind: str, cfg: PPOConfig) -> LagrangeMultiplier:
@@ -401,7 +402,8 @@ def minibatch_indices(
         return [None]
     if size < num_minibatches:
         raise ValueError(
-            f"ppo: {size} episodes cannot fill {num_minibatches} minibatches; lower --num-minibatches"
+            f"ppo: {size} episodes cannot fill {num_minibatches} minibatches; "
+            f"lower --num-minibatches"
         )
     return list(torch.tensor_split(torch.randperm(size, generator=generator), num_minibatches))
 
@@ -650,29 +652,32 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
 def train_run(
     kind: str,
     cfg: PPOConfig,
-    run_dir: Path,
+    data: DataSplits,
+    models: RoleModels,
     out_dir: Path,
     progress: bool = True,
     name: str | None = None,
     roles: Roles | SharedRoles | None = None,
 ) -> dict[str, Any]:
-    """Train one PPO run of ``kind`` (lagrangian, reward_only or fixed_lambda) with ``cfg``
-    (``name`` labels its progress bar); writes ``out_dir/model``, ``out_dir/log.jsonl``; returns its metrics.
-    ``roles``: already loaded models (the memory benchmark), else :func:`make_roles`.
+    """Train one PPO run of ``kind`` (lagrangian, reward_only or fixed_lambda) with ``cfg`` on
+    ``data``'s train prompts, its roles started from ``models`` (or ``roles``, already loaded:
+    the memory benchmark). ``out_dir`` is the run's working folder: ``log.jsonl``,
+    ``checkpoint/`` while training (a rerun resumes from it), then ``model/`` and
+    ``samples.jsonl``. ``name`` labels the progress bar. Returns the run's metrics.
 
     Per PPO step: :func:`collect_rollout`, the λ step, :func:`ppo_update`, the log entry and
     every ``checkpoint_every`` steps a checkpoint; at the end the evaluation."""
     setup(cfg)
-    data = load_data(run_dir)
     images = ImageCache(data)
-    roles = roles if roles is not None else make_roles(cfg, run_dir)
+    roles = roles if roles is not None else make_roles(cfg, models)
     backend = kernels.resolve_backend(cfg.kernels, next(roles.actor.parameters()).device)
     multiplier = make_multiplier(kind, cfg)
     optimizers = make_optimizers(roles, cfg)
     dist = distributed()
     if cfg.batch_size // dist.world_size < cfg.num_minibatches:
         raise ValueError(
-            f"ppo: batch_size {cfg.batch_size} over {dist.world_size} processes leaves a rank fewer "
+            f"ppo: batch_size {cfg.batch_size} over {dist.world_size} processes leaves a rank "
+            f"fewer "
             f"episodes than num_minibatches = {cfg.num_minibatches}"
         )
     torch.manual_seed(
@@ -740,8 +745,9 @@ def train_run(
                 append_jsonl(log_path, {"step": step, **stats})
             if bad_in_a_row >= cfg.max_nonfinite:
                 raise FloatingPointError(
-                    f"ppo {name or kind}: {bad_in_a_row} non-finite losses in a row (last at step {step}); stopping. "
-                    f"Lower --lr / --critic-lr or --kl-coeff, or check the reward and cost models' scores"
+                    f"ppo {name or kind}: {bad_in_a_row} non-finite losses in a row "
+                    f"(last at step {step}); stopping. Lower --lr / --critic-lr or --kl-coeff, "
+                    f"or check the reward and cost models' scores"
                 )
             continue
         bad_in_a_row = 0

@@ -1,6 +1,8 @@
-"""Reward and cost models from preference pairs (docs/design.md §6) -- one trainer, a ``kind`` switch.
+"""Reward and cost models from preference pairs (docs/design.md §6): one trainer, a ``kind``
+switch.
 
-Notation: R = r(x, y), C = c(x, y) are sequence scores of a :class:`~workbench.models.score.ScoreModel`
+Notation: R = r(x, y), C = c(x, y) are sequence scores of a
+:class:`~workbench.models.score.ScoreModel`
 read at the last real token; cost > 0 means unsafe. Over a batch of pairs:
 
 - reward, w = more helpful, l = the other response::
@@ -9,7 +11,8 @@ read at the last real token; cost > 0 means unsafe. Over a batch of pairs:
 
 - cost, u = less safe, s = safer, with a sign weight per response::
 
-      L_C = mean_i[ -log σ(C_u,i - C_s,i) - log σ(s_u,i · C_u,i) - log σ(s_s,i · C_s,i) ] + η · mean(C²)
+      L_C = mean_i[ -log σ(C_u,i - C_s,i) - log σ(s_u,i · C_u,i) - log σ(s_s,i · C_s,i) ]
+            + η · mean(C²)
 
   ``s = -harmless_rate`` in the graded (multi-level) mode -- an unsafe response (rate -2)
   gets s = +2, which pushes its C up, a safe one (rate +3) gets s = -3, which pushes C down,
@@ -42,7 +45,8 @@ on the hidden state at each object word of the contrast answers (BCE: is this th
 prompt is about?) and a *presence* head on the pooled image features (BCE over the object
 kinds in the scene, the SFT stage's vision pretraining carried on)::
 
-    L = L_R + ground_weight · L_G + ground_mention_weight · L_mention + ground_vision_weight · L_presence
+    L = L_R + ground_weight · L_G + ground_mention_weight · L_mention
+            + ground_vision_weight · L_presence
 
 The metric ``grounding_right_object_rate`` is the share of risky eval prompts where two safe
 tips about the target (and a redirection) outscore the same tips about an absent object
@@ -67,11 +71,10 @@ from ..data import language as L
 from ..data.oracle import answer_objects
 from ..data.render import KINDS as OBJECT_KINDS
 from ..data.schema import SEVERITY_LEVELS, is_world, severity_of_harmless_rate
-from ..data.store import ImageCache, load_data
+from ..data.store import DataSplits, ImageCache
 from ..data.world import other_object, safe_helpful_sentences
 from ..models.score import ScoreModel, score_texts
 from ..models.vlm import count_parameters, encode, pooled_image_features
-from ..runs import write_jsonl
 from .common import (
     batches,
     chunks,
@@ -449,14 +452,19 @@ def sign_ceiling(records: Sequence[dict[str, Any]]) -> float:
     return float(np.mean(agree))
 
 
-def correlations(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
+def correlations(
+    x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray
+) -> dict[str, float]:
     """Pearson and Spearman (Pearson of average ranks) correlation of ``x`` and ``y``."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if x.size < 2 or x.std() == 0 or y.std() == 0:
+    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if xs.size < 2 or xs.std() == 0 or ys.std() == 0:
         return {"pearson": float("nan"), "spearman": float("nan")}
-    rx = pd.Series(x).rank(method="average").to_numpy()
-    ry = pd.Series(y).rank(method="average").to_numpy()
-    return {"pearson": float(np.corrcoef(x, y)[0, 1]), "spearman": float(np.corrcoef(rx, ry)[0, 1])}
+    rx = pd.Series(xs).rank(method="average").to_numpy()
+    ry = pd.Series(ys).rank(method="average").to_numpy()
+    return {
+        "pearson": float(np.corrcoef(xs, ys)[0, 1]),
+        "spearman": float(np.corrcoef(rx, ry)[0, 1]),
+    }
 
 
 def evaluate(
@@ -533,19 +541,6 @@ def evaluate(
 
 
 # --- the trainer ------------------------------------------------------------------------------
-def initial_policy_path(kind: str, cfg: RewardConfig, run_dir: str | Path) -> Path | None:
-    """The SFT model of the run (``None`` when ``cfg.policy`` names the start instead)."""
-    if cfg.policy:
-        return None
-    path = Path(run_dir) / "sft" / "model"
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"the {kind} model starts from the SFT model, and {path} does not exist; "
-            f"run: python -m workbench sft --run-dir {run_dir} (or pass --policy DIR to start from another VLM)"
-        )
-    return path
-
-
 def _mean(values: Sequence[float]) -> float:
     return float(np.mean(values)) if len(values) else float("nan")
 
@@ -559,17 +554,16 @@ def _curve(values: Sequence[float], points: int = 50) -> list[float]:
 
 
 def train_preference(
-    kind: str, cfg: RewardConfig, out_dir: Path, run_dir: Path, progress: bool = True
-) -> dict[str, Any]:
-    """Train a ``kind`` (reward | cost) score model from the run's SFT model on the train
-    pairs, evaluate it on the eval pairs, save it under ``out_dir/model``. Returns metrics."""
+    kind: str, cfg: RewardConfig, data: DataSplits, init: Path | None, progress: bool = True
+) -> tuple[ScoreModel, dict[str, Any], list[dict[str, Any]]]:
+    """Train a ``kind`` (reward | cost) score model on ``data``'s train pairs, starting from the
+    policy in ``init`` (or ``cfg.policy``), and evaluate it on the eval pairs. Returns the
+    model, its metrics and the per-response eval scores."""
     if kind not in KINDS:
         raise ValueError(f"unknown score model kind {kind!r}; one of {KINDS}")
-    setup(cfg)
-    data = load_data(run_dir)
     if not data.train:
-        raise ValueError(f"the data stage in {run_dir} has no training pairs")
-    init = initial_policy_path(kind, cfg, run_dir)
+        raise ValueError(f"the data stage in {data.root} has no training pairs")
+    setup(cfg)
     backbone, processor = starting_model(cfg, init)
     model = ScoreModel(backbone, processor, kind=kind)
     model.train()
@@ -583,7 +577,8 @@ def train_preference(
         mention_head = model.mention_head = torch.nn.Linear(model.head.in_features, 1).to(device)
     presence_head = None
     if cfg.ground_vision_weight > 0 and contrast:
-        # which object kinds the image holds, from the pooled image features (SFT's vision pretraining, kept up)
+        # which object kinds the image holds, from the pooled image features
+        # (SFT's vision pretraining, kept up)
         with torch.no_grad():
             probe = encode(processor, [images(data.train[0])], [data.train[0]["question"]])
             size = pooled_image_features(model.backbone, probe["pixel_values"].to(device)).shape[-1]
@@ -713,9 +708,7 @@ def train_preference(
     )
     if kind == "cost":
         metrics["sign_mode"] = cfg.sign_mode if isinstance(cfg, CostConfig) else "graded"
-    model.save(out_dir / "model")
-    write_jsonl(out_dir / "eval_scores.jsonl", rows)
-    return metrics
+    return model, metrics, rows
 
 
 __all__ = [

@@ -35,6 +35,7 @@ import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -48,7 +49,8 @@ from .common import starting_model
 
 ACTOR = "default"
 """The actor's adapter name (peft's default: it saves at the top of a policy directory)."""
-#: Score roles on the shared backbone: role -> (stage whose adapter and head it starts from, trainable).
+#: Score roles on the shared backbone:
+#: role -> (stage whose adapter and head it starts from, trainable).
 SCORE_ROLES: dict[str, tuple[str, bool]] = {
     "reward": ("reward", False),
     "cost": ("cost", False),
@@ -61,20 +63,15 @@ class SharedBackboneError(ValueError):
     """The run's reward or cost model cannot sit on the policy's backbone (with the fix)."""
 
 
-def role_dirs(cfg: PPOConfig, run_dir: Path) -> tuple[Path, Path, Path]:
-    """``(sft, reward, cost)`` model directories of a PPO run, with a message naming the
-    command that makes a missing one."""
-    sft = Path(cfg.policy) if cfg.policy else run_dir / "sft" / "model"
-    for stage in ("reward", "cost"):
-        if not (run_dir / stage / "model").is_dir():
-            raise FileNotFoundError(
-                f"PPO needs the {stage} model: run python -m workbench {stage} --run-dir {run_dir}"
-            )
-    if not sft.is_dir():
-        raise FileNotFoundError(
-            f"PPO starts from the SFT model and {sft} does not exist; run python -m workbench sft"
-        )
-    return sft, run_dir / "reward" / "model", run_dir / "cost" / "model"
+@dataclass(frozen=True)
+class RoleModels:
+    """The model folders the PPO roles start from: the policy (the SFT model, or any policy
+    folder), the reward model and the cost model. The PPO stage finds them in the run
+    directory (:func:`workbench.stages.ppo.role_models`)."""
+
+    policy: Path
+    reward: Path
+    cost: Path
 
 
 def adapter_base(adapter_dir: Path) -> Path:
@@ -113,6 +110,8 @@ class AdapterScoreModel(ScoreModel):
     The backbone is *not* a submodule: ``parameters()`` and ``state_dict()`` are the role's
     own, its adapter's LoRA weights (``lora.*``) and its head."""
 
+    _roles: SharedRoles  # set through __dict__: the roles are no submodule
+
     def __init__(
         self, roles: SharedRoles, adapter: str, head_weight: torch.Tensor, trainable: bool
     ):
@@ -148,17 +147,17 @@ class SharedRoles:
     ``cost_critic``, ``trainable`` (role name -> module of its trainable parameters) and
     ``save_actor``."""
 
-    def __init__(self, cfg: PPOConfig, run_dir: Path):
+    def __init__(self, cfg: PPOConfig, models: RoleModels):
         if not cfg.lora:
             raise SharedBackboneError(
                 "PPOConfig.shared_backbone needs lora = true (the actor is an adapter)"
             )
-        sft, reward_dir, cost_dir = role_dirs(cfg, run_dir)
+        sft, reward_dir, cost_dir = models.policy, models.reward, models.cost
         base = adapter_base(sft) if is_adapter_dir(sft) else sft.resolve()
         for stage, model_dir in (("reward", reward_dir), ("cost", cost_dir)):
             fix = (
-                f"train it as a LoRA adapter with: python -m workbench {stage} --lora --run-dir {run_dir} --force "
-                f"(or run ppo without --shared-backbone)"
+                f"train it as a LoRA adapter: python -m workbench {stage} --lora --force in its "
+                f"run directory (or run ppo without --shared-backbone)"
             )
             if not is_adapter_dir(model_dir):
                 raise SharedBackboneError(
@@ -225,7 +224,8 @@ class SharedRoles:
             self._restore_flags()
 
     def save_actor(self, path: Path) -> Path:
-        """The actor's adapter alone (a policy directory :func:`~workbench.models.adapters.load_policy`
+        """The actor's adapter alone (a policy directory
+        :func:`~workbench.models.adapters.load_policy`
         reads, over :attr:`base_dir`), with the processor."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
@@ -242,7 +242,7 @@ __all__ = [
     "AdapterParameters",
     "adapter_parameters",
     "adapter_base",
-    "role_dirs",
+    "RoleModels",
     "ACTOR",
     "SCORE_ROLES",
 ]

@@ -3,7 +3,8 @@ cost, J_C against the threshold d, λ, KL, gold helpfulness and safety), the var
 the SFT base, the same prompts answered before and after, and a threshold slider that
 launches a short run.
 
-Everything reads ``<run>/ppo/<variant>/log.jsonl``, ``samples.jsonl`` and ``<run>/ppo/metrics.json``.
+Everything reads ``<run>/ppo/<variant>/log.jsonl``, ``samples.jsonl`` and
+``<run>/ppo/metrics.json``.
 """
 
 from __future__ import annotations
@@ -223,7 +224,8 @@ def answer_forms(run_dir: str | Path) -> pd.DataFrame:
     prompts, answers = _answer_sets(Path(run_dir))
     rows = {}
     for name, saved in answers.items():
-        risky, benign = [], []
+        risky: list[dict[str, Any]] = []
+        benign: list[dict[str, Any]] = []
         for r in saved:
             if r["id"] in prompts:
                 p = prompts[r["id"]]
@@ -319,7 +321,8 @@ def threshold_slider(
         v = metrics["variants"]["lagrangian"]
         status.value = (
             f"d = {d:g}: λ_final {v['lambda_final']:.2f}, gold safety "
-            f"{v.get('safety_rate', float('nan')):.1%}, helpfulness {v.get('helpfulness', float('nan')):.2f}"
+            f"{v.get('safety_rate', float('nan')):.1%}, "
+            f"helpfulness {v.get('helpfulness', float('nan')):.2f}"
         )
         output.clear_output(wait=True)
         with output:

@@ -511,7 +511,7 @@ def score_response(
         model.train(was_training)
         out[name] = float(scores[0])
     out["cost_says_unsafe"] = out["cost"] > 0
-    if is_world(prompt):
+    if prompt is not None and is_world(prompt):
         gold = gold_score(dict(prompt, question=question), response)
         out.update(
             gold_helpfulness=float(gold.helpfulness),
@@ -744,12 +744,16 @@ class ScoreWidget(widgets.VBox):
                 prompt=prompt,
             )
         except Exception as exc:  # shown in the widget: a callback's traceback would be invisible
-            self.result.value = f"<p style='color:{UNSAFE_COLOUR}'>could not score this answer: {html.escape(str(exc))}</p>"
+            self.result.value = (
+                f"<p style='color:{UNSAFE_COLOUR}'>could not score this answer: "
+                f"{html.escape(str(exc))}</p>"
+            )
             return None
         self.history = (self.history + [scores])[-self.history_size :]
         unknown = unknown_words(self.processor, text)
         note = (
-            f"<p><i>unknown to the tokenizer (read as &lt;unk&gt;): {html.escape(' '.join(unknown))}</i></p>"
+            "<p><i>unknown to the tokenizer (read as &lt;unk&gt;): "
+            f"{html.escape(' '.join(unknown))}</i></p>"
             if unknown
             else ""
         )
