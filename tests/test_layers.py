@@ -149,6 +149,15 @@ def test_every_stage_lives_in_the_stages_package():
     assert len(set(STAGE_NAMES)) == len(STAGES)
 
 
+def test_every_folder_is_a_package_that_ships():
+    """A folder without ``__init__.py`` imports from a checkout but is left out of a wheel."""
+    folders = {p.parent for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts}
+    assert (
+        sorted(str(f.relative_to(PACKAGE)) for f in folders if not (f / "__init__.py").is_file())
+        == []
+    )
+
+
 # --- the checks above, on planted trees: they must catch what they are for ---------------------
 def _plant(root: Path, files: dict[str, str]) -> Path:
     package = root / "planted"

@@ -131,6 +131,20 @@ def test_sft_smoke_stage(data_run):
     )
 
 
+def test_the_tiny_family_is_a_config_choice():
+    """``--tiny-family gemma3`` builds the second architecture when SFT starts from scratch."""
+    from workbench.config import ConfigError
+    from workbench.train.common import starting_model
+
+    cfg = SFTConfig.smoke().replace(tiny_family="gemma3")
+    model, _ = starting_model(cfg, None, family=cfg.tiny_family)
+    assert type(model).__name__.startswith("Gemma3")
+    model, _ = starting_model(SFTConfig.smoke(), None)
+    assert type(model).__name__.startswith("Llava")
+    with pytest.raises(ConfigError, match="tiny_family"):
+        SFTConfig(tiny_family="qwen")
+
+
 @pytest.mark.parametrize("family", ["gemma3"])
 def test_sft_on_a_second_family_with_lora(data_run, tmp_path, family):
     model, processor = build_tiny_vlm_family(family, spec=SMALL)

@@ -54,6 +54,9 @@ def initial_backbone(cfg: GuardConfig, run_dir: Path) -> Path | None:
 def run_guard_stage(
     cfg: GuardConfig, out_dir: Path, run_dir: Path, progress: bool = True
 ) -> dict[str, Any]:
+    """``python -m workbench guard``: train the guard from the cost model, calibrate its
+    severe cut-off, evaluate it on the eval pairs (``eval_predictions.jsonl``) and run the
+    filter-and-regenerate rounds on the base policy (``traces.jsonl``)."""
     setup(cfg)
     data = load_data(run_dir)
     if not data.train:

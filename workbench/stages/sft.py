@@ -22,6 +22,9 @@ from .base import Stage
 def run_sft_stage(
     cfg: SFTConfig, out_dir: Path, run_dir: Path, progress: bool = True
 ) -> dict[str, Any]:
+    """``python -m workbench sft``: vision pretraining, image alignment, then SFT on the
+    world's demonstrations; writes ``model/`` and ``samples.jsonl`` (the base policy's test
+    answers, gold-judged)."""
     setup(cfg)
     data = load_data(run_dir)
     images = ImageCache(data)
