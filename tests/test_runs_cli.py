@@ -194,3 +194,86 @@ def test_pipeline_reruns_what_follows_a_stage_that_ran_again(monkeypatch, tmp_pa
         ("ppo", False),
         ("analyze", True),
     ]
+
+
+def _record_run_stage(monkeypatch, really_run=("data",)):
+    """Replace ``pipeline.run_stage`` by one that records each stage's config and runs only
+    ``really_run`` for real (the rest would train models)."""
+    from workbench import pipeline
+
+    real, seen = pipeline.run_stage, {}
+
+    def run_stage(stage, run_dir, cfg, force=False, progress=True):
+        seen[stage] = cfg
+        return real(stage, run_dir, cfg, force=force, progress=False) if stage in really_run else {}
+
+    monkeypatch.setattr(pipeline, "run_stage", run_stage)
+    return seen
+
+
+def test_run_keeps_what_the_user_made(monkeypatch, tmp_path):
+    """The data-loss trap: after ``data --source <real files>``, ``run`` resolved every stage
+    with its default config and replaced the user's data. A finished stage keeps its saved
+    config (and its files); only stages that never ran get the defaults."""
+    from workbench import pipeline
+
+    mine = DataConfig.smoke().replace(n_test=30, seed=7)  # a user's own data stage
+    wb.run_stage("data", tmp_path, mine, progress=False)
+    before = {p: p.read_bytes() for p in sorted((tmp_path / "data").rglob("*")) if p.is_file()}
+    seen = _record_run_stage(monkeypatch)
+    pipeline.run_pipeline(tmp_path, smoke=True, progress=False)
+    assert seen["data"] == mine  # not DataConfig.smoke()
+    assert seen["sft"] == wb.resolve_config("sft", smoke=True)  # never ran: the preset
+    after = {p: p.read_bytes() for p in sorted((tmp_path / "data").rglob("*")) if p.is_file()}
+    assert after == before
+    assert pipeline.saved_config(tmp_path, "data") == mine
+    assert pipeline.saved_config(tmp_path, "sft") is None
+
+
+def test_run_config_takes_one_section_per_stage(monkeypatch, tmp_path, capsys):
+    from workbench import pipeline
+
+    conf = tmp_path / "run.json"
+    conf.write_text(json.dumps({"data": {"n_test": 40}, "ppo": {"kinds": ["reward_only"]}}))
+    seen = _record_run_stage(monkeypatch, really_run=())
+    pipeline.run_pipeline(tmp_path / "r", smoke=True, progress=False, config_file=conf)
+    assert seen["data"] == DataConfig.smoke().replace(n_test=40)
+    assert seen["ppo"].kinds == ("reward_only",) and seen["ppo"].max_steps == 4  # smoke + section
+    conf.write_text(json.dumps({"n_test": 40}))  # a single stage's file is not a run config
+    with pytest.raises(ConfigError, match="not a stage: n_test"):
+        pipeline.run_pipeline(tmp_path / "r", smoke=True, progress=False, config_file=conf)
+    status, out = cli_in_process(
+        capsys, "run", "--smoke", "--run-dir", tmp_path / "r", "--config", tmp_path / "missing.json"
+    )
+    assert status == 2 and "config file not found" in out
+
+
+def test_configs_written_with_older_field_names_still_load_and_count_as_finished(tmp_path):
+    """Runs made before fields were renamed (``variants``, ``score_clip``, the guard's flat
+    blocking levels) keep working: their config.json loads, and ``run`` does not retrain them."""
+    from workbench import pipeline
+    from workbench.config import BlockingPolicy, GuardConfig, PPOConfig
+    from workbench.stages import get_stage
+
+    old_ppo = {"variants": "lagrangian,reward_only", "score_clip": 10.0, "thresholds": "-2,-1"}
+    ppo = PPOConfig.from_dict(old_ppo)
+    assert (ppo.kinds, ppo.signal_clip, ppo.thresholds) == (
+        ("lagrangian", "reward_only"),
+        10.0,
+        (-2.0, -1.0),
+    )
+    old_guard = {"blocking_level": "moderate", "rounds": 3, "safe_query_blocking_level": ""}
+    assert GuardConfig.from_dict(old_guard).blocking == BlockingPolicy(
+        level="moderate", rounds=3, safe_query_level=""
+    )
+    # a finished stage whose config.json has the old names is finished with the new config
+    folder = tmp_path / "ppo"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({**PPOConfig().to_dict(), **old_ppo}))
+    (folder / "metrics.json").write_text("{}")
+    for key in ("kinds", "signal_clip"):
+        data = json.loads((folder / "config.json").read_text())
+        del data[key]
+        (folder / "config.json").write_text(json.dumps(data))
+    assert pipeline.finished_with(tmp_path, get_stage("ppo"), ppo)
+    assert not pipeline.finished_with(tmp_path, get_stage("ppo"), ppo.replace(signal_clip=5.0))

@@ -4,8 +4,9 @@
 Common flags are parsed here; every field of the stage's config dataclass becomes a flag of
 its own through ``tyro`` (``--n-train 5000``, ``--source PATH``, ``--strict``), documented
 with the field's docstring in ``--help``. Precedence: defaults (or ``--smoke``) < ``--config``
-file < ``--seed`` and field flags. ``run`` runs every available stage in order, skipping
-finished ones.
+file < ``--seed`` and field flags. ``run`` runs every stage in order: a finished stage keeps
+its saved config and is skipped, ``run --config FILE`` takes one section per stage
+(:func:`workbench.pipeline.run_pipeline`).
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ def _usage() -> str:
         "usage: python -m workbench <command> [--smoke] [--run-dir DIR] [--config FILE] "
         "[--seed N] [--force]\n"
         f"commands: {', '.join(COMMANDS)} (stages in pipeline order, then run = every stage)\n"
-        "per-stage config flags: python -m workbench <stage> --help"
+        "per-stage config flags: python -m workbench <stage> --help\n"
+        "run: finished stages keep their saved config; run --config FILE takes one JSON "
+        "section per stage"
     )
 
 
@@ -75,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 force=common.force,
                 progress=not common.quiet,
                 seed=common.seed,
+                config_file=common.config,
             )
             _print_summary(common.run_dir, results)
             return 0

@@ -80,7 +80,9 @@ class StageConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any], base: StageConfig | None = None) -> Self:
         """Build a config from ``values`` over ``base`` (default: the class defaults).
-        Unknown keys are an error that names them."""
+        Unknown keys are an error that names them; the names fields had in older
+        ``config.json`` files (:data:`RENAMED`) are read under their new names."""
+        values = _renamed(cls.__name__, values)
         unknown = sorted(set(values) - set(cls.field_names()))
         if unknown:
             raise ConfigError(
@@ -770,6 +772,38 @@ class BlockingPolicy:
         if unknown:
             raise ConfigError(f"BlockingPolicy: unknown field(s) {unknown}")
         return cls(**values)
+
+
+#: Fields renamed since runs were written: config class -> {old name: new name, with a dot
+#: for a field of a nested setting}. ``from_dict`` reads an old ``config.json`` through it.
+RENAMED: dict[str, dict[str, str]] = {
+    "PPOConfig": {"variants": "kinds", "score_clip": "signal_clip"},
+    "GuardConfig": {
+        "blocking_level": "blocking.level",
+        "query_blocking_level": "blocking.query_level",
+        "safe_query_blocking_level": "blocking.safe_query_level",
+        "rounds": "blocking.rounds",
+    },
+}
+
+
+def _renamed(class_name: str, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with the old field names of ``class_name`` moved to their new ones."""
+    renames = RENAMED.get(class_name, {})
+    if not renames.keys() & values.keys():
+        return values
+    out = {k: v for k, v in values.items() if k not in renames}
+    for old, new in renames.items():
+        if old not in values:
+            continue
+        outer, _, inner = new.partition(".")
+        if inner:
+            nested = out.setdefault(outer, {})
+            if isinstance(nested, dict):
+                nested.setdefault(inner, values[old])
+        else:
+            out.setdefault(outer, values[old])
+    return out
 
 
 #: Nested settings that ``from_dict`` builds from JSON objects: field name -> class.

@@ -20,7 +20,7 @@ from typing import Any
 
 from transformers.utils import logging as hf_logging
 
-from .config import StageConfig
+from .config import ConfigError, StageConfig
 from .runs import (
     DEFAULT_RUN_DIR,
     atomic_write_json,
@@ -89,7 +89,7 @@ def run_stage(
     run_dir = Path(run_dir)
     cfg_dict = cfg.to_dict()
     stage = spec.output(cfg)  # analyze --prompts eval -> analyze_eval/
-    if not force and is_complete(run_dir, stage, cfg_dict):
+    if not force and finished_with(run_dir, spec, cfg):
         if progress:
             print(
                 f"[{stage}] complete in {stage_dir(run_dir, stage)} (same config): skipped; "
@@ -157,24 +157,93 @@ def _discard_partial(out_dir: Path) -> None:
         out_dir.rmdir()
 
 
+def finished_with(run_dir: str | Path, spec: Stage, cfg: StageConfig) -> bool:
+    """True when ``spec``'s stage finished in ``run_dir`` with a config equal to ``cfg``
+    (compared as configs, so a ``config.json`` written with older field names still counts)."""
+    folder = spec.output(cfg)
+    if is_complete(run_dir, folder, cfg.to_dict()):
+        return True
+    path = stage_dir(run_dir, folder) / "config.json"
+    if not is_complete(run_dir, folder) or not path.is_file():
+        return False
+    try:
+        return spec.config.from_json(path) == cfg
+    except (ConfigError, TypeError):
+        return False
+
+
+def saved_config(run_dir: str | Path, stage: str) -> StageConfig | None:
+    """The config a finished ``stage`` of ``run_dir`` ran with (None when it has not
+    finished), read back as its config class."""
+    spec = get_stage(stage)
+    path = stage_dir(run_dir, spec.name) / "config.json"
+    if not is_complete(run_dir, spec.name) or not path.is_file():
+        return None
+    return spec.config.from_json(path)
+
+
+def pipeline_sections(config_file: str | Path | None) -> dict[str, dict[str, Any]]:
+    """``run --config FILE``: one JSON object with one section per stage, e.g.
+    ``{"data": {"source": "/data/bt"}, "sft": {"policy": "/models/vlm", "lora": true}}``;
+    a missing file, a section that is no stage or a section that is not an object is an
+    error that says so (never ignored)."""
+    if config_file is None:
+        return {}
+    path = Path(config_file)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        sections = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
+    if not isinstance(sections, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object, one section per stage")
+    unknown = sorted(set(sections) - set(STAGE_NAMES))
+    if unknown:
+        raise ConfigError(
+            f"run --config {path}: one section per stage ({', '.join(STAGE_NAMES)}); "
+            f"not a stage: {', '.join(unknown)} (a single stage's file goes to "
+            f"python -m workbench <stage> --config FILE)"
+        )
+    for stage, values in sections.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {path}: section {stage!r} must be a JSON object")
+    return sections
+
+
 def run_pipeline(
     run_dir: str | Path = DEFAULT_RUN_DIR,
     smoke: bool = False,
     force: bool = False,
     progress: bool = True,
     seed: int | None = None,
+    config_file: str | Path | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Every available stage in order (the ``run`` command and ``make run``).
+    """Every stage in order (the ``run`` command and ``make run``).
 
-    A stage that finished with the same config is skipped -- unless a stage it reads
-    (:attr:`Stage.reads`) ran again in this call: its outputs were made from the old ones."""
+    A stage that already finished in ``run_dir`` keeps the config it ran with (real data, a
+    user's own model, any flags it was given): ``run`` never resets it to the defaults. The
+    defaults (or the ``smoke`` presets) apply only to stages that have not run yet. A section
+    of ``config_file`` (:func:`pipeline_sections`) or ``seed`` changes a stage's config on
+    top of that, and a changed config reruns the stage. A stage that finished with its config
+    is skipped -- unless ``force``, or a stage it reads (:attr:`Stage.reads`) ran again in
+    this call: its outputs were made from the old ones."""
+    sections = pipeline_sections(config_file)
     results = {}
     ran: set[str] = set()
     for spec in STAGES:
         stage = spec.name
-        cfg = resolve_config(stage, smoke=smoke, seed=seed)
+        saved = saved_config(run_dir, stage)
+        base = saved if saved is not None else resolve_config(stage, smoke=smoke)
+        overrides = dict(sections.get(stage, {}))
+        if seed is not None:
+            overrides["seed"] = seed
+        cfg = spec.config.from_dict(overrides, base=base) if overrides else base
+        if saved is not None and progress:
+            kept = "keeps its saved config" if cfg == saved else "changes its saved config"
+            print(f"[{stage}] {kept} ({stage_dir(run_dir, stage) / 'config.json'})")
         stale = sorted(ran & set(spec.reads))
-        complete = is_complete(run_dir, stage, cfg.to_dict())
+        complete = finished_with(run_dir, spec, cfg)
         if force or stale or not complete:
             ran.add(stage)
         if stale and complete and progress and not force:
