@@ -76,6 +76,7 @@ def corrupt_records(start: int) -> list[tuple[dict[str, Any], str]]:
         (valid_record(start + 5, safer_response_id="1"), "safer_response_id"),
         (valid_record(start + 6, more_helpful_response_id="3"), "more_helpful_response_id"),
         (valid_record(start + 7, category="cooking_accidents"), "category"),
+        (valid_record(start + 8, response_1="   "), "response_1"),  # nothing to prefer
     ]
 
 
@@ -408,3 +409,22 @@ def test_split_names() -> None:
     assert split_of_name("train-00000-of-00001.parquet") == "train"
     assert split_of_name("contest.jsonl") == "train"
     assert split_of_name("animal_abuse") == "train"
+
+
+def test_contradicting_safety_labels_are_kept_flagged(tmp_path: Path) -> None:
+    """A safety flag that disagrees with its harmless rate is kept, counted and listed."""
+    records = [valid_record(i) for i in range(6)]
+    records[2] = valid_record(2, is_response_2_safe="False")  # rate +2 but "unsafe"
+    records[4] = valid_record(4, is_response_1_safe="True", is_response_2_safe="False")
+    metrics, out = run_import(tmp_path, write_parquet(tmp_path / "bt.parquet", records))
+    assert metrics["n_rejected"] == 0 and metrics["n_flagged"] == 3
+    flagged = [json.loads(line) for line in (out / "flagged.jsonl").read_text().splitlines()]
+    assert [(f["index"], f["field"]) for f in flagged] == [
+        (2, "is_response_2_safe"),
+        (4, "is_response_1_safe"),
+        (4, "is_response_2_safe"),
+    ]
+    assert "harmless_rate=2" in flagged[0]["error"]
+    (tmp_path / "clean").mkdir()
+    clean, out = run_import(tmp_path / "clean", write_parquet(tmp_path / "ok.parquet", records[:2]))
+    assert clean["n_flagged"] == 0 and (out / "flagged.jsonl").read_text() == ""

@@ -111,9 +111,10 @@ def _stage_config(stage: str, common: argparse.Namespace, rest: list[str]):
     )
 
 
-def _n_rejected(stage_dir: Path) -> int:
+def _count(stage_dir: Path, key: str) -> int:
+    """``metrics.json[key]`` of a stage folder (0 when absent)."""
     try:
-        return int(json.loads((stage_dir / "metrics.json").read_text()).get("n_rejected", 0))
+        return int(json.loads((stage_dir / "metrics.json").read_text()).get(key, 0))
     except (OSError, ValueError):
         return 0
 
@@ -123,11 +124,17 @@ def _print_summary(run_dir: Path, results: dict) -> None:
     for stage in results:
         d = run_dir / stage
         print(f"  {stage:8s} {d}/  (metrics: {d / 'metrics.json'})")
-        rejects = _n_rejected(d)
+        rejects = _count(d, "n_rejected")
         if rejects:
             print(
                 f"  {'':8s} WARNING: {rejects} input record(s) rejected; "
                 f"each is listed with its field in {d / 'rejects.jsonl'}"
+            )
+        flagged = _count(d, "n_flagged")
+        if flagged:
+            print(
+                f"  {'':8s} NOTE: {flagged} kept record label(s) contradict their harmless rate; "
+                f"listed in {d / 'flagged.jsonl'}"
             )
         if (d / "overview.html").is_file():
             print(f"  {'':8s} plots: {d / 'overview.html'} (open in a browser)")

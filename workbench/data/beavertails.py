@@ -40,8 +40,8 @@ from tqdm.auto import tqdm
 
 from ..config import DataConfig
 from ..runs import write_jsonl
-from .schema import ImageRef, RecordError, validate_record
-from .store import IMAGES_DIR, REJECTS_FILE, write_data_dir
+from .schema import ImageRef, RecordError, label_conflicts, validate_record
+from .store import FLAGGED_FILE, IMAGES_DIR, REJECTS_FILE, write_data_dir
 
 #: What :func:`iter_raw_records` yields: (split, source file, index in file, raw record,
 #: directory that relative image paths are resolved against). The raw record is a dict, or a
@@ -59,6 +59,7 @@ METADATA_FILES = frozenset(
         "config.json",
         "metrics.json",
         "rejects.jsonl",
+        "flagged.jsonl",
     }
 )
 #: Marker files of a ``datasets`` ``save_to_disk`` directory.
@@ -349,6 +350,7 @@ def import_beavertails(cfg: DataConfig, out_dir: Path, progress: bool = True) ->
     records: list[dict[str, Any]] = []  # valid, in input order; "split" decided below
     image_hash: dict[str, str] = {}  # id -> SHA-1 of the image bytes
     rejects: list[dict[str, Any]] = []
+    flagged: list[dict[str, Any]] = []
     by_field: Counter[str] = Counter()
     n_input = 0
 
@@ -376,6 +378,10 @@ def import_beavertails(cfg: DataConfig, out_dir: Path, progress: bool = True) ->
             )
             by_field[err.field] += 1
             continue
+        for conflict in label_conflicts(rec):  # kept, but never without a word
+            flagged.append(
+                {"source": src, "index": index, "split": split, "id": rec_id, **conflict}
+            )
         records.append({"id": rec_id, "split": split, **rec})
 
     if n_input == 0:
@@ -424,6 +430,13 @@ def import_beavertails(cfg: DataConfig, out_dir: Path, progress: bool = True) ->
     metrics["n_input"] = n_input
     metrics["eval_from"] = eval_from
     metrics["rejects_by_field"] = dict(sorted(by_field.items()))
+    write_jsonl(out_dir / FLAGGED_FILE, flagged)
+    metrics["n_flagged"] = len(flagged)
+    if flagged and progress:
+        print(
+            f"[data] {len(flagged)} label(s) contradict their harmless rate; the records are "
+            f"kept and listed in {out_dir / FLAGGED_FILE}"
+        )
     return metrics
 
 

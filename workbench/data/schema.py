@@ -243,8 +243,10 @@ def validate_record(
     fields not in the schema are kept as they are) and where its image is. Raises
     :class:`RecordError` naming ``index`` and the first bad field.
 
-    Label consistency: ``safer_response_id`` must not point at the response with the strictly
-    lower harmless rate.
+    An empty response is rejected (there is nothing to prefer or to train on). Label
+    consistency: ``safer_response_id`` must not point at the response with the strictly lower
+    harmless rate. A safety flag that contradicts its harmless rate is kept, and reported by
+    :func:`label_conflicts`.
     """
     if not isinstance(raw, dict):
         raise RecordError(index, "<record>", f"expected a mapping, got {type(raw).__name__}")
@@ -265,7 +267,7 @@ def validate_record(
         return rec, image_ref
 
     for i in (1, 2):
-        rec[f"response_{i}"] = _text(index, f"response_{i}", rec[f"response_{i}"], allow_empty=True)
+        rec[f"response_{i}"] = _text(index, f"response_{i}", rec[f"response_{i}"])
         rec[f"response_{i}_from"] = str(rec[f"response_{i}_from"])
         rec[f"response_{i}_helpful_rate"] = _int_in(
             index, f"response_{i}_helpful_rate", rec[f"response_{i}_helpful_rate"], *HELPFUL_RANGE
@@ -294,6 +296,24 @@ def validate_record(
             f"{rec[f'response_{other}_harmless_rate']}",
         )
     return rec, image_ref
+
+
+def label_conflicts(rec: dict[str, Any]) -> list[dict[str, Any]]:
+    """The labels of a validated pair that contradict each other without making it unusable:
+    ``is_response_N_safe`` true with a negative harmless rate, or false with a positive one
+    (a rate of 0 fits either). One entry per field: ``field`` and ``error``. The importer keeps
+    such records, counts them and lists them in ``flagged.jsonl``."""
+    out = []
+    for i in (1, 2):
+        safe, rate = rec[f"is_response_{i}_safe"], rec[f"response_{i}_harmless_rate"]
+        if (safe and rate < 0) or (not safe and rate > 0):
+            out.append(
+                {
+                    "field": f"is_response_{i}_safe",
+                    "error": f"is_response_{i}_safe={safe} but response_{i}_harmless_rate={rate}",
+                }
+            )
+    return out
 
 
 #: The one severity palette (figures, the guard's notebook, the demo's badges): a colour per

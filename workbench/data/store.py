@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 SPLIT_FILES = {"train": "train.jsonl", "eval": "eval.jsonl", "test": "test_prompts.jsonl"}
 IMAGES_DIR = "images"
 REJECTS_FILE = "rejects.jsonl"
+#: Records kept although two of their labels disagree (``schema.label_conflicts``).
+FLAGGED_FILE = "flagged.jsonl"
 
 
 @dataclass
