@@ -194,3 +194,51 @@ def test_lora_stage_after_a_lora_policy_keeps_its_weights(data_run, tmp_path):
         want = reference(**batch).logits
         got = reloaded(**batch).logits
     assert torch.allclose(want, got, atol=1e-4)
+
+
+def test_bf16_precision_sees_every_optimiser_step():
+    """Inside ``precision`` (bf16 autocast) matmuls run in bf16, and a forward after an
+    optimiser step uses the updated weights: a whole stage runs in one autocast context, so
+    autocast's weight cache would otherwise hide every update."""
+    from workbench.config import ConfigError
+    from workbench.train.common import precision
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(8, 1)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.5)
+    x = torch.ones(4, 8)
+    with precision(SFTConfig.smoke().replace(mixed_precision="bf16")):
+        first = layer(x)
+        assert first.dtype == torch.bfloat16
+        first.pow(2).mean().backward()
+        opt.step()
+        second = layer(x)
+    assert not torch.equal(first, second)
+    with precision(SFTConfig.smoke()):
+        assert layer(x).dtype == torch.float32
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        SFTConfig(mixed_precision="fp16")
+
+
+def test_gradient_checkpointing_is_a_config_switch():
+    from workbench.train.common import starting_model
+
+    model, _ = starting_model(SFTConfig.smoke().replace(gradient_checkpointing=True), None)
+    assert model.is_gradient_checkpointing
+    model, _ = starting_model(SFTConfig.smoke(), None)
+    assert not model.is_gradient_checkpointing
+
+
+@pytest.mark.slow
+def test_sft_smoke_stage_in_bf16_learns_like_fp32(smoke_score_runs, tmp_path):
+    """``sft --mixed-precision bf16``: the stage runs under bf16 autocast and reaches the
+    fp32 stage's eval loss (the shared smoke run's SFT) within a small margin."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "data").symlink_to(smoke_score_runs[0] / "data")
+    cfg = SFTConfig.smoke().replace(mixed_precision="bf16")
+    metrics = wb.run_stage("sft", run, cfg, progress=False)
+    fp32 = wb.runs.load_metrics(smoke_score_runs[0], "sft")
+    assert metrics["mixed_precision"] == "bf16" and fp32["mixed_precision"] == "no"
+    assert metrics["train_loss_last"] < 0.5 * metrics["train_loss_first"]
+    assert abs(metrics["eval_loss"] - fp32["eval_loss"]) < 0.1

@@ -248,9 +248,26 @@ class ModelStageConfig(StageConfig):
     threads: int = 0
     """torch CPU threads; 0 (the default) keeps torch's default. Smoke presets use 1.
     History: docs/tuning.md"""
+    mixed_precision: str = "no"
+    """``no`` (fp32, the default) or ``bf16``: the stage's forward passes run under bf16
+    autocast. (fp16 needs a loss scaler, which is not wired yet.)"""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass instead of keeping them (less memory, more
+    time). Default false."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self._check(
+            self.mixed_precision in MIXED_PRECISION,
+            "mixed_precision",
+            f"must be one of {MIXED_PRECISION} (fp16 needs a loss scaler that is not wired yet; "
+            f"use bf16)",
+        )
+        self._check(
+            isinstance(self.gradient_checkpointing, bool),
+            "gradient_checkpointing",
+            "must be true or false",
+        )
         self._positive("lora_r", "lora_alpha", "batch_size", "max_steps", "eval_batch_size")
         self._check(isinstance(self.lr, int | float) and self.lr > 0, "lr", "must be > 0")
         self._check(
@@ -671,6 +688,8 @@ class PPOConfig(ModelStageConfig):
 #: Demonstration sets of PPO's PTX term (``PPOConfig.ptx_data``).
 PTX_DATA = ("all", "safe", "preferred")
 
+#: ``ModelStageConfig.mixed_precision`` values.
+MIXED_PRECISION = ("no", "bf16")
 #: The kinds of PPO run: learned λ, λ ≡ 0, λ fixed at ``lambda_init``.
 PPO_KINDS = ("lagrangian", "reward_only", "fixed_lambda")
 #: The tiny VLM architectures ``SFTConfig.tiny_family`` can build (``models.families``).

@@ -20,7 +20,7 @@ from typing import Any
 
 from transformers.utils import logging as hf_logging
 
-from .config import ConfigError, StageConfig
+from .config import ConfigError, ModelStageConfig, StageConfig
 from .runs import (
     DEFAULT_RUN_DIR,
     atomic_write_json,
@@ -32,6 +32,7 @@ from .runs import (
     stage_dir,
 )
 from .stages import STAGE_NAMES, STAGES, Stage, get_stage
+from .train.common import precision
 from .train.distributed import distributed
 
 #: Written into the partial directory of a resumable stage: the config its checkpoints belong to.
@@ -115,7 +116,8 @@ def run_stage(
         print(f"[{stage}] resuming from the checkpoints in {out_dir}")
     start = time.perf_counter()
     try:
-        metrics = spec.run(cfg, out_dir, run_dir, progress)
+        with precision(cfg):
+            metrics = spec.run(cfg, out_dir, run_dir, progress)
     except Exception:
         if (
             not resumable and dist.is_main
@@ -123,6 +125,8 @@ def run_stage(
             _discard_partial(out_dir)
         raise
     metrics["wall_time_s"] = round(time.perf_counter() - start, 2)
+    if isinstance(cfg, ModelStageConfig):
+        metrics["mixed_precision"] = cfg.mixed_precision
     if not dist.is_main:
         dist.barrier()
         return metrics

@@ -3,6 +3,7 @@ batches over records, and the starting model of a stage (tiny VLM, a local HF VL
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from collections.abc import Callable, Iterator, Sequence
@@ -15,6 +16,19 @@ import torch
 from ..config import AnalyzeConfig, ModelStageConfig
 from ..models.adapters import apply_lora, load_policy
 from ..models.families import build_tiny_vlm_family
+
+
+def precision(cfg: Any) -> contextlib.AbstractContextManager[Any]:
+    """The stage's numeric precision: bf16 autocast for ``mixed_precision = "bf16"``, else
+    nothing (fp32). The pipeline runs a model stage inside it, so every forward pass of its
+    trainers, of generation and of scoring uses it. The models stay on the CPU for now
+    (docs/design.md §5.7): autocast is the CPU's."""
+    if getattr(cfg, "mixed_precision", "no") == "bf16":
+        # no weight cache: autocast keeps the bf16 copies of the weights until its outermost
+        # context exits, and a whole stage runs in one context, so cached copies would hide
+        # every optimiser step from the forward passes (training would not move)
+        return torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False)
+    return contextlib.nullcontext()
 
 
 def setup(cfg: ModelStageConfig | AnalyzeConfig) -> None:
@@ -130,4 +144,6 @@ def starting_model(cfg: ModelStageConfig, default_path: Path | None, family: str
         model = model.merge_and_unload()  # full training starts from the merged weights
     if cfg.lora:
         model = apply_lora(model, list(cfg.lora_targets), r=cfg.lora_r, alpha=cfg.lora_alpha)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model, processor
