@@ -19,6 +19,8 @@ BENCHES: dict[str, str] = {
     "ppo": "workbench.bench.ppo",
     # the Gradio demo: start time, 32 concurrent clients, latency percentiles
     "demo": "workbench.bench.demo",
+    # the GPU check: bf16 smoke pipeline, kernels, PPO memory, one table
+    "gpu": "workbench.bench.gpu",
 }
 """Benchmark name -> module with ``main(argv: list[str]) -> int``."""
 

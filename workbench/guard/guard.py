@@ -306,10 +306,10 @@ class GuardModel(ScoreModel):
                 [self.query_severe_cutoff if r is None else self.severe_cutoff for r in chunk]
             )
             out["level"].append(decide_levels(probs, cutoffs).cpu().numpy())
-            out["level_probs"].append(probs.cpu().numpy())
+            out["level_probs"].append(probs.float().cpu().numpy())
             cprobs = logits.float().softmax(-1)
             out["category"].append(cprobs.argmax(-1).cpu().numpy())
-            out["category_probs"].append(cprobs.cpu().numpy())
+            out["category_probs"].append(cprobs.float().cpu().numpy())
         self.train(was_training)
         if not out["level"]:
             return {

@@ -653,7 +653,11 @@ def train_preference(
         loss.backward()
         optimizer_step(model.parameters(), opt, sched)
         losses.append(float(loss.detach()))
-        accuracies.append(ranking_accuracy(high.detach().cpu().numpy(), low.detach().cpu().numpy()))
+        accuracies.append(
+            ranking_accuracy(
+                high.detach().float().cpu().numpy(), low.detach().float().cpu().numpy()
+            )
+        )
         if step % 10 == 0 or step == cfg.max_steps - 1:
             bar.set_postfix(loss=f"{_mean(losses[-20:]):.3f}", acc=f"{_mean(accuracies[-20:]):.2f}")
 
