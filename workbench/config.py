@@ -25,6 +25,21 @@ class ConfigError(ValueError):
     """An invalid config value; the message names the config class and the field."""
 
 
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A config file's JSON object; a missing file, invalid JSON or anything but an object is
+    a :class:`ConfigError` that names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object")
+    return values
+
+
 @dataclass
 class StageConfig:
     """Base class: seed, JSON round trip and the validation helpers."""
@@ -113,16 +128,7 @@ class StageConfig:
 
     @classmethod
     def from_json(cls, path: str | Path, base: StageConfig | None = None) -> Self:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            values = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"config file {path} must hold a JSON object")
-        return cls.from_dict(values, base)
+        return cls.from_dict(read_config_file(path), base)
 
     def replace(self, **changes: Any) -> Self:
         return dataclasses.replace(self, **changes)

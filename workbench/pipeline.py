@@ -20,7 +20,7 @@ from typing import Any
 
 from transformers.utils import logging as hf_logging
 
-from .config import ConfigError, ModelStageConfig, StageConfig
+from .config import ConfigError, ModelStageConfig, StageConfig, read_config_file
 from .runs import (
     DEFAULT_RUN_DIR,
     atomic_write_json,
@@ -194,14 +194,7 @@ def pipeline_sections(config_file: str | Path | None) -> dict[str, dict[str, Any
     if config_file is None:
         return {}
     path = Path(config_file)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        sections = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
-    if not isinstance(sections, dict):
-        raise ConfigError(f"config file {path} must hold a JSON object, one section per stage")
+    sections = read_config_file(path)
     unknown = sorted(set(sections) - set(STAGE_NAMES))
     if unknown:
         raise ConfigError(
