@@ -487,6 +487,7 @@ def test_model_judge_for_data_without_gold(analyzed, tmp_path):
         "analyze", run, wb.resolve_config("analyze", smoke=True, judge="models"), progress=False
     )
     assert m["judge"] == "models"
+    assert any("optimised against" in note for note in m["notes"])  # the caveat is said
     assert (
         first_key_containing(m["base"], "refusal") is None
     )  # the answer forms are the gold oracle's

@@ -59,6 +59,12 @@ def run_analyze_stage(
     notes: list[str] = []
     systems = collect_systems(run_dir, prompts, images, cfg, notes)
     judge, judge_name = make_judge(cfg, run_dir, prompts, images)
+    if judge_name == "models":  # said wherever a figure is shown, never left implicit
+        notes.append(
+            "judge: this run's own reward and cost models, the ones PPO optimised against; "
+            "they flatter the PPO policies, so read these figures as the policies' own view, "
+            "not as an independent judgement"
+        )
     groups = prompt_groups(prompts)
     # the answer forms come from the gold oracle; the model judge (real data) has none
     forms = judge_name == "gold"
