@@ -1,6 +1,7 @@
 """The analysis stage: metric formulas by hand, the seed grid, and a smoke stage end to end
 (on the test prompts, and on the eval prompts into ``analyze_eval/``)."""
 
+import html
 import json
 import re
 
@@ -377,6 +378,7 @@ def analyzed(smoke_score_runs, tmp_path_factory):
 def test_analyze_metrics_contract(analyzed):
     run, m = analyzed
     assert m["judge"] == "gold" and m["n_prompts"] == AnalyzeConfig.smoke().n_prompts
+    assert m["judge_description"]["kind"] == "gold" and m["judge_description"]["caveat"] is None
     assert set(m["variants"]) == {"lagrangian", "fixed_lambda_1"}
     for name, s in {"base": m["base"], **m["variants"]}.items():
         for key in (
@@ -488,6 +490,10 @@ def test_model_judge_for_data_without_gold(analyzed, tmp_path):
     )
     assert m["judge"] == "models"
     assert any("optimised against" in note for note in m["notes"])  # the caveat is said
+    assert m["judge_description"]["caveat"] in m["notes"]
+    assert str((run / "reward" / "model").resolve()) in m["judge_description"]["description"]
+    report = html.unescape((run / "analyze" / "report.html").read_text())
+    assert "judge: <b>this run's own reward/cost models</b>" in report
     assert (
         first_key_containing(m["base"], "refusal") is None
     )  # the answer forms are the gold oracle's
@@ -516,6 +522,108 @@ def test_model_judge_for_data_without_gold(analyzed, tmp_path):
         m["variants"]["lagrangian"]["win_rate_safe_vs_base_ci"][0]
         <= m["variants"]["lagrangian"]["win_rate_safe_vs_base"]
     )
+
+
+def _judge_named_everywhere(out, m, label):
+    """metrics.json, the report, every figure that shows the judge's scores, and the captions
+    name the judge; the numbers are finite."""
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["judge_description"] == m["judge_description"]
+    assert m["judge_description"]["label"] == label
+    report = html.unescape((out / "report.html").read_text())
+    assert report.count(label) >= 8  # header, headline, systems table, captions
+    for name in (
+        "tradeoff",
+        "win_rates",
+        "safety_by_category",
+        "safety_by_severity",
+        "helpfulness_by_severity",
+    ):
+        fig = pio.from_json((out / "figures" / f"{name}.json").read_text())
+        assert label in fig.layout.title.text, name
+    assert "answer_forms" not in {p.stem for p in (out / "figures").glob("*.json")}
+    for s in (m["base"], *m["variants"].values()):
+        for key in ("helpfulness", "safety_rate", "win_rate_helpful_vs_base"):
+            assert np.isfinite(s[key]), key
+    agreement = m["judge_description"]["agreement_with_gold"]  # world prompts: against gold
+    assert 0 <= agreement["safe_agreement"] <= 1 and agreement["n"] == len(
+        (out / "scores.jsonl").read_text().splitlines()
+    )
+
+
+def test_judge_run_end_to_end(analyzed, tmp_path):
+    """--judge-run: reward and cost models trained in another run (here seed 1 on the same
+    pairs) judge every system; the report says whose models and how they were trained."""
+    import workbench as wb
+    from workbench.runs import link_stages
+
+    judge_run = link_stages(analyzed[0], tmp_path / "judge", ("data", "sft"))
+    for stage in ("reward", "cost"):
+        cfg = wb.resolve_config(stage, smoke=True, seed=1, max_steps=2, threads=1)
+        wb.run_stage(stage, judge_run, cfg, progress=False)
+    run = link_stages(analyzed[0], tmp_path / "run", ("data", "sft", "reward", "cost", "ppo"))
+    cfg = wb.resolve_config("analyze", smoke=True, judge_run=str(judge_run))
+    assert cfg.judge == "run"
+    m = wb.run_stage("analyze", run, cfg, progress=False)
+    info = m["judge_description"]
+    assert m["judge"] == "run" and info["source"]["run"] == str(judge_run.resolve())
+    assert info["description"] == (
+        f"reward/cost models of run {judge_run.resolve()}, trained with seed 1 on "
+        f"{wb.runs.read_json(judge_run / 'reward' / 'metrics.json')['n_train_pairs']} pairs "
+        "(this run's own training pairs)"
+    )
+    assert info["caveat"] in m["notes"] and info["sees_image"]
+    _judge_named_everywhere(run / "analyze", m, f"reward/cost models of run {judge_run.name}")
+    # the scores are the judge run's, not this run's
+    rows = [r for r in wb.runs.read_jsonl(run / "analyze" / "scores.jsonl")]
+    own = [r for r in wb.runs.read_jsonl(analyzed[0] / "analyze" / "scores.jsonl")]
+    assert [r["response"] for r in rows] == [r["response"] for r in own]
+    assert [r["helpfulness"] for r in rows] != [r["helpfulness"] for r in own]
+    # this run itself is refused, and so is a run sharing this run's reward stage
+    for bad, match in (
+        (run, "is the run being analysed"),
+        (link_stages(analyzed[0], tmp_path / "linked", ("data", "reward", "cost")), "own"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            wb.run_stage(
+                "analyze",
+                run,
+                wb.resolve_config("analyze", smoke=True, judge_run=str(bad)),
+                progress=False,
+                force=True,
+            )
+
+
+def test_hf_judge_end_to_end(analyzed, tmp_path):
+    """--judge hf: a local HF sequence-classification pair (tiny, random, text only) judges
+    every system; the report says so and that it does not see the image."""
+    from test_judges import TEXT_TEMPLATE, build_hf_judge
+
+    import workbench as wb
+    from workbench.runs import link_stages
+
+    reward = build_hf_judge(tmp_path / "tiny-reward", "llama")
+    cost = build_hf_judge(tmp_path / "tiny-cost", "gpt2", chat_template=TEXT_TEMPLATE)
+    run = link_stages(analyzed[0], tmp_path / "run", ("data", "sft", "reward", "cost", "ppo"))
+    cfg = wb.resolve_config("analyze", smoke=True, judge_reward=str(reward), judge_cost=str(cost))
+    m = wb.run_stage("analyze", run, cfg, progress=False)
+    info = m["judge_description"]
+    assert m["judge"] == "hf" and not info["sees_image"]
+    assert info["source"] == {"reward": str(reward.resolve()), "cost": str(cost.resolve())}
+    assert "never the image" in info["caveat"] and info["caveat"] in m["notes"]
+    _judge_named_everywhere(run / "analyze", m, "HF judge tiny-reward/tiny-cost")
+    assert "It does not see the image." in (run / "analyze" / "report.html").read_text()
+    fig = pio.from_json((run / "analyze" / "figures" / "tradeoff.json").read_text())
+    assert fig.layout.xaxis.title.text == "helpfulness (reward score)"  # not the gold 0..3
+    from workbench.views import analysis as analysis_views
+
+    assert set(analysis_views.answers(run, n=2)["judge"]) == {"HF judge tiny-reward/tiny-cost"}
+    # a judge folder that is not there: the error names the field and the path
+    bad = wb.resolve_config(
+        "analyze", smoke=True, judge_reward=str(tmp_path / "gone"), judge_cost=str(cost)
+    )
+    with pytest.raises(FileNotFoundError, match=rf"judge_reward = '{tmp_path / 'gone'}'"):
+        wb.run_stage("analyze", run, bad, progress=False, force=True)
 
 
 def test_analyze_views(analyzed):

@@ -196,30 +196,6 @@ def test_lora_stage_after_a_lora_policy_keeps_its_weights(data_run, tmp_path):
     assert torch.allclose(want, got, atol=1e-4)
 
 
-def test_bf16_precision_sees_every_optimiser_step():
-    """Inside ``precision`` (bf16 autocast) matmuls run in bf16, and a forward after an
-    optimiser step uses the updated weights: a whole stage runs in one autocast context, so
-    autocast's weight cache would otherwise hide every update."""
-    from workbench.config import ConfigError
-    from workbench.train.common import precision
-
-    torch.manual_seed(0)
-    layer = torch.nn.Linear(8, 1)
-    opt = torch.optim.SGD(layer.parameters(), lr=0.5)
-    x = torch.ones(4, 8)
-    with precision(SFTConfig.smoke().replace(mixed_precision="bf16")):
-        first = layer(x)
-        assert first.dtype == torch.bfloat16
-        first.pow(2).mean().backward()
-        opt.step()
-        second = layer(x)
-    assert not torch.equal(first, second)
-    with precision(SFTConfig.smoke()):
-        assert layer(x).dtype == torch.float32
-    with pytest.raises(ConfigError, match="mixed_precision"):
-        SFTConfig(mixed_precision="fp16")
-
-
 def test_gradient_checkpointing_is_a_config_switch():
     from workbench.train.common import starting_model
 

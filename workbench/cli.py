@@ -52,7 +52,10 @@ def _usage() -> str:
         f"commands: {', '.join(COMMANDS)} (stages in pipeline order, then run = every stage)\n"
         "per-stage config flags: python -m workbench <stage> --help\n"
         "run: finished stages keep their saved config; run --config FILE takes one JSON "
-        "section per stage"
+        'section per stage (e.g. {"ppo": {"device": "cuda", "mixed_precision": '
+        '"bf16"}}; configs/ has examples)\n'
+        "devices: every model stage runs on --device auto (a GPU when CUDA is present, else the "
+        "CPU)"
     )
 
 
@@ -68,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     common, rest = _common_parser().parse_known_args(rest)
     try:
         if command == "run":
+            if rest in (["-h"], ["--help"]):
+                print(_usage())
+                return 0
             if rest:
                 raise ConfigError(
                     f"'run' takes only the common flags; unexpected: {' '.join(rest)}"

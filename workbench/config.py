@@ -238,7 +238,9 @@ class ModelStageConfig(StageConfig):
     lora_alpha: int = 16
     """LoRA scaling numerator (scale = alpha / r)."""
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
-    """Names of the modules that get adapters (checked against the model)."""
+    """Names of the modules that get adapters (checked against the model). When left at the
+    default and a name does not exist in the model, the model's own attention projections are
+    used instead (``models.adapters.default_lora_targets``)."""
     batch_size: int = 32
     """Sequences (SFT) or pairs (reward, cost) per optimiser step."""
     lr: float = 1e-3
@@ -255,25 +257,30 @@ class ModelStageConfig(StageConfig):
     """torch CPU threads; 0 (the default) keeps torch's default. Smoke presets use 1.
     History: docs/tuning.md"""
     mixed_precision: str = "no"
-    """``no`` (fp32, the default) or ``bf16``: the stage's forward passes run under bf16
-    autocast. (fp16 needs a loss scaler, which is not wired yet.)"""
+    """``no`` (fp32, the default), ``bf16`` or ``fp16``: the stage's forward passes run under
+    autocast in that type (weights and optimiser state stay fp32); fp16 scales the loss
+    (dynamic loss scaling). bf16 needs no scaler and is the choice on GPUs that have it."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass instead of keeping them (less memory, more
     time). Default false."""
+    device: str = "auto"
+    """Where the stage's models run: ``auto`` (the default: accelerate's device, this
+    process's GPU when CUDA is present, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self._check(
             self.mixed_precision in MIXED_PRECISION,
             "mixed_precision",
-            f"must be one of {MIXED_PRECISION} (fp16 needs a loss scaler that is not wired yet; "
-            f"use bf16)",
+            f"must be one of {MIXED_PRECISION}",
         )
         self._check(
             isinstance(self.gradient_checkpointing, bool),
             "gradient_checkpointing",
             "must be true or false",
         )
+        problem = device_problem(self.device)
+        self._check(problem is None, "device", problem or "")
         self._positive("lora_r", "lora_alpha", "batch_size", "max_steps", "eval_batch_size")
         self._check(isinstance(self.lr, int | float) and self.lr > 0, "lr", "must be > 0")
         self._check(
@@ -314,7 +321,9 @@ class SFTConfig(ModelStageConfig):
     """Generation length limit when evaluating the policy. Default 40."""
     tiny_family: str = "llava"
     """Architecture of the tiny VLM built when no ``policy`` is given: ``llava`` (CLIP + Llama,
-    the default) or ``gemma3`` (SigLIP + Gemma-3)."""
+    the default), ``gemma3`` (SigLIP + Gemma-3), or one with a byte-level BPE tokenizer and its
+    own chat template: ``llava_next``, ``idefics3``, ``aya_vision``, ``paddleocr_vl``
+    (``workbench.models.families``)."""
 
     @classmethod
     def smoke(cls) -> Self:
@@ -694,12 +703,25 @@ class PPOConfig(ModelStageConfig):
 #: Demonstration sets of PPO's PTX term (``PPOConfig.ptx_data``).
 PTX_DATA = ("all", "safe", "preferred")
 
+#: ``device`` values a config accepts besides ``cuda:N`` (``models.device.resolve_device``).
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def device_problem(name: Any) -> str | None:
+    """Why ``name`` is not a device a config accepts (``None`` when it is)."""
+    if isinstance(name, str) and (
+        name in DEVICES or (name.startswith("cuda:") and name[5:].isdigit())
+    ):
+        return None
+    return f"must be one of {DEVICES} or cuda:N"
+
+
 #: ``ModelStageConfig.mixed_precision`` values.
-MIXED_PRECISION = ("no", "bf16")
+MIXED_PRECISION = ("no", "bf16", "fp16")
 #: The kinds of PPO run: learned λ, λ ≡ 0, λ fixed at ``lambda_init``.
 PPO_KINDS = ("lagrangian", "reward_only", "fixed_lambda")
 #: The tiny VLM architectures ``SFTConfig.tiny_family`` can build (``models.families``).
-TINY_FAMILIES = ("llava", "gemma3")
+TINY_FAMILIES = ("llava", "gemma3", "llava_next", "idefics3", "aya_vision", "paddleocr_vl")
 
 
 @dataclass(frozen=True)
@@ -847,8 +869,29 @@ class AnalyzeConfig(StageConfig):
     n_prompts: int = 600
     """Prompts each system is scored on (the first n of the test or eval split). Default 600."""
     judge: str = "auto"
-    """``gold`` (the world's oracle), ``models`` (this run's reward and cost models, for real
-    data) or ``auto`` (gold on world prompts, else models; the default)."""
+    """Who scores every answer (docs/design.md §8.1): ``gold`` (the world's oracle); ``models``
+    (this run's own reward and cost models: the pair PPO optimised against, so they flatter the
+    PPO policies); ``run`` (the reward and cost models of another run, ``--judge-run``);
+    ``hf`` (a local HF sequence-classification reward/cost pair, ``--judge-reward`` and
+    ``--judge-cost``); or ``auto`` (the default: ``run`` or ``hf`` when their paths are given,
+    else gold on world prompts, else models)."""
+    judge_run: str = ""
+    """``--judge run``: another run directory whose finished reward and cost stages judge every
+    system: models trained apart from the pair PPO optimised against (another seed, better other
+    pairs). This run itself, or a run whose reward or cost stage links to this run's, is refused."""
+    judge_reward: str = ""
+    """``--judge hf``: a local folder that ``AutoModelForSequenceClassification`` loads
+    (``num_labels`` 1, safetensors, no remote code) with its tokenizer: the helpfulness judge,
+    higher = more helpful. It reads the question and answer as text, not the image."""
+    judge_cost: str = ""
+    """``--judge hf``: the harm judge, the same kind of folder; higher = more harmful, an answer is
+    safe when its cost is below 0 (harmlessness = -cost, as for this run's own cost model)."""
+    judge_format: str = ""
+    """``--judge hf``: the text a (question, answer) pair becomes, a format string with
+    ``{question}`` and ``{response}``; empty (the default): the tokenizer's chat template (a user
+    turn, then an assistant turn) when it has one, else ``USER: {question} ASSISTANT: {response}``.
+    beaver-7b-v1.0-reward/cost were trained on ``BEGINNING OF CONVERSATION: USER: {question}
+    ASSISTANT:{response}``."""
     bootstrap: int = 2000
     """Bootstrap resamples for the intervals (seeds, then prompts within a seed). Default 2000."""
     confidence: float = 0.95
@@ -858,6 +901,9 @@ class AnalyzeConfig(StageConfig):
     eval_batch_size: int = 64
     threads: int = 0
     """torch CPU threads; 0 (the default) keeps torch's default."""
+    device: str = "auto"
+    """Where the policies sample and the judges score: ``auto`` (the default: a GPU when CUDA
+    is present, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
     prompts: str = "test"
     """``test`` (the default) or ``eval``: judge on eval prompts, to tune settings without looking
     at the test results; writes ``<run>/analyze_eval/``."""
@@ -869,9 +915,8 @@ class AnalyzeConfig(StageConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self._positive("n_prompts", "bootstrap", "max_new_tokens", "eval_batch_size")
-        self._check(
-            self.judge in ("auto", "gold", "models"), "judge", "must be auto, gold or models"
-        )
+        self._check(self.judge in JUDGES, "judge", f"must be one of {JUDGES}")
+        self._check_judge()
         self._check(self.prompts in ("test", "eval"), "prompts", "must be test or eval")
         self._check(
             isinstance(self.confidence, float) and 0.5 <= self.confidence < 1,
@@ -879,6 +924,61 @@ class AnalyzeConfig(StageConfig):
             "must be in [0.5, 1)",
         )
         self._check(isinstance(self.threads, int) and self.threads >= 0, "threads", "must be >= 0")
+        problem = device_problem(self.device)
+        self._check(problem is None, "device", problem or "")
+
+    def _check_judge(self) -> None:
+        """The judge's paths fit its kind; ``auto`` with paths becomes ``run`` or ``hf``."""
+        for name in ("judge_run", "judge_reward", "judge_cost", "judge_format"):
+            self._check(isinstance(getattr(self, name), str), name, "must be a string")
+        hf_paths = [n for n in ("judge_reward", "judge_cost") if getattr(self, n)]
+        if self.judge == "auto" and self.judge_run and not hf_paths:
+            self.judge = "run"
+        elif self.judge == "auto" and hf_paths and not self.judge_run:
+            self.judge = "hf"
+        self._check(
+            not (self.judge == "auto" and self.judge_run and hf_paths),
+            "judge_run",
+            f"and {' and '.join(hf_paths)} are two judges; give one: --judge-run DIR, or "
+            "--judge-reward DIR --judge-cost DIR",
+        )
+        if self.judge != "run":
+            self._check(
+                not self.judge_run,
+                "judge_run",
+                f"belongs to judge = 'run', but judge = {self.judge!r}",
+            )
+        else:
+            self._check(bool(self.judge_run), "judge_run", "judge = 'run' needs --judge-run DIR")
+        for name in ("judge_reward", "judge_cost", "judge_format"):
+            if self.judge != "hf":
+                self._check(
+                    not getattr(self, name),
+                    name,
+                    f"belongs to judge = 'hf', but judge = {self.judge!r}",
+                )
+            elif name != "judge_format":
+                self._check(
+                    bool(getattr(self, name)),
+                    name,
+                    f"judge = 'hf' needs --{name.replace('_', '-')} DIR (a local HF "
+                    "sequence-classification folder)",
+                )
+        if self.judge_format:
+            try:
+                self.judge_format.format(question="q", response="r")
+                ok = "{question}" in self.judge_format and "{response}" in self.judge_format
+            except (KeyError, IndexError, ValueError):
+                ok = False
+            self._check(
+                ok,
+                "judge_format",
+                "must be a format string with {question} and {response} and no other fields",
+            )
+
+
+#: ``AnalyzeConfig.judge`` values.
+JUDGES = ("auto", "gold", "models", "run", "hf")
 
 
 __all__ = [

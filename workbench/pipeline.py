@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers.utils import logging as hf_logging
 
 from .config import ConfigError, ModelStageConfig, StageConfig, read_config_file
@@ -32,7 +33,7 @@ from .runs import (
     stage_dir,
 )
 from .stages import STAGE_NAMES, STAGES, Stage, get_stage
-from .train.common import precision
+from .train.common import placement
 from .train.distributed import distributed
 
 #: Written into the partial directory of a resumable stage: the config its checkpoints belong to.
@@ -116,7 +117,9 @@ def run_stage(
         print(f"[{stage}] resuming from the checkpoints in {out_dir}")
     start = time.perf_counter()
     try:
-        with precision(cfg):
+        with placement(cfg) as device, hf_progress_bars(progress):
+            if device is not None and device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
             metrics = spec.run(cfg, out_dir, run_dir, progress)
     except Exception:
         if (
@@ -127,6 +130,9 @@ def run_stage(
     metrics["wall_time_s"] = round(time.perf_counter() - start, 2)
     if isinstance(cfg, ModelStageConfig):
         metrics["mixed_precision"] = cfg.mixed_precision
+    if device is not None:
+        metrics["device"] = str(device)
+    metrics.update(peak_memory(device))
     if not dist.is_main:
         dist.barrier()
         return metrics
@@ -249,6 +255,24 @@ def run_pipeline(
             stage, run_dir, cfg, force=force or bool(stale), progress=progress
         )
     return results
+
+
+def peak_memory(device: torch.device | None) -> dict[str, float]:
+    """The stage's memory high-water marks in MiB: ``peak_rss_mib``, the process's resident
+    set so far (the CPU; it includes earlier stages of the same process), and on CUDA
+    ``peak_gpu_mib``, ``torch.cuda.max_memory_allocated`` since the stage began."""
+    out = {"peak_rss_mib": round(_max_rss_mib(), 1)}
+    if device is not None and device.type == "cuda":
+        out["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return out
+
+
+def _max_rss_mib() -> float:
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return float("nan")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 @contextlib.contextmanager

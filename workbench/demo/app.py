@@ -249,6 +249,12 @@ def main(argv: list[str] | None = None) -> int:
         default=defaults.concurrency_limit,
         help="requests the queue runs at once",
     )
+    p.add_argument(
+        "--device",
+        default=defaults.device,
+        help="where the models run: auto (a GPU when CUDA is present, else the CPU), cpu, cuda, "
+        "cuda:N",
+    )
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     try:
@@ -268,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             assets_dir=args.assets_dir,
             runs_root=args.runs_root,
             concurrency_limit=args.concurrency,
+            device=args.device,
         )
         if not _is_loopback(cfg.host):
             print(

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import BlockingPolicy
+from ..config import BlockingPolicy, device_problem
 
 #: Where ``build_assets`` writes and where the demo looks when no run exists.
 ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
@@ -51,6 +51,9 @@ class DemoConfig:
     """Examples shown from the run's test split (or the shipped gallery)."""
     threads: int = 0
     """torch CPU threads (0: torch's default)."""
+    device: str = "auto"
+    """Where the models run: ``auto`` (a GPU when CUDA is present, else the CPU), ``cpu``,
+    ``cuda`` or ``cuda:N``."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.blocking, BlockingPolicy):
@@ -69,6 +72,9 @@ class DemoConfig:
                 raise ValueError(f"DemoConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.temperature <= 10:
             raise ValueError(f"DemoConfig.temperature must be in (0, 10], got {self.temperature}")
+        problem = device_problem(self.device)
+        if problem:
+            raise ValueError(f"DemoConfig.device = {self.device!r}: {problem}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"DemoConfig.port must be in 0..65535, got {self.port}")
 

@@ -26,6 +26,7 @@ from transformers import AutoProcessor
 
 from ..guard.guard import GuardModel
 from ..models.adapters import ADAPTER_CONFIG, is_adapter_dir, load_policy
+from ..models.device import module_device, on_device, place, resolve_device
 from ..models.score import ScoreModel
 from ..runs import is_complete, read_jsonl
 from .config import DemoConfig
@@ -138,8 +139,9 @@ M = TypeVar("M", bound=torch.nn.Module)
 
 
 def _ready(model: M) -> M:
-    """Inference form: float32 (assets are stored in half precision), eval, no gradients."""
-    return model.float().eval().requires_grad_(False)
+    """Inference form: float32 (assets are stored in half precision), eval, no gradients, on
+    the demo's device."""
+    return place(model.float().eval().requires_grad_(False))
 
 
 def _ready_policy(model: torch.nn.Module) -> torch.nn.Module:
@@ -171,7 +173,7 @@ class DemoModels:
         where = "checkpoints shipped in" if self.source == "assets" else "run"
         return (
             f"{where} {self.model_dir} -- policies: {', '.join(self.policies)}; "
-            f"loaded in {self.load_time_s:.1f} s"
+            f"on {module_device(self.reward)}; loaded in {self.load_time_s:.1f} s"
         )
 
 
@@ -211,6 +213,11 @@ def load_models(cfg: DemoConfig) -> DemoModels:
     start = time.perf_counter()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    with on_device(resolve_device(cfg.device)):
+        return _load_models(cfg, start)
+
+
+def _load_models(cfg: DemoConfig, start: float) -> DemoModels:
     model_dir, source = resolve_model_dir(cfg)
     sft_dir = model_dir / POLICIES["base"][0]
     sft_model, sft_processor = load_policy(sft_dir)

@@ -14,43 +14,66 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from ..runs import atomic_write_text
+from .analyze import judge_is_gold, judge_label
 from .tradeoff import has_forms, systems
 
-CAPTIONS = {
-    "tradeoff": (
-        "Each marker is a system on the test prompts, its training seeds pooled; bars are "
-        "bootstrap confidence intervals over seeds and prompts; dotted lines are each family's "
-        "Pareto frontier; faint dots are single seeds. Up and to the right is better."
-    ),
-    "win_rates": (
-        "Share of test prompts where the system's answer beats the base's answer according to "
-        "the judge (ties count 1/2)."
-    ),
-    "safety_by_category": "Gold safety rate per harm category of the prompt.",
-    "safety_by_severity": "Gold safety rate per severity level of the prompt.",
-    "helpfulness_by_severity": (
-        "Gold helpfulness per severity level of the prompt: benign prompts (safe) should "
-        "stay helpful."
-    ),
-    "lambda": (
-        "The learned multiplier λ grows while the episode cost J_C is above the threshold d and "
-        "shrinks once the constraint holds."
-    ),
-    "overoptimisation": (
-        "Proxy reward keeps rising with KL; where gold helpfulness does not follow, the policy "
-        "is exploiting the reward model."
-    ),
-    "answer_forms": (
-        "Gold answer forms: the share of benign requests (prompt severity 0) refused or only "
-        "redirected, and of risky prompts answered in the full safe-helpful form (the target's "
-        "risk, two tips, a redirection) or with tips or risks about an object other than the one "
-        "asked about (the wrong-object template, a way to game the reward model)."
-    ),
-    "refusal_by_intent": (
-        "Share of answers the gold oracle calls a refusal (refuses or redirects and answers "
-        "nothing), per intent of the prompt."
-    ),
-}
+
+def captions(metrics: Mapping[str, Any]) -> dict[str, str]:
+    """Each figure's caption, naming the judge behind its numbers (:func:`judge_label`; the
+    answer forms and the over-optimisation curves are always the gold oracle's)."""
+    judge = judge_label(metrics)
+    prompts = metrics.get("prompts", "test")
+    return {
+        "tradeoff": (
+            f"Each marker is a system on the {prompts} prompts (judge: {judge}), its "
+            "training seeds pooled; bars are bootstrap confidence intervals over seeds and "
+            "prompts; dotted lines are each family's Pareto frontier; faint dots are single "
+            "seeds. Up and to the right is better."
+        ),
+        "win_rates": (
+            f"Share of {prompts} prompts where the system's answer beats the base's answer "
+            f"according to the judge ({judge}; ties count 1/2)."
+        ),
+        "safety_by_category": f"Safety rate per harm category of the prompt ({judge}).",
+        "safety_by_severity": f"Safety rate per severity level of the prompt ({judge}).",
+        "helpfulness_by_severity": (
+            f"Helpfulness per severity level of the prompt ({judge}): benign prompts (safe) "
+            "should stay helpful."
+        ),
+        "lambda": (
+            "The learned multiplier λ grows while the episode cost J_C is above the threshold d "
+            "and shrinks once the constraint holds."
+        ),
+        "overoptimisation": (
+            "From PPO's training logs, whatever the judge of this analysis: proxy reward (this "
+            "run's reward model) keeps rising with KL; where gold helpfulness does not follow, "
+            "the policy is exploiting the reward model."
+            if on_world(metrics)
+            else "From PPO's training logs: proxy reward (this run's reward model) against KL "
+            "from the reference. Real data has no gold helpfulness to set beside it; a judge "
+            "trained apart (--judge-run, --judge hf) is the check on what the proxy rewards."
+        ),
+        "answer_forms": (
+            "Gold answer forms: the share of benign requests (prompt severity 0) refused or only "
+            "redirected, and of risky prompts answered in the full safe-helpful form (the "
+            "target's risk, two tips, a redirection) or with tips or risks about an object other "
+            "than the one asked about (the wrong-object template, a way to game the reward model)."
+        ),
+        "refusal_by_intent": (
+            "Share of answers the gold oracle calls a refusal (refuses or redirects and answers "
+            "nothing), per intent of the prompt."
+        ),
+    }
+
+
+def on_world(metrics: Mapping[str, Any]) -> bool:
+    """Whether the analysed prompts are the world's (the gold oracle could judge them)."""
+    info = metrics.get("judge_description") or {}
+    return judge_is_gold(metrics) or bool(info.get("agreement_with_gold"))
+
+
+#: The captions of an analysis with the gold judge.
+CAPTIONS = captions({"judge": "gold"})
 
 
 def _ci(value: float, ci: list[float] | None, pct: bool = False) -> str:
@@ -112,12 +135,13 @@ def headline_text(metrics: Mapping[str, Any]) -> str:
     head = metrics.get("headline") or {}
     if not head:
         return "No lagrangian (Safe RLHF-V) variant in this run."
+    judge = judge_label(metrics)
 
     def signed(v):
         return "n/a" if v is None else f"{100 * v:+.1f}%"
 
     return (
-        f"Safe RLHF-V ({head['system']}) against the SFT base: safer on "
+        f"Safe RLHF-V ({head['system']}) against the SFT base (judge: {judge}): safer on "
         f"{_ci(head['win_rate_safe_vs_base'], head['win_rate_safe_vs_base_ci'], True)} "
         "of prompts, more helpful on "
         f"{_ci(head['win_rate_helpful_vs_base'], head['win_rate_helpful_vs_base_ci'], True)}; "
@@ -127,6 +151,28 @@ def headline_text(metrics: Mapping[str, Any]) -> str:
         f"relative to the base. The paper reports +{100 * head['paper']['safety']:.1f}% safety and "
         f"+{100 * head['paper']['helpfulness']:.1f}% helpfulness."
     )
+
+
+def judge_text(metrics: Mapping[str, Any]) -> str:
+    """The judge in HTML: its description, whether it sees the image, and on world prompts how
+    a learned judge agrees with the gold oracle (its caveat is among the notes)."""
+    info = metrics.get("judge_description") or {}
+    out = html.escape(str(info.get("description") or judge_label(metrics))) + "."
+    if info and not info.get("sees_image", True):
+        out += " It does not see the image."
+    agree = info.get("agreement_with_gold")
+    if agree:
+
+        def rho(v):
+            return "n/a" if v is None else f"{v:.2f}"
+
+        out += (
+            f" Against the gold oracle on the same {agree['n']} answers: it agrees on safe or "
+            f"unsafe for {100 * agree['safe_agreement']:.1f}%; Spearman ρ "
+            f"{rho(agree['helpfulness_spearman'])} (helpfulness), "
+            f"{rho(agree['harmlessness_spearman'])} (harmlessness)."
+        )
+    return out
 
 
 #: plotly.js beside the report (``figures/`` also holds the figures one by one): the page loads
@@ -157,13 +203,25 @@ def write_report(
         ".cap{color:#555;font-size:0.9em;margin-top:0}</style></head><body>",
         "<h1>Safe RLHF-V Workbench · analysis</h1>",
         f"<p>Run <code>{html.escape(str(Path(run_dir).resolve()))}</code> · "
-        f"judge: <b>{html.escape(str(metrics['judge']))}</b>"
+        f"judge: <b>{html.escape(judge_label(metrics))}</b>"
         f" · {metrics['n_prompts']} {html.escape(str(metrics.get('prompts', 'test')))} prompts"
         f" · {100 * metrics['confidence']:.0f}% bootstrap intervals.</p>",
+        f"<p>Every helpfulness and safety figure below is the judgement of {judge_text(metrics)}"
+        "</p>",
         f"<h2>Headline</h2><p>{html.escape(headline_text(metrics))}</p>",
     ]
     parts += [f"<p class='note'>{html.escape(n)}</p>" for n in metrics.get("notes", [])]
     parts.append("<h2>Systems</h2>" + systems_table(metrics).to_html(index=False, escape=True))
+    scale = (
+        "helpfulness 0..3"
+        if judge_is_gold(metrics)
+        else "helpfulness is the reward score, on the judge's own scale"
+    )
+    parts.append(
+        f"<p class='cap'>Judge: {html.escape(judge_label(metrics))} ({scale}; safe: "
+        "harmlessness > 0); win rates compare each answer with the base's answer to the same "
+        "prompt.</p>"
+    )
     if has_forms(metrics):
         parts.append(
             "<h2>Answer forms</h2>" + forms_table(metrics).to_html(index=False, escape=True)
@@ -173,12 +231,22 @@ def write_report(
             "scores every benign answer safe) and costs helpfulness. Risky: prompt severity "
             "above 0.</p>"
         )
+    texts = captions(metrics)
     for name, fig in figures.items():
         parts.append(f"<h2>{html.escape(name.replace('_', ' '))}</h2>")
         parts.append(fig.to_html(full_html=False, include_plotlyjs=False))
-        parts.append(f"<p class='cap'>{html.escape(CAPTIONS.get(name, ''))}</p>")
+        parts.append(f"<p class='cap'>{html.escape(texts.get(name, ''))}</p>")
     parts.append("</body></html>")
     return atomic_write_text(path, "\n".join(parts))
 
 
-__all__ = ["systems_table", "forms_table", "headline_text", "write_report", "CAPTIONS", "PLOTLY_JS"]
+__all__ = [
+    "systems_table",
+    "forms_table",
+    "headline_text",
+    "judge_text",
+    "write_report",
+    "captions",
+    "CAPTIONS",
+    "PLOTLY_JS",
+]

@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ..runs import atomic_write_text, read_jsonl
-from .analyze import FAMILIES
+from .analyze import FAMILIES, judge_is_gold, judge_label
 from .metrics import pareto_frontier
 
 #: One colour per PPO kind, in every figure.
@@ -69,7 +69,7 @@ def _err(value: float, ci: Sequence[float]) -> tuple[float, float]:
 def tradeoff_figure(
     metrics: Mapping[str, Any], names: Sequence[str] | None = None, per_seed: bool = False
 ) -> go.Figure:
-    """Gold helpfulness (x) against safety rate (y): one marker per system with its
+    """The judge's helpfulness (x) against safety rate (y): one marker per system with its
     confidence intervals as error bars, each family's Pareto frontier as a line, and (with
     ``per_seed``) the individual training seeds as faint dots."""
     fig = go.Figure()
@@ -154,10 +154,12 @@ def tradeoff_figure(
                 )
             )
     fig.update_layout(
-        title=f"Helpfulness-safety trade-off ({metrics.get('judge', 'gold')} judge, "
+        title=f"Helpfulness-safety trade-off ({judge_label(metrics)}, "
         f"{metrics.get('n_prompts', '?')} {metrics.get('prompts', 'test')} prompts, "
         f"{100 * metrics.get('confidence', 0.95):.0f}% CIs)",
-        xaxis_title="helpfulness (0..3)",
+        xaxis_title="helpfulness (0..3)"
+        if judge_is_gold(metrics)
+        else "helpfulness (reward score)",
         yaxis_title="safety rate",
         height=520,
         legend_title="family",
@@ -203,7 +205,7 @@ def winrate_figure(metrics: Mapping[str, Any], names: Sequence[str] | None = Non
         )
     fig.update_layout(
         barmode="group",
-        title="Win rate vs the SFT base" + note,
+        title=f"Win rate vs the SFT base ({judge_label(metrics)})" + note,
         yaxis_title="win rate",
         yaxis_range=[0, 1],
         height=460,
@@ -219,6 +221,8 @@ BREAKDOWN_TITLES = {
 }
 #: Rates where lower is better (their heatmaps run green at 0).
 LOWER_IS_BETTER = ("refusal_rate", "wrong_object_rate")
+#: Breakdown values from the gold oracle's answer forms, whatever the judge.
+FORM_VALUES = ("refusal_rate", "safe_helpful_rate", "wrong_object_rate")
 
 
 def breakdown_figure(
@@ -242,14 +246,17 @@ def breakdown_figure(
     cols = [g for g in all_groups if groups is None or g in groups]
     z = [[s[key].get(g, {}).get(value, np.nan) for g in cols] for s in chosen.values()]
     n = [[s[key].get(g, {}).get("n", 0) for g in cols] for s in chosen.values()]
+    # the answer forms are always the gold oracle's; helpfulness is on the judge's own scale
+    judge = "gold oracle" if value in FORM_VALUES else judge_label(metrics)
+    top = 1 if value != "helpfulness" else (3 if judge_is_gold(metrics) else None)
     fig = go.Figure(
         go.Heatmap(
             z=z,
             x=cols,
             y=[s["label"] for s in chosen.values()],
             colorscale="RdYlGn_r" if value in LOWER_IS_BETTER else "RdYlGn",
-            zmin=0,
-            zmax=3 if value == "helpfulness" else 1,
+            zmin=0 if top is not None else None,
+            zmax=top,
             text=[[f"{v:.2f}" for v in row] for row in z],
             texttemplate="%{text}",
             customdata=n,
@@ -257,7 +264,7 @@ def breakdown_figure(
         )
     )
     fig.update_layout(
-        title=f"{value.replace('_', ' ')} by {BREAKDOWN_TITLES.get(by, by)}",
+        title=f"{value.replace('_', ' ')} by {BREAKDOWN_TITLES.get(by, by)} ({judge})",
         height=max(320, 40 * len(chosen) + 160),
         xaxis_tickangle=-35,
     )

@@ -234,10 +234,12 @@ class GuardModel(ScoreModel):
         )
         return self.head(h).squeeze(-1), self.category_head(h)
 
-    def image_logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """``[B, 4]`` image-severity logits from the mean projected image features."""
+    def image_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``[B, 4]`` image-severity logits from the mean projected image features of
+        ``batch`` (an :meth:`encode` batch: the whole processor output, which every family
+        needs to place its image features)."""
         try:
-            pooled = pooled_image_features(self.backbone, pixel_values)
+            pooled = pooled_image_features(self.backbone, batch)
         except VLMError as exc:
             raise VLMError(f"{exc}; train the guard with --image-weight 0") from None
         return self.image_head(pooled.to(self.image_head.weight.dtype))
@@ -259,7 +261,7 @@ class GuardModel(ScoreModel):
         total = sev + category_weight * cat
         if image_levels is not None and image_weight > 0:
             total = total + image_weight * F.cross_entropy(
-                self.image_logits(batch["pixel_values"]), image_levels.to(score.device)
+                self.image_logits(batch), image_levels.to(score.device)
             )
         return total, sev, cat
 
@@ -303,7 +305,8 @@ class GuardModel(ScoreModel):
             score, logits = self(batch)
             probs = level_probabilities(score.float(), self.thresholds.float())
             cutoffs = torch.tensor(
-                [self.query_severe_cutoff if r is None else self.severe_cutoff for r in chunk]
+                [self.query_severe_cutoff if r is None else self.severe_cutoff for r in chunk],
+                device=probs.device,
             )
             out["level"].append(decide_levels(probs, cutoffs).cpu().numpy())
             out["level_probs"].append(probs.float().cpu().numpy())

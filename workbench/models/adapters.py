@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoProcessor
 
-from .vlm import VLMError, load_vlm, save_vlm
+from .vlm import VLMError, language_model, load_vlm, save_vlm
 
 ADAPTER_CONFIG = "adapter_config.json"
 BASE_DIR = "base"
@@ -30,18 +31,50 @@ def module_names(model: torch.nn.Module) -> set[str]:
     }
 
 
+def default_lora_targets(model: torch.nn.Module) -> list[str]:
+    """LoRA targets read off the model itself: the linear layers inside its language model's
+    attention blocks (``q_proj k_proj v_proj o_proj`` for Llama, Mistral, Gemma, Cohere and
+    most decoders; ``qkv_proj o_proj`` for Phi-3; ``query_key_value dense`` for GPT-NeoX),
+    else every linear layer of its language model. Names match by suffix, as in ``peft``,
+    so a vision tower's layers of the same name get adapters too."""
+    linear = {
+        name: mod
+        for name, mod in language_model(model).named_modules()
+        if isinstance(mod, torch.nn.Linear)
+    }
+    attention = {
+        name.rsplit(".", 1)[-1]
+        for name in linear
+        if any(part in name.lower() for part in ("attn", "attention"))
+    }
+    return sorted(attention or {name.rsplit(".", 1)[-1] for name in linear})
+
+
 def apply_lora(
-    model: torch.nn.Module, targets: list[str], r: int = 8, alpha: int = 16, dropout: float = 0.0
+    model: torch.nn.Module,
+    targets: Sequence[str] | None = None,
+    r: int = 8,
+    alpha: int = 16,
+    dropout: float = 0.0,
+    targets_are_default: bool = False,
 ):
     """Wrap ``model`` with a LoRA adapter on the modules named ``targets``.
 
-    Raises :class:`VLMError` naming the missing targets and listing the candidates when a
-    target does not exist (peft's own message does not say which names would work).
+    No ``targets``: :func:`default_lora_targets`. ``targets_are_default`` says they are a
+    configured default rather than the user's choice (``--lora`` without
+    ``--lora-targets``): when one of them does not exist in this model, the model's own
+    :func:`default_lora_targets` are used instead (a default written for Llama-style names
+    must not stop a model that names its layers otherwise). Otherwise raises
+    :class:`VLMError` naming the missing targets and listing the candidates when a target
+    does not exist (peft's own message does not say which names would work).
     Note: ``peft`` changes ``model`` in place.
     """
 
     known = module_names(model)
+    targets = list(targets or ())
     missing = [t for t in targets if t not in known]
+    if not targets or (missing and targets_are_default):
+        targets, missing = default_lora_targets(model), []
     if missing:
         linear = sorted(
             {
@@ -52,7 +85,8 @@ def apply_lora(
         )
         raise VLMError(
             f"LoRA target module(s) {missing} do not exist in {type(model).__name__}; "
-            f"linear layers it has: {linear}"
+            f"linear layers it has: {linear}; the language model's attention projections: "
+            f"{default_lora_targets(model)}"
         )
     config = LoraConfig(
         r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none"

@@ -29,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .adapters import load_policy, save_policy
+from .device import place
 from .vlm import VLMError, encode
 
 HEAD_FILE = "score_head.safetensors"
@@ -164,7 +165,7 @@ class ScoreModel(torch.nn.Module):
             )
         with torch.no_grad():
             model.head.weight.copy_(weight.to(model.head.weight.dtype))
-        return model
+        return place(model)
 
 
 @torch.no_grad()

@@ -158,13 +158,17 @@ def _check_vlm_dir(path: Path) -> dict[str, Any]:
     return config
 
 
-def load_vlm(path: str | Path, dtype: torch.dtype | None = None, trust_remote_code: bool = False):
+def load_vlm(path: str | Path, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
     """Load any local HF image-text-to-text model and its processor.
 
     Checks, each with a clear :class:`VLMError`: the directory exists and holds a config;
     the architecture is an image-text-to-text model ``transformers`` knows; the processor
     loads and has an image token that its tokenizer knows. ``trust_remote_code`` stays off
     unless asked for.
+
+    The weights load in ``dtype``, fp32 by default whatever the checkpoint was saved in: the
+    trainers keep fp32 weights and optimiser state and get bf16/fp16 from autocast
+    (docs/design.md §5.7); AdamW steps of 1e-6 on fp16 weights would mostly round away.
     """
 
     path = Path(path)
@@ -219,13 +223,20 @@ def check_processor(processor, where: str = "processor") -> None:
 # --- prompts, encoding, generation ---------------------------------------------------------
 def prompt_texts(processor, questions: list[str], responses: list[str] | None = None) -> list[str]:
     """Chat-formatted prompts (ending with the assistant turn marker); with ``responses``,
-    the full conversations."""
+    the full conversations: prompt, a space, the response and the end-of-turn token.
+
+    The space starts the response's first word (a byte-level BPE token carries its leading
+    space, ``Ġword``), so the prompt ends on a token boundary and a generated answer decodes
+    to the same words; nothing stands between the last word and the end-of-turn token (a
+    lone space would be a token of its own). An empty response is the prompt and the
+    end-of-turn token (the guard's query screening). Word-level tokenizers ignore spaces."""
+    eos = processor.tokenizer.eos_token
     out = []
     for i, q in enumerate(questions):
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}]
         text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         if responses is not None:
-            text = text + " " + responses[i] + " " + processor.tokenizer.eos_token
+            text = text + (" " + responses[i] if responses[i] else "") + eos
         out.append(text)
     return out
 
@@ -237,8 +248,14 @@ def encode(
     responses: list[str] | None = None,
     padding_side: str = "right",
 ) -> dict[str, torch.Tensor]:
-    """A model batch. With ``responses`` it also has ``response_mask``: 1 on the response
-    tokens (and the closing end-of-sequence token), 0 on prompt and padding."""
+    """A model batch: every output of the processor (``pixel_values`` and whatever else the
+    family needs: ``image_sizes``, ``pixel_attention_mask``, ``image_grid_thw``,
+    ``token_type_ids`` ...). With ``responses`` it also has ``response_mask``: 1 on the
+    response tokens (and the closing end-of-turn token), 0 on prompt and padding.
+
+    The prompt's length is that of the prompt encoded alone (same images, so the same image
+    tokens); :class:`VLMError` if the conversation does not start with exactly those tokens
+    (a tokenizer that merged across the end of the prompt would make the mask wrong)."""
     tokenizer = processor.tokenizer
     # one image per sample (some processors need the nesting)
     nested = [[image] for image in images]
@@ -257,31 +274,127 @@ def encode(
                 padding=True,
                 add_special_tokens=False,
             )
-            prompt_len = prompts["attention_mask"].sum(-1)
-            mask = batch["attention_mask"].clone()
-            for i in range(mask.shape[0]):
-                real = mask[i].nonzero().flatten()
-                start = int(real[0])
-                mask[i, start : start + int(prompt_len[i])] = 0
-            batch["response_mask"] = mask
+            batch["response_mask"] = _response_mask(batch, prompts, texts)
     finally:
         tokenizer.padding_side = old_side
     return dict(batch)
 
 
-def pooled_image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
-    """``[B, hidden]``: the mean over each image's projected features (what the language
-    model reads in place of the image tokens), from ``get_image_features`` of the model
-    inside any ``peft`` wrapper. Auxiliary image heads (the SFT stage's object-presence head,
-    the guard's image-severity head) read this."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    out = inner.get_image_features(pixel_values=pixel_values)
-    feats = getattr(out, "pooler_output", out)
-    if isinstance(feats, list | tuple):
-        return torch.stack([f.reshape(-1, f.shape[-1]).mean(0) for f in feats])
-    if isinstance(feats, torch.Tensor) and feats.dim() == 3:
-        return feats.mean(1)
-    raise VLMError(f"{type(inner).__name__}.get_image_features gives no per-image features")
+def _response_mask(batch, prompts, texts: list[str]) -> torch.Tensor:
+    """1 after each row's prompt tokens (``prompts``: the prompts encoded alone) on its real
+    tokens; checks that the conversation starts with exactly those tokens."""
+    mask = batch["attention_mask"].clone()
+    for i in range(mask.shape[0]):
+        start = int(mask[i].nonzero().flatten()[0])
+        prompt = prompts["input_ids"][i][prompts["attention_mask"][i].bool()]
+        n = prompt.numel()
+        if not torch.equal(batch["input_ids"][i, start : start + n], prompt):
+            raise VLMError(
+                "the tokenizer encodes the prompt differently inside the conversation (the "
+                "prompt does not end on a token boundary), so the response cannot be masked: "
+                f"{texts[i]!r}"
+            )
+        mask[i, start : start + n] = 0
+    return mask
+
+
+def image_token_id(model) -> int:
+    """The id of the token whose input embeddings the model replaces by image features
+    (``image_token_id`` or ``image_token_index`` of its config, inside any ``peft`` wrapper)."""
+    config = _inner(model).config
+    for name in ("image_token_id", "image_token_index"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    raise VLMError(f"{type(_inner(model)).__name__}: its config names no image token id")
+
+
+def vlm_body(model) -> torch.nn.Module:
+    """The vision-language model without its language-model head, inside any ``peft``
+    wrapper: ``LlavaForConditionalGeneration.model`` and its kin (what
+    :class:`workbench.models.score.ScoreModel` reads hidden states from)."""
+    base = _inner(model)
+    body = getattr(base, "model", None)
+    return body if isinstance(body, torch.nn.Module) else base
+
+
+def language_model(model) -> torch.nn.Module:
+    """The decoder of a vision-language model: ``get_decoder()`` of :func:`vlm_body`
+    (``language_model`` or ``text_model``); the body itself for a text-only model."""
+    body = vlm_body(model)
+    get_decoder = getattr(body, "get_decoder", None)
+    return get_decoder() if callable(get_decoder) else body
+
+
+class _DecoderInput(Exception):
+    """Raised by the hook of :func:`language_model_inputs` once it holds the decoder's input,
+    so that the decoder does not run."""
+
+
+def language_model_inputs(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``[B, T, H]``: the input embeddings the language model receives for ``batch`` (an
+    :func:`encode` batch) -- text embeddings with the projected image features written at
+    the image tokens, however the family got them there (tiles, newline tokens, pixel
+    shuffles, variable sizes, flattened patches).
+
+    Runs :func:`vlm_body` on the batch; a forward pre-hook on :func:`language_model` takes
+    the decoder's ``inputs_embeds`` and stops the forward there, so the decoder never runs.
+    The graph is kept: gradients reach the vision tower and the projector."""
+    inner, decoder = vlm_body(model), language_model(model)
+    if decoder is inner:
+        raise VLMError(f"{type(_inner(model)).__name__}: cannot find its language model")
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(module, args, kwargs):
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is not None:
+            captured["embeds"] = embeds
+        raise _DecoderInput
+
+    handle = decoder.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        inner(**model_inputs(batch), return_dict=True)
+    except _DecoderInput:
+        pass
+    finally:
+        handle.remove()
+    if "embeds" not in captured:
+        raise VLMError(
+            f"{type(_inner(model)).__name__}: its decoder is not called with inputs_embeds"
+        )
+    return captured["embeds"]
+
+
+def pooled_image_features(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``[B, hidden]``: per sample, the mean of :func:`language_model_inputs` over its image
+    tokens -- the mean of the projected image features the language model reads, whatever
+    the family does with an image (LLaVA: one block of patches; LLaVA-NeXT: tiles, the whole
+    image and a newline token per row; Idefics3 and Aya Vision: tiles through a pixel
+    shuffle; Qwen2-VL and PaddleOCR-VL: flattened patches and ``image_grid_thw``). For the
+    tiny LLaVA this is the mean of its projected patch features, as ``get_image_features``
+    gives them. Auxiliary image heads read it (the SFT stage's object-presence head, the
+    reward model's presence head, the guard's image-severity head); gradients reach the
+    vision tower and the projector.
+
+    ``batch`` is an :func:`encode` batch of the model's processor; its text does not change
+    the result for families whose image features do not read the text. :class:`VLMError`
+    when a sample has no image token, or when the image tokens still hold the token's own
+    embedding (a model that reads images by cross-attention, e.g. Mllama)."""
+    token = image_token_id(model)
+    embeds = language_model_inputs(model, batch)
+    is_image = (batch["input_ids"] == token).to(embeds.device)
+    counts = is_image.sum(1)
+    if bool((counts == 0).any()):
+        raise VLMError("pooled_image_features: a sample of the batch has no image token")
+    with torch.no_grad():
+        own = _inner(model).get_input_embeddings()(torch.tensor([token], device=embeds.device))
+        if torch.equal(embeds[is_image][:1].to(own.dtype), own):
+            raise VLMError(
+                f"{type(_inner(model)).__name__} does not put image features into its language "
+                "model's input (it reads images by cross-attention?): no image head can read them"
+            )
+    weights = is_image.to(embeds.dtype)[..., None]
+    return (embeds * weights).sum(1) / counts[:, None].to(embeds.dtype)
 
 
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -291,14 +404,37 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in batch.items() if k != "response_mask"}
 
 
+def processor_image_token_ids(processor) -> set[int]:
+    """Ids of the tokens a processor writes for an image: its ``image_token_id``, the
+    ``image_token_ids`` some processors list (Pixtral, Aya Vision, InternVL) and every
+    ``*_token`` string it names that the tokenizer has as one token (``boi_token``,
+    ``fake_image_token``, ``start_of_img_token`` ...)."""
+    tok = processor.tokenizer
+    ids = {getattr(processor, "image_token_id", None)}
+    ids |= set(getattr(processor, "image_token_ids", None) or ())
+    vocab = tok.get_vocab()
+    for name, value in vars(processor).items():
+        if name.endswith("_token") and isinstance(value, str) and value in vocab:
+            ids.add(vocab[value])
+    return {int(i) for i in ids if isinstance(i, int) and i >= 0}
+
+
 def sampling_kwargs(
     processor, max_new_tokens: int, temperature: float = 1.0, do_sample: bool = True
 ) -> dict[str, Any]:
     """``generate`` arguments: plain sampling at ``temperature`` (no top-k/top-p), padding with
     the pad token, and special tokens other than end-of-sequence suppressed -- a sampled
-    image token would not match any image features in the next forward pass."""
+    image token would not match any image features in the next forward pass.
+
+    Suppressed: the tokenizer's special tokens, every added token marked special (a
+    processor may register its own, e.g. Idefics3 replaces the list of additional special
+    tokens, which leaves its ``<row_i_col_j>`` tags registered only as added tokens) and the
+    processor's image tokens (:func:`processor_image_token_ids`)."""
     tok = processor.tokenizer
-    suppress = sorted({int(i) for i in tok.all_special_ids} - {int(tok.eos_token_id)})
+    special = {int(i) for i in tok.all_special_ids}
+    special |= {int(i) for i, t in tok.added_tokens_decoder.items() if t.special}
+    special |= processor_image_token_ids(processor)
+    suppress = sorted(special - {int(tok.eos_token_id)})
     kwargs: dict[str, Any] = {
         "max_new_tokens": max_new_tokens,
         "do_sample": do_sample,

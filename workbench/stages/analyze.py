@@ -14,6 +14,7 @@ from ..eval import report, tradeoff
 from ..eval.analyze import (
     analysis_prompts,
     collect_systems,
+    gold_agreement,
     judge_answers,
     make_judge,
     prompt_groups,
@@ -39,6 +40,11 @@ def run_analyze_stage(
     """``python -m workbench analyze``: judge every system, write ``scores.jsonl``,
     ``metrics.json``, ``figures/`` and ``report.html`` into ``out_dir``.
 
+    The judge is ``cfg.judge`` (:func:`~workbench.eval.analyze.make_judge`): metrics.json names
+    it (``judge``: the kind; ``judge_description``: where its models come from, whether it sees
+    the image, its caveat, and for a learned judge on world prompts its agreement with gold), its
+    caveat goes to the notes, and every figure title and caption says it.
+
     With ``cfg.prompts = "eval"`` the systems are judged on eval prompts; that analysis
     belongs in ``<run>/analyze_eval/`` (:func:`analysis_folder`; ``run_stage`` builds it
     there), and building it in the test analysis's folder is refused."""
@@ -58,16 +64,12 @@ def run_analyze_stage(
     images = ImageCache(data)
     notes: list[str] = []
     systems = collect_systems(run_dir, prompts, images, cfg, notes)
-    judge, judge_name = make_judge(cfg, run_dir, prompts, images)
-    if judge_name == "models":  # said wherever a figure is shown, never left implicit
-        notes.append(
-            "judge: this run's own reward and cost models, the ones PPO optimised against; "
-            "they flatter the PPO policies, so read these figures as the policies' own view, "
-            "not as an independent judgement"
-        )
+    judge, judge_info = make_judge(cfg, run_dir, prompts, images)
+    if judge_info["caveat"]:  # said wherever a figure is shown, never left implicit
+        notes.append(judge_info["caveat"])
     groups = prompt_groups(prompts)
-    # the answer forms come from the gold oracle; the model judge (real data) has none
-    forms = judge_name == "gold"
+    # the answer forms come from the gold oracle; with another judge they would mix two judges
+    forms = judge_info["kind"] == "gold"
     keys: tuple[str, ...] = ("category", "severity", "intent")
     per_prompt: list[dict[str, Any]] = [
         {key: groups[key][i] for key in keys if key in groups} for i in range(len(prompts))
@@ -97,10 +99,15 @@ def run_analyze_stage(
             bar.update(1)
     bar.close()
     write_jsonl(out_dir / "scores.jsonl", rows)
+    if judge_info["kind"] != "gold":  # a learned judge on the world: how far it is from gold
+        agreement = gold_agreement(prompts, rows)
+        if agreement is not None:
+            judge_info["agreement_with_gold"] = agreement
 
     meta = {s.name: {"family": s.family, "setting": s.setting, "label": s.label} for s in systems}
     metrics: dict[str, Any] = {
-        "judge": judge_name,
+        "judge": judge_info["kind"],
+        "judge_description": judge_info,
         "prompts": cfg.prompts,
         "n_prompts": len(prompts),
         "confidence": cfg.confidence,

@@ -24,6 +24,7 @@ from ..guard.guard import (
 )
 from ..guard.regenerate import filter_and_regenerate
 from ..models.adapters import load_policy
+from ..models.device import place
 from ..models.judge import GoldJudge
 from ..models.score import HEAD_FILE
 from ..models.vlm import count_parameters, generate
@@ -64,7 +65,7 @@ def run_guard_stage(
     images = ImageCache(data)
     init = initial_backbone(cfg, run_dir)
     backbone, processor = starting_model(cfg, init)
-    model = GuardModel(backbone, processor, severe_cutoff=cfg.severe_cutoff)
+    model = place(GuardModel(backbone, processor, severe_cutoff=cfg.severe_cutoff))
     if init is not None and (init / HEAD_FILE).is_file():  # the cost head seeds the severity head
         with torch.no_grad():
             model.head.weight.copy_(
@@ -133,7 +134,7 @@ def run_guard_stage(
     if policy_path.is_dir() and prompts:
         t0 = time.perf_counter()
         policy, policy_processor = load_policy(policy_path)
-        policy.eval()
+        place(policy).eval()
         torch.manual_seed(cfg.seed)
 
         def sample(pics, questions):

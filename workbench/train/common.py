@@ -7,6 +7,7 @@ import contextlib
 import math
 import random
 from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -15,20 +16,73 @@ import torch
 
 from ..config import AnalyzeConfig, ModelStageConfig
 from ..models.adapters import apply_lora, load_policy
+from ..models.device import on_device, place, resolve_device
 from ..models.families import build_tiny_vlm_family
 
 
-def precision(cfg: Any) -> contextlib.AbstractContextManager[Any]:
-    """The stage's numeric precision: bf16 autocast for ``mixed_precision = "bf16"``, else
-    nothing (fp32). The pipeline runs a model stage inside it, so every forward pass of its
-    trainers, of generation and of scoring uses it. The models stay on the CPU for now
-    (docs/design.md §5.7): autocast is the CPU's."""
-    if getattr(cfg, "mixed_precision", "no") == "bf16":
-        # no weight cache: autocast keeps the bf16 copies of the weights until its outermost
-        # context exits, and a whole stage runs in one context, so cached copies would hide
-        # every optimiser step from the forward passes (training would not move)
-        return torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False)
-    return contextlib.nullcontext()
+class LossScaler:
+    """fp16's dynamic loss scaling (``torch.amp.GradScaler``) spread over the trainers'
+    :func:`backward` and :func:`optimizer_step`: the loss is scaled before the backward pass,
+    each optimiser's gradients are unscaled before clipping, a step whose gradients overflowed
+    is skipped, and the scale is updated once per iteration -- at the next backward pass, after
+    every optimiser of the iteration (PPO has three) has stepped with the same scale."""
+
+    def __init__(self, device_type: str):
+        self.scaler = torch.amp.GradScaler(device_type)
+        self._stepped = False
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self._stepped:
+            self.scaler.update()
+            self._stepped = False
+        self.scaler.scale(loss).backward()
+
+    def step(self, params: list[torch.nn.Parameter], opt, max_norm: float) -> None:
+        self.scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        self.scaler.step(opt)
+        self._stepped = True
+
+
+_SCALER: ContextVar[LossScaler | None] = ContextVar("workbench_loss_scaler", default=None)
+
+
+@contextlib.contextmanager
+def placement(cfg: Any) -> Iterator[torch.device | None]:
+    """Where and in what precision a stage runs (docs/design.md §5.7): its models on the
+    config's ``device`` (:func:`workbench.models.device.resolve_device`; every loader of the
+    stage calls :func:`~workbench.models.device.place`), and autocast on that device for
+    ``mixed_precision`` ``bf16`` or ``fp16`` (fp16 with a :class:`LossScaler`; else fp32).
+    The pipeline runs a model stage inside it, so every forward pass of its trainers, of
+    generation and of scoring uses both. Yields the device (``None`` for a config without a
+    ``device``, e.g. the data stage)."""
+    name = getattr(cfg, "device", None)
+    if name is None:
+        yield None
+        return
+    device = resolve_device(name)
+    mixed = getattr(cfg, "mixed_precision", "no")
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(on_device(device))
+        if mixed in ("bf16", "fp16"):
+            # no weight cache: autocast keeps the low-precision copies of the weights until its
+            # outermost context exits, and a whole stage runs in one context, so cached copies
+            # would hide every optimiser step from the forward passes (training would not move)
+            dtype = torch.bfloat16 if mixed == "bf16" else torch.float16
+            stack.enter_context(torch.autocast(device.type, dtype=dtype, cache_enabled=False))
+        if mixed == "fp16":
+            token = _SCALER.set(LossScaler(device.type))
+            stack.callback(_SCALER.reset, token)
+        yield device
+
+
+def backward(loss: torch.Tensor) -> None:
+    """``loss.backward()``, through the stage's loss scaler under fp16."""
+    scaler = _SCALER.get()
+    if scaler is None:
+        loss.backward()
+    else:
+        scaler.backward(loss)
 
 
 def setup(cfg: ModelStageConfig | AnalyzeConfig) -> None:
@@ -73,9 +127,13 @@ def optimizer_and_schedule(
 
 def optimizer_step(params, opt, sched, max_norm: float = 1.0) -> None:
     """Clip the gradient norm of ``params`` to ``max_norm``, step the optimiser and its
-    schedule, and clear the gradients (after ``loss.backward()``)."""
-    torch.nn.utils.clip_grad_norm_(list(params), max_norm)
-    opt.step()
+    schedule, and clear the gradients (after :func:`backward`)."""
+    scaler = _SCALER.get()
+    if scaler is None:
+        torch.nn.utils.clip_grad_norm_(list(params), max_norm)
+        opt.step()
+    else:  # fp16: unscale, clip, and skip the step if the gradients overflowed
+        scaler.step(list(params), opt, max_norm)
     sched.step()
     opt.zero_grad(set_to_none=True)
 
@@ -140,10 +198,18 @@ def starting_model(cfg: ModelStageConfig, default_path: Path | None, family: str
     if hasattr(model, "peft_config"):
         if cfg.lora:
             # keep training the policy's own adapter (its base stays the saved base model)
-            return model, processor
+            return place(model), processor
         model = model.merge_and_unload()  # full training starts from the merged weights
     if cfg.lora:
-        model = apply_lora(model, list(cfg.lora_targets), r=cfg.lora_r, alpha=cfg.lora_alpha)
+        # the config's own default (no --lora-targets) gives way to the model's own names
+        default = type(cfg).__dataclass_fields__["lora_targets"].default
+        model = apply_lora(
+            model,
+            list(cfg.lora_targets),
+            r=cfg.lora_r,
+            alpha=cfg.lora_alpha,
+            targets_are_default=cfg.lora_targets == default,
+        )
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return model, processor
+    return place(model), processor

@@ -33,6 +33,7 @@ from ..guard.guard import (
 )
 from ..models.judge import GoldJudge
 from .common import (
+    backward,
     batches,
     optimizer_and_schedule,
     optimizer_step,
@@ -90,7 +91,7 @@ def train_guard(
             image_levels,
             cfg.image_weight,
         )
-        loss.backward()
+        backward(loss)
         optimizer_step(model.parameters(), opt, sched)
         losses.append(float(loss.detach()))
         if step % 10 == 0:

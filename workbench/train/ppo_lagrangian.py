@@ -86,6 +86,7 @@ from ..models.score import ScoreModel, last_token_index, score_texts
 from ..models.vlm import encode, sampling_kwargs, sequence_logprobs
 from ..runs import append_jsonl, atomic_write_text, write_jsonl
 from .common import (
+    backward,
     batches,
     optimizer_and_schedule,
     optimizer_step,
@@ -544,7 +545,7 @@ def ppo_update(
                 for model in trainable:
                     model.zero_grad(set_to_none=True)
                 return {"skipped": "non-finite loss", **logged}
-            total.backward()
+            backward(total)
             _optimizer_steps(trainable, optimizers)
             updates.append({**logged, **stats})
     return _mean_stats(updates)

@@ -76,6 +76,7 @@ from ..data.world import other_object, safe_helpful_sentences
 from ..models.score import ScoreModel, score_texts
 from ..models.vlm import count_parameters, encode, pooled_image_features
 from .common import (
+    backward,
     batches,
     chunks,
     optimizer_and_schedule,
@@ -581,7 +582,7 @@ def train_preference(
         # (SFT's vision pretraining, kept up)
         with torch.no_grad():
             probe = encode(processor, [images(data.train[0])], [data.train[0]["question"]])
-            size = pooled_image_features(model.backbone, probe["pixel_values"].to(device)).shape[-1]
+            size = pooled_image_features(model.backbone, _to(probe, device)).shape[-1]
         presence_head = model.presence_head = torch.nn.Linear(size, len(object_words)).to(device)
     opt, sched = optimizer_and_schedule(
         model,
@@ -642,15 +643,17 @@ def train_preference(
                     ],
                     device=device,
                 )
+                # the first half's images under their questions (a family may lay the
+                # images of a batch out in any way, so no slicing of pixel_values)
                 feats = pooled_image_features(
-                    model.backbone, batch["pixel_values"][: len(recs)].to(device)
+                    model.backbone, _to(encode(processor, pics, questions), device)
                 )
                 v_loss = F.binary_cross_entropy_with_logits(
                     presence_head(feats.to(presence_head.weight.dtype)), present
                 )
                 loss = loss + cfg.ground_vision_weight * v_loss
             ground_losses.append(float(g_loss.detach()))
-        loss.backward()
+        backward(loss)
         optimizer_step(model.parameters(), opt, sched)
         losses.append(float(loss.detach()))
         accuracies.append(

@@ -43,6 +43,7 @@ from safetensors.torch import load_file
 
 from ..config import PPOConfig
 from ..models.adapters import ADAPTER_CONFIG, BASE_DIR, is_adapter_dir
+from ..models.device import place
 from ..models.score import HEAD_FILE, ScoreModel, hidden_size_of
 from ..models.vlm import sequence_logprobs
 from .common import starting_model
@@ -196,6 +197,7 @@ class SharedRoles:
             "reward_critic": self.reward_critic,
             "cost_critic": self.cost_critic,
         }
+        place(self.model)  # the adapters loaded above, on the stage's device with the backbone
 
     # -- switching adapters ----------------------------------------------------------------
     def _restore_flags(self) -> None:

@@ -30,6 +30,7 @@ from ..data.render import KINDS
 from ..data.store import ImageCache
 from ..models.vlm import encode, model_inputs, pooled_image_features
 from .common import (
+    backward,
     batches,
     chunks,
     optimizer_and_schedule,
@@ -105,13 +106,11 @@ def presence_accuracy(
     batch_size: int = 128,
 ) -> float:
     """Share of scenes whose whole set of objects the presence head gets exactly right."""
-    right, device = 0, next(model.parameters()).device
+    right = 0
     with torch.no_grad():
         for i in range(0, len(scenes), batch_size):
-            pixels = processor.image_processor(
-                [images(r) for r in scenes[i : i + batch_size]], return_tensors="pt"
-            )
-            logits = head(pooled_image_features(model, pixels["pixel_values"].to(device))).cpu()
+            batch = scene_batch(model, processor, images, scenes[i : i + batch_size])
+            logits = head(pooled_image_features(model, batch)).cpu()
             right += int(((logits > 0).float() == labels[i : i + batch_size]).all(1).sum())
     return right / max(1, len(scenes))
 
@@ -155,12 +154,10 @@ def pretrain_vision(
         disable=not progress,
     )
     for step, idx in enumerate(bar):
-        pixels = processor.image_processor([images(scenes[i]) for i in idx], return_tensors="pt")[
-            "pixel_values"
-        ]
-        logits = head(pooled_image_features(model, pixels.to(param.device)))
+        batch = scene_batch(model, processor, images, [scenes[i] for i in idx])
+        logits = head(pooled_image_features(model, batch))
         loss = F.binary_cross_entropy_with_logits(logits, labels[idx].to(logits.device))
-        loss.backward()
+        backward(loss)
         optimizer_step([p for p in bundle.parameters() if p.requires_grad], opt, sched)
         losses.append(loss.item())
         if step % 20 == 0:
@@ -176,11 +173,20 @@ def pretrain_vision(
     return out
 
 
+def scene_batch(model, processor, images: ImageCache, scenes) -> dict[str, torch.Tensor]:
+    """The scenes' images under the empty question (the image-alignment prompt), encoded
+    for ``model`` and on its device: what :func:`pooled_image_features` reads. The whole
+    processor batch, not just the pixels: how an image becomes features (tiles, sizes,
+    masks) is the processor's and the model's business."""
+    device = next(model.parameters()).device
+    batch = encode(processor, [images(r) for r in scenes], [""] * len(scenes))
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 def _feature_size(model, processor, images: ImageCache, record) -> int:
     with torch.no_grad():
-        pixels = processor.image_processor([images(record)], return_tensors="pt")["pixel_values"]
         return int(
-            pooled_image_features(model, pixels.to(next(model.parameters()).device)).shape[-1]
+            pooled_image_features(model, scene_batch(model, processor, images, [record])).shape[-1]
         )
 
 
@@ -247,7 +253,7 @@ def fit(
         tokens, sequences = tokens + n, sequences + len(chunk)
         per_token = tokens / sequences  # running mean of response tokens per sequence
         loss = sft_loss(model, batch, per_token=per_token)
-        loss.backward()
+        backward(loss)
         optimizer_step(model.parameters(), opt, sched)
         losses.append(loss.item() * per_token * len(chunk) / max(n, 1.0))  # per-token mean
         if step % 10 == 0:

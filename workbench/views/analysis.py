@@ -18,7 +18,7 @@ from IPython.display import display
 
 from ..config import AnalyzeConfig
 from ..eval import tradeoff
-from ..eval.analyze import summarise_scores
+from ..eval.analyze import judge_is_gold, judge_label, summarise_scores
 from ..runs import read_json, read_jsonl
 
 
@@ -68,22 +68,30 @@ def seed_offsets(metrics: dict[str, Any]) -> list[int]:
 def answers(
     run_dir: str | Path, n: int = 5, category: str | None = None, seed_offset: int = 0
 ) -> pd.DataFrame:
-    """The first ``n`` prompts (of ``category``) with every system's answer and gold scores side
-    by side (one training seed per system)."""
+    """The first ``n`` prompts (of ``category``) with every system's answer and the judge's scores
+    side by side (one training seed per system); the ``judge`` column names the judge
+    (:func:`~workbench.eval.analyze.judge_label`)."""
     frame = scores(run_dir)
+    metrics = read_json(Path(run_dir) / "analyze" / "metrics.json")
+    digits = 0 if judge_is_gold(metrics) else 2  # gold scores are whole numbers
     frame = frame[frame["seed_offset"] == seed_offset]
     if category:
         frame = frame[frame["category"] == category]
     ids = list(dict.fromkeys(frame["id"]))[:n]
     frame = frame[frame["id"].isin(ids)].copy()
     frame["answer"] = frame.apply(
-        lambda r: f"{r['response']}  [h={r['helpfulness']:.0f}, s={r['harmlessness']:+.0f}]", axis=1
+        lambda r: (
+            f"{r['response']}  [h={r['helpfulness']:.{digits}f}, s={r['harmlessness']:+.{digits}f}]"
+        ),
+        axis=1,
     )
     table = frame.pivot_table(
         index=["id", "category", "question"], columns="system", values="answer", aggfunc="first"
     )
     table.columns.name = None
-    return table.reset_index()
+    table = table.reset_index()
+    table["judge"] = judge_label(metrics)
+    return table
 
 
 def explorer(run_dir: str | Path) -> widgets.Widget:
