@@ -1,9 +1,10 @@
 """Reading real BeaverTails-V files: parquet, jsonl, `datasets` directories, the Hub layout.
 
 Every fixture is built in ``tmp_path`` in the dataset's real schema (ids and safety flags as
-strings, image as a ``{bytes, path}`` struct) with valid records and corrupt ones of each
-kind; the tests check that valid records land in train/eval with coerced types and readable
-images and that every corrupt record is in ``rejects.jsonl`` with its index and field.
+strings, image as a ``{bytes, path}`` struct: the package's ``write_beavertails_parquet``)
+with valid records and corrupt ones of each kind; the tests check that valid records land in
+train/eval with coerced types and readable images and that every corrupt record is in
+``rejects.jsonl`` with its index and field.
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ import random
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from workbench.config import DataConfig
-from workbench.data.beavertails import import_beavertails, iter_raw_records, split_of_name
+from workbench.data.beavertails import (
+    import_beavertails,
+    iter_raw_records,
+    split_of_name,
+    write_beavertails_parquet,
+)
 from workbench.data.schema import RecordError
 from workbench.data.store import IMAGES_DIR, REJECTS_FILE, SPLIT_FILES, load_data
 from workbench.runs import read_jsonl
@@ -80,31 +84,6 @@ def corrupt_records(start: int) -> list[tuple[dict[str, Any], str]]:
     ]
 
 
-IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-SCHEMA = pa.schema(
-    [
-        ("question", pa.string()),
-        ("image", IMAGE_TYPE),
-        ("category", pa.string()),
-        ("image_severity", pa.int64()),
-    ]
-    + [(f"response_{i}{s}", pa.string()) for i in (1, 2) for s in ("", "_from")]
-    + [
-        ("more_helpful_response_id", pa.string()),
-        ("is_response_1_safe", pa.string()),
-        ("is_response_2_safe", pa.string()),
-        ("safer_response_id", pa.string()),
-    ]
-    + [(f"response_{i}_{k}_rate", pa.int64()) for k in ("harmless", "helpful") for i in (1, 2)]
-)
-
-
-def write_parquet(path: Path, records: list[dict[str, Any]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(records, schema=SCHEMA), path)
-    return path
-
-
 def run_import(tmp_path: Path, source: Path, **cfg: Any) -> tuple[dict[str, Any], Path]:
     out = tmp_path / "data.partial"
     out.mkdir()
@@ -160,7 +139,7 @@ def test_parquet_file_valid_and_corrupt(tmp_path: Path) -> None:
     valid[2]["is_response_1_safe"] = "false"  # loose spellings are coerced
     bad = corrupt_records(100)
     rows = valid[:3] + [r for r, _ in bad] + valid[3:]
-    src = write_parquet(tmp_path / "pairs.parquet", rows)
+    src = write_beavertails_parquet(tmp_path / "pairs.parquet", rows)
 
     metrics, out = run_import(tmp_path, src, eval_fraction=0.05, seed=3)
     check_output(out, metrics, n_valid=6, n_bad=len(bad))
@@ -183,7 +162,9 @@ def test_parquet_file_valid_and_corrupt(tmp_path: Path) -> None:
 
 
 def test_holdout_is_seeded(tmp_path: Path) -> None:
-    src = write_parquet(tmp_path / "in" / "pairs.parquet", [valid_record(i) for i in range(20)])
+    src = write_beavertails_parquet(
+        tmp_path / "in" / "pairs.parquet", [valid_record(i) for i in range(20)]
+    )
 
     def eval_questions(seed: int, name: str) -> list[str]:
         out = tmp_path / name
@@ -322,8 +303,8 @@ def test_hub_layout_category_directories(tmp_path: Path) -> None:
         bad = corrupt_records(200 + 10 * c)[c::2]  # a different half of the kinds per category
         train = [valid_record(40 + 10 * c + i, category=cat) for i in range(3)]
         train += [dict(r, category=cat) if f != "category" else r for r, f in bad]
-        write_parquet(root / cat / "train-00000-of-00001.parquet", train)
-        write_parquet(
+        write_beavertails_parquet(root / cat / "train-00000-of-00001.parquet", train)
+        write_beavertails_parquet(
             root / cat / "evaluation-00000-of-00001.parquet", [valid_record(60 + c, category=cat)]
         )
         for k, (_, field) in enumerate(bad):
@@ -344,7 +325,7 @@ def test_hub_layout_category_directories(tmp_path: Path) -> None:
 # -- errors --------------------------------------------------------------------------------
 def test_strict_raises_naming_record_and_field(tmp_path: Path) -> None:
     rows = [valid_record(0), valid_record(1, response_1_harmless_rate=5), valid_record(2)]
-    src = write_parquet(tmp_path / "pairs.parquet", rows)
+    src = write_beavertails_parquet(tmp_path / "pairs.parquet", rows)
     with pytest.raises(RecordError) as info:
         run_import(tmp_path, src, strict=True)
     assert info.value.field == "response_1_harmless_rate"
@@ -381,7 +362,7 @@ def test_missing_path_and_unsupported_inputs(tmp_path: Path) -> None:
 
 def test_all_rejected_raises_after_writing_rejects(tmp_path: Path) -> None:
     bad = corrupt_records(0)
-    src = write_parquet(tmp_path / "bad.parquet", [r for r, _ in bad])
+    src = write_beavertails_parquet(tmp_path / "bad.parquet", [r for r, _ in bad])
     out = tmp_path / "data.partial"
     out.mkdir()
     with pytest.raises(ValueError, match=rf"all {len(bad)} records .* rejected.*rejects\.jsonl"):
@@ -416,7 +397,7 @@ def test_contradicting_safety_labels_are_kept_flagged(tmp_path: Path) -> None:
     records = [valid_record(i) for i in range(6)]
     records[2] = valid_record(2, is_response_2_safe="False")  # rate +2 but "unsafe"
     records[4] = valid_record(4, is_response_1_safe="True", is_response_2_safe="False")
-    metrics, out = run_import(tmp_path, write_parquet(tmp_path / "bt.parquet", records))
+    metrics, out = run_import(tmp_path, write_beavertails_parquet(tmp_path / "bt.parquet", records))
     assert metrics["n_rejected"] == 0 and metrics["n_flagged"] == 3
     flagged = [json.loads(line) for line in (out / "flagged.jsonl").read_text().splitlines()]
     assert [(f["index"], f["field"]) for f in flagged] == [
@@ -426,5 +407,7 @@ def test_contradicting_safety_labels_are_kept_flagged(tmp_path: Path) -> None:
     ]
     assert "harmless_rate=2" in flagged[0]["error"]
     (tmp_path / "clean").mkdir()
-    clean, out = run_import(tmp_path / "clean", write_parquet(tmp_path / "ok.parquet", records[:2]))
+    clean, out = run_import(
+        tmp_path / "clean", write_beavertails_parquet(tmp_path / "ok.parquet", records[:2])
+    )
     assert clean["n_flagged"] == 0 and (out / "flagged.jsonl").read_text() == ""

@@ -22,7 +22,7 @@ from workbench.config import (
 )
 from workbench.models import vlm
 from workbench.models.adapters import apply_lora, default_lora_targets, is_adapter_dir, load_policy
-from workbench.models.families import FAMILIES, build_tiny_vlm_family
+from workbench.models.families import FAMILIES, FLAT_IMAGE_FAMILIES, build_tiny_vlm_family
 from workbench.models.vlm import TinyVLMSpec, VLMError
 
 #: The families with a byte-level BPE tokenizer (``llava`` and ``gemma3``: tests/test_models.py).
@@ -47,9 +47,6 @@ EXTRA_INPUTS = {
     "aya_vision": set(),
     "paddleocr_vl": {"image_grid_thw", "mm_token_type_ids"},
 }
-#: Families whose processor flattens the image inputs of a batch (tiles or patches of all
-#: samples in one dimension): PPO cannot cut those into minibatches by episode.
-FLAT_IMAGE_INPUTS = {"aya_vision", "paddleocr_vl"}
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +132,7 @@ def test_one_image_becomes_several(saved, examples):
     per_sample = (batch["input_ids"] == vlm.image_token_id(model)).sum(1)
     assert len(set(per_sample.tolist())) == 1 and int(per_sample[0]) >= 16
     pixels = batch["pixel_values"]
-    if family in FLAT_IMAGE_INPUTS:
+    if family in FLAT_IMAGE_FAMILIES:
         assert pixels.shape[0] > len(images)  # tiles / patches of the batch in one dimension
     else:
         assert pixels.shape[:2] == (len(images), 5)  # 2 x 2 tiles and the whole image
@@ -326,7 +323,7 @@ def test_model_stages_run_with_the_family(family, tiny_data, tmp_path):
         max_new_tokens=8,
         checkpoint_every=1,
         eval_batch_size=32,
-        num_minibatches=1 if family in FLAT_IMAGE_INPUTS else 2,
+        num_minibatches=1 if family in FLAT_IMAGE_FAMILIES else 2,
     )
     for shared in (False, True):
         metrics = wb.run_stage(

@@ -21,6 +21,8 @@ BENCHES: dict[str, str] = {
     "demo": "workbench.bench.demo",
     # the GPU check: bf16 smoke pipeline, kernels, PPO memory, one table
     "gpu": "workbench.bench.gpu",
+    # the real-data smoke pipeline: a BeaverTails-V-shaped file, a real VLM family, no gold judge
+    "real": "workbench.bench.real",
 }
 """Benchmark name -> module with ``main(argv: list[str]) -> int``."""
 

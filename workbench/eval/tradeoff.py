@@ -382,20 +382,29 @@ def overoptimisation_figure(
 ) -> go.Figure:
     """Proxy reward (the reward model's score, left) and gold helpfulness (right) of the
     rollouts against their KL from the reference: where the proxy keeps rising and gold
-    does not, the policy is exploiting the reward model."""
-    fig = make_subplots(
-        rows=1, cols=2, subplot_titles=["proxy reward vs KL", "gold helpfulness vs KL"]
-    )
+    does not, the policy is exploiting the reward model. Without gold in the PPO logs (real
+    data) the figure has the proxy panel alone and says why."""
     run_logs = logs(run_dir)
+    chosen = systems(metrics, names)
+    gold = any(
+        "gold/helpfulness" in frame
+        for s in chosen.values()
+        for run in s.get("runs", [])
+        if (frame := run_logs.get(run)) is not None
+    )
+    panels = [("reward/score", "proxy reward vs KL")]
+    if gold:
+        panels.append(("gold/helpfulness", "gold helpfulness vs KL"))
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[t for _, t in panels])
     order = list(systems(metrics))
-    for point, s in systems(metrics, names).items():
+    for point, s in chosen.items():
         for k, run in enumerate(s.get("runs", [])):
             frame = run_logs.get(run)
             if frame is None or "kl/mean" not in frame:
                 continue
             colour = _shade(FAMILY_COLOURS.get(s["family"], "#7f7f7f"), order.index(point))
             kl = frame["kl/mean"].rolling(smooth, min_periods=1).mean()
-            for col, key in ((1, "reward/score"), (2, "gold/helpfulness")):
+            for col, (key, _) in enumerate(panels, start=1):
                 if key in frame:
                     fig.add_trace(
                         go.Scatter(
@@ -411,10 +420,12 @@ def overoptimisation_figure(
                         col=col,
                     )
     fig.update_xaxes(title_text="KL(π_θ ‖ π_ref) per answer")
-    fig.update_layout(
-        height=420,
-        title="Over-optimisation: proxy reward against gold helpfulness as the policy moves",
+    title = (
+        "Over-optimisation: proxy reward against gold helpfulness as the policy moves"
+        if gold
+        else "Proxy reward as the policy moves (no gold helpfulness on this data to compare)"
     )
+    fig.update_layout(height=420, title=title)
     return fig
 
 

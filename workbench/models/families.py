@@ -386,7 +386,6 @@ def build_tiny_idefics3(spec: TinyVLMSpec | None = None, seed: int = 0):
         scale_factor=scale,
         tie_word_embeddings=True,
     )
-    config.pad_token_id = tokenizer.pad_token_id
     torch.manual_seed(seed)
     model = Idefics3ForConditionalGeneration(config)
     _generation_tokens(model, tokenizer)
@@ -556,6 +555,11 @@ def _llava(spec: TinyVLMSpec | None, seed: int):
 def _gemma3(spec: TinyVLMSpec | None, seed: int):
     return build_tiny_gemma3(spec, seed=seed)
 
+
+#: Families whose processor puts the image inputs of a whole batch in one dimension (tiles or
+#: patches of every sample together): PPO cannot cut those into minibatches by episode, so they
+#: train with ``--num-minibatches 1`` (PPO says so otherwise).
+FLAT_IMAGE_FAMILIES = frozenset({"aya_vision", "paddleocr_vl"})
 
 #: family name -> builder ``(spec, seed) -> (model, processor)``.
 FAMILIES: dict[str, Callable[[TinyVLMSpec | None, int], tuple]] = {

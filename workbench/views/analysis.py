@@ -14,12 +14,12 @@ from typing import Any
 
 import ipywidgets as widgets
 import pandas as pd
-from IPython.display import display
 
 from ..config import AnalyzeConfig
 from ..eval import tradeoff
 from ..eval.analyze import judge_is_gold, judge_label, summarise_scores
 from ..runs import read_json, read_jsonl
+from .output import show_in
 
 
 def scores(run_dir: str | Path) -> pd.DataFrame:
@@ -119,20 +119,19 @@ def explorer(run_dir: str | Path) -> widgets.Widget:
     output = widgets.Output()
 
     def redraw(_=None) -> None:
-        output.clear_output(wait=True)
-        with output:
-            if not pick_seeds.value or not pick_systems.value:
-                print("pick at least one system and one seed")
-                return
-            m = recompute(run_dir, seeds=pick_seeds.value)
-            chosen = [n for n in pick_systems.value if n == "base" or n in m["variants"]]
-            display(tradeoff.tradeoff_figure(m, names=chosen, per_seed=True))
-            display(tradeoff.winrate_figure(m, names=chosen))
-            display(
-                tradeoff.breakdown_figure(
-                    m, "category", names=chosen, groups=list(pick_cats.value), value=value.value
-                )
-            )
+        if not pick_seeds.value or not pick_systems.value:
+            show_in(output, "pick at least one system and one seed")
+            return
+        m = recompute(run_dir, seeds=pick_seeds.value)
+        chosen = [n for n in pick_systems.value if n == "base" or n in m["variants"]]
+        show_in(
+            output,
+            tradeoff.tradeoff_figure(m, names=chosen, per_seed=True),
+            tradeoff.winrate_figure(m, names=chosen),
+            tradeoff.breakdown_figure(
+                m, "category", names=chosen, groups=list(pick_cats.value), value=value.value
+            ),
+        )
 
     for w in (pick_systems, pick_seeds, pick_cats, value):
         w.observe(redraw, names="value")

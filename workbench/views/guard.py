@@ -29,6 +29,7 @@ from ..models.adapters import load_policy
 from ..models.vlm import generate
 from ..runs import read_jsonl
 from ..train.guard import rounds_curve
+from .output import show_in
 
 #: The paper's headline for Beaver-Guard-V: five rounds raise average safety by 40.9% (relative).
 PAPER_RELATIVE_GAIN = 0.409
@@ -338,9 +339,7 @@ def blocking_level_slider(run_dir: str | Path, n_prompts: int = 200) -> widgets.
             f"blocking at ≥ {level}: safety {r[0]:.1%} → {r[-1]:.1%} "
             f"({(r[-1] - r[0]) / max(r[0], 1e-9):+.1%} relative)"
         )
-        output.clear_output(wait=True)
-        with output:
-            rounds_figure({f"block ≥ {level}": cache[level]}).show()
+        show_in(output, rounds_figure({f"block ≥ {level}": cache[level]}))
 
     slider.observe(redraw, names="value")
     redraw()

@@ -26,6 +26,7 @@ from ..eval.tradeoff import VARIANT_COLOURS, logs
 from ..models.judge import forms_of
 from ..pipeline import resolve_config, run_stage
 from ..runs import link_stages, read_jsonl
+from .output import show_in
 
 #: (log key, panel title) of the training-curve panels.
 PANELS: tuple[tuple[str, str], ...] = (
@@ -324,9 +325,7 @@ def threshold_slider(
             f"{v.get('safety_rate', float('nan')):.1%}, "
             f"helpfulness {v.get('helpfulness', float('nan')):.2f}"
         )
-        output.clear_output(wait=True)
-        with output:
-            curves_figure(logs(run)).show()
+        show_in(output, curves_figure(logs(run)))
 
     button.on_click(launch)
     return widgets.VBox([widgets.HBox([slider, button]), status, output])
