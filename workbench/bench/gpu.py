@@ -57,8 +57,31 @@ def device_name(device: str) -> str:
     return f"{platform.processor() or platform.machine()} CPU"
 
 
-def smoke_pipeline(run_dir: Path, device: str, threads: int) -> list[dict[str, Any]]:
-    """Every stage in smoke mode, the model stages in bf16; a row per stage."""
+#: ``--smoke`` (the test suite's CPU run, which keeps the command from rotting): each stage's
+#: smoke preset cut further, so the whole check takes seconds; every code path still runs.
+TINY: dict[str, dict[str, Any]] = {
+    "data": {"n_train": 200, "n_eval": 40, "n_test": 40},
+    "sft": {"max_steps": 10, "vision_steps": 3, "caption_steps": 3, "n_eval_prompts": 8},
+    "reward": {"max_steps": 4},
+    "cost": {"max_steps": 4},
+    "guard": {"max_steps": 4, "n_eval_prompts": 8},
+    "ppo": {
+        "max_steps": 2,
+        "kinds": ("lagrangian",),
+        "thresholds": (),
+        "fixed_lambdas": (),
+        "seeds": 1,
+        "n_eval_prompts": 8,
+    },
+    "analyze": {"n_prompts": 8, "bootstrap": 50},
+}
+
+
+def smoke_pipeline(
+    run_dir: Path, device: str, threads: int, tiny: bool = False
+) -> list[dict[str, Any]]:
+    """Every stage in smoke mode (``tiny``: cut further, :data:`TINY`), the model stages in
+    bf16; a row per stage."""
     shutil.rmtree(run_dir, ignore_errors=True)
     rows = []
     with hf_progress_bars(False):
@@ -69,6 +92,8 @@ def smoke_pipeline(run_dir: Path, device: str, threads: int) -> list[dict[str, A
                 extra["mixed_precision"] = "bf16"
             if "device" in fields:
                 extra["device"] = device
+            if tiny:
+                extra.update(TINY.get(spec.name, {}))
             cfg = resolve_config(spec.name, smoke=True, **extra)
             start = time.perf_counter()
             metrics = run_stage(spec.name, run_dir, cfg, progress=False)
@@ -95,7 +120,7 @@ def _sub_bench(name: str, main, out: Path, device: str, smoke: bool, threads: in
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = args.device
-    rows = smoke_pipeline(args.out / "gpu-run", device, args.threads)
+    rows = smoke_pipeline(args.out / "gpu-run", device, args.threads, tiny=args.smoke)
     kernels = _sub_bench("kernels", kernels_main, args.out, device, args.smoke, args.threads)
     for r in kernels["rows"]:
         rows.append(
