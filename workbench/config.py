@@ -558,6 +558,32 @@ class PPOConfig(ModelStageConfig):
     """Upper bound of λ. Default 5 (official trainer: 20). History: docs/tuning.md"""
     lambda_update_delay: int = 0
     """PPO steps before λ starts to move. Default 0."""
+    lambda_controller: str = "sgd"
+    """How a learned λ follows J_C (docs/design.md §6.10): ``sgd`` (one SGD step on log λ per PPO
+    step, the official trainer's) or ``pid`` (the PID Lagrangian of Stooke et al. 2020, gains
+    ``pid_*``). Default sgd."""
+    lambda_controllers: tuple[str, ...] = ()
+    """Train the ``lagrangian`` kind and the threshold sweep with each of these controllers
+    (e.g. ``sgd pid``); a PID run is named ``lagrangian_pid``, ``lagrangian_pid_d<d>``. Default
+    none: ``lambda_controller`` alone."""
+    pid_kp: float = 0.25
+    """K_P, the PID's proportional gain on the smoothed J_C - d. Default 0.25: within about ±0.5
+    over the world's J_C - d (about -2..+1.5). History: docs/tuning.md"""
+    pid_ki: float = 0.05
+    """K_I, the integral gain (I += K_I·(J_C - d)). Default 0.05: half the SGD step's pace at
+    λ = 1, since I drains linearly where log λ decays geometrically. History: docs/tuning.md"""
+    pid_kd: float = 2.0
+    """K_D, the derivative gain on the rise of the smoothed J_C over ``pid_delay`` steps. Default
+    2: a rise of 0.25 adds 0.5 to λ. History: docs/tuning.md"""
+    pid_ema_p: float = 0.5
+    """α_p, the EMA weight of the old value in the P term's J_C - d (0: no smoothing). Default
+    0.5 (paper: 0.95 over thousands of updates; J_C is already a window mean)."""
+    pid_ema_d: float = 0.5
+    """α_d, the EMA weight of the old value in the D term's J_C (0: no smoothing). Default 0.5
+    (paper: 0.95)."""
+    pid_delay: int = 4
+    """k: the D term compares the smoothed J_C with its value k PPO steps back. Default 4, half
+    of the 128-episode window at 16 episodes a step (paper's code: 10)."""
     episode_window: int = 128
     """Episodes in J_C's moving window. Default 128 (official trainer: 128)."""
     ptx_coeff: float = 0.0
@@ -594,19 +620,32 @@ class PPOConfig(ModelStageConfig):
         )
 
     def runs(self) -> list[PPORun]:
-        """Every run of the grid, in training order: the kinds, the threshold sweep, the λ grid,
-        then the other seeds of each of those points."""
-        points = [PPORun(kind) for kind in self.kinds]
-        points += [PPORun("lagrangian", threshold=d) for d in self.thresholds]
+        """Every run of the grid, in training order: the kinds, the threshold sweep, the λ grid
+        (the learned λ under the first controller), the lagrangian runs under each other
+        controller, then the other seeds of each of those points."""
+        first, *more = self.controllers
+        points = [PPORun(k, controller=first if k == "lagrangian" else "sgd") for k in self.kinds]
+        points += [PPORun("lagrangian", threshold=d, controller=first) for d in self.thresholds]
         points += [PPORun("fixed_lambda", fixed_lambda=lam) for lam in self.fixed_lambdas]
+        for c in more:  # the learned-λ runs again under each other controller
+            points += [PPORun("lagrangian", controller=c)] if "lagrangian" in self.kinds else []
+            points += [PPORun("lagrangian", threshold=d, controller=c) for d in self.thresholds]
         others = [
             dataclasses.replace(p, seed_offset=k) for p in points for k in range(1, self.seeds)
         ]
         return points + others
 
+    @property
+    def controllers(self) -> tuple[str, ...]:
+        """The λ controllers of the grid: ``lambda_controllers``, else ``lambda_controller``."""
+        return self.lambda_controllers or (self.lambda_controller,)
+
     def run_config(self, run: PPORun) -> Self:
-        """The config ``run`` trains with: its threshold or λ, and seed + its seed offset."""
+        """The config ``run`` trains with: its threshold or λ, its λ controller, and seed + its
+        seed offset."""
         changes: dict[str, Any] = {"seed": self.seed + run.seed_offset}
+        if run.kind == "lagrangian":
+            changes["lambda_controller"] = run.controller
         if run.threshold is not None:
             changes["cost_threshold"] = run.threshold
         if run.fixed_lambda is not None:
@@ -618,6 +657,18 @@ class PPOConfig(ModelStageConfig):
         self._tuple("kinds", str)
         self._tuple("thresholds", float)
         self._tuple("fixed_lambdas", float)
+        self._tuple("lambda_controllers", str)
+        self._check(
+            self.lambda_controller in LAMBDA_CONTROLLERS,
+            "lambda_controller",
+            f"must be one of {LAMBDA_CONTROLLERS}",
+        )
+        self._check(
+            all(c in LAMBDA_CONTROLLERS for c in self.lambda_controllers)
+            and len(set(self.lambda_controllers)) == len(self.lambda_controllers),
+            "lambda_controllers",
+            f"must be distinct names from {LAMBDA_CONTROLLERS}",
+        )
         self._check(
             all(k in PPO_KINDS for k in self.kinds) and len(set(self.kinds)) == len(self.kinds),
             "kinds",
@@ -660,6 +711,9 @@ class PPOConfig(ModelStageConfig):
             "lambda_max",
             "critic_lr",
             "temperature",
+            "pid_kp",
+            "pid_ki",
+            "pid_kd",
         ):
             v = getattr(self, name)
             self._check(
@@ -684,7 +738,8 @@ class PPOConfig(ModelStageConfig):
             "ptx_coeff",
             "must be >= 0",
         )
-        self._positive("ptx_batch_size")
+        self._positive("ptx_batch_size", "pid_delay")
+        self._fraction("pid_ema_p", "pid_ema_d")
         self._check(
             isinstance(self.lambda_update_delay, int) and self.lambda_update_delay >= 0,
             "lambda_update_delay",
@@ -720,24 +775,30 @@ def device_problem(name: Any) -> str | None:
 MIXED_PRECISION = ("no", "bf16", "fp16")
 #: The kinds of PPO run: learned λ, λ ≡ 0, λ fixed at ``lambda_init``.
 PPO_KINDS = ("lagrangian", "reward_only", "fixed_lambda")
+#: How a learned λ follows J_C: SGD on log λ (the default) or the PID Lagrangian.
+LAMBDA_CONTROLLERS = ("sgd", "pid")
 #: The tiny VLM architectures ``SFTConfig.tiny_family`` can build (``models.families``).
 TINY_FAMILIES = ("llava", "gemma3", "llava_next", "idefics3", "aya_vision", "paddleocr_vl")
 
 
 @dataclass(frozen=True)
 class PPORun:
-    """One run of the PPO stage's grid: its kind, what it sweeps and its seed offset.
+    """One run of the PPO stage's grid: its kind, what it sweeps, its λ controller and its seed
+    offset.
 
     ``threshold`` is the d of a threshold-sweep run and ``fixed_lambda`` the λ of a λ-grid run
-    (None: the stage config's own ``cost_threshold`` / ``lambda_init``); seed offset k > 0
-    trains with ``seed + k``. The run's folder under ``ppo/`` is :attr:`name`, its point on the
-    trade-off plane (the seeds pooled) :attr:`point`. Stored in the PPO stage's metrics as
-    :meth:`to_dict` and read back with :meth:`from_dict`, never parsed from the name."""
+    (None: the stage config's own ``cost_threshold`` / ``lambda_init``); ``controller`` is how a
+    lagrangian run's λ moves (``sgd`` or ``pid``); seed offset k > 0 trains with ``seed + k``.
+    The run's folder under ``ppo/`` is :attr:`name`, its point on the trade-off plane (the
+    seeds pooled) :attr:`point`, in :attr:`family`. Stored in the PPO stage's metrics as
+    :meth:`to_dict` and read back with :meth:`from_dict` (a dict without ``controller``, from
+    before the PID controller, is an SGD run), never parsed from the name."""
 
     kind: str
     threshold: float | None = None
     fixed_lambda: float | None = None
     seed_offset: int = 0
+    controller: str = "sgd"
 
     def __post_init__(self) -> None:
         why = None
@@ -749,17 +810,28 @@ class PPORun:
             why = "only a fixed_lambda run sets λ"
         elif not isinstance(self.seed_offset, int) or self.seed_offset < 0:
             why = "seed_offset must be an integer >= 0"
+        elif self.controller not in LAMBDA_CONTROLLERS:
+            why = f"controller must be one of {LAMBDA_CONTROLLERS}"
+        elif self.controller != "sgd" and self.kind != "lagrangian":
+            why = "only a lagrangian run has a λ controller other than sgd"
         if why:
             raise ConfigError(f"{self!r}: {why}")
 
     @property
+    def family(self) -> str:
+        """The point's family on the trade-off plane: the kind, or ``lagrangian_pid`` for a PID
+        lagrangian run."""
+        return f"{self.kind}_pid" if self.controller == "pid" else self.kind
+
+    @property
     def point(self) -> str:
-        """The point's name: the kind, ``lagrangian_d<d>`` or ``fixed_lambda_<λ>``."""
+        """The point's name: the kind, ``lagrangian_d<d>`` or ``fixed_lambda_<λ>``, with
+        ``lagrangian_pid`` for ``lagrangian`` under the PID controller (``lagrangian_pid_d<d>``)."""
         if self.threshold is not None:
-            return f"lagrangian_d{self.threshold:g}"
+            return f"{self.family}_d{self.threshold:g}"
         if self.fixed_lambda is not None:
             return f"fixed_lambda_{self.fixed_lambda:g}"
-        return self.kind
+        return self.family
 
     @property
     def name(self) -> str:
@@ -981,6 +1053,248 @@ class AnalyzeConfig(StageConfig):
 JUDGES = ("auto", "gold", "models", "run", "hf")
 
 
+#: ``DPOConfig.method`` values: DPO on either preference (the two ends), SafeDPO, MoCAN.
+DPO_METHODS = ("dpo_helpful", "dpo_safe", "safedpo", "mocan")
+
+
+@dataclass
+class DPOConfig(ModelStageConfig):
+    """Rollout-free safe alignment on the preference pairs that trained the reward and cost
+    models (docs/design.md §6.13): DPO on the more-helpful or on the safer label, SafeDPO and
+    MoCAN. The policy is a LoRA adapter over the SFT model; the reference is the same weights
+    with the adapter switched off, as in PPO."""
+
+    method: str = "safedpo"
+    """``dpo_helpful`` (DPO on the more-helpful label), ``dpo_safe`` (DPO on the safer label),
+    ``safedpo`` (pairs reordered so a safe response beats an unsafe one, margin Δ when only the
+    loser is unsafe) or ``mocan`` (pairs relabelled by R - λ*·C, λ* from the dual at
+    ``threshold``; needs the reward and cost models). Default safedpo."""
+    beta: float = 0.1
+    """β of every DPO loss: the KL coefficient of the problem it solves. Default 0.1, PPO's
+    ``kl_coeff`` (SafeDPO and MoCAN papers: 0.1)."""
+    margin: float = 2.0
+    """SafeDPO's safety margin Δ >= 0, on pairs whose preferred response is safe and the other
+    unsafe. Default 2 (paper: 10, on answers about ten times longer than the world's)."""
+    both_unsafe: str = "drop"
+    """SafeDPO's pairs with two unsafe responses: ``drop`` (the paper's transform T, the
+    default) or ``keep`` (in helpfulness order, no margin)."""
+    threshold: float = -2.0
+    """MoCAN's d: the constraint E[C] <= d on the cost model's scale, as PPO-Lagrangian's
+    ``cost_threshold`` (default -2), so a threshold sweep lines up point for point."""
+    n_reference_prompts: int = 128
+    """MoCAN: training prompts whose reference answers estimate the dual. Default 128
+    (paper: about 600)."""
+    n_reference_samples: int = 8
+    """MoCAN: answers sampled from the reference per prompt. Default 8 (paper: 128)."""
+    max_new_tokens: int = 32
+    """Length limit of MoCAN's reference answers. Default 32, PPO's."""
+    temperature: float = 1.0
+    """Sampling temperature of MoCAN's reference answers. Default 1.0, PPO's."""
+    lambda_max: float = 20.0
+    """MoCAN: upper end of the search for λ*. A threshold no reference answer mix can meet
+    (infeasible) ends here and is flagged. Default 20."""
+    mocan_labels: str = "soft"
+    """MoCAN's pseudo-preferences: ``soft`` (the Bradley-Terry probability
+    σ(R_λ(y_1) - R_λ(y_2)) as the label, the default) or ``hard`` (the higher R_λ wins)."""
+    n_eval_pairs: int = 512
+    """Eval pairs for the implicit-reward metrics (the first ones of the eval split).
+    Default 512."""
+    lora: bool = True
+    """The policy trains through a LoRA adapter; the reference is the adapter disabled.
+    Default true."""
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_targets: tuple[str, ...] = (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    )
+    batch_size: int = 16
+    """Pairs per optimiser step. Default 16."""
+    lr: float = 5e-4
+    """Learning rate of the LoRA adapter. Default 5e-4 (papers: 1e-6 / 5e-7, full
+    fine-tuning of 7B models)."""
+    max_steps: int = 200
+    warmup_steps: int = 10
+    kernels: str = "auto"
+    """Implementation of the log-prob op: ``auto`` (the default), ``triton`` or ``torch``."""
+
+    @classmethod
+    def smoke(cls) -> Self:
+        return cls(
+            max_steps=8,
+            warmup_steps=2,
+            batch_size=8,
+            n_reference_prompts=8,
+            n_reference_samples=4,
+            max_new_tokens=16,
+            n_eval_pairs=64,
+            threads=1,
+        )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check(self.method in DPO_METHODS, "method", f"must be one of {DPO_METHODS}")
+        self._check(self.both_unsafe in ("drop", "keep"), "both_unsafe", "must be 'drop' or 'keep'")
+        self._check(
+            self.mocan_labels in ("soft", "hard"), "mocan_labels", "must be 'soft' or 'hard'"
+        )
+        for name in ("beta", "temperature", "lambda_max"):
+            v = getattr(self, name)
+            self._check(
+                isinstance(v, int | float) and not isinstance(v, bool) and v > 0,
+                name,
+                "must be > 0",
+            )
+        self._check(
+            isinstance(self.margin, int | float)
+            and not isinstance(self.margin, bool)
+            and self.margin >= 0,
+            "margin",
+            "must be >= 0",
+        )
+        self._check(
+            isinstance(self.threshold, int | float)
+            and not isinstance(self.threshold, bool)
+            and float("-inf") < self.threshold < float("inf"),
+            "threshold",
+            "must be a finite number (the cost threshold d)",
+        )
+        self._positive(
+            "n_reference_prompts", "n_reference_samples", "max_new_tokens", "n_eval_pairs"
+        )
+        self._check(
+            self.kernels in ("auto", "triton", "torch"), "kernels", "must be auto, triton or torch"
+        )
+
+
+@dataclass
+class MethodsConfig(StageConfig):
+    """The comparison of the rollout-free methods (docs/design.md §6.14): every method of
+    ``methods`` swept over its own knob (SafeDPO's ``margins``, MoCAN's ``thresholds``; the
+    two DPO ends have none), ``seeds`` training seeds per point, each run trained from the SFT
+    model with the ``dpo`` settings, its answers to the first ``n_prompts`` test prompts judged
+    like the analysis's (the gold judge on the world) and summarised with bootstrap intervals
+    beside the base and, when the run has them, the guard and the PPO points."""
+
+    methods: tuple[str, ...] = ("dpo_helpful", "dpo_safe", "safedpo", "mocan")
+    """Methods to train (``DPOConfig.method`` values). Default all four."""
+    margins: tuple[float, ...] = (0.0, 2.0, 5.0)
+    """SafeDPO's sweep of the margin Δ >= 0. Default 0 2 5 (paper: 0 2 5 10 20)."""
+    thresholds: tuple[float, ...] = ()
+    """MoCAN's sweep of the threshold d. Default (empty): the PPO stage's lagrangian thresholds
+    when it has finished (its ``cost_threshold`` and ``thresholds``), else -3 -2 -1."""
+    seeds: int = 3
+    """Training seeds per point: seed offset k trains and samples with ``seed + k``. Default 3."""
+    n_prompts: int = 600
+    """Test prompts every point is judged on (the first n, the analysis's). Default 600."""
+    bootstrap: int = 2000
+    """Bootstrap resamples for the intervals (seeds, then prompts within a seed). Default 2000."""
+    confidence: float = 0.95
+    """Coverage of the confidence intervals. Default 0.95."""
+    match_tolerance: float = 0.05
+    """Two families' points are compared at matched safety when their safety rates differ by
+    at most this much (the closest pair of each two families). Default 0.05."""
+    max_new_tokens: int = 32
+    """Answer length of the judged answers. Default 32, the analysis's."""
+    eval_batch_size: int = 64
+    """Prompts per generation batch. Default 64."""
+    threads: int = 0
+    """torch CPU threads; 0 (the default) keeps torch's default."""
+    device: str = "auto"
+    """Where every run trains and samples: ``auto`` (the default), ``cpu``, ``cuda``, ``cuda:N``."""
+    mixed_precision: str = "no"
+    """``no`` (fp32, the default), ``bf16`` or ``fp16`` for every run (as ``DPOConfig``)."""
+    dpo: DPOConfig = dataclasses.field(default_factory=lambda: DPOConfig())
+    """The training settings of every run (steps, batch, learning rate, LoRA, β, MoCAN's
+    reference samples); its ``method``, ``margin``, ``threshold``, ``seed``, ``threads``,
+    ``device`` and ``mixed_precision`` are set per run from the fields above."""
+
+    #: Every point's MoCAN thresholds when neither ``thresholds`` nor a PPO stage gives them.
+    DEFAULT_THRESHOLDS = (-3.0, -2.0, -1.0)
+
+    @classmethod
+    def smoke(cls) -> Self:
+        return cls(
+            margins=(2.0,),
+            thresholds=(-1.0,),
+            seeds=1,
+            n_prompts=16,
+            bootstrap=200,
+            max_new_tokens=16,
+            threads=1,
+            dpo=DPOConfig.smoke().replace(max_steps=4, n_eval_pairs=16, threads=1),
+        )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._tuple("methods", str)
+        self._tuple("margins", float)
+        self._tuple("thresholds", float)
+        self._check(
+            bool(self.methods)
+            and all(m in DPO_METHODS for m in self.methods)
+            and len(set(self.methods)) == len(self.methods),
+            "methods",
+            f"must be distinct names from {DPO_METHODS}",
+        )
+        self._check(all(m >= 0 for m in self.margins), "margins", "every Δ must be >= 0")
+        self._check(
+            "safedpo" not in self.methods or bool(self.margins),
+            "margins",
+            "safedpo needs at least one margin",
+        )
+        self._positive("seeds", "n_prompts", "bootstrap", "max_new_tokens", "eval_batch_size")
+        self._check(
+            isinstance(self.confidence, float) and 0.5 <= self.confidence < 1,
+            "confidence",
+            "must be in [0.5, 1)",
+        )
+        self._check(isinstance(self.threads, int) and self.threads >= 0, "threads", "must be >= 0")
+        problem = device_problem(self.device)
+        self._check(problem is None, "device", problem or "")
+        self._check(
+            self.mixed_precision in MIXED_PRECISION,
+            "mixed_precision",
+            f"must be one of {MIXED_PRECISION}",
+        )
+        self._fraction("match_tolerance", open_right=False)
+        self._check(isinstance(self.dpo, DPOConfig), "dpo", "must be a DPOConfig")
+
+    def knob_values(
+        self, method: str, ppo_thresholds: tuple[float, ...] = ()
+    ) -> list[float | None]:
+        """The values ``method`` is swept over: Δ for SafeDPO, d for MoCAN (``thresholds``,
+        else ``ppo_thresholds``, else :attr:`DEFAULT_THRESHOLDS`), none for the DPO ends."""
+        if method == "safedpo":
+            return list(self.margins)
+        if method == "mocan":
+            return list(self.thresholds or ppo_thresholds or self.DEFAULT_THRESHOLDS)
+        return [None]
+
+    def run_config(self, method: str, knob: float | None, seed_offset: int) -> DPOConfig:
+        """The ``DPOConfig`` one run trains with."""
+        changes: dict[str, Any] = {
+            "method": method,
+            "seed": self.seed + seed_offset,
+            "threads": self.threads,
+            "device": self.device,
+            "mixed_precision": self.mixed_precision,
+        }
+        if method == "safedpo" and knob is not None:
+            changes["margin"] = knob
+        if method == "mocan" and knob is not None:
+            changes["threshold"] = knob
+        return self.dpo.replace(**changes)
+
+
+_NESTED["MethodsConfig.dpo"] = DPOConfig
+
+
 __all__ = [
     "ConfigError",
     "StageConfig",
@@ -992,8 +1306,12 @@ __all__ = [
     "GuardConfig",
     "PPOConfig",
     "AnalyzeConfig",
+    "DPOConfig",
+    "MethodsConfig",
     "PPORun",
     "BlockingPolicy",
     "PPO_KINDS",
+    "LAMBDA_CONTROLLERS",
     "TINY_FAMILIES",
+    "DPO_METHODS",
 ]

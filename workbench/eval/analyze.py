@@ -67,7 +67,15 @@ from ..train.common import chunks
 from .metrics import FORM_FIELDS, answer_forms, breakdown, summarise_system
 
 #: Families of systems, in the order figures list them.
-FAMILIES = ("base", "base+guard", "reward_only", "fixed_lambda", "lagrangian")
+FAMILIES = ("base", "base+guard", "reward_only", "fixed_lambda", "lagrangian", "lagrangian_pid")
+#: Per-run keys of a PPO run's metrics.json about λ's course (``train.lagrange.lambda_metrics``).
+LAMBDA_KEYS = (
+    "lambda_final",
+    "lambda_peak",
+    "lambda_overshoot",
+    "violation_share",
+    "violation_area",
+)
 #: The paper's headline for Safe RLHF-V against its base (arXiv 2503.17682).
 PAPER_HEADLINE = {"safety": 0.342, "helpfulness": 0.343}
 
@@ -85,11 +93,15 @@ class System:
     answer per prompt."""
     seed_offsets: dict[str, int] = field(default_factory=dict)
     """run name -> its training seed offset (0 for base and base+guard)."""
+    training: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """PPO run name -> λ's course in training (:data:`LAMBDA_KEYS` of its metrics.json)."""
 
     @property
     def label(self) -> str:
         if self.family == "lagrangian" and self.setting is not None:
             return f"lagrangian d={self.setting:g}"
+        if self.family == "lagrangian_pid" and self.setting is not None:
+            return f"lagrangian PID d={self.setting:g}"
         if self.family == "fixed_lambda" and self.setting is not None:
             return f"fixed λ={self.setting:g}"
         return self.name
@@ -234,9 +246,11 @@ def collect_systems(
         setting = {"lagrangian": run_cfg.cost_threshold, "fixed_lambda": run_cfg.lambda_init}.get(
             run.kind
         )
-        point = points.setdefault(run.point, System(run.point, run.kind, setting))
+        point = points.setdefault(run.point, System(run.point, run.family, setting))
         point.answers[run.name] = answers
         point.seed_offsets[run.name] = run.seed_offset
+        run_metrics = read_json(run_dir_ / "metrics.json")
+        point.training[run.name] = {k: run_metrics[k] for k in LAMBDA_KEYS if k in run_metrics}
     systems.extend(points.values())
     return systems
 
@@ -534,13 +548,16 @@ def judge_answers(
 
 def headline(metrics: dict[str, Any]) -> dict[str, Any]:
     """Safe RLHF-V (the ``lagrangian`` point at the default threshold, else the first
-    lagrangian point) against the base, beside the paper's figures (``metrics`` holds
-    ``base`` and ``variants``)."""
+    lagrangian point, SGD before PID) against the base, beside the paper's figures
+    (``metrics`` holds ``base`` and ``variants``)."""
     variants = metrics["variants"]
     name = (
         "lagrangian"
         if "lagrangian" in variants
-        else next((n for n, v in variants.items() if v["family"] == "lagrangian"), None)
+        else next(
+            (n for n, v in variants.items() if v["family"] in ("lagrangian", "lagrangian_pid")),
+            None,
+        )
     )
     if name is None:
         return {}
@@ -634,6 +651,7 @@ def summarise_scores(
 __all__ = [
     "System",
     "FAMILIES",
+    "LAMBDA_KEYS",
     "PAPER_HEADLINE",
     "collect_systems",
     "make_judge",

@@ -24,8 +24,18 @@ from ..runs import atomic_write_text, read_jsonl
 from .analyze import FAMILIES, judge_is_gold, judge_label
 from .metrics import pareto_frontier
 
-#: One colour per PPO kind, in every figure.
-VARIANT_COLOURS = {"lagrangian": "#1f77b4", "reward_only": "#d62728", "fixed_lambda": "#9467bd"}
+#: One colour per PPO family (the kinds, and lagrangian under the PID λ controller), in every
+#: figure.
+VARIANT_COLOURS = {
+    "lagrangian": "#1f77b4",
+    "lagrangian_pid": "#ff7f0e",
+    "reward_only": "#d62728",
+    "fixed_lambda": "#9467bd",
+}
+#: The families whose λ is learned (the λ figure's runs).
+LEARNED_LAMBDA = ("lagrangian", "lagrangian_pid")
+#: Line style of each learned-λ family in the λ figure (PID dotted, so it reads without colour).
+LAMBDA_DASH = {"lagrangian": "solid", "lagrangian_pid": "dot"}
 FAMILY_COLOURS = {"base": "#2ca02c", "base+guard": "#17becf", **VARIANT_COLOURS}
 FAMILY_SYMBOLS = {
     "base": "star",
@@ -33,6 +43,7 @@ FAMILY_SYMBOLS = {
     "reward_only": "square",
     "fixed_lambda": "diamond",
     "lagrangian": "circle",
+    "lagrangian_pid": "triangle-up",
 }
 
 
@@ -332,21 +343,22 @@ def lambda_figure(
     names: Sequence[str] | None = None,
     smooth: int = 5,
 ) -> go.Figure:
-    """λ (left) and J_C (right, dashed: the threshold d) over training for every run of the
-    lagrangian family (each seed its own line)."""
+    """λ (left) and J_C (right, dashed: the threshold d) over training for every run with a
+    learned λ (each seed its own line): SGD on log λ in the lagrangian colour, solid; the PID
+    controller (family ``lagrangian_pid``) in its own colour, dotted."""
     fig = make_subplots(
         rows=1, cols=2, subplot_titles=["λ over training", "J_C over training vs d"]
     )
     run_logs = logs(run_dir)
     thresholds = set()
     for point, s in systems(metrics, names).items():
-        if s["family"] != "lagrangian":
+        if s["family"] not in LEARNED_LAMBDA:
             continue
         for k, run in enumerate(s.get("runs", [])):
             frame = run_logs.get(run)
             if frame is None or "lagrange/lambda" not in frame:
                 continue
-            colour = _shade(FAMILY_COLOURS["lagrangian"], list(systems(metrics)).index(point))
+            colour = _shade(FAMILY_COLOURS[s["family"]], list(systems(metrics)).index(point))
             for col, key in ((1, "lagrange/lambda"), (2, "lagrange/J_C")):
                 fig.add_trace(
                     go.Scatter(
@@ -356,7 +368,7 @@ def lambda_figure(
                         name=s["label"],
                         legendgroup=point,
                         showlegend=col == 1 and k == 0,
-                        line=dict(color=colour),
+                        line=dict(color=colour, dash=LAMBDA_DASH[s["family"]]),
                     ),
                     row=1,
                     col=col,
@@ -369,7 +381,8 @@ def lambda_figure(
         )
     fig.update_xaxes(title_text="PPO step")
     fig.update_layout(
-        height=420, title="The Lagrange multiplier and the episode cost J_C (rolling mean)"
+        height=420,
+        title="The Lagrange multiplier and the episode cost J_C (rolling mean; PID dotted)",
     )
     return fig
 
@@ -449,7 +462,7 @@ def all_figures(metrics: Mapping[str, Any], run_dir: str | Path) -> dict[str, go
         figures["answer_forms"] = forms_figure(metrics)
         if "by_intent" in metrics["base"]:
             figures["refusal_by_intent"] = breakdown_figure(metrics, "intent", value="refusal_rate")
-    if any(s["family"] == "lagrangian" for s in metrics["variants"].values()):
+    if any(s["family"] in LEARNED_LAMBDA for s in metrics["variants"].values()):
         figures["lambda"] = lambda_figure(metrics, run_dir)
     if metrics["variants"]:
         figures["overoptimisation"] = overoptimisation_figure(metrics, run_dir)

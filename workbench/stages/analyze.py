@@ -104,7 +104,15 @@ def run_analyze_stage(
         if agreement is not None:
             judge_info["agreement_with_gold"] = agreement
 
-    meta = {s.name: {"family": s.family, "setting": s.setting, "label": s.label} for s in systems}
+    meta = {
+        s.name: {
+            "family": s.family,
+            "setting": s.setting,
+            "label": s.label,
+            **({"training": s.training} if s.training else {}),  # PPO: λ's course per run
+        }
+        for s in systems
+    }
     metrics: dict[str, Any] = {
         "judge": judge_info["kind"],
         "judge_description": judge_info,

@@ -19,8 +19,10 @@ One PPO step, for a batch of prompts x (image + question), in two phases. The ro
    G^r, G^c (``workbench.kernels.dual_gae``).
 
 5. **λ**, once per rollout, before the updates. The episode costs C enter J_C's window; log λ
-   takes one SGD step on ``-(J_C - d)·λ`` (:mod:`workbench.train.lagrange`), and the actor
-   loss uses the new λ (the official trainer's order).
+   takes one SGD step on ``-(J_C - d)·λ``, or with ``lambda_controller = "pid"`` a PID
+   controller on J_C - d sets λ (:mod:`workbench.train.lagrange`), and the actor loss uses the
+   new λ (the official trainer's order). The run's metrics add λ's peak and overshoot and how
+   often and how far J_C exceeded d (:func:`~workbench.train.lagrange.lambda_metrics`).
 
 Then the update phase (:func:`ppo_update`): ``ppo_epochs`` passes over the rollout, each a
 seeded shuffle of its episodes cut into ``num_minibatches`` minibatches; per minibatch, one
@@ -84,7 +86,7 @@ from ..models.adapters import save_policy
 from ..models.judge import GoldJudge, evaluate_policy
 from ..models.score import ScoreModel, last_token_index, score_texts
 from ..models.vlm import encode, sampling_kwargs, sequence_logprobs
-from ..runs import append_jsonl, atomic_write_text, write_jsonl
+from ..runs import append_jsonl, atomic_write_text, read_jsonl, write_jsonl
 from .common import (
     backward,
     batches,
@@ -94,7 +96,7 @@ from .common import (
     starting_model,
 )
 from .distributed import distributed
-from .lagrange import LagrangeMultiplier
+from .lagrange import LagrangeMultiplier, PIDLagrangeMultiplier, lambda_metrics
 from .roles import RoleModels, SharedRoles
 from .sft import demo_length, demonstrations, encode_demos, sft_loss
 
@@ -234,9 +236,24 @@ def make_roles(cfg: PPOConfig, models: RoleModels) -> Roles | SharedRoles:
 
 
 def make_multiplier(kind: str, cfg: PPOConfig) -> LagrangeMultiplier:
-    """λ of a ``kind`` run: learned (lagrangian), ≡ 0 (reward_only) or fixed at ``lambda_init``."""
+    """λ of a ``kind`` run: learned (lagrangian) by ``cfg.lambda_controller`` (SGD on log λ
+    or PID), ≡ 0 (reward_only) or fixed at ``lambda_init``."""
     if kind not in PPO_KINDS:
         raise ValueError(f"unknown PPO kind {kind!r}; one of {PPO_KINDS}")
+    if kind == "lagrangian" and cfg.lambda_controller == "pid":
+        return PIDLagrangeMultiplier(
+            init=cfg.lambda_init,
+            kp=cfg.pid_kp,
+            ki=cfg.pid_ki,
+            kd=cfg.pid_kd,
+            ema_p=cfg.pid_ema_p,
+            ema_d=cfg.pid_ema_d,
+            derivative_delay=cfg.pid_delay,
+            max_value=cfg.lambda_max,
+            threshold=cfg.cost_threshold,
+            window=cfg.episode_window,
+            delay=cfg.lambda_update_delay,
+        )
     init = 0.0 if kind == "reward_only" else cfg.lambda_init
     return LagrangeMultiplier(
         init=init,
@@ -796,8 +813,12 @@ def train_run(
         "J_C_final": multiplier.episode_cost,
         "resumed_from_step": done,
         "skipped_steps": skipped,
+        # λ's course over the whole log (a resumed run's too): peak, overshoot, violations
+        **lambda_metrics(read_jsonl(log_path) if log_path.is_file() else []),
         "last": last,
     }
+    if kind == "lagrangian":
+        metrics["lambda_controller"] = cfg.lambda_controller
     if dist.enabled:
         metrics["distributed"] = {"world_size": dist.world_size, "ranks": fingerprints}
     if test:

@@ -42,7 +42,7 @@ def recompute(run_dir: str | Path, seeds: Sequence[int] | None = None) -> dict[s
     meta = {"base": {"family": "base", "setting": None, "label": "base"}}
     meta.update(
         {
-            n: {k: v[k] for k in ("family", "setting", "label")}
+            n: {k: v[k] for k in ("family", "setting", "label", "training") if k in v}
             for n, v in metrics["variants"].items()
         }
     )
