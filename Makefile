@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE=1
 export HF_DATASETS_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 
-.PHONY: run test test-fast demo lab lint format typecheck clean venv
+.PHONY: run methods test test-fast demo lab lint format typecheck clean venv
 
 venv: $(VENV)/.installed
 
@@ -22,6 +22,12 @@ $(VENV)/.installed: pyproject.toml
 
 run: venv
 	$(PY) -m workbench run --run-dir $(RUN_DIR)
+
+# The rollout-free methods side by side (DPO, SafeDPO, MoCAN; docs/design.md §6.14), on the
+# finished data, sft, reward and cost stages of RUN_DIR. Not part of `make run`: the default
+# grid (24 runs) takes about an hour on 2 CPU cores (an estimate).
+methods: venv
+	$(PY) -m workbench methods --run-dir $(RUN_DIR)
 
 # The full suite (CI): unit tests, smoke trainers, the notebooks (nbmake) and the demo in a
 # real browser. One smoke run, built once in a fresh temporary folder, serves the tests that

@@ -23,10 +23,10 @@ from .config import ConfigError
 from .demo.app import main as demo_main
 from .pipeline import config_class, resolve_config, run_pipeline, run_stage
 from .runs import DEFAULT_RUN_DIR
-from .stages import STAGE_NAMES, get_stage
+from .stages import EXTRA_STAGE_NAMES, STAGE_NAMES, get_stage
 from .train.distributed import distributed
 
-COMMANDS = (*STAGE_NAMES, "run", "demo", "bench")
+COMMANDS = (*STAGE_NAMES, "run", *EXTRA_STAGE_NAMES, "demo", "bench")
 
 
 def _common_parser() -> argparse.ArgumentParser:
@@ -49,7 +49,8 @@ def _usage() -> str:
     return (
         "usage: python -m workbench <command> [--smoke] [--run-dir DIR] [--config FILE] "
         "[--seed N] [--force]\n"
-        f"commands: {', '.join(COMMANDS)} (stages in pipeline order, then run = every stage)\n"
+        f"commands: {', '.join(COMMANDS)} (stages in pipeline order, then run = every stage; "
+        f"{', '.join(EXTRA_STAGE_NAMES)}: a stage that run leaves out)\n"
         "per-stage config flags: python -m workbench <stage> --help\n"
         "run: finished stages keep their saved config; run --config FILE takes one JSON "
         'section per stage (e.g. {"ppo": {"device": "cuda", "mixed_precision": '
@@ -144,6 +145,8 @@ def _print_summary(run_dir: Path, results: dict) -> None:
             )
         if (d / "overview.html").is_file():
             print(f"  {'':8s} plots: {d / 'overview.html'} (open in a browser)")
+        if stage in EXTRA_STAGE_NAMES and (d / "report.html").is_file():
+            print(f"  {'':8s} report: {d / 'report.html'} (open in a browser)")
     if "data" in results:
         print(f"  browse the data: make lab -> notebooks/01_data.ipynb (run dir {run_dir})")
     analysis = next(
