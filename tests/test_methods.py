@@ -9,6 +9,7 @@ import pytest
 
 import workbench as wb
 from workbench.config import ConfigError, DPOConfig, MethodsConfig, PPOConfig
+from workbench.eval.analyze import System
 from workbench.stages import EXTRA_STAGE_NAMES, STAGE_NAMES, get_stage
 from workbench.stages.methods import (
     MethodRun,
@@ -17,6 +18,7 @@ from workbench.stages.methods import (
     method_runs,
     mocan_lambda,
     paired_difference,
+    ppo_compute,
     ppo_lagrangian,
     severe_harm_rates,
 )
@@ -181,6 +183,33 @@ def test_mocan_lambda_sits_beside_ppo(tmp_path):
     assert list(out) == ["-1"]
     assert out["-1"]["lambda_star"] == [0.3] and out["-1"]["ppo_lambda_final"] == [2.5]
     assert ppo_lagrangian(tmp_path / "nowhere") == ((), {})
+
+
+def test_ppo_compute_from_the_runs_logs(tmp_path):
+    """Rollout tokens = batch x each step's mean answer length; answers counted by the
+    tokenizer; train time summed over the seeds; the answers' sampling time is not known."""
+
+    class Words:  # a tokenizer of whitespace-separated words
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": text.split()}
+
+    ppo = tmp_path / "ppo"
+    wb.runs.atomic_write_json(ppo / "config.json", PPOConfig(batch_size=4).to_dict())
+    for name, time_s, lengths in (("lagrangian", 10.0, [3.0, 2.5]), ("lagrangian_seed1", 5.5, [4])):
+        (ppo / name).mkdir(parents=True)
+        (ppo / name / "metrics.json").write_text(json.dumps({"train_time_s": time_s}))
+        log = [{"step": i, "response/length": n} for i, n in enumerate(lengths)]
+        log.insert(1, {"step": 9, "skipped": "non-finite loss"})  # a skipped step has no length
+        (ppo / name / "log.jsonl").write_text("\n".join(json.dumps(e) for e in log))
+    point = System("lagrangian", "lagrangian", -1.0)
+    point.answers = {"lagrangian": ["a b c", "d"], "lagrangian_seed1": ["e f"]}
+    out = ppo_compute(tmp_path, point, Words())
+    assert out["runs"] == 2 and out["train_wall_time_s"] == 15.5
+    assert out["train_tokens_generated"] == 4 * (3 + 2.5) + 4 * 4  # 38
+    assert out["sample_tokens_generated"] == 4 + 2
+    assert out["sample_wall_time_s"] is None and out["train_wall_time_s_per_run"] == 7.75
+    (ppo / "lagrangian_seed1" / "log.jsonl").unlink()
+    assert ppo_compute(tmp_path, point, Words()) is None
 
 
 # --- the stage on the smoke run ---------------------------------------------------------------

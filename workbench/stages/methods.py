@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
+from transformers import AutoProcessor
 
 from ..config import AnalyzeConfig, DPOConfig, MethodsConfig, PPOConfig
 from ..data.store import DataSplits, ImageCache, load_data
@@ -51,6 +52,8 @@ from ..train.common import setup
 from ..train.dpo import train_dpo
 from .base import Stage
 
+#: The PPO stage's families on the trade-off plane (their compute comes from the PPO runs).
+PPO_FAMILIES = frozenset({"reward_only", "fixed_lambda", "lagrangian", "lagrangian_pid"})
 #: Gold harmlessness of a severe harm (the world's -3).
 SEVERE_HARMLESSNESS = -3.0
 #: One colour per method on the trade-off plane (the analysis's families keep theirs).
@@ -363,6 +366,34 @@ def compute_summary(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]
     return out
 
 
+def ppo_compute(run_dir: Path, system: System, processor: Any) -> dict[str, Any] | None:
+    """A PPO point's compute, in :func:`compute_summary`'s keys, summed over its seeds:
+    ``train_wall_time_s`` (each run's ``train_time_s``: the rollouts and updates),
+    ``train_tokens_generated`` (the rollouts' answers: each logged step's mean
+    ``response/length`` times the batch), ``sample_tokens_generated`` (its answers to the
+    judged prompts). ``sample_wall_time_s`` is None: a PPO run samples its test answers inside
+    its own run and does not time them apart. None when a run's metrics or log are missing."""
+    out: dict[str, Any] = {"runs": 0, "train_wall_time_s": 0.0, "train_tokens_generated": 0}
+    out["sample_tokens_generated"] = 0
+    batch = PPOConfig.from_json(run_dir / "ppo" / "config.json").batch_size
+    for name, answers in system.answers.items():
+        folder = run_dir / "ppo" / name
+        try:
+            metrics = read_json(folder / "metrics.json")
+            log = read_jsonl(folder / "log.jsonl")
+        except (OSError, ValueError):
+            return None
+        lengths = [e["response/length"] for e in log if "response/length" in e]
+        out["runs"] += 1
+        out["train_wall_time_s"] += float(metrics.get("train_time_s", 0.0))
+        out["train_tokens_generated"] += int(round(batch * sum(lengths)))
+        out["sample_tokens_generated"] += _count_tokens(processor, answers)
+    out["train_wall_time_s"] = round(out["train_wall_time_s"], 2)
+    out["train_wall_time_s_per_run"] = round(out["train_wall_time_s"] / max(out["runs"], 1), 2)
+    out["sample_wall_time_s"] = None
+    return out
+
+
 def run_methods_stage(
     cfg: MethodsConfig, out_dir: Path, run_dir: Path, progress: bool = True
 ) -> dict[str, Any]:
@@ -441,6 +472,8 @@ def run_methods_stage(
     summary.pop("headline", None)
     severe = severe_harm_rates(rows, cfg.bootstrap, cfg.confidence, cfg.seed) if forms else {}
     summary["base"].update(severe.get("base", {}))
+    ppo_points = {s.name: s for s in systems if s.family in PPO_FAMILIES}
+    processor = AutoProcessor.from_pretrained(run_dir / "sft" / "model") if ppo_points else None
     for name, s in summary["variants"].items():
         s.update(severe.get(name, {}))
         if name in points:
@@ -448,6 +481,8 @@ def run_methods_stage(
             s["compute"] = compute_summary(seed_runs)[s["family"]]
             if s["family"] == "mocan":
                 s["lambda_star_per_seed"] = [m.get("lambda_star") for m in seed_runs.values()]
+        elif name in ppo_points:
+            s["compute"] = ppo_compute(run_dir, ppo_points[name], processor)
     compared = {n: v for n, v in summary["variants"].items() if v["family"] != "base"}
     matched = matched_safety(
         rows, compared, cfg.match_tolerance, cfg.bootstrap, cfg.confidence, cfg.seed
@@ -528,7 +563,12 @@ def methods_table(metrics: dict[str, Any]) -> str:
             "n/a" if rate is None else f"{100 * rate:.1f}% [{100 * ci[0]:.1f}%, {100 * ci[1]:.1f}%]"
         )
         c = s.get("compute")
-        wall.append("" if c is None else f"{c['train_wall_time_s'] + c['sample_wall_time_s']:.0f}")
+        if c is None:
+            wall.append("")
+        elif c["sample_wall_time_s"] is None:  # PPO: its test answers are not timed apart
+            wall.append(f"{c['train_wall_time_s']:.0f} (train)")
+        else:
+            wall.append(f"{c['train_wall_time_s'] + c['sample_wall_time_s']:.0f}")
         tokens.append(
             "" if c is None else str(c["train_tokens_generated"] + c["sample_tokens_generated"])
         )
