@@ -21,12 +21,13 @@ import tyro
 from .bench import main as bench_main
 from .config import ConfigError
 from .demo.app import main as demo_main
+from .eval.results import main as results_main
 from .pipeline import config_class, resolve_config, run_pipeline, run_stage
 from .runs import DEFAULT_RUN_DIR
 from .stages import EXTRA_STAGE_NAMES, STAGE_NAMES, get_stage
 from .train.distributed import distributed
 
-COMMANDS = (*STAGE_NAMES, "run", *EXTRA_STAGE_NAMES, "demo", "bench")
+COMMANDS = (*STAGE_NAMES, "run", *EXTRA_STAGE_NAMES, "demo", "bench", "results")
 
 
 def _common_parser() -> argparse.ArgumentParser:
@@ -52,6 +53,7 @@ def _usage() -> str:
         f"commands: {', '.join(COMMANDS)} (stages in pipeline order, then run = every stage; "
         f"{', '.join(EXTRA_STAGE_NAMES)}: a stage that run leaves out)\n"
         "per-stage config flags: python -m workbench <stage> --help\n"
+        "results: the results table of a finished run (python -m workbench results --help)\n"
         "run: finished stages keep their saved config; run --config FILE takes one JSON "
         'section per stage (e.g. {"ppo": {"device": "cuda", "mixed_precision": '
         '"bf16"}}; configs/ has examples)\n'
@@ -66,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     command, rest = argv[0], argv[1:]
+    if command == "results":  # the results table of a finished run (its own flags)
+        return results_main(rest)
     if command not in COMMANDS:
         print(f"error: unknown command {command!r}\n{_usage()}", file=sys.stderr)
         return 2
