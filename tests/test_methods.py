@@ -68,6 +68,8 @@ def test_config_validates_and_round_trips():
         MethodsConfig(margins=(-1.0,))
     with pytest.raises(ConfigError, match="MethodsConfig.seeds"):
         MethodsConfig(seeds=0)
+    with pytest.raises(ConfigError, match="MethodsConfig.prompts"):
+        MethodsConfig(prompts="train")
     cfg = MethodsConfig.smoke()
     again = MethodsConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg and isinstance(again.dpo, DPOConfig)
@@ -77,6 +79,9 @@ def test_config_validates_and_round_trips():
 def test_methods_is_a_stage_that_run_leaves_out():
     assert "methods" in EXTRA_STAGE_NAMES and "methods" not in STAGE_NAMES
     assert get_stage("methods").config is MethodsConfig
+    # tuning on eval prompts never writes over the test comparison
+    assert get_stage("methods").output(MethodsConfig()) == "methods"
+    assert get_stage("methods").output(MethodsConfig(prompts="eval")) == "methods_eval"
     from workbench.cli import COMMANDS
 
     assert "methods" in COMMANDS

@@ -149,7 +149,7 @@ def _print_summary(run_dir: Path, results: dict) -> None:
             )
         if (d / "overview.html").is_file():
             print(f"  {'':8s} plots: {d / 'overview.html'} (open in a browser)")
-        if stage in EXTRA_STAGE_NAMES and (d / "report.html").is_file():
+        if stage.removesuffix("_eval") in EXTRA_STAGE_NAMES and (d / "report.html").is_file():
             print(f"  {'':8s} report: {d / 'report.html'} (open in a browser)")
     if "data" in results:
         print(f"  browse the data: make lab -> notebooks/01_data.ipynb (run dir {run_dir})")

@@ -1191,7 +1191,11 @@ class MethodsConfig(StageConfig):
     seeds: int = 3
     """Training seeds per point: seed offset k trains and samples with ``seed + k``. Default 3."""
     n_prompts: int = 600
-    """Test prompts every point is judged on (the first n, the analysis's). Default 600."""
+    """Prompts every point is judged on (the first n, the analysis's). Default 600."""
+    prompts: str = "test"
+    """``test`` (the default) or ``eval``: judge every point on the eval prompts instead, to
+    tune the ``dpo`` settings without looking at the test results; writes
+    ``<run>/methods_eval/`` (never over the test comparison)."""
     bootstrap: int = 2000
     """Bootstrap resamples for the intervals (seeds, then prompts within a seed). Default 2000."""
     confidence: float = 0.95
@@ -1249,6 +1253,7 @@ class MethodsConfig(StageConfig):
             "safedpo needs at least one margin",
         )
         self._positive("seeds", "n_prompts", "bootstrap", "max_new_tokens", "eval_batch_size")
+        self._check(self.prompts in ("test", "eval"), "prompts", "must be test or eval")
         self._check(
             isinstance(self.confidence, float) and 0.5 <= self.confidence < 1,
             "confidence",

@@ -5,7 +5,8 @@ Every method of :class:`~workbench.config.MethodsConfig` is swept over its own k
 margin Δ, MoCAN's threshold d; DPO on the more-helpful and on the safer label have none),
 ``seeds`` training seeds per point, each run trained by :func:`~workbench.train.dpo.train_dpo`
 from the run's SFT model into ``methods/<run>/``. Each run's answers to the first
-``n_prompts`` test prompts are judged the way the analysis judges (its prompts, its judge, its
+``n_prompts`` test prompts (eval prompts with ``prompts = "eval"``, into ``methods_eval/``,
+for tuning) are judged the way the analysis judges (its prompts, its judge, its
 :func:`~workbench.eval.analyze.summarise_scores`), beside the base and, when the run has them,
 base+guard and the PPO points (:func:`~workbench.eval.analyze.collect_systems`, their saved
 answers reused). On top of the analysis's metrics each point gets its severe-harm rate (gold
@@ -394,6 +395,12 @@ def ppo_compute(run_dir: Path, system: System, processor: Any) -> dict[str, Any]
     return out
 
 
+def methods_folder(cfg: MethodsConfig) -> str:
+    """``methods`` for the test prompts, ``methods_eval`` for the eval prompts (never over the
+    test comparison)."""
+    return "methods" if cfg.prompts == "test" else "methods_eval"
+
+
 def run_methods_stage(
     cfg: MethodsConfig, out_dir: Path, run_dir: Path, progress: bool = True
 ) -> dict[str, Any]:
@@ -418,12 +425,13 @@ def run_methods_stage(
         threads=cfg.threads,
         device=cfg.device,
         seed=cfg.seed,
+        prompts=cfg.prompts,
     )
     setup(acfg)
     data = load_data(run_dir)
     prompts = analysis_prompts(data, acfg)
     if not prompts:
-        raise ValueError(f"methods: the run {run_dir} has no test prompts")
+        raise ValueError(f"methods: the run {run_dir} has no {cfg.prompts} prompts")
     ids = [p["id"] for p in prompts]
     images = ImageCache(data)
     ppo_ds, ppo_finals = ppo_lagrangian(run_dir)
@@ -431,7 +439,7 @@ def run_methods_stage(
     points: dict[str, System] = {}
     for run in method_runs(cfg, ppo_ds):
         run_cfg, folder = cfg.run_config(run.method, run.knob, run.seed_offset), out_dir / run.name
-        earlier = run_dir / "methods" / run.name  # a finished stage's run with the same settings
+        earlier = run_dir / methods_folder(cfg) / run.name  # a finished stage's run, same settings
         if not _finished(folder, run_cfg, ids, cfg.max_new_tokens) and _finished(
             earlier, run_cfg, ids, cfg.max_new_tokens
         ):
@@ -490,7 +498,7 @@ def run_methods_stage(
     metrics: dict[str, Any] = {
         "judge": judge_info["kind"],
         "judge_description": judge_info,
-        "prompts": "test",
+        "prompts": cfg.prompts,
         "n_prompts": len(prompts),
         "confidence": cfg.confidence,
         **summary,
@@ -605,7 +613,8 @@ def write_methods_report(
         "<h1>Safe RLHF-V Workbench · rollout-free methods</h1>",
         f"<p>Run <code>{html.escape(str(Path(run_dir).resolve()))}</code> · judge: "
         f"<b>{html.escape(metrics['judge_description']['label'])}</b> · "
-        f"{metrics['n_prompts']} test prompts · {100 * metrics['confidence']:.0f}% bootstrap "
+        f"{metrics['n_prompts']} {metrics.get('prompts', 'test')} prompts · "
+        f"{100 * metrics['confidence']:.0f}% bootstrap "
         "intervals (seeds, then prompts).</p>",
         *(f"<p class='note'>{html.escape(n)}</p>" for n in metrics["notes"]),
         "<h2>Trade-off plane</h2>",
@@ -658,6 +667,7 @@ STAGE = Stage(
     run_methods_stage,
     reads=("data", "sft", "reward", "cost"),
     resumable=True,
+    folder=methods_folder,
 )
 
 __all__ = [
@@ -670,6 +680,7 @@ __all__ = [
     "matched_safety",
     "compute_summary",
     "mocan_lambda",
+    "methods_folder",
     "run_methods_stage",
     "tradeoff_plane",
     "write_methods_report",
