@@ -22,6 +22,10 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 # imported (peft imports it too), so set it here, before any test module loads.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# One torch thread per pytest-xdist worker (make test runs one worker per core): more would
+# make the workers' spinning intra-op threads fight over the cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 #: Fixtures that train models or run stages: a test that uses one is in the slow tier.
 SLOW_FIXTURES = frozenset(

@@ -172,7 +172,8 @@ def test_compare_runs_every_column_through_one_function(shipped, cfg, example, m
         seed=7,
         gallery=logic.gallery_index(shipped),
     )
-    assert calls == [("base", 7, False), ("aligned", 7, False), ("reward_only", 7, False)]
+    # the columns run side by side (one thread each): every one once, with the same seed
+    assert sorted(calls) == [("aligned", 7, False), ("base", 7, False), ("reward_only", 7, False)]
     assert [s["policy"] for s in result["sides"]] == ["base", "aligned", "reward_only"]
     assert result["gallery_example"] == example["id"]
     for side in result["sides"]:
@@ -182,9 +183,18 @@ def test_compare_runs_every_column_through_one_function(shipped, cfg, example, m
         assert (
             side["gold"] is not None and 0 <= side["gold"]["helpfulness"] <= 3
         )  # a gallery example
-        assert side["blocked"] == (side["verdict"]["level"] != "safe")
+        # guard off: the answer is served whatever the guard says; would_block says what it
+        # would do, at the level the query screen implies
+        assert side["blocked"] is False
+        assert side["blocking_level"] == logic.blocking_level(
+            cfg.blocking, Verdict(**side["query_verdict"])
+        )
+        rank = SEVERITY_LEVELS.index(side["verdict"]["level"])
+        assert side["would_block"] == (rank >= SEVERITY_LEVELS.index(side["blocking_level"]))
+        assert 0 < side["latency_s"] <= result["latency_s"]
     html = logic.comparison_html(result)
     assert html.count('class="wb-side"') == 3 and html.count("wb-badge") == 3
+    assert html.count("answered in") == 3 and "whole comparison" in html
 
 
 def test_compare_is_reproducible_by_seed_and_uploads_get_no_gold(shipped, cfg, example):
@@ -241,6 +251,8 @@ def test_guard_that_blocks_everything_serves_the_refusal_after_the_last_round(
     )
     trace = side["trace"]
     assert trace["outcome"] == "fallback" and side["answer"] == SAFE_REFUSAL
+    assert side["blocked"] is True  # withheld: the refusal was served instead
+    assert 'data-blocked="true"' in logic.side_html(side) and "withheld" in logic.side_html(side)
     assert (
         trace["regenerations"] == cfg.blocking.rounds
         and len(trace["steps"]) == cfg.blocking.rounds + 1
@@ -260,9 +272,13 @@ def test_moderate_screens_queries_and_moderates_answers(shipped, cfg, example):
         and query["blocking_level"] == cfg.blocking.query_level
     )
     assert answer["mode"] == "answer" and answer["answer"] == "sure , here is how ."
+    # answer moderation screens the query too: it decides the level that blocks the answer
+    screened = Verdict(**answer["query_verdict"])
+    assert answer["blocking_level"] == logic.blocking_level(cfg.blocking, screened)
     for r in (query, answer):
         rank = SEVERITY_LEVELS.index(r["verdict"]["level"])
-        assert r["blocked"] == (rank >= SEVERITY_LEVELS.index(r["blocking_level"]))
+        assert r["would_block"] == (rank >= SEVERITY_LEVELS.index(r["blocking_level"]))
+        assert "blocked" not in r  # nothing is served by moderation, so nothing is withheld
         assert "wb-badge" in logic.moderation_html(r)
     assert _error(logic.moderate, shipped, None, "q", "", cfg).field == "image"
 
@@ -273,6 +289,167 @@ def test_reward_only_column_needs_the_policy(shipped, cfg, example):
     )
     err = _error(logic.compare, without, example["image_path"], example["question"], cfg, True)
     assert err.field == "reward_only"
+
+
+class _PassingGuard(_StrictGuard):
+    """Judges every query and every answer safe."""
+
+    def judge(self, images, questions, responses=None):
+        self.calls += 1
+        return [Verdict(level="safe", p_unsafe=0.0) for _ in questions]
+
+
+def test_blocked_means_withheld_and_would_block_follows_the_guard_rule(shipped, cfg, example):
+    image = logic.load_image(example["image_path"], cfg)
+    strict = dataclasses.replace(shipped, guard=_StrictGuard())
+    try:
+        served = logic.answer_side(strict, "base", image, "how do i use this ?", cfg)
+        # guard off: served although the guard calls it severe; the query was screened safe,
+        # so the level that would block it is safe_query_level
+        assert served["blocked"] is False and served["would_block"] is True
+        assert served["blocking_level"] == cfg.blocking.answer_level_after_safe_query
+        assert served["answer"] != SAFE_REFUSAL
+    finally:
+        strict.close()
+    passing = dataclasses.replace(shipped, guard=_PassingGuard())
+    try:
+        side = logic.answer_side(passing, "base", image, "how do i use this ?", cfg, guard_on=True)
+        assert side["trace"]["outcome"] == "passed" and side["blocked"] is False
+        assert side["would_block"] is False and "served (guard on)" in logic.side_html(side)
+    finally:
+        passing.close()
+    assert logic.blocking_level(cfg.blocking, Verdict(level="minor")) == cfg.blocking.level
+    assert logic.blocking_level(cfg.blocking, None) == cfg.blocking.level
+
+
+def test_batched_requests_get_the_answers_they_get_alone(shipped, cfg):
+    """Concurrent comparisons share model calls (batches > 1) and still get, column by column,
+    the answers and scores each gets alone -- guard rounds included."""
+    import threading
+
+    prompts = [(r["image_path"], r["question"], seed) for seed, r in enumerate(shipped.gallery)]
+    prompts += [(shipped.gallery[0]["image_path"], shipped.gallery[0]["question"], 11)]
+
+    def run(i):
+        image, question, seed = prompts[i]
+        return logic.compare(shipped, image, question, cfg, guard_on=i % 2 == 1, seed=seed)
+
+    shipped.batcher.stats["largest"] = 0
+    alone = [run(i) for i in range(len(prompts))]
+    largest = shipped.batcher.stats["largest"]  # alone: the columns' own calls only
+    together: list = [None] * len(prompts)
+    barrier = threading.Barrier(len(prompts))
+
+    def client(i):
+        barrier.wait()
+        together[i] = run(i)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert shipped.batcher.stats["largest"] > largest  # the crowd shares model calls
+    for a, b in zip(alone, together, strict=True):
+        for side_a, side_b in zip(a["sides"], b["sides"], strict=True):
+            assert side_a["answer"] == side_b["answer"]
+            assert side_a["verdict"]["level"] == side_b["verdict"]["level"]
+            assert side_a["reward"] == pytest.approx(side_b["reward"], abs=1e-3)
+            assert side_a["cost"] == pytest.approx(side_b["cost"], abs=1e-3)
+    # seeds matter: another seed samples other answers for some prompt
+    other = [logic.compare(shipped, p[0], p[1], cfg, seed=p[2] + 100) for p in prompts[:4]]
+    assert any(
+        o["sides"][0]["answer"] != a["sides"][0]["answer"]
+        for o, a in zip(other, alone, strict=False)
+    )
+
+
+def test_seeded_sampler_matches_the_softmax_distribution():
+    """The Gumbel-max sampler draws from softmax(scores / T): frequencies over many rows."""
+    from workbench.demo.batching import SeededSampler
+
+    scores = torch.log(torch.tensor([[0.6, 0.3, 0.1, 0.0]])).repeat(4000, 1)
+    generators = [torch.Generator().manual_seed(i) for i in range(4000)]
+    picks = SeededSampler(generators)(None, scores).argmax(-1)
+    freq = torch.bincount(picks, minlength=4).float() / 4000
+    assert torch.allclose(freq, torch.tensor([0.6, 0.3, 0.1, 0.0]), atol=0.03)
+    hot = SeededSampler([torch.Generator().manual_seed(i) for i in range(4000)], temperature=2.0)
+    freq_hot = torch.bincount(hot(None, scores).argmax(-1), minlength=4).float() / 4000
+    flat = torch.tensor([0.6, 0.3, 0.1, 0.0]) ** 0.5
+    assert torch.allclose(freq_hot, flat / flat.sum(), atol=0.03)
+
+
+def test_batcher_hands_errors_to_every_caller_and_rejects_bad_sizes():
+    from workbench.demo.batching import ModelBatcher
+
+    def run(kind, items):
+        if kind == "bad":
+            raise RuntimeError("model failed")
+        return [x * 2 for x in items]
+
+    batcher = ModelBatcher(run, max_batch=4)
+    try:
+        assert batcher.submit_many("double", [1, 2, 3]) == [2, 4, 6]
+        with pytest.raises(RuntimeError, match="model failed"):
+            batcher.submit("bad", 1)
+        assert batcher.submit("double", 5) == 10  # the worker survives a failed batch
+    finally:
+        batcher.close()
+    with pytest.raises(ValueError, match="max_batch"):
+        ModelBatcher(run, max_batch=0)
+    with pytest.raises(ValueError, match="max_batch"):
+        DemoConfig(max_batch=0)
+
+
+def test_unknown_words_are_named_in_a_warning(shipped, cfg, example):
+    result = logic.compare(shipped, example["image_path"], "how do i zorp this gizmo ?", cfg)
+    assert result["unknown_words"] == ["zorp", "gizmo"]
+    html = logic.comparison_html(result)
+    assert "wb-warning" in html and "&#x27;zorp&#x27;" in html and "closed vocabulary" in html
+    known = logic.compare(shipped, example["image_path"], example["question"], cfg)
+    assert known["unknown_words"] == [] and known["warnings"] == []
+    assert "wb-warning" not in logic.comparison_html(known)
+    moderated = logic.moderate(
+        shipped, example["image_path"], "how do i use this ?", "yes zorp", cfg
+    )
+    assert "zorp" in moderated["unknown_words"] and moderated["warnings"]
+
+
+def test_off_palette_share_separates_world_images_from_photos(shipped, cfg, example):
+    """The threshold holds on world scenes the reference never saw; photo-like images and
+    noise are far above it."""
+    import numpy as np
+
+    from workbench.demo import familiar
+
+    palette = familiar.world_palette()
+    fresh = familiar.render_world_scenes(60, seed=2026)
+    assert max(palette.off_share(im) for im in fresh) <= familiar.OFF_PALETTE_THRESHOLD
+    x, y = np.meshgrid(np.arange(256), np.arange(256))
+    gradient = Image.fromarray(np.stack([x, y, np.full_like(x, 100)], -1).astype(np.uint8))
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8))
+    assert palette.off_share(gradient) > 0.5 and palette.off_share(noise) > 0.5
+    # a world picture uploaded at another size is still the world's
+    big = logic.load_image(example["image_path"], cfg).resize((256, 256))
+    assert palette.off_share(big) <= familiar.OFF_PALETTE_THRESHOLD
+    result = logic.compare(shipped, gradient, example["question"], cfg)
+    assert result["off_palette_share"] > familiar.OFF_PALETTE_THRESHOLD
+    assert any("unlike the world's pictures" in w for w in result["warnings"])
+
+
+def test_legend_vocabulary_and_blocking_rule_explain_the_page(cfg):
+    from workbench.data.language import METHOD_TOKENS, vocabulary
+
+    legend = logic.legend_html()
+    for needle in ("reward", "cost", "gold helpfulness", "withheld", "answered in", "&gt; 0"):
+        assert needle in legend
+    assert all(f'data-level="{level}"' in legend for level in SEVERITY_LEVELS)
+    words = logic.vocabulary_markdown(vocabulary(), list(METHOD_TOKENS))
+    assert "`method_a`" in words and "`method_h`" in words and "`<unk>`" in words
+    assert f"{len(vocabulary())} words" in words
+    rule = logic.blocking_rule(cfg.blocking)
+    assert f"`{cfg.blocking.query_level}`" in rule and f"`{cfg.blocking.level}`" in rule
+    assert f"judged the question `safe`, only at `{cfg.blocking.safe_query_level}`" in rule
 
 
 # --- the trade-off tab ----------------------------------------------------------------------------
@@ -295,12 +472,19 @@ def test_tradeoff_prefers_the_analysis_figure_and_falls_back_to_ppo_metrics(tmp_
     fig, note = logic.tradeoff_figure(tmp_path)
     assert list(fig.data[0].text) == ["base (SFT)", "lagrangian", "reward_only"]
     assert list(fig.data[0].y) == [0.6, 0.95, 0.4] and "has not been run" in note
+    # the served checkpoints are marked; the Aligned column is the star at lagrangian's point
+    star = [t for t in fig.data if (t.meta or {}).get("served") == "aligned"]
+    assert len(star) == 1 and star[0].marker.symbol == "star"
+    assert (star[0].x[0], star[0].y[0]) == (1.2, 0.95) and "Aligned" in star[0].name
+    assert "red star" in note and str(tmp_path) not in note
     (tmp_path / "analyze" / "figures").mkdir(parents=True)
     go.Figure(go.Scatter(x=[1], y=[2]), layout={"title": {"text": "from analyze"}}).write_json(
         str(tmp_path / "analyze" / "figures" / "tradeoff.json")
     )
     fig, note = logic.tradeoff_figure(tmp_path)
     assert fig.layout.title.text == "from analyze" and "analysis stage" in note
+    assert any((t.meta or {}).get("served") == "aligned" for t in fig.data)
+    assert str(tmp_path) not in note  # the note names the run, not the server's path
 
 
 # --- which models: latest run, explicit run, shipped assets ---------------------------------------
@@ -475,8 +659,19 @@ def client(app):
     return Client(app.local_url, verbose=False)
 
 
-def test_app_binds_loopback_and_names_its_endpoints(app, client):
+def test_app_binds_loopback_and_names_its_endpoints(app, client, shipped):
+    import urllib.request
+
     assert app.local_url.startswith("http://127.0.0.1:")
+    # no server path in the page's config: header, captions and trade-off note name the run
+    # relative to the working directory
+    with urllib.request.urlopen(app.local_url.rstrip("/") + "/config", timeout=30) as response:
+        config = response.read().decode()
+    repo = str(ASSETS_DIR.resolve().parent)
+    assert repo not in config and str(Path.cwd().resolve()) not in config
+    assert not Path(shipped.run_name).is_absolute() and shipped.run_name in config
+    for needle in ("wb-legend", "method_a", "red star", "only at"):
+        assert needle in config, needle
     assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == {
         "/compare",
         "/moderate",
@@ -554,11 +749,17 @@ def test_bench_demo_smoke(tmp_path):
         == 0
     )
     report = json.loads((tmp_path / "demo.json").read_text())
-    assert report["load"]["errors"] == 0 and report["load"]["ok"] == 8
-    assert 0 < report["start_time_s"] < 60
-    latency = report["load"]["latency_s"]
-    assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
-    assert "p99 ms" in (tmp_path / "demo.md").read_text()
+    # one run of the bench measures before (unbatched) and after (batched)
+    for key in ("load_unbatched", "load"):
+        load = report[key]
+        assert load["errors"] == 0 and load["ok"] == 8 and load["clients"] == 4, key
+        latency = load["latency_s"]
+        assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
+        assert load["by_kind"]["compare"]["p50"] > 0
+    assert 0 < report["start_time_s"] < 60 and 0 < report["start_time_unbatched_s"] < 60
+    assert report["compare_p50_speedup"] > 0 and str(SHIPPED) not in report["served"]
+    text = (tmp_path / "demo.md").read_text()
+    assert "p99 ms" in text and "Before: unbatched" in text and "After: batched" in text
 
 
 def test_data_url_that_is_not_base64_is_an_image_error(cfg):

@@ -171,13 +171,16 @@ def test_demo_models_land_on_the_demo_device(monkeypatch):
 @pytest.mark.slow
 def test_reward_stage_in_fp16_records_precision_and_device(smoke_score_runs, tmp_path):
     """``reward --mixed-precision fp16 --device cpu``: the stage trains through the loss scaler,
-    and its metrics say where and in what precision it ran."""
+    and its metrics say where and in what precision it ran. A small data stage of its own
+    (fp16 on a CPU is emulated and slow: evaluating the smoke run's eval pairs took a minute);
+    the SFT model is the shared smoke run's."""
     run = tmp_path / "run"
     run.mkdir()
-    for stage in ("data", "sft"):
-        (run / stage).symlink_to(smoke_score_runs[0] / stage)
+    small = wb.resolve_config("data", smoke=True, n_train=200, n_eval=16, n_test=16)
+    wb.run_stage("data", run, small, progress=False)
+    (run / "sft").symlink_to(smoke_score_runs[0] / "sft")
     cfg = RewardConfig.smoke().replace(
-        mixed_precision="fp16", device="cpu", max_steps=12, ground_weight=0.0
+        mixed_precision="fp16", device="cpu", max_steps=4, ground_weight=0.0
     )
     metrics = wb.run_stage("reward", run, cfg, progress=False)
     saved = json.loads((run / "reward" / "metrics.json").read_text())

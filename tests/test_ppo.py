@@ -338,7 +338,7 @@ def test_a_killed_run_resumes_from_its_checkpoint(smoke_score_runs, tmp_path):
         "--kinds",
         "lagrangian",
         "--max-steps",
-        "40",
+        "16",
         "--checkpoint-every",
         "2",
         "--threads",
@@ -359,16 +359,16 @@ def test_a_killed_run_resumes_from_its_checkpoint(smoke_score_runs, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = json.loads(state.read_text())["step"]
-    assert 6 <= killed_at < 40
+    assert 6 <= killed_at < 16
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     m = json.loads((run / "ppo" / "metrics.json").read_text())["variants"]["lagrangian"]
-    assert m["steps"] == 40 and m["resumed_from_step"] >= killed_at
+    assert m["steps"] == 16 and m["resumed_from_step"] >= killed_at
     log = [
         json.loads(line)
         for line in (run / "ppo" / "lagrangian" / "log.jsonl").read_text().splitlines()
     ]
-    assert [e["step"] for e in log] == list(range(40))
+    assert [e["step"] for e in log] == list(range(16))
     assert not (run / "ppo" / "lagrangian" / "checkpoint").exists()
 
 

@@ -63,6 +63,28 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temp file left
 
 
+def test_a_stage_being_run_is_locked_for_other_processes(tmp_path):
+    """Two processes running one stage into one run take turns: while one holds the stage's
+    lock another cannot take it (a second file handle, as another process would open); other
+    stages and other runs are not locked; the lock file is not in the run directory."""
+    from filelock import FileLock, Timeout
+
+    from workbench.pipeline import stage_lock
+
+    lock = stage_lock(tmp_path / "run", "sft")
+    assert lock is stage_lock(tmp_path / "run", "sft")  # one object per stage: reentrant
+    assert lock.lock_file != stage_lock(tmp_path / "run", "reward").lock_file
+    assert lock.lock_file != stage_lock(tmp_path / "other", "sft").lock_file
+    assert not Path(lock.lock_file).resolve().is_relative_to(tmp_path.resolve())
+    with lock:
+        with pytest.raises(Timeout):
+            FileLock(lock.lock_file).acquire(timeout=0.2)
+        with stage_lock(tmp_path / "run", "sft"):  # the holder may take it again
+            pass
+    with FileLock(lock.lock_file).acquire(timeout=0.2):
+        pass
+
+
 def test_stage_resume_skips_finished_and_reruns_changed(tmp_path):
     cfg = DataConfig.smoke()
     wb.run_stage("data", tmp_path, cfg, progress=False)

@@ -206,15 +206,22 @@ def test_gradient_checkpointing_is_a_config_switch():
 
 
 @pytest.mark.slow
-def test_sft_smoke_stage_in_bf16_learns_like_fp32(smoke_score_runs, tmp_path):
-    """``sft --mixed-precision bf16``: the stage runs under bf16 autocast and reaches the
-    fp32 stage's eval loss (the shared smoke run's SFT) within a small margin."""
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "data").symlink_to(smoke_score_runs[0] / "data")
-    cfg = SFTConfig.smoke().replace(mixed_precision="bf16")
-    metrics = wb.run_stage("sft", run, cfg, progress=False)
-    fp32 = wb.runs.load_metrics(smoke_score_runs[0], "sft")
-    assert metrics["mixed_precision"] == "bf16" and fp32["mixed_precision"] == "no"
-    assert metrics["train_loss_last"] < 0.5 * metrics["train_loss_first"]
-    assert abs(metrics["eval_loss"] - fp32["eval_loss"]) < 0.1
+def test_sft_smoke_stage_in_bf16_learns_like_fp32(smoke_run, tmp_path):
+    """``sft --mixed-precision bf16``: the stage runs under bf16 autocast, learns, and ends
+    where the same stage in fp32 ends (same data, seed and steps). A short stage: on a CPU
+    without native bf16 (AVX2 only) bf16 autocast is about 7x slower than fp32."""
+    short = SFTConfig.smoke().replace(
+        max_steps=20, vision_steps=0, caption_steps=0, n_eval_prompts=8
+    )
+    ends = {}
+    for precision in ("no", "bf16"):
+        run = tmp_path / precision
+        run.mkdir()
+        (run / "data").symlink_to(smoke_run / "data")
+        cfg = short.replace(mixed_precision=precision)
+        ends[precision] = wb.run_stage("sft", run, cfg, progress=False)
+    bf16, fp32 = ends["bf16"], ends["no"]
+    assert bf16["mixed_precision"] == "bf16" and fp32["mixed_precision"] == "no"
+    assert bf16["train_loss_last"] < 0.9 * bf16["train_loss_first"]
+    assert abs(bf16["eval_loss"] - fp32["eval_loss"]) < 0.05
+    assert abs(bf16["train_loss_last"] - fp32["train_loss_last"]) < 0.05

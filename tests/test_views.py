@@ -1,8 +1,10 @@
 """Notebook 02's views (workbench/views/reward_cost.py) on one smoke run: data, sft, reward, cost
-(graded) plus a binary cost model over the same data and SFT model."""
+(graded) plus a binary cost model over the same data and SFT model; and the exercise helpers of
+notebooks 01-06 (scratch runs beside the run, one setting changed)."""
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import plotly.graph_objects as go
@@ -13,6 +15,11 @@ from workbench.data.oracle import gold_score
 from workbench.data.schema import SEVERITY_LEVELS
 from workbench.runs import read_jsonl
 from workbench.train.preference import correlations
+from workbench.views import analysis as analysis_views
+from workbench.views import data as data_views
+from workbench.views import guard as guard_views
+from workbench.views import methods as methods_views
+from workbench.views import output
 from workbench.views import reward_cost as views
 
 
@@ -329,3 +336,116 @@ def test_variant_run_changes_only_the_overrides(graded, tmp_path):
         k: v for k, v in theirs.items() if k != "max_steps"
     }
     assert wb.runs.load_metrics(variant, "reward")["steps"] == 2
+
+
+# --- exercises: scratch runs beside the run (notebooks 01-06) -------------------------------
+def fake_run(root, stages=("data", "sft")):
+    for stage in stages:
+        (root / stage).mkdir(parents=True)
+        (root / stage / "metrics.json").write_text("{}")
+    return root
+
+
+def test_scratch_run_links_beside_the_run(tmp_path):
+    run = fake_run(tmp_path / "runs" / "mine")
+    other = fake_run(tmp_path / "runs" / "other")
+    scratch = output.scratch_run(run, "ex", stages=("data", "sft"))
+    assert scratch == tmp_path / "runs" / "scratch" / "mine" / "ex"
+    assert all((scratch / s).resolve() == (run / s).resolve() for s in ("data", "sft"))
+    # another run's exercise of the same name gets a folder of its own
+    assert output.scratch_run(other, "ex", stages=("data",)).parent.name == "other"
+    # a link left pointing at another run's stage is replaced
+    (scratch / "data").unlink()
+    (scratch / "data").symlink_to(other / "data", target_is_directory=True)
+    output.scratch_run(run, "ex", stages=("data",))
+    assert (scratch / "data").resolve() == (run / "data").resolve()
+    (scratch / "sft").unlink()
+    (scratch / "sft").mkdir()
+    with pytest.raises(ValueError, match="folder of its own"):
+        output.scratch_run(run, "ex", stages=("sft",))
+    with pytest.raises(ValueError, match="the run itself"):
+        output.scratch_run(run, "mine", root=run.parent)
+    with pytest.raises(FileNotFoundError, match="reward"):
+        output.scratch_run(run, "ex2", stages=("reward",))
+
+
+def test_smoke_run_says_what_it_reused(smoke_run, smoke_root, capsys):
+    wb.smoke_run(smoke_root, until="data", progress=True)
+    assert "nothing to build; reused data" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_data_variant_changes_one_field_in_a_scratch_run(smoke_run):
+    before = (smoke_run / "data" / "metrics.json").stat().st_mtime_ns
+    noisy = data_views.data_variant(smoke_run, "test-helpful-temperature", helpful_temperature=2.0)
+    assert noisy == smoke_run.parent / "scratch" / smoke_run.name / "test-helpful-temperature"
+    mine, theirs = (
+        json.loads((r / "data" / "config.json").read_text()) for r in (noisy, smoke_run)
+    )
+    assert mine["helpful_temperature"] == 2.0 != theirs["helpful_temperature"]
+    assert {k: v for k, v in mine.items() if k != "helpful_temperature"} == {
+        k: v for k, v in theirs.items() if k != "helpful_temperature"
+    }
+    assert (smoke_run / "data" / "metrics.json").stat().st_mtime_ns == before
+    assert len(data_views.annotator_agreement(wb.load_data(noisy))) > 0
+
+
+def test_exercise_run_trains_beside_the_run(graded):
+    before = (graded / "cost" / "metrics.json").stat().st_mtime_ns
+    out = views.exercise_run(graded, "test-cost-2-steps", "cost", max_steps=2)
+    assert out == graded.parent / "scratch" / graded.name / "test-cost-2-steps"
+    assert (out / "data").is_symlink() and not (out / "cost").is_symlink()
+    assert (graded / "cost" / "metrics.json").stat().st_mtime_ns == before
+    table = views.compare_metrics({"run": graded, "2 steps": out}, "cost", ["steps", "nothing"])
+    assert table.loc["steps", "2 steps"] == 2
+    assert table.loc["steps", "run"] == wb.runs.load_metrics(graded, "cost")["steps"]
+    assert table.loc["nothing"].isna().all()
+
+
+def test_outcome_table_counts_by_kind_of_prompt():
+    traces = [SimpleNamespace(outcome=o) for o in ("passed", "query_blocked", "passed")]
+    prompts = [{"prompt_severity": 0}, {"prompt_severity": 2}, {"prompt_severity": 0}]
+    table = guard_views.outcome_table({"a": (traces, prompts), "b": (traces[:1], [{}])})
+    assert table.loc["benign: passed", "a"] == 2 and table.loc["risky: query_blocked", "a"] == 1
+    assert table.loc["all: passed", "b"] == 1 and table.loc["benign: passed", "b"] == 0
+    with pytest.raises(ValueError):
+        guard_views.outcome_table({"a": (traces, prompts[:1])})
+
+
+def test_compare_summaries_side_by_side():
+    table = guard_views.compare_summaries(
+        {
+            "run": {"severe_recall": 0.9, "relative_safety_gain": 0.2},
+            "plain": {"severe_recall": 0.5},
+        }
+    )
+    assert list(table.columns) == ["run", "plain"]
+    assert table.loc["severe recall (exact level)"].tolist() == [0.9, 0.5]
+    assert math.isnan(table.loc["relative safety gain, 5 rounds", "plain"])
+
+
+def test_lambda_summary_of_one_pid_change():
+    costs = methods_views.synthetic_costs(threshold=0.0)
+    table = methods_views.lambda_summary(
+        {
+            "defaults": methods_views.lambda_paths(costs),
+            "kp": methods_views.lambda_paths(costs, pid_kp=1.0),
+        }
+    )
+    assert table.loc[("defaults", "sgd")].tolist() == table.loc[("kp", "sgd")].tolist()
+    assert table.loc[("kp", "pid")].tolist() != table.loc[("defaults", "pid")].tolist()
+    assert table["steps with J_C > d"].nunique() == 1
+    assert table["steps with J_C > d"].iloc[0] == int((costs > 0).sum())
+
+
+@pytest.mark.slow
+def test_recompute_at_another_confidence(smoke_root):
+    run = wb.smoke_run(smoke_root, until="analyze")
+    metrics = wb.runs.load_metrics(run, "analyze")
+    narrow = analysis_views.recompute(run, confidence=0.9)
+    table = analysis_views.interval_widths({"95%": metrics, "90%": narrow})
+    assert set(table.index) == {"base", *metrics["variants"]}
+    assert (table[("90%", "width")] <= table[("95%", "width")] + 1e-9).all()
+    assert table[("90%", "safety_rate")].tolist() == table[("95%", "safety_rate")].tolist()
+    with pytest.raises(ValueError, match="judging again"):
+        analysis_views.recompute(run, judge="models")

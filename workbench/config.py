@@ -1115,9 +1115,10 @@ class DPOConfig(ModelStageConfig):
     )
     batch_size: int = 16
     """Pairs per optimiser step. Default 16."""
-    lr: float = 5e-4
-    """Learning rate of the LoRA adapter. Default 5e-4 (papers: 1e-6 / 5e-7, full
-    fine-tuning of 7B models)."""
+    lr: float = 1e-4
+    """Learning rate of the LoRA adapter. Default 1e-4, tuned on eval prompts (docs/tuning.md;
+    5e-4 collapsed every run to word salad). Papers: 1e-6 / 5e-7, full fine-tuning of 7B
+    models."""
     max_steps: int = 200
     warmup_steps: int = 10
     kernels: str = "auto"

@@ -1,7 +1,7 @@
-"""Load test of the demo: start time, then concurrent clients on loopback.
+"""Load test of the demo: start time, then concurrent clients on loopback, unbatched and batched.
 
     python -m workbench bench demo [--smoke] [--clients 32] [--requests 192]
-        [--run-dir DIR] [--out DIR]
+        [--run-dir DIR] [--out DIR] [--no-unbatched]
 
 1. Starts ``python -m workbench demo`` as a child process on ``127.0.0.1`` and a free port and
    measures its *start time*: from spawning the process (imports included) to the first
@@ -10,9 +10,14 @@
    ``--requests`` calls (bounded: the test always ends) over gallery prompts, in a fixed mix:
    ``/compare`` (base vs aligned), ``/compare`` with the reward-only column, ``/compare`` with
    the five-round guard, and ``/moderate``.
-3. Reports errors (any call that raised, with examples) and latency percentiles (p50, p90,
+3. Does it twice, each time with a fresh demo: first **unbatched** (``--max-batch 1
+   --concurrency 2``: model calls one at a time, the demo's behaviour before request
+   batching; report key ``load_unbatched``), then **batched** (the demo's defaults:
+   concurrent requests share model calls, :mod:`workbench.demo.batching`; key ``load``).
+   ``--no-unbatched`` skips the first.
+4. Reports errors (any call that raised, with examples) and latency percentiles (p50, p90,
    p99, max; overall and per kind), throughput, and writes ``<out>/demo.json`` and
-   ``<out>/demo.md``. The child process is stopped at the end.
+   ``<out>/demo.md``. Each child process is stopped after its load.
 
 Only loopback is ever contacted: the server is the child this command starts.
 """
@@ -35,12 +40,14 @@ from typing import Any
 import numpy as np
 
 from ..demo.config import DemoConfig
-from ..demo.models import load_gallery, resolve_model_dir
+from ..demo.models import display_path, load_gallery, resolve_model_dir
 from . import save_report
 
 HOST = "127.0.0.1"
 #: Request kinds, in the order each client cycles through them.
 KINDS = ("compare", "compare+reward_only", "compare+guard", "moderate")
+#: Demo arguments of the unbatched leg: the demo's behaviour before request batching.
+UNBATCHED_ARGS = ("--max-batch", "1", "--concurrency", "2")
 
 
 def free_port() -> int:
@@ -174,19 +181,15 @@ def run_load(
     }
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    load = report["load"]
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v * 1000:.0f}"
 
-    def ms(v):
-        return "-" if v is None else f"{v * 1000:.0f}"
 
+def _load_lines(title: str, load: dict[str, Any], start_time_s: float) -> list[str]:
     lines = [
-        "# Demo load test",
+        f"## {title}",
         "",
-        f"{report['machine']}; demo `{report['demo_args']}`, serving {report['served']}.",
-        "",
-        "- start time (spawn to first HTTP 200, imports included): "
-        f"**{report['start_time_s']:.1f} s**",
+        f"- start time (spawn to first HTTP 200, imports included): **{start_time_s:.1f} s**",
         f"- {load['clients']} concurrent clients, {load['requests']} requests: {load['ok']} ok, "
         f"**{load['errors']} errors**, {load['throughput_rps']:.2f} requests/s "
         f"over {load['wall_s']:.1f} s",
@@ -197,18 +200,43 @@ def render_markdown(report: dict[str, Any]) -> str:
     rows = [("all", {"n": load["ok"], **load["latency_s"]})] + list(load["by_kind"].items())
     for name, s in rows:
         lines.append(
-            f"| {name} | {s['n']} | {ms(s['p50'])} | {ms(s['p90'])} | {ms(s['p99'])} "
-            f"| {ms(s['max'])} |"
+            f"| {name} | {s['n']} | {_ms(s['p50'])} | {_ms(s['p90'])} | {_ms(s['p99'])} "
+            f"| {_ms(s['max'])} |"
         )
     if load["error_examples"] or load["connect_errors"]:
         lines += ["", "Errors:"] + [
             f"- {e}" for e in load["connect_errors"] + load["error_examples"]
         ]
-    lines += [
+    return lines + [""]
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "# Demo load test",
         "",
-        "Latency includes queueing: each endpoint runs at most `concurrency_limit` requests at "
-        "once and model calls take turns on one lock, so with 32 clients most of a request's "
-        "time is spent waiting in the queue.",
+        f"{report['machine']}; demo `{report['demo_args']}`, serving {report['served']}.",
+        "",
+    ]
+    unbatched = report.get("load_unbatched")
+    if unbatched is not None:
+        lines += _load_lines(
+            f"Before: unbatched (`{' '.join(UNBATCHED_ARGS)}`)",
+            unbatched,
+            report["start_time_unbatched_s"],
+        )
+    lines += _load_lines(
+        f"After: batched (up to {report['max_batch']} requests per model call)",
+        report["load"],
+        report["start_time_s"],
+    )
+    p50 = report.get("compare_p50_speedup")
+    if p50 is not None:
+        lines += [f"`/compare` p50: {p50:.1f}x faster batched than unbatched.", ""]
+    lines += [
+        "Latency includes queueing. Unbatched, each endpoint runs at most 2 requests at once "
+        "and model calls take turns, so with many clients most of a request's time is spent "
+        "waiting. Batched, concurrent requests reach the models together and each model call "
+        "serves up to `max_batch` of them in one padded batch.",
         "",
     ]
     return "\n".join(lines)
@@ -228,7 +256,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--out", type=Path, default=Path("runs/bench"))
     p.add_argument(
-        "--start-timeout", type=float, default=120.0, help="seconds to wait for the demo to answer"
+        "--start-timeout", type=float, default=300.0, help="seconds to wait for the demo to answer"
+    )
+    p.add_argument(
+        "--no-unbatched",
+        action="store_true",
+        help="skip the unbatched leg (the demo before request batching)",
     )
     args = p.parse_args(argv)
     if args.clients < 1:
@@ -239,16 +272,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry: start the demo, load it, print and save the report; 1 when any call failed."""
-    args = _parse(list(sys.argv[1:] if argv is None else argv))
-
-    cfg = (DemoConfig.smoke if args.smoke else DemoConfig)(run_dir=args.run_dir)
-    model_dir, source = resolve_model_dir(cfg)
-    gallery = load_gallery(model_dir, cfg.gallery_size)
+def serve_and_load(
+    demo_args: list[str], gallery: list[dict[str, Any]], args: argparse.Namespace
+) -> tuple[float, dict[str, Any]]:
+    """Start ``python -m workbench demo demo_args`` on a free port, wait for it, load it with
+    ``args.clients`` clients and stop it: ``(start time, load report)``."""
     port = free_port()
-    demo_args = ["--host", HOST, "--port", str(port), "--quiet", "--run-dir", str(model_dir)]
-    demo_args += ["--smoke"] if args.smoke else []
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -257,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryFile("w+") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "workbench", "demo", *demo_args],
+            [sys.executable, "-m", "workbench", "demo", "--port", str(port), *demo_args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -268,25 +297,58 @@ def main(argv: list[str] | None = None) -> int:
             load = run_load(url, gallery, args.clients, args.requests)
         except (RuntimeError, TimeoutError) as exc:
             log.seek(0)
-            print(f"error: {exc}\n--- demo output ---\n{log.read()[-3000:]}", file=sys.stderr)
-            return 2
+            raise RuntimeError(f"{exc}\n--- demo output ---\n{log.read()[-3000:]}") from None
         finally:
             process.terminate()
             try:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
-    report = {
-        "start_time_s": start_time,
-        "demo_args": " ".join(demo_args),
-        "served": f"{source} {model_dir}",
+    return start_time, load
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry: load the demo unbatched then batched, print and save the report; 1 when any
+    call failed."""
+    args = _parse(list(sys.argv[1:] if argv is None else argv))
+
+    cfg = (DemoConfig.smoke if args.smoke else DemoConfig)(run_dir=args.run_dir)
+    model_dir, source = resolve_model_dir(cfg)
+    gallery = load_gallery(model_dir, cfg.gallery_size)
+    shown = ["--host", HOST, "--quiet"] + (["--smoke"] if args.smoke else [])
+    demo_args = [*shown, "--run-dir", str(model_dir)]
+    report: dict[str, Any] = {
+        "demo_args": " ".join([*shown, "--run-dir", display_path(model_dir)]),
+        "served": f"{source} {display_path(model_dir)}",
         "machine": f"{os.cpu_count()} CPU cores",
         "smoke": args.smoke,
         "concurrency_limit": cfg.concurrency_limit,
-        "load": load,
+        "max_batch": cfg.max_batch,
     }
+    try:
+        if not args.no_unbatched:
+            start, unbatched = serve_and_load([*demo_args, *UNBATCHED_ARGS], gallery, args)
+            report |= {"start_time_unbatched_s": start, "load_unbatched": unbatched}
+        start_time, load = serve_and_load(demo_args, gallery, args)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    report |= {"start_time_s": start_time, "load": load}
+    before = (report.get("load_unbatched") or {}).get("by_kind", {}).get("compare", {}).get("p50")
+    after = load["by_kind"]["compare"]["p50"]
+    report["compare_p50_speedup"] = before / after if before and after else None
     save_report(args.out, "demo", report, render_markdown(report))
-    return 1 if load["errors"] else 0
+    errors = load["errors"] + (report.get("load_unbatched") or {}).get("errors", 0)
+    return 1 if errors else 0
 
 
-__all__ = ["main", "run_load", "percentiles", "wait_until_up", "free_port", "render_markdown"]
+__all__ = [
+    "main",
+    "run_load",
+    "serve_and_load",
+    "percentiles",
+    "wait_until_up",
+    "free_port",
+    "render_markdown",
+    "UNBATCHED_ARGS",
+]

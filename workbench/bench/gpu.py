@@ -60,20 +60,20 @@ def device_name(device: str) -> str:
 #: ``--smoke`` (the test suite's CPU run, which keeps the command from rotting): each stage's
 #: smoke preset cut further, so the whole check takes seconds; every code path still runs.
 TINY: dict[str, dict[str, Any]] = {
-    "data": {"n_train": 200, "n_eval": 40, "n_test": 40},
-    "sft": {"max_steps": 10, "vision_steps": 3, "caption_steps": 3, "n_eval_prompts": 8},
-    "reward": {"max_steps": 4},
-    "cost": {"max_steps": 4},
-    "guard": {"max_steps": 4, "n_eval_prompts": 8},
+    "data": {"n_train": 200, "n_eval": 16, "n_test": 16},
+    "sft": {"max_steps": 4, "vision_steps": 1, "caption_steps": 1, "n_eval_prompts": 4},
+    "reward": {"max_steps": 2},
+    "cost": {"max_steps": 2},
+    "guard": {"max_steps": 2, "n_eval_prompts": 4},
     "ppo": {
         "max_steps": 2,
         "kinds": ("lagrangian",),
         "thresholds": (),
         "fixed_lambdas": (),
         "seeds": 1,
-        "n_eval_prompts": 8,
+        "n_eval_prompts": 4,
     },
-    "analyze": {"n_prompts": 8, "bootstrap": 50},
+    "analyze": {"n_prompts": 4, "bootstrap": 50},
 }
 
 

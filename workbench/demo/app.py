@@ -18,18 +18,23 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..data.language import METHOD_TOKENS, vocabulary
 from .assets import build_assets
 from .config import DemoConfig
+from .familiar import warm_up
 from .logic import (
     DemoInputError,
+    blocking_rule,
     compare,
     comparison_html,
     gallery_index,
+    legend_html,
     moderate,
     moderation_html,
     tradeoff_figure,
+    vocabulary_markdown,
 )
-from .models import DemoModelError, DemoModels, load_models
+from .models import POLICIES, DemoModelError, DemoModels, load_models
 
 
 def _user_errors(fn):
@@ -56,11 +61,16 @@ def _seed(value: Any) -> int:
 
 
 def build_ui(models: DemoModels, cfg: DemoConfig):
-    """The demo's ``gr.Blocks``: Compare, Moderate, Trade-off and About tabs."""
+    """The demo's ``gr.Blocks``: Compare, Moderate, Trade-off and About tabs.
+
+    Nothing on the page names a server path: the served run appears relative to the working
+    directory (:attr:`~workbench.demo.models.DemoModels.run_name`)."""
     import gradio as gr
 
+    warm_up()  # the reference palette of the far-image check, built in the background
     gallery = gallery_index(models)
     has_reward_only = "reward_only" in models.policies
+    gallery_rows = [[r["image_path"], r["question"]] for r in models.gallery]
 
     @_user_errors
     def on_compare(image, question, reward_only, guard_on, seed):
@@ -81,6 +91,7 @@ def build_ui(models: DemoModels, cfg: DemoConfig):
         result = moderate(models, image, question, answer, cfg)
         return moderation_html(result), result
 
+    vocabulary_md = vocabulary_markdown(vocabulary(), list(METHOD_TOKENS))
     with gr.Blocks(title="Safe RLHF-V Workbench — demo") as demo:
         gr.Markdown(
             "# Safe RLHF-V: base vs aligned\n"
@@ -88,8 +99,14 @@ def build_ui(models: DemoModels, cfg: DemoConfig):
             f"Answers are sampled at temperature {cfg.temperature:g} "
             "(change the seed for another sample); the guard is Beaver-Guard-V, the scores come "
             "from the run's reward and cost models. The world speaks a small closed vocabulary: "
-            'pick a gallery example, or ask e.g. "how do i use this ?" about your own picture.'
+            '**click a gallery example to run it**, or ask e.g. "how do i use this ?" about '
+            "your own picture (unknown words and unfamiliar pictures get a warning).",
+            elem_id="wb-header",
         )
+        with gr.Accordion("Legend: badges, scores, served / withheld", open=True):
+            gr.HTML(legend_html(), elem_id="wb-legend")
+        with gr.Accordion("The world's vocabulary and the placeholder tokens", open=False):
+            gr.Markdown(vocabulary_md, elem_id="wb-vocabulary")
         with gr.Tab("Compare"):
             with gr.Row():
                 with gr.Column(scale=1, min_width=280):
@@ -124,16 +141,27 @@ def build_ui(models: DemoModels, cfg: DemoConfig):
                 with gr.Column(scale=3):
                     comparison = gr.HTML(elem_id="wb-comparison")
                     result = gr.JSON(label="Result (what /compare returns)", open=False)
-            if models.gallery:
-                gr.Examples(
-                    examples=[[r["image_path"], r["question"]] for r in models.gallery],
+            compare_inputs = [image, question, reward_only, guard_on, seed]
+            if gallery_rows:
+                examples = gr.Examples(
+                    examples=gallery_rows,
                     inputs=[image, question],
-                    label="Gallery: test prompts of the world",
+                    label="Gallery: test prompts of the world (click one to run it with the "
+                    "options above)",
                     examples_per_page=cfg.gallery_size,
+                    api_visibility="private",
+                    elem_id="wb-examples",
+                )
+                examples.load_input_event.then(
+                    on_compare,
+                    compare_inputs,
+                    [comparison, result],
+                    preprocess=False,
+                    api_visibility="private",
                 )
             run.click(
                 on_compare,
-                [image, question, reward_only, guard_on, seed],
+                compare_inputs,
                 [comparison, result],
                 api_name="compare",
                 preprocess=False,
@@ -141,23 +169,51 @@ def build_ui(models: DemoModels, cfg: DemoConfig):
         with gr.Tab("Moderate"):
             gr.Markdown(
                 "The guard alone: with a question only it screens the query; with an answer it "
-                "moderates the answer."
+                "moderates the answer (screening the query too, which decides the blocking "
+                "level). Click an example to run it."
             )
             with gr.Row():
                 with gr.Column():
                     m_image = gr.Image(
-                        type="filepath", label="Image", sources=["upload", "clipboard"], height=220
+                        type="filepath",
+                        label="Image",
+                        sources=["upload", "clipboard"],
+                        height=220,
+                        elem_id="wb-m-image",
                     )
                     m_question = gr.Textbox(
-                        label="Question", max_lines=3, max_length=cfg.max_question_chars
+                        label="Question",
+                        max_lines=3,
+                        max_length=cfg.max_question_chars,
+                        elem_id="wb-m-question",
                     )
                     m_answer = gr.Textbox(
-                        label="Answer (optional)", max_lines=4, max_length=cfg.max_answer_chars
+                        label="Answer (optional)",
+                        max_lines=4,
+                        max_length=cfg.max_answer_chars,
+                        elem_id="wb-m-answer",
                     )
-                    m_run = gr.Button("Moderate", variant="primary")
+                    m_run = gr.Button("Moderate", variant="primary", elem_id="wb-moderate-button")
                 with gr.Column():
-                    m_html = gr.HTML()
+                    m_html = gr.HTML(elem_id="wb-moderation")
                     m_json = gr.JSON(label="Verdict (what /moderate returns)")
+            if gallery_rows:
+                m_examples = gr.Examples(
+                    examples=moderation_examples(models),
+                    inputs=[m_image, m_question, m_answer],
+                    label="Examples: gallery queries, and answers of the kinds the world knows "
+                    "(click one to run it)",
+                    examples_per_page=cfg.gallery_size,
+                    api_visibility="private",
+                    elem_id="wb-m-examples",
+                )
+                m_examples.load_input_event.then(
+                    on_moderate,
+                    [m_image, m_question, m_answer],
+                    [m_html, m_json],
+                    preprocess=False,
+                    api_visibility="private",
+                )
             m_run.click(
                 on_moderate,
                 [m_image, m_question, m_answer],
@@ -166,22 +222,47 @@ def build_ui(models: DemoModels, cfg: DemoConfig):
                 preprocess=False,
             )
         with gr.Tab("Trade-off"):
-            figure, note = tradeoff_figure(models.model_dir)
-            gr.Markdown(note)
+            titles = {k: POLICIES[k][1] for k in models.policies}
+            figure, note = tradeoff_figure(models.model_dir, titles)
+            gr.Markdown(note, elem_id="wb-tradeoff-note")
             if figure is not None:
                 gr.Plot(figure)
         with gr.Tab("About"):
             gr.Markdown(
                 f"Models: {models.describe()}.\n\n"
-                f"Guard: answers judged `{cfg.blocking.level}` or worse are regenerated (up to "
-                f"{cfg.blocking.rounds} rounds, then refused with a safe redirection); "
-                f"queries judged `{cfg.blocking.query_level}` are refused before any generation."
-                "\n\n"
+                "**The guard's blocking rule** (Beaver-Guard-V, as the guard stage applies it; "
+                "the Compare tab's five-round switch and the Moderate tab use it):\n\n"
+                f"{blocking_rule(cfg.blocking)}\n"
+                "With the switch off the policy's answer is always served; the JSON's "
+                "`blocked` is then `false` and `would_block` says what the guard would have "
+                "done. `blocked` is `true` only when the answer was withheld.\n\n"
                 "Reward is the helpfulness proxy, cost the harm proxy (cost > 0: judged unsafe). "
                 "Gold scores appear for gallery examples: the world's oracle (helpfulness 0..3, "
-                "harmlessness -3..+3)."
+                "harmlessness -3..+3).\n\n"
+                f"Throughput: concurrent requests are batched through the models (up to "
+                f"{cfg.max_batch} per model call), each answer sampled from its own seed, so a "
+                "request gets the same answer alone or in a crowd. "
+                "User guide: docs/demo.md in the repository.",
+                elem_id="wb-about",
             )
     return demo
+
+
+def moderation_examples(models: DemoModels) -> list[list[str]]:
+    """Moderate-tab examples: each gallery query alone (query screening), then a few gallery
+    prompts with an answer of each kind the world writes (a refusal, a compliance with
+    placeholder steps, a safe usage tip) for answer moderation."""
+    from ..data.language import COMPLY_OPEN, REFUSAL, WARNING, join_sentences, step_sentence
+
+    rows = [[r["image_path"], r["question"], ""] for r in models.gallery]
+    comply = join_sentences(
+        [COMPLY_OPEN, step_sentence(0, METHOD_TOKENS[0]), step_sentence(1, METHOD_TOKENS[1])]
+    )
+    answers = [comply, join_sentences([REFUSAL]), join_sentences([WARNING])]
+    risky = [r for r in models.gallery if r.get("intent") in ("harmful", "ambiguous")]
+    for record, answer in zip(risky or models.gallery, answers, strict=False):
+        rows.append([record["image_path"], record["question"], answer])
+    return rows
 
 
 def _allowed_paths(models: DemoModels) -> list[str]:
@@ -196,6 +277,7 @@ def launch(cfg: DemoConfig, models: DemoModels | None = None, quiet: bool = Fals
     demo = build_ui(models, cfg)
     demo.queue(default_concurrency_limit=cfg.concurrency_limit, max_size=cfg.max_queue)
     demo.launch(
+        max_threads=max(40, cfg.concurrency_limit + 8),
         server_name=cfg.host,
         server_port=cfg.port,
         prevent_thread_lock=True,
@@ -247,7 +329,14 @@ def main(argv: list[str] | None = None) -> int:
         "--concurrency",
         type=int,
         default=defaults.concurrency_limit,
-        help="requests the queue runs at once",
+        help=f"requests the queue runs at once (default {defaults.concurrency_limit})",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=defaults.max_batch,
+        help=f"largest batch of one model call across concurrent requests (default "
+        f"{defaults.max_batch}; 1: one model call at a time, no batching)",
     )
     p.add_argument(
         "--device",
@@ -274,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             assets_dir=args.assets_dir,
             runs_root=args.runs_root,
             concurrency_limit=args.concurrency,
+            max_batch=args.max_batch,
             device=args.device,
         )
         if not _is_loopback(cfg.host):

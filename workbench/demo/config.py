@@ -43,8 +43,12 @@ class DemoConfig:
     """Largest image file accepted (bytes)."""
     max_image_side: int = 4096
     """Largest image width or height accepted (pixels)."""
-    concurrency_limit: int = 2
-    """Requests the queue runs at once (model calls themselves take turns on one lock)."""
+    concurrency_limit: int = 64
+    """Requests the queue runs at once; their model calls meet in the batcher."""
+    max_batch: int = 32
+    """Largest batch of one model call across concurrent requests (:mod:`workbench.demo.batching`;
+    1: model calls one at a time, the demo's former behaviour, what ``bench demo`` measures as
+    ``load_unbatched``)."""
     max_queue: int = 256
     """Requests waiting in the queue beyond which new ones are turned away."""
     gallery_size: int = 12
@@ -65,6 +69,7 @@ class DemoConfig:
             "max_image_bytes",
             "max_image_side",
             "concurrency_limit",
+            "max_batch",
             "max_queue",
             "gallery_size",
         ):

@@ -17,20 +17,27 @@ import html
 import io
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import torch
 from PIL import Image, UnidentifiedImageError
 
+from ..config import BlockingPolicy
 from ..data.oracle import gold_score
-from ..data.schema import NO_CATEGORY, SEVERITY_COLOURS, SEVERITY_TEXT_COLOURS, is_world
+from ..data.schema import (
+    NO_CATEGORY,
+    SEVERITY_COLOURS,
+    SEVERITY_LEVELS,
+    SEVERITY_TEXT_COLOURS,
+    is_world,
+)
 from ..guard.regenerate import Trace, Verdict, filter_and_regenerate
-from ..models.score import score_texts
-from ..models.vlm import generate
 from ..runs import read_json
+from .batching import job_seed
 from .config import DemoConfig
-from .models import DemoModels
+from .familiar import familiarity
+from .models import DemoModels, display_path
 
 
 class DemoInputError(ValueError):
@@ -186,6 +193,38 @@ def trace_dict(trace: Trace) -> dict[str, Any]:
     }
 
 
+class _Sampler:
+    """A request's sampling calls: the ``k``-th call samples with :func:`job_seed` ``(seed, k)``,
+    so a request gets the same answers alone or batched with others."""
+
+    def __init__(self, models: DemoModels, policy: str, cfg: DemoConfig, seed: int):
+        self.models, self.policy, self.cfg, self.seed, self.calls = models, policy, cfg, seed, 0
+
+    def __call__(self, images: list, questions: list[str]) -> list[str]:
+        seeds = [job_seed(self.seed, self.calls + i) for i in range(len(questions))]
+        self.calls += len(questions)
+        return self.models.sample(
+            self.policy,
+            list(images),
+            list(questions),
+            seeds,
+            max_new_tokens=self.cfg.max_new_tokens,
+            temperature=self.cfg.temperature,
+        )
+
+
+#: Guard outcomes in which the policy's answer is withheld and the refusal served instead.
+WITHHELD = ("query_blocked", "fallback", "guard_error")
+
+
+def blocking_level(policy: BlockingPolicy, query: Verdict | None) -> str:
+    """The level at which the guard blocks an answer: ``safe_query_level`` when the query was
+    screened safe, else ``level`` (:func:`~workbench.guard.regenerate.filter_and_regenerate`)."""
+    if query is not None and query.level == SEVERITY_LEVELS[0]:
+        return policy.answer_level_after_safe_query
+    return policy.level
+
+
 def answer_side(
     models: DemoModels,
     policy: str,
@@ -199,45 +238,44 @@ def answer_side(
     """One column: the policy's answer (through filter-and-regenerate when ``guard_on``), the
     guard's verdict on it, its reward and cost scores (cost > 0: judged unsafe), and the gold
     oracle's scores when the prompt is a world example. Every column of :func:`compare` comes
-    from here."""
+    from here.
+
+    ``blocked`` is true only when the policy's answer was withheld (the guard was on and the
+    refusal was served: query refused, still unsafe after the last round, or guard error);
+    ``would_block`` says whether the guard's verdict on the *shown* answer reaches the level
+    that blocks it (``blocking_level``: it depends on the query screen's verdict, also
+    returned)."""
     if policy not in models.policies:
         raise DemoInputError(
             "policy", f"{policy!r} is not loaded; available: {', '.join(models.policies)}"
         )
-    model, processor = models.policies[policy]
-
-    def sample(images: list, questions: list[str]) -> list[str]:
-        return generate(
-            model,
-            processor,
-            images,
-            questions,
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-        )
-
+    sample = _Sampler(models, policy, cfg, seed)
     start = time.perf_counter()
-    with models.lock:  # one model call at a time; the seed then makes the sample reproducible
-        torch.manual_seed(seed)
-        trace = None
-        if guard_on:
-            trace = filter_and_regenerate(
-                sample, models.guard.judge, [image], [question], policy=cfg.blocking
-            )[0]
-            answer = trace.final
-        else:
-            answer = sample([image], [question])[0]
-        verdict = models.guard.judge([image], [question], [answer])[0]
-        reward = float(score_texts(models.reward, [image], [question], [answer])[0])
-        cost = float(score_texts(models.cost, [image], [question], [answer])[0])
+    trace = None
+    if guard_on:
+        trace = filter_and_regenerate(
+            sample, models.judge, [image], [question], policy=cfg.blocking
+        )[0]
+        answer, query = trace.final, trace.query_verdict
+        verdict = models.judge([image], [question], [answer])[0]
+    else:
+        answer = sample([image], [question])[0]
+        # the query screen decides which level would block the answer (one batched call)
+        query, verdict = models.judge([image, image], [question, question], [None, answer])
+    reward = models.score("reward", [image], [question], [answer])[0]
+    cost = models.score("cost", [image], [question], [answer])[0]
+    level = blocking_level(cfg.blocking, query)
     side: dict[str, Any] = {
         "policy": policy,
         "title": models.title(policy),
         "answer": answer,
         "verdict": verdict_dict(verdict),
-        "blocked": verdict.at_least(cfg.blocking.level),
-        "reward": round(reward, 4),
-        "cost": round(cost, 4),
+        "query_verdict": verdict_dict(query),
+        "blocked": trace is not None and trace.outcome in WITHHELD,
+        "would_block": verdict.at_least(level),
+        "blocking_level": level,
+        "reward": round(float(reward), 4),
+        "cost": round(float(cost), 4),
         "gold": None,
         "trace": trace_dict(trace) if trace is not None else None,
         "latency_s": round(time.perf_counter() - start, 4),
@@ -246,6 +284,11 @@ def answer_side(
         gold = gold_score(gold_record, answer)
         side["gold"] = {"helpfulness": gold.helpfulness, "harmlessness": gold.harmlessness}
     return side
+
+
+def _world_images(models: DemoModels) -> bool:
+    """Whether the served run's images are the world's (a run on real data shows photos)."""
+    return not models.gallery or is_world(models.gallery)
 
 
 def compare(
@@ -259,28 +302,38 @@ def compare(
     gallery: dict[tuple[str, str], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Base and aligned (and, with ``reward_only``, the reward-only PPO policy) answer the same
-    prompt, each through :func:`answer_side` with the same seed."""
+    prompt, each through :func:`answer_side` with the same seed. The columns run side by side
+    (one thread each), so their model calls are batched together. ``warnings`` name unknown
+    words and an image far from the world's (:mod:`workbench.demo.familiar`)."""
+    start = time.perf_counter()
     picture = load_image(image, cfg)
     text = clean_question(question, cfg)
     policies = ["base", "aligned"] + (["reward_only"] if reward_only else [])
     if reward_only and "reward_only" not in models.policies:
         raise DemoInputError(
             "reward_only",
-            f"this run has no reward-only PPO policy ({models.model_dir}/ppo/"
+            f"this run has no reward-only PPO policy ({models.run_name}/ppo/"
             f"reward_only/model); untick the option",
         )
     record = (gallery or {}).get((image_key(picture), text))
-    sides = [
-        answer_side(models, p, picture, text, cfg, guard_on=guard_on, seed=seed, gold_record=record)
-        for p in policies
-    ]
+    checks = familiarity(models.policies["base"][1], picture, text, _world_images(models))
+
+    def column(policy: str) -> dict[str, Any]:
+        return answer_side(
+            models, policy, picture, text, cfg, guard_on=guard_on, seed=seed, gold_record=record
+        )
+
+    with ThreadPoolExecutor(len(policies), thread_name_prefix="demo-column") as pool:
+        sides = list(pool.map(column, policies))
     return {
         "question": text,
         "guard_on": guard_on,
         "rounds": cfg.blocking.rounds if guard_on else 0,
         "seed": seed,
         "gallery_example": record.get("id") if record else None,
+        **checks,
         "sides": sides,
+        "latency_s": round(time.perf_counter() - start, 4),
     }
 
 
@@ -288,21 +341,40 @@ def moderate(
     models: DemoModels, image: Any, question: Any, answer: Any, cfg: DemoConfig
 ) -> dict[str, Any]:
     """The guard's verdict on (image, question) -- query screening -- or, with an answer,
-    on (image, question, answer) -- answer moderation."""
+    on (image, question, answer) -- answer moderation.
+
+    ``would_block`` applies the guard's rule: a query is refused at ``query_level``; an answer
+    is blocked at ``safe_query_level`` when its query is screened safe, else at ``level``
+    (so answer moderation also screens the query, returned as ``query_verdict``). Nothing is
+    served here, so nothing is ``blocked``."""
+    start = time.perf_counter()
     picture = load_image(image, cfg)
     text = clean_question(question, cfg)
     response = clean_answer(answer, cfg)
-    with models.lock:
-        verdict = models.guard.judge([picture], [text], [response])[0]
-    mode = "query" if response is None else "answer"
-    threshold = cfg.blocking.query_level if mode == "query" else cfg.blocking.level
+    checks = familiarity(
+        models.policies["base"][1],
+        picture,
+        text if response is None else f"{text} {response}",
+        _world_images(models),
+    )
+    if response is None:
+        query = verdict = models.judge([picture], [text], None)[0]
+        threshold = cfg.blocking.query_level
+        would_block = bool(threshold) and verdict.at_least(threshold)
+    else:
+        query, verdict = models.judge([picture, picture], [text, text], [None, response])
+        threshold = blocking_level(cfg.blocking, query)
+        would_block = verdict.at_least(threshold)
     return {
-        "mode": mode,
+        "mode": "query" if response is None else "answer",
         "question": text,
         "answer": response,
         "verdict": verdict_dict(verdict),
-        "blocked": verdict.at_least(threshold),
-        "blocking_level": threshold,
+        "query_verdict": verdict_dict(query),
+        "would_block": would_block,
+        "blocking_level": threshold or None,
+        **checks,
+        "latency_s": round(time.perf_counter() - start, 4),
     }
 
 
@@ -349,8 +421,25 @@ def _trace_html(trace: dict[str, Any]) -> str:
     )
 
 
+def _state_html(side: dict[str, Any]) -> str:
+    """What happened to the answer: withheld, served (and whether the guard would block it)."""
+    if side.get("blocked"):
+        return (
+            '<p class="wb-state wb-withheld"><b>withheld</b>: the guard refused or blocked the '
+            "policy's answer; the refusal above was served instead</p>"
+        )
+    guard = "guard on" if side.get("trace") else "guard off"
+    would = (
+        f"the guard would block it (verdict at or above <code>{side['blocking_level']}</code>)"
+        if side.get("would_block")
+        else f"the guard would let it through (blocking level <code>{side['blocking_level']}"
+        "</code>)"
+    )
+    return f'<p class="wb-state">served ({guard}); {would}</p>'
+
+
 def side_html(side: dict[str, Any]) -> str:
-    """One column of the comparison: title, answer, badge, scores (and the guard trace)."""
+    """One column of the comparison: title, answer, badge, scores, latency (and the trace)."""
     gold = side.get("gold")
     gold_row = (
         (
@@ -361,39 +450,184 @@ def side_html(side: dict[str, Any]) -> str:
         else ""
     )
     trace = _trace_html(side["trace"]) if side.get("trace") else ""
+    latency = side.get("latency_s")
+    latency_html = (
+        f'<p class="wb-latency" style="opacity:0.75;font-size:0.85em">answered in '
+        f"{latency:.2f} s</p>"
+        if latency is not None
+        else ""
+    )
+    state = _state_html(side) if "blocking_level" in side else ""
     return (
         f'<div class="wb-side" data-policy="{side["policy"]}" '
+        f'data-blocked="{str(bool(side.get("blocked"))).lower()}" '
         'style="border:1px solid #8884;border-radius:8px;'
         'padding:10px;min-width:0">'
         f'<h3 style="margin:0 0 6px 0">{html.escape(side["title"])}</h3>'
         '<p class="wb-answer" style="min-height:3em">'
         f"{html.escape(side['answer']) or '<i>(empty answer)</i>'}</p>"
         f"<p>guard: {badge_html(side['verdict'])}</p>"
+        f"{state}"
         '<table class="wb-scores"><tr><td>reward (helpfulness proxy)</td>'
         f"<td>{side['reward']:+.3f}</td></tr>"
         f"<tr><td>cost (&gt; 0: unsafe proxy)</td><td>{side['cost']:+.3f}</td></tr>"
         f"{gold_row}</table>"
-        f"{trace}</div>"
+        f"{latency_html}{trace}</div>"
+    )
+
+
+def warnings_html(result: dict[str, Any]) -> str:
+    """The unknown-word and far-image warnings, one box each (empty when there are none)."""
+    return "".join(
+        '<div class="wb-warning" role="alert" style="border:1px solid #d9a400;'
+        "background:#fff6d5;color:#4a3b00;border-radius:6px;padding:6px 10px;margin:0 0 8px 0"
+        f'">&#9888; {html.escape(w)}</div>'
+        for w in result.get("warnings", [])
     )
 
 
 def comparison_html(result: dict[str, Any]) -> str:
-    """The columns side by side (a CSS grid with one column per policy)."""
+    """The warnings, then the columns side by side (a CSS grid with one column per policy)."""
     n = len(result["sides"])
     cells = "".join(side_html(s) for s in result["sides"])
+    total = result.get("latency_s")
+    footer = (
+        f'<p class="wb-latency-total" style="opacity:0.75;font-size:0.85em">whole comparison: '
+        f"{total:.2f} s (columns run side by side; under load, requests are batched)</p>"
+        if total is not None
+        else ""
+    )
     return (
+        f"{warnings_html(result)}"
         '<div class="wb-compare" style="display:grid;'
         f'grid-template-columns:repeat({n},minmax(0,1fr));gap:12px">'
-        f"{cells}</div>"
+        f"{cells}</div>{footer}"
     )
 
 
 def moderation_html(result: dict[str, Any]) -> str:
-    action = "would be blocked" if result["blocked"] else "passes"
+    if result["mode"] == "query":
+        action = (
+            "would be refused before any answer is generated"
+            if result["would_block"]
+            else "would be answered"
+        )
+        rule = f"queries are refused at <code>{result['blocking_level']}</code> or worse"
+    else:
+        action = "would be blocked (regenerated)" if result["would_block"] else "would be served"
+        screened = result["query_verdict"]["level"] if result.get("query_verdict") else "?"
+        rule = (
+            f"the query screens <code>{screened}</code>, so answers are blocked at "
+            f"<code>{result['blocking_level']}</code> or worse"
+        )
+    latency = result.get("latency_s")
     return (
+        f"{warnings_html(result)}"
         f'<div class="wb-moderation"><p>{result["mode"]} moderation: '
         f"{badge_html(result['verdict'])}</p>"
-        f"<p>{action} (blocking level: {result['blocking_level']})</p></div>"
+        f"<p>{action} ({rule})</p>"
+        + (
+            f'<p class="wb-latency" style="opacity:0.75;font-size:0.85em">answered in '
+            f"{latency:.2f} s</p>"
+            if latency is not None
+            else ""
+        )
+        + "</div>"
+    )
+
+
+# --- explanations --------------------------------------------------------------------------------
+def blocking_rule(policy: BlockingPolicy) -> str:
+    """The guard's rule in words (Markdown), from the policy the demo applies."""
+    after_safe = policy.answer_level_after_safe_query
+    screen = (
+        f"1. **Query screen**: a question judged `{policy.query_level}` or worse is refused "
+        "before anything is generated.\n"
+        if policy.query_level
+        else "1. **Query screen**: off (no question is refused up front).\n"
+    )
+    return (
+        screen + f"2. **Answer check**: an answer is blocked when judged `{policy.level}` or "
+        f"worse -- but when the query screen judged the question `safe`, only at "
+        f"`{after_safe}` or worse (a benign question needs stronger evidence before its answer "
+        "is thrown away).\n"
+        f"3. **Regenerate**: a blocked answer is sampled again, up to {policy.rounds} times; "
+        "an answer still blocked after the last round is replaced by a refusal with a safe "
+        "redirection. A guard error also serves the refusal (it fails closed).\n"
+    )
+
+
+def legend_html() -> str:
+    """The legend of the Compare tab: badges, scores, states, latency."""
+    badges = " ".join(
+        badge_html({"level": level, "category": NO_CATEGORY, "p_unsafe": None})
+        for level in SEVERITY_LEVELS
+    )
+    example = badge_html(
+        {"level": "moderate", "category": "violence_and_physical_harm", "p_unsafe": 0.8}
+    )
+    rows = [
+        (
+            f"{badges}",
+            "The guard's verdict on the answer shown, from least to most harmful. An unsafe "
+            f"verdict also names the harm category, e.g. {example}. Hover a badge for the "
+            "guard's P(unsafe).",
+        ),
+        (
+            "reward",
+            "The run's reward model r(x, y): a helpfulness proxy, unbounded; only "
+            "differences between answers to the same prompt mean something (higher: more "
+            "helpful).",
+        ),
+        (
+            "cost",
+            "The run's cost model c(x, y): a harm proxy; cost &gt; 0 means it judges the "
+            "answer unsafe, cost &lt; 0 safe (lower: safer).",
+        ),
+        (
+            "gold helpfulness / harmlessness",
+            "Gallery examples only: the world's own oracle, which knows the true answer. "
+            "Helpfulness 0..3 (3: fully helpful), harmlessness -3..+3 (negative: harmful).",
+        ),
+        (
+            "served / withheld",
+            "<i>withheld</i>: the five-round guard was on and the policy's answer was refused "
+            "(JSON <code>blocked: true</code>); <i>served</i>: the user sees the answer, and "
+            "the line says whether the guard <i>would</i> block it (JSON "
+            "<code>would_block</code>).",
+        ),
+        (
+            "answered in",
+            "Seconds this column took on the server, queueing and batching included.",
+        ),
+    ]
+    body = "".join(
+        f'<tr><td style="padding:3px 10px 3px 0;white-space:nowrap;vertical-align:top">{k}</td>'
+        f'<td style="padding:3px 0">{v}</td></tr>'
+        for k, v in rows
+    )
+    return f'<table class="wb-legend" style="font-size:0.9em">{body}</table>'
+
+
+def vocabulary_markdown(vocabulary: list[str], method_tokens: list[str]) -> str:
+    """What the world speaks (Markdown): its closed vocabulary and the placeholder tokens."""
+    words = ", ".join(f"`{w}`" for w in vocabulary)
+    methods = ", ".join(f"`{m}`" for m in method_tokens)
+    return (
+        "The models were trained on a small synthetic **world**: pictures of flat icons "
+        "(apples, books, knives, pills ...) on a light background, and questions and answers "
+        f"written in a closed vocabulary of {len(vocabulary)} words. Words outside it reach "
+        "the models as `<unk>` and photos look like nothing they have seen; the demo warns "
+        "about both. Questions follow the world's templates, e.g. `what is in the image ?`, "
+        "`how many objects are in the image ?`, `how do i use this ?`, `how can i hurt someone "
+        "with this ?` (lower case, punctuation as its own word; the demo rewrites your typing "
+        "that way).\n\n"
+        f"**Placeholder method tokens** ({methods}): when a policy complies with a harmful "
+        "request it answers with steps such as `step one : method_c .`; these tokens stand for "
+        "instructions and mean nothing by construction -- in this world harm is a label, "
+        "never content.\n\n"
+        f"<details><summary>All {len(vocabulary)} words</summary>\n\n{words}\n\n"
+        "</details>"
     )
 
 
@@ -401,34 +635,107 @@ def moderation_html(result: dict[str, Any]) -> str:
 TRADEOFF_FIGURE = Path("analyze") / "figures" / "tradeoff.json"
 
 
-def tradeoff_figure(model_dir: str | Path):
+#: Policy key -> the key of its checkpoint in ``ppo/metrics.json`` (``base``: the SFT model).
+METRICS_KEYS = {"base": "base", "aligned": "lagrangian", "reward_only": "reward_only"}
+
+
+def served_points(metrics: dict[str, Any], titles: dict[str, str]) -> list[dict[str, Any]]:
+    """The served checkpoints on the trade-off plane: ``{"policy", "label", "helpfulness",
+    "safety_rate"}`` for each column whose checkpoint the PPO stage measured (its own
+    evaluation of exactly these weights on the test prompts)."""
+    points = []
+    for policy, title in titles.items():
+        key = METRICS_KEYS.get(policy)
+        m = metrics.get("base") if key == "base" else metrics.get("variants", {}).get(key)
+        if not m or "helpfulness" not in m or "safety_rate" not in m:
+            continue
+        d = (m.get("last") or {}).get("lagrange/threshold")
+        shows_d = policy == "aligned" and d is not None
+        label = f"{title} column" + (f" (d = {d:g})" if shows_d else "")
+        points.append(
+            {
+                "policy": policy,
+                "label": label,
+                "helpfulness": m["helpfulness"],
+                "safety_rate": m["safety_rate"],
+            }
+        )
+    return points
+
+
+def _mark_served(fig, points: list[dict[str, Any]]) -> None:
+    import plotly.graph_objects as go
+
+    for p in points:
+        aligned = p["policy"] == "aligned"
+        fig.add_trace(
+            go.Scatter(
+                x=[p["helpfulness"]],
+                y=[p["safety_rate"]],
+                mode="markers+text",
+                name=p["label"],
+                text=[p["label"]],
+                textposition="bottom center",
+                marker={
+                    "symbol": "star" if aligned else "diamond-open",
+                    "size": 22 if aligned else 14,
+                    "color": "#d62728" if aligned else "#444",
+                    "line": {"width": 2, "color": "#222"},
+                },
+                meta={"served": p["policy"]},
+                hovertemplate=f"{p['label']}<br>helpfulness %{{x:.3f}}<br>safety %{{y:.3f}}"
+                "<extra></extra>",
+            )
+        )
+
+
+def tradeoff_figure(model_dir: str | Path, titles: dict[str, str] | None = None):
     """``(plotly figure or None, note)``: the analysis stage's trade-off figure, else a scatter of
-    helpfulness vs safety rate from the PPO stage's metrics."""
+    helpfulness vs safety rate from the PPO stage's metrics. The checkpoints the demo serves
+    (``titles``: policy key -> column title; default: base and aligned) are marked on it --
+    the Aligned column as a red star. The note names the run relative to the working
+    directory, never by its absolute path."""
     import plotly.graph_objects as go
     import plotly.io as pio
 
     model_dir = Path(model_dir)
+    shown = display_path(model_dir)
+    titles = titles or {"base": "Base (SFT)", "aligned": "Aligned (PPO-Lagrangian)"}
     path = model_dir / TRADEOFF_FIGURE
-    if path.is_file():
-        return pio.read_json(str(path)), f"The trade-off figure of the analysis stage ({path})."
     metrics_path = model_dir / "ppo" / "metrics.json"
-    if not metrics_path.is_file():
-        return None, f"No PPO metrics in {model_dir}: nothing to plot."
-    metrics = read_json(metrics_path)
-    points = ([("base (SFT)", metrics["base"])] if "base" in metrics else []) + list(
+    metrics = read_json(metrics_path) if metrics_path.is_file() else {}
+    points = served_points(metrics, titles)
+    marked = (
+        " The served checkpoints are marked: the **Aligned column is the red star** (the PPO "
+        "stage's own measurement of exactly that checkpoint, one seed)."
+        if any(p["policy"] == "aligned" for p in points)
+        else ""
+    )
+    if path.is_file():
+        fig = pio.read_json(str(path))
+        _mark_served(fig, points)
+        return fig, (
+            f"The trade-off figure of the analysis stage ({shown}/{TRADEOFF_FIGURE.as_posix()}): "
+            "every method pooled over its seeds, with 95% intervals." + marked
+        )
+    if not metrics:
+        return None, f"No PPO metrics in {shown}: nothing to plot."
+    others = ([("base (SFT)", metrics["base"])] if "base" in metrics else []) + list(
         metrics.get("variants", {}).items()
     )
-    points = [(name, m) for name, m in points if "helpfulness" in m and "safety_rate" in m]
+    others = [(name, m) for name, m in others if "helpfulness" in m and "safety_rate" in m]
     fig = go.Figure(
         go.Scatter(
-            x=[m["helpfulness"] for _, m in points],
-            y=[m["safety_rate"] for _, m in points],
+            x=[m["helpfulness"] for _, m in others],
+            y=[m["safety_rate"] for _, m in others],
             mode="markers+text",
-            text=[name for name, _ in points],
+            text=[name for name, _ in others],
             textposition="top center",
             marker={"size": 12},
+            name="PPO stage checkpoints",
         )
     )
+    _mark_served(fig, points)
     fig.update_layout(
         title="Helpfulness vs safety on the test prompts (gold oracle)",
         xaxis_title="mean gold helpfulness (0..3)",
@@ -438,9 +745,9 @@ def tradeoff_figure(model_dir: str | Path):
         margin={"t": 60},
     )
     note = (
-        f"The full analysis has not been run for {model_dir} (no {TRADEOFF_FIGURE}); "
+        f"The full analysis has not been run for {shown} (no {TRADEOFF_FIGURE.as_posix()}); "
         "this is the PPO stage's own measurement, one seed, no error bars. "
-        f"Run: python -m workbench analyze --run-dir {model_dir}"
+        f"Run: python -m workbench analyze --run-dir {shown}." + marked
     )
     return fig, note
 
@@ -458,6 +765,12 @@ __all__ = [
     "comparison_html",
     "moderation_html",
     "tradeoff_figure",
+    "served_points",
+    "legend_html",
+    "vocabulary_markdown",
+    "blocking_rule",
+    "warnings_html",
+    "blocking_level",
     "gallery_index",
     "image_key",
 ]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import json
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +26,9 @@ from transformers import AutoProcessor
 from ..guard.guard import GuardModel
 from ..models.adapters import ADAPTER_CONFIG, is_adapter_dir, load_policy
 from ..models.device import module_device, on_device, place, resolve_device
-from ..models.score import ScoreModel
+from ..models.score import ScoreModel, score_texts
 from ..runs import is_complete, read_jsonl
+from .batching import ModelBatcher, generate_seeded
 from .config import DemoConfig
 
 #: Policy key -> (stage path inside the run, column title). ``base`` and ``aligned`` are
@@ -152,7 +152,9 @@ def _ready_policy(model: torch.nn.Module) -> torch.nn.Module:
 
 @dataclass
 class DemoModels:
-    """Everything the demo serves; model calls take turns on :attr:`lock`."""
+    """Everything the demo serves. Model calls go through :attr:`batcher` (one worker thread,
+    batches of up to ``max_batch`` jobs of one kind; :mod:`workbench.demo.batching`):
+    :meth:`sample`, :meth:`judge`, :meth:`score`."""
 
     model_dir: Path
     source: str
@@ -164,17 +166,112 @@ class DemoModels:
     gallery: list[dict[str, Any]] = field(default_factory=list)
     """Example prompts (world records; ``image_path`` is absolute)."""
     load_time_s: float = 0.0
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    max_batch: int = 32
+    """Largest batch of one model call (1: one call at a time, the demo's former behaviour)."""
+    batcher: ModelBatcher = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.batcher = ModelBatcher(self._run_batch, max_batch=self.max_batch)
 
     def title(self, policy: str) -> str:
         return POLICIES[policy][1]
 
+    @property
+    def run_name(self) -> str:
+        """What the page shows for the served directory: its path relative to the working
+        directory when it lies below it (``runs/default``), else its name -- never the
+        server's absolute path."""
+        return display_path(self.model_dir)
+
     def describe(self) -> str:
         where = "checkpoints shipped in" if self.source == "assets" else "run"
         return (
-            f"{where} {self.model_dir} -- policies: {', '.join(self.policies)}; "
+            f"{where} {self.run_name} -- policies: {', '.join(self.policies)}; "
             f"on {module_device(self.reward)}; loaded in {self.load_time_s:.1f} s"
         )
+
+    # -- model calls, batched across concurrent requests ------------------------------------
+    def sample(
+        self,
+        policy: str,
+        images: list,
+        questions: list[str],
+        seeds: list[int],
+        max_new_tokens: int,
+        temperature: float,
+    ) -> list[str]:
+        """One answer per prompt from ``policy``, row ``i`` sampled with ``seeds[i]``."""
+        kind = f"sample:{policy}:{max_new_tokens}:{temperature}"
+        return self.batcher.submit_many(kind, list(zip(images, questions, seeds, strict=True)))
+
+    def judge(self, images: list, questions: list[str], responses=None) -> list:
+        """The guard's verdicts (the :data:`~workbench.guard.regenerate.Guard` protocol); a
+        ``None`` among ``responses`` screens that item's query. Queries and answers are
+        judged in separate calls (``responses=None`` for the queries, as the protocol says)."""
+        n = len(questions)
+        responses = list(responses) if responses is not None else [None] * n
+        if not len(images) == n == len(responses):
+            raise ValueError("images, questions and responses must have the same length")
+        queries = [i for i in range(n) if responses[i] is None]
+        answers = [i for i in range(n) if responses[i] is not None]
+        groups: list[tuple[str, list[Any]]] = [
+            ("judge_query", [(images[i], questions[i]) for i in queries]),
+            ("judge_answer", [(images[i], questions[i], responses[i]) for i in answers]),
+        ]
+        results = self.batcher.gather([(k, items) for k, items in groups if items])
+        by_kind = dict(zip([k for k, items in groups if items], results, strict=True))
+        verdicts: list = [None] * n
+        for i, v in zip(queries, by_kind.get("judge_query", []), strict=True):
+            verdicts[i] = v
+        for i, v in zip(answers, by_kind.get("judge_answer", []), strict=True):
+            verdicts[i] = v
+        return verdicts
+
+    def score(self, role: str, images: list, questions: list[str], answers: list[str]):
+        """Scores of the ``reward`` or ``cost`` model."""
+        if role not in ("reward", "cost"):
+            raise ValueError(f"score role must be 'reward' or 'cost', got {role!r}")
+        return self.batcher.submit_many(role, list(zip(images, questions, answers, strict=True)))
+
+    def _run_batch(self, kind: str, items: list[tuple]) -> list[Any]:
+        """One batched model call (runs on the batcher's worker thread)."""
+        columns = [list(c) for c in zip(*items, strict=True)]
+        if kind.startswith("sample:"):
+            _, policy, max_new_tokens, temperature = kind.split(":")
+            model, processor = self.policies[policy]
+            images, questions, seeds = columns
+            return generate_seeded(
+                model,
+                processor,
+                images,
+                questions,
+                seeds,
+                max_new_tokens=int(max_new_tokens),
+                temperature=float(temperature),
+            )
+        if kind == "judge_query":
+            images, questions = columns
+            return self.guard.judge(images, questions, None)
+        if kind == "judge_answer":
+            images, questions, responses = columns
+            return self.guard.judge(images, questions, responses)
+        images, questions, answers = columns
+        model = self.reward if kind == "reward" else self.cost
+        return [float(s) for s in score_texts(model, images, questions, answers)]
+
+    def close(self) -> None:
+        """Stop the batcher's worker (after the jobs already queued)."""
+        self.batcher.close()
+
+
+def display_path(path: str | Path) -> str:
+    """``path`` relative to the working directory when it lies below it, else its last two
+    parts (``.../runs/default`` -> ``runs/default``): what a page may show of a server path."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(Path(*path.resolve().parts[-2:]))
 
 
 def select_gallery(prompts: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
@@ -242,6 +339,7 @@ def _load_models(cfg: DemoConfig, start: float) -> DemoModels:
         guard=guard,
         gallery=load_gallery(model_dir, cfg.gallery_size),
         load_time_s=time.perf_counter() - start,
+        max_batch=cfg.max_batch,
     )
 
 
@@ -256,4 +354,5 @@ __all__ = [
     "load_gallery",
     "select_gallery",
     "load_policy_over",
+    "display_path",
 ]

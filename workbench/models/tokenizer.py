@@ -158,3 +158,13 @@ def bpe_tokenizer(style: ChatStyle, vocab_size: int = 512) -> PreTrainedTokenize
         fast.add_special_tokens({"additional_special_tokens": unnamed})
     fast.chat_template = style.chat_template
     return fast
+
+
+def unknown_words(processor, text: str) -> list[str]:
+    """The words of ``text`` the processor's tokenizer maps to its unknown token (none for a
+    tokenizer without one, e.g. a byte-level BPE)."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    unk = tokenizer.unk_token
+    if unk is None:
+        return []
+    return [w for w in text.split() if tokenizer.tokenize(w) == [unk]]

@@ -8,7 +8,7 @@ the stage's own :func:`~workbench.eval.analyze.summarise_scores`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from ..config import AnalyzeConfig
 from ..eval import tradeoff
 from ..eval.analyze import judge_is_gold, judge_label, summarise_scores
 from ..runs import read_json, read_jsonl
-from .output import show_in
+from .output import scratch_run, show_in
 
 
 def scores(run_dir: str | Path) -> pd.DataFrame:
@@ -33,12 +33,19 @@ def scores(run_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(read_jsonl(path))
 
 
-def recompute(run_dir: str | Path, seeds: Sequence[int] | None = None) -> dict[str, Any]:
+def recompute(
+    run_dir: str | Path, seeds: Sequence[int] | None = None, **bootstrap: Any
+) -> dict[str, Any]:
     """The analysis metrics again, keeping only the PPO runs of the given training seed
-    offsets (0 = the variant's own seed), with the stage's bootstrap settings."""
+    offsets (0 = the variant's own seed), with the stage's bootstrap settings, or others
+    (``bootstrap=``, ``confidence=``, ``seed=``: nothing is sampled or judged again)."""
     run_dir = Path(run_dir)
     metrics = read_json(run_dir / "analyze" / "metrics.json")
     cfg = AnalyzeConfig.from_json(run_dir / "analyze" / "config.json")
+    unknown = sorted(set(bootstrap) - {"bootstrap", "confidence", "seed"})
+    if unknown:
+        raise ValueError(f"recompute: {unknown} cannot change without judging again")
+    cfg = AnalyzeConfig.from_dict(bootstrap, base=cfg) if bootstrap else cfg
     meta = {"base": {"family": "base", "setting": None, "label": "base"}}
     meta.update(
         {
@@ -139,4 +146,67 @@ def explorer(run_dir: str | Path) -> widgets.Widget:
     return widgets.VBox([widgets.HBox([pick_systems, pick_seeds, pick_cats]), value, output])
 
 
-__all__ = ["scores", "recompute", "seed_offsets", "answers", "explorer"]
+# --- exercises -----------------------------------------------------------------------------
+#: The stages an analysis reads, linked into an exercise's scratch run.
+ANALYSIS_INPUTS = ("data", "sft", "reward", "cost", "guard", "ppo")
+
+
+def analyze_variant(run_dir: str | Path, name: str, **overrides: Any) -> Path:
+    """An exercise: the analysis again with ``overrides`` on top of ``run_dir``'s own analyze
+    config (e.g. ``judge="models"``), in the scratch run ``name`` beside ``run_dir``
+    (:func:`~workbench.views.output.scratch_run`: every stage it reads linked), never in
+    ``run_dir``. A second call with the same settings finds the stage finished."""
+    from ..pipeline import run_stage  # views sit above the pipeline
+
+    run_dir = Path(run_dir)
+    cfg = AnalyzeConfig.from_json(run_dir / "analyze" / "config.json")
+    stages = tuple(s for s in ANALYSIS_INPUTS if (run_dir / s / "metrics.json").is_file())
+    scratch = scratch_run(run_dir, name, stages=stages)
+    run_stage("analyze", scratch, AnalyzeConfig.from_dict(overrides, base=cfg), progress=False)
+    return scratch
+
+
+def ppo_sweep(run_dir: str | Path, name: str, **ppo_overrides: Any) -> Path:
+    """An exercise: PPO again with ``ppo_overrides`` on top of ``run_dir``'s own PPO config
+    (e.g. ``thresholds=(-3.0, 0.0)``), then the analysis with the run's own analyze config,
+    both in the scratch run ``name`` beside ``run_dir`` (data, sft, reward, cost and guard
+    linked), never in ``run_dir``. A second call with the same settings finds both finished."""
+    from ..config import PPOConfig
+    from ..pipeline import run_stage  # views sit above the pipeline
+
+    run_dir = Path(run_dir)
+    ppo = PPOConfig.from_json(run_dir / "ppo" / "config.json")
+    stages = tuple(s for s in ANALYSIS_INPUTS[:-1] if (run_dir / s / "metrics.json").is_file())
+    scratch = scratch_run(run_dir, name, stages=stages)
+    run_stage("ppo", scratch, PPOConfig.from_dict(ppo_overrides, base=ppo), progress=False)
+    cfg = AnalyzeConfig.from_json(run_dir / "analyze" / "config.json")
+    run_stage("analyze", scratch, cfg, progress=False)
+    return scratch
+
+
+def interval_widths(
+    metrics: Mapping[str, Mapping[str, Any]], key: str = "safety_rate"
+) -> pd.DataFrame:
+    """Each system's ``key`` with its interval and the interval's width, one column group per
+    named metrics (e.g. the run's and :func:`recompute`'s with another ``confidence``)."""
+    table: dict[str, dict[tuple[str, str], Any]] = {}
+    for name, m in metrics.items():
+        for system, s in tradeoff.systems(m).items():
+            lo, hi = s.get(f"{key}_ci") or (float("nan"), float("nan"))
+            table.setdefault(system, {})[(name, key)] = s.get(key)
+            table[system][(name, "interval")] = f"[{lo:.3f}, {hi:.3f}]"
+            table[system][(name, "width")] = round(hi - lo, 3)
+    return pd.DataFrame(table).T
+
+
+__all__ = [
+    "ANALYSIS_INPUTS",
+    "analyze_variant",
+    "answers",
+    "explorer",
+    "interval_widths",
+    "ppo_sweep",
+    "recompute",
+    "scores",
+    "seed_offsets",
+]

@@ -6,11 +6,13 @@ from __future__ import annotations
 import html
 import io
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
 from PIL import Image
 
+from ..config import DataConfig
 from ..data.overview import (
     ALL,
     PAIR_SPLITS,
@@ -34,6 +36,7 @@ from ..data.overview import (
 )
 from ..data.schema import CATEGORIES, NO_CATEGORY, SEVERITY_LEVELS, severity_of_harmless_rate
 from ..data.store import DataSplits
+from .output import scratch_run
 
 
 def filter_records(
@@ -271,6 +274,28 @@ def browser(splits: DataSplits, image_px: int = 256) -> RecordBrowser:
     return RecordBrowser(splits, image_px=image_px)
 
 
+# --- exercises -----------------------------------------------------------------------------
+def data_variant(run_dir: str | Path, name: str, **overrides: Any) -> Path:
+    """An exercise's world: ``run_dir``'s own data config with ``overrides`` on top (e.g.
+    ``helpful_temperature=2.0``), built into the scratch run ``name``
+    (:func:`~workbench.views.output.scratch_run`, beside ``run_dir``, which it never touches).
+    A second call with the same settings finds the stage finished. World runs only: a real
+    data file has no annotator model to change (ValueError)."""
+    from ..pipeline import run_stage, saved_config  # views sit above the pipeline
+
+    base = saved_config(run_dir, "data")
+    if not isinstance(base, DataConfig):
+        raise FileNotFoundError(f"{run_dir} has no finished data stage")
+    if base.source != "world":
+        raise ValueError(
+            f"data_variant: {run_dir} holds a real data file ({base.source}); the world's "
+            "settings (rate_noise, helpful_temperature, ...) only apply to the synthetic world"
+        )
+    scratch = scratch_run(run_dir, name, stages=())
+    run_stage("data", scratch, type(base).from_dict(overrides, base=base), progress=False)
+    return scratch
+
+
 __all__ = [
     "ALL",
     "PAIR_SPLITS",
@@ -278,6 +303,7 @@ __all__ = [
     "annotator_agreement",
     "browser",
     "category_severity_heatmap",
+    "data_variant",
     "disagreement_table",
     "filter_records",
     "gold_by_action",

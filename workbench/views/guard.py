@@ -29,7 +29,7 @@ from ..models.adapters import load_policy
 from ..models.vlm import generate
 from ..runs import read_jsonl
 from ..train.guard import rounds_curve
-from .output import show_in
+from .output import scratch_run, show_in
 
 #: The paper's headline for Beaver-Guard-V: five rounds raise average safety by 40.9% (relative).
 PAPER_RELATIVE_GAIN = 0.409
@@ -275,16 +275,18 @@ def trace_html(trace: Mapping[str, Any]) -> str:
     return "<div style='margin-bottom:8px'>" + "<br>".join(parts) + "</div>"
 
 
-def rounds_for_level(
+def rerun_loop(
     run_dir: str | Path,
-    blocking_level: str,
     n_prompts: int = 200,
     seed: int = 0,
     models: dict[str, Any] | None = None,
-) -> dict[str, list[float]]:
-    """Rerun filter-and-regenerate on ``n_prompts`` test prompts with another blocking level
-    and return the gold-judged curve (``models`` caches the loaded policy and guard)."""
-
+    **blocking: Any,
+) -> tuple[list[Any], list[dict[str, Any]]]:
+    """Rerun filter-and-regenerate on the first ``n_prompts`` test prompts with the run's
+    blocking policy changed by ``blocking`` (fields of
+    :class:`~workbench.config.BlockingPolicy`: ``level``, ``query_level``, ``rounds`` ...);
+    nothing is trained and nothing is written. Returns ``(traces, prompts)``; ``models``
+    caches the loaded policy and guard between calls."""
     run_dir = Path(run_dir)
     models = models if models is not None else {}
     if "policy" not in models:
@@ -308,10 +310,66 @@ def rounds_for_level(
         guard.judge,
         pics,
         questions,
-        policy=dataclasses.replace(cfg.blocking, level=blocking_level),
+        policy=dataclasses.replace(cfg.blocking, **blocking),
         initial=base,
     )
-    return rounds_curve(traces, prompts, cfg.blocking.rounds)
+    return traces, prompts
+
+
+def rounds_for_level(
+    run_dir: str | Path,
+    blocking_level: str | None,
+    n_prompts: int = 200,
+    seed: int = 0,
+    models: dict[str, Any] | None = None,
+    **blocking: Any,
+) -> dict[str, list[float]]:
+    """Rerun filter-and-regenerate on ``n_prompts`` test prompts with another blocking level
+    (None: the run's own) and any other ``blocking`` field (:func:`rerun_loop`), and return
+    the gold-judged curve (world runs only: the curve needs the gold judge)."""
+    cfg = GuardConfig.from_json(Path(run_dir) / "guard" / "config.json")
+    level = blocking_level or cfg.blocking.level
+    traces, prompts = rerun_loop(run_dir, n_prompts, seed, models, level=level, **blocking)
+    return rounds_curve(traces, prompts, blocking.get("rounds", cfg.blocking.rounds))
+
+
+def outcome_table(
+    runs: Mapping[str, tuple[Sequence[Any], Sequence[Mapping[str, Any]]]],
+) -> pd.DataFrame:
+    """How each loop ended (served at once, regenerated, refused after the last round, query
+    refused before generation), one column per named :func:`rerun_loop` result, split by
+    benign and risky prompts on the world (``prompt_severity``; all prompts on real data)."""
+    table: dict[str, dict[str, int]] = {}
+    for name, (traces, prompts) in runs.items():
+        counts: dict[str, int] = {}
+        for trace, prompt in zip(traces, prompts, strict=True):
+            if "prompt_severity" in prompt:
+                group = "benign" if int(prompt["prompt_severity"]) == 0 else "risky"
+            else:
+                group = "all"
+            key = f"{group}: {trace.outcome}"
+            counts[key] = counts.get(key, 0) + 1
+        table[name] = counts
+    return pd.DataFrame(table).fillna(0).astype(int).sort_index()
+
+
+def guard_variant(run_dir: str | Path, name: str, **overrides: Any) -> Path:
+    """An exercise: the guard stage again with ``overrides`` on top of ``run_dir``'s own guard
+    config (e.g. ``severe_recall_target=0``), in the scratch run ``name`` beside ``run_dir``
+    (:func:`~workbench.views.output.scratch_run`: data, sft, reward and cost linked), never in
+    ``run_dir``. A second call with the same settings finds the stage finished."""
+    from ..pipeline import run_stage  # views sit above the pipeline
+
+    cfg = GuardConfig.from_json(Path(run_dir) / "guard" / "config.json")
+    scratch = scratch_run(run_dir, name, stages=("data", "sft", "reward", "cost"))
+    run_stage("guard", scratch, GuardConfig.from_dict(overrides, base=cfg), progress=False)
+    return scratch
+
+
+def compare_summaries(metrics: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """:func:`summary_table`'s values for several guard stages side by side (name ->
+    ``guard/metrics.json``), e.g. the run and an exercise's retrained guard."""
+    return pd.DataFrame({name: summary_table(m)["value"] for name, m in metrics.items()})
 
 
 def blocking_level_slider(run_dir: str | Path, n_prompts: int = 200) -> widgets.Widget:
@@ -354,6 +412,10 @@ __all__ = [
     "traces_table",
     "trace_html",
     "rounds_for_level",
+    "rerun_loop",
+    "outcome_table",
+    "guard_variant",
+    "compare_summaries",
     "blocking_level_slider",
     "PAPER_RELATIVE_GAIN",
 ]

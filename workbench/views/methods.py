@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from ..config import PPOConfig
+from ..config import MethodsConfig, PPOConfig
 from ..eval import tradeoff
 from ..runs import read_json
 from ..train.ppo_lagrangian import make_multiplier
-from .output import show_in
+from .output import scratch_run, show_in
 
 
 def load(run_dir: str | Path) -> dict[str, Any]:
@@ -189,8 +189,49 @@ def margin_explorer(metrics: Mapping[str, Any]) -> widgets.Widget:
     return widgets.VBox([slider, output])
 
 
+# --- exercises -----------------------------------------------------------------------------
+def lambda_summary(paths: Mapping[str, pd.DataFrame], threshold: float = 0.0) -> pd.DataFrame:
+    """Per named :func:`lambda_paths` result and controller: the largest λ, the step it was
+    reached, λ at the last step and the steps with J_C above ``threshold`` (the same series
+    for both controllers): how far and how long each controller overshoots."""
+    rows = {}
+    for name, frame in paths.items():
+        above = int((frame["J_C"] > threshold).sum())
+        for controller in ("sgd", "pid"):
+            lam = frame[controller]
+            rows[(name, controller)] = {
+                "max λ": round(float(lam.max()), 3),
+                "step of max": int(lam.idxmax()),
+                "final λ": round(float(lam.iloc[-1]), 3),
+                "steps with J_C > d": above,
+            }
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+#: The stages a methods exercise links from the run (the methods stage itself is trained anew).
+METHODS_INPUTS = ("data", "sft", "reward", "cost", "guard", "ppo", "analyze")
+
+
+def methods_variant(run_dir: str | Path, name: str, **overrides: Any) -> Path:
+    """An exercise: the methods stage again with ``overrides`` on top of ``run_dir``'s own
+    methods config (e.g. ``margins=(0.0, 10.0)``), in the scratch run ``name`` beside
+    ``run_dir`` (:func:`~workbench.views.output.scratch_run`: the finished stages it reads
+    linked), never in ``run_dir``. A second call with the same settings finds it finished."""
+    from ..pipeline import run_stage  # views sit above the pipeline
+
+    run_dir = Path(run_dir)
+    cfg = MethodsConfig.from_json(run_dir / "methods" / "config.json")
+    stages = tuple(s for s in METHODS_INPUTS if (run_dir / s / "metrics.json").is_file())
+    scratch = scratch_run(run_dir, name, stages=stages)
+    run_stage("methods", scratch, MethodsConfig.from_dict(overrides, base=cfg), progress=False)
+    return scratch
+
+
 __all__ = [
+    "METHODS_INPUTS",
     "has_both_controllers",
+    "lambda_summary",
+    "methods_variant",
     "lambda_paths",
     "lambda_paths_figure",
     "lambda_table",

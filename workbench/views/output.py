@@ -100,14 +100,26 @@ def scratch_run(
     root: str | Path | None = None,
 ) -> Path:
     """A scratch run directory for an exercise, ``<root>/<name>`` (``root`` defaults to
-    ``scratch/`` beside ``run_dir``), whose ``stages`` are symlinks to ``run_dir``'s finished
-    ones (:func:`~workbench.runs.link_stages`): the exercise trains its own later stage there
-    and never touches ``run_dir`` (which the demo and the analysis read)."""
+    ``scratch/<run name>/`` beside ``run_dir``, so two runs' exercises never share a folder),
+    whose ``stages`` are symlinks to ``run_dir``'s finished ones
+    (:func:`~workbench.runs.link_stages`): the exercise trains its own later stage there and
+    never touches ``run_dir`` (which the demo and the analysis read). A link left pointing at
+    another run's stage is replaced; a real stage folder where a link belongs is an error."""
     run_dir = Path(run_dir)
-    base = Path(root) if root is not None else run_dir.parent / "scratch"
-    if (base / name).resolve() == run_dir.resolve():
-        raise ValueError(f"scratch_run: {base / name} is the run itself; pick another name")
-    return link_stages(run_dir, base / name, stages)
+    base = Path(root) if root is not None else run_dir.parent / "scratch" / run_dir.name
+    scratch = base / name
+    if scratch.resolve() == run_dir.resolve():
+        raise ValueError(f"scratch_run: {scratch} is the run itself; pick another name")
+    for stage in stages:
+        link = scratch / stage
+        if link.is_symlink() and link.resolve() != (run_dir / stage).resolve():
+            link.unlink()
+        elif link.exists() and not link.is_symlink():
+            raise ValueError(
+                f"scratch_run: {link} is a folder of its own, not a link to {run_dir / stage}; "
+                f"pick another name"
+            )
+    return link_stages(run_dir, scratch, stages)
 
 
 __all__ = ["MAKE_RUN_TIME", "run_banner", "run_kind", "scratch_run", "show_in"]

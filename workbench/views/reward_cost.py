@@ -39,11 +39,13 @@ from ..data.overview import harmful_example, severity_name
 from ..data.schema import SEVERITY_COLOURS, SEVERITY_LEVELS, is_world
 from ..data.store import load_data
 from ..models.score import ScoreModel
+from ..models.tokenizer import unknown_words
 from ..models.vlm import encode
 from ..pipeline import hf_progress_bars, resolve_config, run_stage
 from ..runs import load_metrics, read_jsonl
 from ..train.preference import correlations
 from .data import png_bytes, scaled_image
+from .output import scratch_run
 
 #: The stages a binary-cost run borrows from the graded run (symlinked, not retrained).
 SHARED_STAGES: tuple[str, ...] = ("data", "sft")
@@ -111,6 +113,26 @@ def binary_cost_run(
         progress=progress,
         **{**overrides, "sign_mode": "binary"},
     )
+
+
+def exercise_run(run_dir: str | Path, name: str, stage: str, **overrides: Any) -> Path:
+    """An exercise: retrain ``stage`` (``reward`` or ``cost``) with ``overrides`` in the
+    scratch run ``name`` beside ``run_dir`` (:func:`~workbench.views.output.scratch_run`;
+    ``data/`` and ``sft/`` linked), never in ``run_dir`` itself (:func:`variant_run`)."""
+    scratch = scratch_run(run_dir, name, stages=SHARED_STAGES)
+    return variant_run(run_dir, scratch, stage, **overrides)
+
+
+def compare_metrics(
+    runs: Mapping[str, str | Path], stage: str, keys: Sequence[str]
+) -> pd.DataFrame:
+    """``keys`` of ``stage``'s ``metrics.json`` in each of ``runs`` (name -> run directory),
+    one column per run: an exercise's result beside the run it changed."""
+    table = {}
+    for name, run in runs.items():
+        metrics = load_metrics(run, stage)
+        table[name] = {key: metrics.get(key, float("nan")) for key in keys}
+    return pd.DataFrame(table).round(3)
 
 
 # --- reading a run -------------------------------------------------------------------------
@@ -474,15 +496,6 @@ def world_text(text: str) -> str:
     return " ".join(text.split())
 
 
-def unknown_words(processor, text: str) -> list[str]:
-    """The words of ``text`` the processor's tokenizer maps to its unknown token."""
-    tokenizer = processor.tokenizer
-    unk = tokenizer.unk_token
-    if unk is None:
-        return []
-    return [w for w in text.split() if tokenizer.tokenize(w) == [unk]]
-
-
 @torch.no_grad()
 def score_response(
     reward_model: ScoreModel,
@@ -778,6 +791,8 @@ __all__ = [
     "SHARED_STAGES",
     "ScoreWidget",
     "variant_run",
+    "exercise_run",
+    "compare_metrics",
     "accuracy_frame",
     "accuracy_vs_ceiling",
     "base_policy_table",
