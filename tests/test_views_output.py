@@ -6,7 +6,7 @@ import json
 import pytest
 
 import workbench as wb
-from workbench.views.output import run_banner, run_kind, scratch_run
+from workbench.views.output import run_banner, run_kind, scratch_run, stage_variant
 
 
 def test_run_kind_and_banner(smoke_run, tmp_path):
@@ -38,3 +38,20 @@ def test_scratch_run_links_finished_stages_and_never_is_the_run(smoke_run, tmp_p
         scratch_run(smoke_run, smoke_run.name, ("data",), root=smoke_run.parent)
     with pytest.raises(FileNotFoundError, match="has not finished"):
         scratch_run(smoke_run, "exercise2", ("data", "no_such_stage"), root=tmp_path)
+
+
+def test_stage_variant_reruns_one_stage_with_one_change_in_a_scratch_run(tmp_path):
+    """``stage_variant``: the stage's finished config with the overrides on top, trained in a
+    scratch run beside the run (never in it), reused by a second call with the same settings."""
+    run = tmp_path / "runs" / "mine"
+    small = wb.resolve_config("data", smoke=True, n_train=120, n_eval=16, n_test=16)
+    wb.run_stage("data", run, small, progress=False)
+    before = (run / "data" / "config.json").read_text()
+    scratch = stage_variant(run, "data", "more-test", (), n_test=24)
+    assert scratch == tmp_path / "runs" / "scratch" / "mine" / "more-test"
+    cfg = json.loads((scratch / "data" / "config.json").read_text())
+    assert cfg["n_test"] == 24 and cfg["n_train"] == 120  # one change, the rest the run's
+    assert (run / "data" / "config.json").read_text() == before
+    stamp = (scratch / "data" / "metrics.json").stat().st_mtime_ns
+    assert stage_variant(run, "data", "more-test", (), n_test=24) == scratch
+    assert (scratch / "data" / "metrics.json").stat().st_mtime_ns == stamp

@@ -19,7 +19,7 @@ from ..config import AnalyzeConfig
 from ..eval import tradeoff
 from ..eval.analyze import judge_is_gold, judge_label, summarise_scores
 from ..runs import read_json, read_jsonl
-from .output import scratch_run, show_in
+from .output import show_in, stage_variant
 
 
 def scores(run_dir: str | Path) -> pd.DataFrame:
@@ -156,14 +156,7 @@ def analyze_variant(run_dir: str | Path, name: str, **overrides: Any) -> Path:
     config (e.g. ``judge="models"``), in the scratch run ``name`` beside ``run_dir``
     (:func:`~workbench.views.output.scratch_run`: every stage it reads linked), never in
     ``run_dir``. A second call with the same settings finds the stage finished."""
-    from ..pipeline import run_stage  # views sit above the pipeline
-
-    run_dir = Path(run_dir)
-    cfg = AnalyzeConfig.from_json(run_dir / "analyze" / "config.json")
-    stages = tuple(s for s in ANALYSIS_INPUTS if (run_dir / s / "metrics.json").is_file())
-    scratch = scratch_run(run_dir, name, stages=stages)
-    run_stage("analyze", scratch, AnalyzeConfig.from_dict(overrides, base=cfg), progress=False)
-    return scratch
+    return stage_variant(run_dir, "analyze", name, ANALYSIS_INPUTS, **overrides)
 
 
 def ppo_sweep(run_dir: str | Path, name: str, **ppo_overrides: Any) -> Path:
@@ -171,15 +164,10 @@ def ppo_sweep(run_dir: str | Path, name: str, **ppo_overrides: Any) -> Path:
     (e.g. ``thresholds=(-3.0, 0.0)``), then the analysis with the run's own analyze config,
     both in the scratch run ``name`` beside ``run_dir`` (data, sft, reward, cost and guard
     linked), never in ``run_dir``. A second call with the same settings finds both finished."""
-    from ..config import PPOConfig
     from ..pipeline import run_stage  # views sit above the pipeline
 
-    run_dir = Path(run_dir)
-    ppo = PPOConfig.from_json(run_dir / "ppo" / "config.json")
-    stages = tuple(s for s in ANALYSIS_INPUTS[:-1] if (run_dir / s / "metrics.json").is_file())
-    scratch = scratch_run(run_dir, name, stages=stages)
-    run_stage("ppo", scratch, PPOConfig.from_dict(ppo_overrides, base=ppo), progress=False)
-    cfg = AnalyzeConfig.from_json(run_dir / "analyze" / "config.json")
+    scratch = stage_variant(run_dir, "ppo", name, ANALYSIS_INPUTS[:-1], **ppo_overrides)
+    cfg = AnalyzeConfig.from_json(Path(run_dir) / "analyze" / "config.json")
     run_stage("analyze", scratch, cfg, progress=False)
     return scratch
 

@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from ..config import MethodsConfig, PPOConfig
+from ..config import PPOConfig
 from ..eval import tradeoff
 from ..runs import read_json
 from ..train.ppo_lagrangian import make_multiplier
-from .output import scratch_run, show_in
+from .output import show_in, stage_variant
 
 
 def load(run_dir: str | Path) -> dict[str, Any]:
@@ -217,14 +217,7 @@ def methods_variant(run_dir: str | Path, name: str, **overrides: Any) -> Path:
     methods config (e.g. ``margins=(0.0, 10.0)``), in the scratch run ``name`` beside
     ``run_dir`` (:func:`~workbench.views.output.scratch_run`: the finished stages it reads
     linked), never in ``run_dir``. A second call with the same settings finds it finished."""
-    from ..pipeline import run_stage  # views sit above the pipeline
-
-    run_dir = Path(run_dir)
-    cfg = MethodsConfig.from_json(run_dir / "methods" / "config.json")
-    stages = tuple(s for s in METHODS_INPUTS if (run_dir / s / "metrics.json").is_file())
-    scratch = scratch_run(run_dir, name, stages=stages)
-    run_stage("methods", scratch, MethodsConfig.from_dict(overrides, base=cfg), progress=False)
-    return scratch
+    return stage_variant(run_dir, "methods", name, METHODS_INPUTS, **overrides)
 
 
 __all__ = [

@@ -122,4 +122,22 @@ def scratch_run(
     return link_stages(run_dir, scratch, stages)
 
 
-__all__ = ["MAKE_RUN_TIME", "run_banner", "run_kind", "scratch_run", "show_in"]
+def stage_variant(
+    run_dir: str | Path, stage: str, name: str, inputs: tuple[str, ...], **overrides: Any
+) -> Path:
+    """An exercise: ``stage`` again with ``overrides`` on top of the config it finished with
+    in ``run_dir``, in the scratch run ``name`` beside ``run_dir`` (:func:`scratch_run`, with
+    those of ``inputs`` that finished there linked), never in ``run_dir``. A second call with
+    the same settings finds the stage finished and reuses it."""
+    from ..pipeline import config_class, run_stage  # views sit above the pipeline
+
+    run_dir = Path(run_dir)
+    cls = config_class(stage)
+    cfg = cls.from_json(run_dir / stage / "config.json")
+    stages = tuple(s for s in inputs if (run_dir / s / "metrics.json").is_file())
+    scratch = scratch_run(run_dir, name, stages=stages)
+    run_stage(stage, scratch, cls.from_dict(overrides, base=cfg), progress=False)
+    return scratch
+
+
+__all__ = ["MAKE_RUN_TIME", "run_banner", "run_kind", "scratch_run", "stage_variant", "show_in"]
