@@ -760,6 +760,31 @@ def test_bench_demo_smoke(tmp_path):
     assert report["compare_p50_speedup"] > 0 and str(SHIPPED) not in report["served"]
     text = (tmp_path / "demo.md").read_text()
     assert "p99 ms" in text and "Before: unbatched" in text and "After: batched" in text
+    # the server's and the clients' CPU per request are both measured (Linux /proc)
+    cpu = report["load"]["cpu_s_per_request"]
+    assert cpu["server"] > 0 and cpu["clients"] > 0 and "CPU per request" in text
+
+
+def test_bench_demo_in_process_and_kinds(tmp_path, capsys):
+    from workbench.bench import main
+
+    args = ["demo", "--smoke", "--run-dir", str(SHIPPED), "--out", str(tmp_path)]
+    assert (
+        main([*args, "--in-process", "--clients", "3", "--requests", "6", "--kinds", "compare"])
+        == 0
+    )
+    report = json.loads((tmp_path / "demo.json").read_text())
+    assert report["in_process"] and "start_time_s" not in report
+    lone, crowd = report["load_lone"], report["load"]
+    assert (lone["clients"], lone["ok"], crowd["clients"], crowd["ok"]) == (1, 4, 3, 6)
+    assert crowd["kinds"] == ["compare"] and crowd["by_kind"]["moderate"]["n"] == 0
+    ratio = crowd["by_kind"]["compare"]["p50"] / lone["by_kind"]["compare"]["p50"]
+    assert report["compare_p50_ratio"] == pytest.approx(ratio)
+    assert crowd["cpu_s_per_request"]["clients"] == 0 and crowd["cpu_s_per_request"]["server"] > 0
+    assert "In process, 3 clients" in (tmp_path / "demo.md").read_text()
+    with pytest.raises(SystemExit):
+        main([*args, "--kinds", "compare,chat"])
+    assert "--kinds: unknown chat" in capsys.readouterr().err
 
 
 def test_data_url_that_is_not_base64_is_an_image_error(cfg):

@@ -256,14 +256,13 @@ def answer_side(
         trace = filter_and_regenerate(
             sample, models.judge, [image], [question], policy=cfg.blocking
         )[0]
-        answer, query = trace.final, trace.query_verdict
-        verdict = models.judge([image], [question], [answer])[0]
+        answer = trace.final
+        _, verdict, reward, cost = models.assess(image, question, answer, screen_query=False)
+        query = trace.query_verdict
     else:
         answer = sample([image], [question])[0]
-        # the query screen decides which level would block the answer (one batched call)
-        query, verdict = models.judge([image, image], [question, question], [None, answer])
-    reward = models.score("reward", [image], [question], [answer])[0]
-    cost = models.score("cost", [image], [question], [answer])[0]
+        # the query screen decides which level would block the answer
+        query, verdict, reward, cost = models.assess(image, question, answer)
     level = blocking_level(cfg.blocking, query)
     side: dict[str, Any] = {
         "policy": policy,

@@ -154,7 +154,7 @@ def _ready_policy(model: torch.nn.Module) -> torch.nn.Module:
 class DemoModels:
     """Everything the demo serves. Model calls go through :attr:`batcher` (one worker thread,
     batches of up to ``max_batch`` jobs of one kind; :mod:`workbench.demo.batching`):
-    :meth:`sample`, :meth:`judge`, :meth:`score`."""
+    :meth:`sample`, :meth:`judge`, :meth:`assess`."""
 
     model_dir: Path
     source: str
@@ -227,11 +227,23 @@ class DemoModels:
             verdicts[i] = v
         return verdicts
 
-    def score(self, role: str, images: list, questions: list[str], answers: list[str]):
-        """Scores of the ``reward`` or ``cost`` model."""
-        if role not in ("reward", "cost"):
-            raise ValueError(f"score role must be 'reward' or 'cost', got {role!r}")
-        return self.batcher.submit_many(role, list(zip(images, questions, answers, strict=True)))
+    def assess(
+        self, image, question: str, answer: str, screen_query: bool = True
+    ) -> tuple[Any, Any, float, float]:
+        """``(query verdict or None, answer verdict, reward, cost)`` of one answer: the guard's
+        query screen (when ``screen_query``), its verdict on the answer and both scores, queued
+        together so that one wait covers the four model calls (under a crowd each is a batch
+        of its own kind)."""
+        groups: list[tuple[str, list[Any]]] = [
+            ("judge_answer", [(image, question, answer)]),
+            ("reward", [(image, question, answer)]),
+            ("cost", [(image, question, answer)]),
+        ]
+        if screen_query:
+            groups.append(("judge_query", [(image, question)]))
+        results = self.batcher.gather(groups)
+        query = results[3][0] if screen_query else None
+        return query, results[0][0], results[1][0], results[2][0]
 
     def _run_batch(self, kind: str, items: list[tuple]) -> list[Any]:
         """One batched model call (runs on the batcher's worker thread)."""
