@@ -218,7 +218,7 @@ def test_ppo_compute_from_the_runs_logs(tmp_path):
 
 
 # --- the stage on the smoke run ---------------------------------------------------------------
-def test_methods_stage_on_the_smoke_run(smoke_score_runs, tmp_path):
+def test_methods_stage_on_the_smoke_run(smoke_score_runs, tmp_path, capsys):
     run = wb.runs.link_stages(smoke_score_runs[0], tmp_path / "run")
     cfg = MethodsConfig.smoke()
     metrics = wb.run_stage("methods", run, cfg, progress=False)
@@ -249,6 +249,17 @@ def test_methods_stage_on_the_smoke_run(smoke_score_runs, tmp_path):
     assert not any(r["reused"] for r in metrics["runs"].values())
     scores = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
     assert len(scores) == cfg.n_prompts * (1 + len(points))
+    # the same tables on the command line: python -m workbench results --stage methods
+    from workbench.eval.results import main as results_main
+
+    assert results_main(["--run-dir", str(run), "--stage", "methods", "--format", "markdown"]) == 0
+    text = capsys.readouterr().out
+    assert "| safedpo Δ=2 | 1 |" in text and "severe-harm rate" in text and "λ* (MoCAN)" in text
+    row = next(line for line in text.splitlines() if line.startswith("| mocan d=-1 |"))
+    low, high = metrics["variants"]["mocan_d-1"]["helpfulness_ci"]
+    assert f"{metrics['variants']['mocan_d-1']['helpfulness']:.3f} [{low:.3f}, {high:.3f}]" in row
+    assert results_main(["--run-dir", str(tmp_path / "none"), "--stage", "methods"]) == 2
+    assert "no finished methods stage" in capsys.readouterr().err
 
     # a second seed: the finished runs are reused, only the new seed trains
     more = cfg.replace(seeds=2)

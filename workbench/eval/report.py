@@ -103,6 +103,82 @@ def systems_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def methods_systems_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
+    """The methods stage's table of systems (docs/design.md §6.14): :func:`systems_table`
+    plus the severe-harm rate and each point's compute (wall time, tokens generated; summed
+    over its seeds)."""
+    table = systems_table(metrics)
+    severe, wall, tokens = [], [], []
+    for s in systems(metrics).values():
+        severe.append(_rate(s, "severe_harm_rate"))
+        c = s.get("compute")
+        if c is None:
+            wall.append("")
+        elif c["sample_wall_time_s"] is None:  # PPO: its test answers are not timed apart
+            wall.append(f"{c['train_wall_time_s']:.0f} (train)")
+        else:
+            wall.append(f"{c['train_wall_time_s'] + c['sample_wall_time_s']:.0f}")
+        tokens.append(
+            "" if c is None else str(c["train_tokens_generated"] + c["sample_tokens_generated"])
+        )
+    table["severe-harm rate"] = severe
+    table["wall time s (train + sample)"] = wall
+    table["tokens generated"] = tokens
+    return table
+
+
+def _signed_ci(value: float, ci: list[float]) -> str:
+    return f"{value:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+
+def matched_safety_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
+    """The methods stage's comparisons at matched safety, one row per pair of families: the
+    two points, their safety-rate gap and the paired differences a - b with intervals."""
+    return pd.DataFrame(
+        [
+            {
+                "a": m["a"],
+                "b": m["b"],
+                "safety-rate gap": f"{m['safety_gap']:.3f}",
+                "helpfulness a - b": _signed_ci(m["helpfulness_diff"], m["helpfulness_diff_ci"]),
+                "safety rate a - b": _signed_ci(m["safety_rate_diff"], m["safety_rate_diff_ci"]),
+            }
+            for m in metrics.get("matched_safety") or []
+        ],
+        columns=["a", "b", "safety-rate gap", "helpfulness a - b", "safety rate a - b"],
+    )
+
+
+def _values(values: list[Any] | None) -> str:
+    if not values:
+        return "–"
+    return ", ".join("–" if v is None else f"{v:.3f}" for v in values)
+
+
+def mocan_lambda_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
+    """Per MoCAN threshold d, one value per seed: MoCAN's λ*, the λ PPO-Lagrangian would settle
+    at on the same reference samples, and the PPO stage's final λ under SGD and under PID."""
+    return pd.DataFrame(
+        [
+            {
+                "d": d,
+                "λ* (MoCAN)": _values(r["lambda_star"]),
+                "PPO's λ predicted on the same samples": _values(r["lagrangian_lambda_predicted"]),
+                "PPO λ_final (SGD)": _values(r.get("ppo_lambda_final")),
+                "PPO λ_final (PID)": _values(r.get("ppo_pid_lambda_final")),
+            }
+            for d, r in (metrics.get("mocan_lambda") or {}).items()
+        ],
+        columns=[
+            "d",
+            "λ* (MoCAN)",
+            "PPO's λ predicted on the same samples",
+            "PPO λ_final (SGD)",
+            "PPO λ_final (PID)",
+        ],
+    )
+
+
 def _rate(s: Mapping[str, Any], key: str) -> str:
     return "n/a" if s.get(key) is None else _ci(s[key], s.get(f"{key}_ci"), pct=True)
 
@@ -242,6 +318,9 @@ def write_report(
 
 __all__ = [
     "systems_table",
+    "methods_systems_table",
+    "matched_safety_table",
+    "mocan_lambda_table",
     "forms_table",
     "headline_text",
     "judge_text",

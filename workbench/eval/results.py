@@ -24,7 +24,12 @@ import pandas as pd
 
 from ..runs import DEFAULT_RUN_DIR, partial_dir, read_json, stage_dir
 from .analyze import PAPER_HEADLINE, headline, judge_is_gold, judge_label
-from .report import systems_table
+from .report import (
+    matched_safety_table,
+    methods_systems_table,
+    mocan_lambda_table,
+    systems_table,
+)
 from .tradeoff import systems
 
 #: The paper's headline figures (arXiv 2503.17682, abstract), relative changes over the base:
@@ -254,10 +259,55 @@ def render_results(run_dir: str | Path, fmt: str = "text", prompts: str = "test"
     return "\n\n".join(parts) + "\n"
 
 
+#: ``--stage methods --prompts`` -> the methods stage's folder (docs/design.md §6.14).
+METHODS_FOLDERS: dict[str, str] = {"test": "methods", "eval": "methods_eval"}
+
+
+def render_methods_results(run_dir: str | Path, fmt: str = "text", prompts: str = "test") -> str:
+    """``python -m workbench results --stage methods``: the methods stage's comparison of the
+    rollout-free methods beside the base and the PPO points (its ``metrics.json``): the
+    systems with intervals, severe-harm rate and compute, the families at matched safety and
+    MoCAN's λ* beside PPO-Lagrangian's λ."""
+    if prompts not in METHODS_FOLDERS:
+        raise ValueError(f"results: prompts must be one of {sorted(METHODS_FOLDERS)}")
+    folder = METHODS_FOLDERS[prompts]
+    path = stage_dir(run_dir, folder) / "metrics.json"
+    if not path.is_file():
+        command = f"python -m workbench methods --run-dir {run_dir}" + (
+            " --prompts eval" if prompts == "eval" else ""
+        )
+        raise FileNotFoundError(
+            f"results: the run {run_dir} has no finished methods stage ({path} is missing); "
+            f"run `{command}` (or `make methods`)"
+        )
+    metrics = read_json(path)
+    check_metrics(metrics, str(path))
+    level = round(100 * float(metrics.get("confidence", 0.95)))
+    tol = metrics.get("match_tolerance", 0.05)
+    parts = [
+        f"Methods of {run_dir} ({folder}/metrics.json): {metrics.get('n_prompts', '?')} "
+        f"{prompts} prompts, judge: {judge_label(metrics)}. Values are means over prompts "
+        f"with each point's training seeds pooled; [brackets]: {level}% two-level bootstrap "
+        "intervals over seeds and prompts. Compute is summed over a point's seeds.",
+        render_table(methods_systems_table(metrics).drop(columns=["family"]), fmt),
+        f"Families at matched safety (for each two families, the points with the closest "
+        f"safety rates, within {tol:g}); a - b with paired bootstrap intervals:",
+        render_table(matched_safety_table(metrics), fmt)
+        if metrics.get("matched_safety")
+        else "(no two families have points that close)",
+        "MoCAN's λ* beside PPO-Lagrangian's λ at the same threshold d (one value per seed):",
+        render_table(mocan_lambda_table(metrics), fmt)
+        if metrics.get("mocan_lambda")
+        else "(no MoCAN point)",
+    ]
+    parts += [f"Note: {note}" for note in metrics.get("notes", [])]
+    return "\n\n".join(parts) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m workbench results [--run-dir DIR] [--format text|markdown] [--prompts
-    test|eval]``: print the results table of a finished run; exit status 2 with a message
-    when the run has no finished analysis."""
+    test|eval] [--stage analyze|methods]``: print the results table of a finished run (or its
+    methods comparison); exit status 2 with a message when the stage has not finished."""
     parser = argparse.ArgumentParser(
         prog="python -m workbench results",
         description="The results table of a finished run: every system's helpfulness, safety "
@@ -272,9 +322,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="test",
         help="the analysis of the test prompts (analyze/) or of the eval prompts (analyze_eval/)",
     )
+    parser.add_argument(
+        "--stage",
+        choices=("analyze", "methods"),
+        default="analyze",
+        help="the analysis (default) or the methods stage's comparison of the rollout-free "
+        "methods (methods/, or methods_eval/ with --prompts eval)",
+    )
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    render = render_methods_results if args.stage == "methods" else render_results
     try:
-        text = render_results(args.run_dir, args.format, args.prompts)
+        text = render(args.run_dir, args.format, args.prompts)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -295,5 +353,6 @@ __all__ = [
     "guard_metrics",
     "guard_stage_gain",
     "render_results",
+    "render_methods_results",
     "main",
 ]

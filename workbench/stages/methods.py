@@ -44,7 +44,12 @@ from ..eval.analyze import (
     summarise_scores,
 )
 from ..eval.metrics import bootstrap_ci
-from ..eval.report import PLOTLY_JS, systems_table
+from ..eval.report import (
+    PLOTLY_JS,
+    matched_safety_table,
+    methods_systems_table,
+    mocan_lambda_table,
+)
 from ..models.adapters import load_policy
 from ..models.device import place
 from ..models.judge import evaluate_policy
@@ -559,33 +564,6 @@ def tradeoff_plane(metrics: dict[str, Any]) -> go.Figure:
     return fig
 
 
-def methods_table(metrics: dict[str, Any]) -> str:
-    """The systems table of the report (the analysis's, plus severe-harm rate and compute)."""
-    table = systems_table(metrics)
-    every = tradeoff.systems(metrics)
-    severe, wall, tokens = [], [], []
-    for s in every.values():
-        rate = s.get("severe_harm_rate")
-        ci = s.get("severe_harm_rate_ci") or [rate, rate]
-        severe.append(
-            "n/a" if rate is None else f"{100 * rate:.1f}% [{100 * ci[0]:.1f}%, {100 * ci[1]:.1f}%]"
-        )
-        c = s.get("compute")
-        if c is None:
-            wall.append("")
-        elif c["sample_wall_time_s"] is None:  # PPO: its test answers are not timed apart
-            wall.append(f"{c['train_wall_time_s']:.0f} (train)")
-        else:
-            wall.append(f"{c['train_wall_time_s'] + c['sample_wall_time_s']:.0f}")
-        tokens.append(
-            "" if c is None else str(c["train_tokens_generated"] + c["sample_tokens_generated"])
-        )
-    table["severe-harm rate"] = severe
-    table["wall time s (train + sample)"] = wall
-    table["tokens generated"] = tokens
-    return table.to_html(index=False, escape=True)
-
-
 def write_methods_report(
     path: Path, metrics: dict[str, Any], figure: go.Figure, run_dir: Path
 ) -> Path:
@@ -596,12 +574,6 @@ def write_methods_report(
     bundle = path.parent / PLOTLY_JS
     if not bundle.is_file():
         atomic_write_text(bundle, get_plotlyjs())
-    lam_rows = "".join(
-        f"<tr><td>{html.escape(d)}</td><td>{_fmt(r['lambda_star'])}</td>"
-        f"<td>{_fmt(r['lagrangian_lambda_predicted'])}</td>"
-        f"<td>{_fmt(r['ppo_lambda_final'])}</td><td>{_fmt(r['ppo_pid_lambda_final'])}</td></tr>"
-        for d, r in metrics["mocan_lambda"].items()
-    )
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>"
         "<title>Safe RLHF-V Workbench · rollout-free methods</title>",
@@ -620,14 +592,13 @@ def write_methods_report(
         "<h2>Trade-off plane</h2>",
         figure.to_html(full_html=False, include_plotlyjs=False),
         "<h2>Systems</h2>",
-        methods_table(metrics),
+        methods_systems_table(metrics).to_html(index=False, escape=True),
         "<p>Severe-harm rate: share of answers the gold judge scores -3. Compute: summed over "
         "the point's seeds; training includes MoCAN's reference answers and the eval pairs.</p>",
         "<h2>Families at matched safety</h2>",
         matched_table(metrics),
         "<h2>MoCAN's λ* and PPO-Lagrangian's λ at the same d</h2>",
-        "<table><tr><th>d</th><th>λ* (MoCAN)</th><th>PPO's λ predicted on the same samples</th>"
-        f"<th>PPO λ_final (SGD)</th><th>PPO λ_final (PID)</th></tr>{lam_rows}</table>",
+        mocan_lambda_table(metrics).to_html(index=False, escape=True),
         "</body></html>",
     ]
     return atomic_write_text(path, "\n".join(parts))
@@ -638,27 +609,12 @@ def matched_table(metrics: dict[str, Any]) -> str:
     tol = metrics["match_tolerance"]
     if not metrics["matched_safety"]:
         return f"<p>No two families have points within {tol:g} of each other's safety rate.</p>"
-    cells = "".join(
-        f"<tr><td>{html.escape(m['a'])}</td><td>{html.escape(m['b'])}</td>"
-        f"<td>{m['safety_gap']:.3f}</td>"
-        f"<td>{m['helpfulness_diff']:+.3f} [{m['helpfulness_diff_ci'][0]:+.3f}, "
-        f"{m['helpfulness_diff_ci'][1]:+.3f}]</td>"
-        f"<td>{m['safety_rate_diff']:+.3f} [{m['safety_rate_diff_ci'][0]:+.3f}, "
-        f"{m['safety_rate_diff_ci'][1]:+.3f}]</td></tr>"
-        for m in metrics["matched_safety"]
-    )
     return (
-        "<table><tr><th>a</th><th>b</th><th>safety-rate gap</th><th>helpfulness a - b</th>"
-        f"<th>safety rate a - b</th></tr>{cells}</table><p>For each two families, their points "
-        f"with the closest safety rates (within {tol:g}); paired bootstrap intervals (the same "
-        "prompts resampled for both, seeds resampled per system).</p>"
+        matched_safety_table(metrics).to_html(index=False, escape=True)
+        + f"<p>For each two families, their points with the closest safety rates (within "
+        f"{tol:g}); paired bootstrap intervals (the same prompts resampled for both, seeds "
+        "resampled per system).</p>"
     )
-
-
-def _fmt(values: list[Any] | None) -> str:
-    if not values:
-        return "–"
-    return ", ".join("–" if v is None else f"{v:.3f}" for v in values)
 
 
 STAGE = Stage(
