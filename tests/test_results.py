@@ -186,3 +186,27 @@ def test_cli_prints_the_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("\n| ") >= 6 + 3  # six systems and three comparisons
     assert "+34.3%" in out
+
+
+def test_lambda_course_of_each_learned_lambda_run(tmp_path):
+    metrics = analysis()
+    course = {
+        "lambda_final": 0.5,
+        "lambda_peak": 2.0,
+        "lambda_overshoot": 4.0,
+        "violation_share": 0.25,
+        "violation_area": 3.5,
+    }
+    metrics["variants"]["lagrangian_pid"]["training"] = {
+        "lagrangian_pid": course,
+        "lagrangian_pid_seed1": {**course, "lambda_final": 0.0, "lambda_overshoot": None},
+    }
+    metrics["variants"]["reward_only"]["training"] = {"reward_only": course}  # λ not learned
+    text = render_results(finished_run(tmp_path / "run", metrics), "markdown")
+    assert (
+        "| lagrangian PID d=-2 | lagrangian_pid | 0.500 | 2.000 | 4.000 | 0.250 | 3.500 |" in text
+    )
+    assert "| lagrangian PID d=-2 | lagrangian_pid_seed1 | 0.000 | 2.000 | – |" in text
+    assert "| reward_only | reward_only |" not in text and "λ in training" in text
+    plain = render_results(finished_run(tmp_path / "plain", analysis()), "markdown")
+    assert "λ in training" not in plain  # no run with a λ course: no table

@@ -179,6 +179,50 @@ def mocan_lambda_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
     )
 
 
+#: The families whose λ is learned in training (log-λ SGD, PID); reward-only and fixed-λ runs
+#: keep theirs constant.
+LEARNED_LAMBDA = ("lagrangian", "lagrangian_pid")
+
+
+def _number(value: Any) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def lambda_course_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
+    """λ's course in training, one row per PPO run with a learned λ (its metrics' λ keys,
+    kept by the analysis as each point's ``training``; docs/design.md §6.10): the final and
+    the peak λ, the overshoot (peak over final; none when λ ends at 0), the share of steps
+    with J_C above d and the area of violation (the sum of J_C - d over those steps)."""
+    rows = []
+    for name, s in systems(metrics).items():
+        if s.get("family") not in LEARNED_LAMBDA:
+            continue
+        for run, course in (s.get("training") or {}).items():
+            if "lambda_peak" not in course:
+                continue
+            rows.append(
+                {
+                    "system": s.get("label", name),
+                    "run": run,
+                    "λ final": _number(course.get("lambda_final")),
+                    "λ peak": _number(course.get("lambda_peak")),
+                    "overshoot (peak / final)": _number(course.get("lambda_overshoot")),
+                    "share of steps J_C > d": _number(course.get("violation_share")),
+                    "violation area": _number(course.get("violation_area")),
+                }
+            )
+    columns = [
+        "system",
+        "run",
+        "λ final",
+        "λ peak",
+        "overshoot (peak / final)",
+        "share of steps J_C > d",
+        "violation area",
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
 def _rate(s: Mapping[str, Any], key: str) -> str:
     return "n/a" if s.get(key) is None else _ci(s[key], s.get(f"{key}_ci"), pct=True)
 
@@ -307,6 +351,14 @@ def write_report(
             "scores every benign answer safe) and costs helpfulness. Risky: prompt severity "
             "above 0.</p>"
         )
+    course = lambda_course_table(metrics)
+    if len(course):
+        parts.append("<h2>λ in training</h2>" + course.to_html(index=False, escape=True))
+        parts.append(
+            "<p class='cap'>Per PPO run with a learned λ (log-λ SGD or PID): overshoot is the "
+            "peak λ over its final value (none when λ ends at 0); the area of violation sums "
+            "J_C - d over the steps with J_C above d.</p>"
+        )
     texts = captions(metrics)
     for name, fig in figures.items():
         parts.append(f"<h2>{html.escape(name.replace('_', ' '))}</h2>")
@@ -318,6 +370,7 @@ def write_report(
 
 __all__ = [
     "systems_table",
+    "lambda_course_table",
     "methods_systems_table",
     "matched_safety_table",
     "mocan_lambda_table",

@@ -25,6 +25,7 @@ import pandas as pd
 from ..runs import DEFAULT_RUN_DIR, partial_dir, read_json, stage_dir
 from .analyze import PAPER_HEADLINE, headline, judge_is_gold, judge_label
 from .report import (
+    lambda_course_table,
     matched_safety_table,
     methods_systems_table,
     mocan_lambda_table,
@@ -250,6 +251,14 @@ def render_results(run_dir: str | Path, fmt: str = "text", prompts: str = "test"
     gain = guard_stage_gain(guard) if prompts == "test" else None
     if gain:
         parts.append(gain)
+    course = lambda_course_table(metrics)
+    if len(course):
+        parts.append(
+            "λ in training, per PPO run with a learned λ: overshoot = peak λ / final λ (none "
+            "when λ ends at 0); violation area = the sum of J_C - d over the steps with J_C "
+            "above d:"
+        )
+        parts.append(render_table(course, fmt))
     if not judge_is_gold(metrics):
         parts.append(
             "The judge is not the gold oracle: its helpfulness is a model's score on its own "
