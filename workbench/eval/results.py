@@ -58,16 +58,27 @@ def signed_percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:+.1f}%"
 
 
-def load_analysis(run_dir: str | Path, prompts: str = "test") -> dict[str, Any]:
-    """``metrics.json`` of the run's finished analysis of its ``prompts`` (test or eval),
-    checked for the fields the results table reads. A missing or unfinished analysis is a
-    ``FileNotFoundError`` that says which command makes it."""
-    if prompts not in FOLDERS:
-        raise ValueError(f"results: prompts must be one of {sorted(FOLDERS)}, not {prompts!r}")
-    folder = FOLDERS[prompts]
+#: ``--stage`` -> the command that makes it and, per ``--prompts``, its folder.
+STAGE_FOLDERS: dict[str, dict[str, str]] = {
+    "analyze": FOLDERS,
+    "methods": {"test": "methods", "eval": "methods_eval"},
+}
+
+
+def load_analysis(
+    run_dir: str | Path, prompts: str = "test", stage: str = "analyze"
+) -> dict[str, Any]:
+    """``metrics.json`` of the run's finished analysis (or, with ``stage="methods"``, methods
+    comparison) of its ``prompts`` (test or eval), checked for the fields the results table
+    reads. A missing or unfinished stage is a ``FileNotFoundError`` that says which command
+    makes it."""
+    folders = STAGE_FOLDERS[stage]
+    if prompts not in folders:
+        raise ValueError(f"results: prompts must be one of {sorted(folders)}, not {prompts!r}")
+    folder = folders[prompts]
     path = stage_dir(run_dir, folder) / "metrics.json"
     if not path.is_file():
-        command = f"python -m workbench analyze --run-dir {run_dir}" + (
+        command = f"python -m workbench {stage} --run-dir {run_dir}" + (
             " --prompts eval" if prompts == "eval" else ""
         )
         state = (
@@ -75,9 +86,14 @@ def load_analysis(run_dir: str | Path, prompts: str = "test") -> dict[str, Any]:
             if partial_dir(run_dir, folder).is_dir()
             else "it has not finished"
         )
+        what, make = (
+            ("analysis", "`make run`, whose last stage it is")
+            if stage == "analyze"
+            else ("methods stage", "`make methods`")
+        )
         raise FileNotFoundError(
-            f"results: the run {run_dir} has no finished analysis ({path} is missing: {state}); "
-            f"run `{command}` (or `make run`, whose last stage it is)"
+            f"results: the run {run_dir} has no finished {what} ({path} is missing: {state}); "
+            f"run `{command}` (or {make})"
         )
     metrics = read_json(path)
     check_metrics(metrics, str(path))
@@ -268,29 +284,13 @@ def render_results(run_dir: str | Path, fmt: str = "text", prompts: str = "test"
     return "\n\n".join(parts) + "\n"
 
 
-#: ``--stage methods --prompts`` -> the methods stage's folder (docs/design.md §6.14).
-METHODS_FOLDERS: dict[str, str] = {"test": "methods", "eval": "methods_eval"}
-
-
 def render_methods_results(run_dir: str | Path, fmt: str = "text", prompts: str = "test") -> str:
     """``python -m workbench results --stage methods``: the methods stage's comparison of the
     rollout-free methods beside the base and the PPO points (its ``metrics.json``): the
     systems with intervals, severe-harm rate and compute, the families at matched safety and
     MoCAN's λ* beside PPO-Lagrangian's λ."""
-    if prompts not in METHODS_FOLDERS:
-        raise ValueError(f"results: prompts must be one of {sorted(METHODS_FOLDERS)}")
-    folder = METHODS_FOLDERS[prompts]
-    path = stage_dir(run_dir, folder) / "metrics.json"
-    if not path.is_file():
-        command = f"python -m workbench methods --run-dir {run_dir}" + (
-            " --prompts eval" if prompts == "eval" else ""
-        )
-        raise FileNotFoundError(
-            f"results: the run {run_dir} has no finished methods stage ({path} is missing); "
-            f"run `{command}` (or `make methods`)"
-        )
-    metrics = read_json(path)
-    check_metrics(metrics, str(path))
+    metrics = load_analysis(run_dir, prompts, stage="methods")
+    folder = STAGE_FOLDERS["methods"][prompts]
     level = round(100 * float(metrics.get("confidence", 0.95)))
     tol = metrics.get("match_tolerance", 0.05)
     parts = [
